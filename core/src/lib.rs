@@ -1,0 +1,48 @@
+//! `wharf-core`: the pure, I/O-free registry-protocol and cache-policy logic shared
+//! by the Wharf origin (tokio/axum) and edge (Cloudflare Worker, wasm32).
+//!
+//! # Layout
+//!
+//! * [`api`] — parse, then apply: method + path + query → typed [`ApiRequest`].
+//! * [`mod@reference`], [`mod@digest`] — repository names, tags, references and digests
+//!   (distribution-spec / image-spec grammars), incremental digest verification.
+//! * [`media`] — manifest media types, `Accept` negotiation, body sniffing.
+//! * [`range`] — `Range` header on blobs.
+//! * [`error`] — the one OCI error-code table and the one error-body renderer.
+//! * [`rules`] — cache rules: downstream prefix → upstream registry, canonical names.
+//! * [`freshness`] — when a cached tag is fresh, and when stale may be served.
+//! * [`auth`] — the pure parts of the upstream token dance.
+//! * [`urlencode`] — percent-encoding helpers.
+//!
+//! # Key decision
+//!
+//! Nothing here does I/O or reads a clock or the environment: time is passed in as
+//! unix milliseconds or [`std::time::Duration`] (`SystemTime::now` panics on
+//! wasm32), so every decision is a pure function that both deployables apply
+//! identically and that table tests pin down. Dependencies are kept to
+//! serde/serde_json/sha2/hex/thiserror because this crate ships in the Worker's wasm
+//! bundle; grammars and URL handling are hand-written instead of pulling in
+//! `regex` or `url`.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod digest;
+pub mod error;
+pub mod freshness;
+pub mod media;
+pub mod range;
+pub mod reference;
+pub mod rules;
+pub mod urlencode;
+
+pub use api::{ApiError, ApiMethod, ApiRequest, parse_request};
+pub use auth::{AuthError, Challenge, TokenResponse};
+pub use digest::{Digest, DigestAlgorithm, DigestError, DigestVerifier};
+pub use error::{ErrorCode, render_error, render_errors};
+pub use freshness::{Freshness, FreshnessPolicy, OnUpstreamError};
+pub use media::MediaType;
+pub use range::{ByteRange, RangeError, RangeOutcome};
+pub use reference::{Reference, ReferenceError, RepositoryName, Tag};
+pub use rules::{CacheRules, Resolved, RuleError, RuleSpec};

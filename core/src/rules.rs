@@ -1,0 +1,636 @@
+//! Cache rules: which upstream registry serves a downstream repository name.
+//!
+//! Owns [`RuleSpec`] (configuration), [`CacheRules`] (validated rule set),
+//! [`Resolved`] (the answer for one request) and [`RuleError`].
+//!
+//! Key decisions:
+//! * A rule's prefix is the first path component(s) of the downstream name
+//!   (`ghcr.io/owner/img` → rule `ghcr.io`), so it must itself be a valid repository
+//!   name: no ports (`:` is not allowed in names) — put the port in the upstream URL.
+//! * Every request resolves to a **canonical** name `prefix/upstream-repo`, the cache
+//!   key namespace. A registry-mirror client asking for `library/alpine`, a
+//!   containerd mirror asking for `alpine?ns=docker.io` and a prefix client asking for
+//!   `docker.io/alpine` all land on `docker.io/library/alpine`, so they share one
+//!   cached copy.
+//! * Docker Hub's implicit `library/` applies to single-component names on the
+//!   Docker Hub rule: prefix `docker.io`, or any rule whose upstream host is
+//!   `registry-1.docker.io`, `index.docker.io` or `docker.io`.
+//! * Upstream URLs are parsed by hand (no `url` crate in the wasm bundle) and stored
+//!   normalised as `scheme://host[:port]` without a trailing `/`, so callers can
+//!   append `/v2/...` directly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::reference::{ReferenceError, RepositoryName};
+
+/// The Docker Hub prefix, which also receives bare (mirror-style) names.
+pub const DOCKER_HUB_PREFIX: &str = "docker.io";
+
+/// One configured rule: downstream prefix → upstream registry base URL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    /// Leading path component(s) of downstream names, e.g. `docker.io`, `ghcr.io`.
+    pub prefix: String,
+    /// Base URL, e.g. `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
+    pub upstream: String,
+}
+
+/// Why a rule set is invalid, or why a name does not resolve.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// A prefix that cannot lead a repository name.
+    #[error("cache rule #{index} has invalid prefix `{prefix}`: {reason}")]
+    InvalidPrefix {
+        /// Position of the rule in the configuration.
+        index: usize,
+        /// The prefix as configured.
+        prefix: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An upstream that is not an `http(s)://host[:port]` base URL.
+    #[error("cache rule #{index} (`{prefix}`) has invalid upstream `{upstream}`: {reason}")]
+    InvalidUpstream {
+        /// Position of the rule in the configuration.
+        index: usize,
+        /// The rule's prefix.
+        prefix: String,
+        /// The upstream as configured.
+        upstream: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two rules with the same prefix.
+    #[error(
+        "cache rules #{first} and #{second} both use prefix `{prefix}`; prefixes must be unique"
+    )]
+    DuplicatePrefix {
+        /// The prefix.
+        prefix: String,
+        /// Position of the first rule.
+        first: usize,
+        /// Position of the second rule.
+        second: usize,
+    },
+    /// No rule serves this name or namespace.
+    #[error(
+        "no cache rule for {requested}; configured prefixes: {configured} (pull `<prefix>/<repository>`)"
+    )]
+    NoRule {
+        /// What was asked for, e.g. ``repository `foo/bar` `` or ``namespace `x` (from `?ns=`)``.
+        requested: String,
+        /// The configured prefixes, comma-separated, or `(none)`.
+        configured: String,
+    },
+    /// The name is exactly a rule prefix, with no repository after it.
+    #[error("`{prefix}` is a cache rule prefix, not a repository; pull `{prefix}/<repository>`")]
+    EmptyRemainder {
+        /// The prefix.
+        prefix: String,
+    },
+    /// The upstream or canonical name would be invalid (in practice: longer than 255).
+    #[error("repository `{name}` cannot be cached under this rule: {source}")]
+    Name {
+        /// The name that failed (possibly shortened).
+        name: String,
+        /// Why.
+        source: ReferenceError,
+    },
+}
+
+impl RuleError {
+    /// The OCI code for a resolve failure (`NAME_UNKNOWN` / `NAME_INVALID`);
+    /// configuration errors map to `UNKNOWN`.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RuleError::NoRule { .. } | RuleError::EmptyRemainder { .. } => ErrorCode::NameUnknown,
+            RuleError::Name { .. } => ErrorCode::NameInvalid,
+            RuleError::InvalidPrefix { .. }
+            | RuleError::InvalidUpstream { .. }
+            | RuleError::DuplicatePrefix { .. } => ErrorCode::Unknown,
+        }
+    }
+}
+
+/// The outcome of [`CacheRules::resolve`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// Index of the rule in [`CacheRules::rules`].
+    pub rule: usize,
+    /// The rule's prefix.
+    pub prefix: String,
+    /// The rule's normalised upstream base URL (no trailing `/`).
+    pub upstream: String,
+    /// The repository name to ask the upstream for.
+    pub upstream_repo: RepositoryName,
+    /// `prefix/upstream_repo`: the cache key namespace.
+    pub canonical: RepositoryName,
+}
+
+/// A validated, non-overlapping-prefix rule set.
+#[derive(Clone, Debug)]
+pub struct CacheRules {
+    rules: Vec<RuleSpec>,
+    /// `host[:port]` of each upstream, lowercase, default port dropped; matched
+    /// against `?ns=` when no prefix equals it.
+    authorities: Vec<String>,
+}
+
+impl CacheRules {
+    /// Validates and normalises the rules. An empty list is allowed (every resolve
+    /// then fails with [`RuleError::NoRule`]).
+    pub fn new(specs: Vec<RuleSpec>) -> Result<CacheRules, RuleError> {
+        let mut rules = Vec::with_capacity(specs.len());
+        let mut authorities = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.into_iter().enumerate() {
+            validate_prefix(&spec.prefix).map_err(|reason| RuleError::InvalidPrefix {
+                index,
+                prefix: spec.prefix.clone(),
+                reason,
+            })?;
+            if let Some(first) = rules
+                .iter()
+                .position(|r: &RuleSpec| r.prefix == spec.prefix)
+            {
+                return Err(RuleError::DuplicatePrefix {
+                    prefix: spec.prefix,
+                    first,
+                    second: index,
+                });
+            }
+            let (upstream, authority) =
+                parse_upstream(&spec.upstream).map_err(|reason| RuleError::InvalidUpstream {
+                    index,
+                    prefix: spec.prefix.clone(),
+                    upstream: spec.upstream.clone(),
+                    reason,
+                })?;
+            rules.push(RuleSpec {
+                prefix: spec.prefix,
+                upstream,
+            });
+            authorities.push(authority);
+        }
+        Ok(CacheRules { rules, authorities })
+    }
+
+    /// The rules, normalised, in configuration order.
+    pub fn rules(&self) -> &[RuleSpec] {
+        &self.rules
+    }
+
+    /// The rule at `idx` (as in [`Resolved::rule`]).
+    pub fn get(&self, idx: usize) -> Option<&RuleSpec> {
+        self.rules.get(idx)
+    }
+
+    /// Maps a downstream name (plus containerd's optional `?ns=`) to its rule,
+    /// upstream repository and canonical name:
+    ///
+    /// 1. `ns` given (and non-empty): the rule whose prefix equals it, else the rule
+    ///    whose upstream `host[:port]` equals it (containerd sends the registry host,
+    ///    e.g. `registry.example.com:5000`); the whole `name` is the upstream repo.
+    /// 2. the rule with the longest prefix matching whole leading components.
+    /// 3. the `docker.io` rule, treating `name` as a bare Docker Hub name.
+    /// 4. [`RuleError::NoRule`].
+    pub fn resolve(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Resolved, RuleError> {
+        if let Some(ns) = ns.map(str::trim).filter(|s| !s.is_empty()) {
+            let lower = ns.to_ascii_lowercase();
+            let idx = self
+                .rules
+                .iter()
+                .position(|r| r.prefix == ns)
+                .or_else(|| self.authorities.iter().position(|a| *a == lower))
+                .ok_or_else(|| self.no_rule(format!("namespace `{ns}` (from `?ns=`)")))?;
+            return self.build(idx, name.as_str());
+        }
+        let name_str = name.as_str();
+        let mut best: Option<(usize, &str)> = None;
+        for (idx, rule) in self.rules.iter().enumerate() {
+            let rest = match name_str.strip_prefix(rule.prefix.as_str()) {
+                Some("") => "",
+                Some(rest) => match rest.strip_prefix('/') {
+                    Some(rest) => rest,
+                    None => continue, // `ghcr.iox/...` does not match `ghcr.io`
+                },
+                None => continue,
+            };
+            if best.is_none_or(|(b, _)| rule.prefix.len() > self.rules[b].prefix.len()) {
+                best = Some((idx, rest));
+            }
+        }
+        if let Some((idx, rest)) = best {
+            if rest.is_empty() {
+                return Err(RuleError::EmptyRemainder {
+                    prefix: self.rules[idx].prefix.clone(),
+                });
+            }
+            return self.build(idx, rest);
+        }
+        if let Some(idx) = self
+            .rules
+            .iter()
+            .position(|r| r.prefix == DOCKER_HUB_PREFIX)
+        {
+            return self.build(idx, name_str);
+        }
+        Err(self.no_rule(format!("repository `{name_str}`")))
+    }
+
+    fn no_rule(&self, requested: String) -> RuleError {
+        let configured = if self.rules.is_empty() {
+            "(none)".to_owned()
+        } else {
+            self.rules
+                .iter()
+                .map(|r| r.prefix.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        RuleError::NoRule {
+            requested,
+            configured,
+        }
+    }
+
+    fn is_docker_hub(&self, idx: usize) -> bool {
+        self.rules[idx].prefix == DOCKER_HUB_PREFIX
+            || matches!(
+                self.authorities[idx].as_str(),
+                "registry-1.docker.io" | "index.docker.io" | "docker.io"
+            )
+    }
+
+    fn build(&self, idx: usize, repo: &str) -> Result<Resolved, RuleError> {
+        let rule = &self.rules[idx];
+        let upstream_repo = if self.is_docker_hub(idx) && !repo.contains('/') {
+            format!("library/{repo}")
+        } else {
+            repo.to_owned()
+        };
+        let parse = |s: String| {
+            RepositoryName::parse(&s).map_err(|source| RuleError::Name {
+                name: crate::digest::excerpt(&s),
+                source,
+            })
+        };
+        let canonical = parse(format!("{}/{}", rule.prefix, upstream_repo))?;
+        let upstream_repo = parse(upstream_repo)?;
+        Ok(Resolved {
+            rule: idx,
+            prefix: rule.prefix.clone(),
+            upstream: rule.upstream.clone(),
+            upstream_repo,
+            canonical,
+        })
+    }
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.contains(':') {
+        return Err("prefixes cannot contain `:` because repository names cannot; \
+                    drop the port from the prefix and keep it in the upstream URL \
+                    (e.g. prefix `registry.example.com`, upstream `http://registry.example.com:5000`)"
+            .to_owned());
+    }
+    RepositoryName::parse(prefix)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Returns (normalised base URL, lowercase authority without default port).
+fn parse_upstream(url: &str) -> Result<(String, String), String> {
+    let (scheme, rest, default_port) = if let Some(rest) = url.strip_prefix("https://") {
+        ("https", rest, "443")
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        ("http", rest, "80")
+    } else {
+        return Err("must start with `http://` or `https://`".to_owned());
+    };
+    if rest.contains(['?', '#']) {
+        return Err("must not have a query or fragment".to_owned());
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.trim_end_matches('/').is_empty() {
+        return Err(
+            "must be a base URL without a path (the registry API is always at `/v2/`)".to_owned(),
+        );
+    }
+    if authority.is_empty() {
+        return Err("has no host".to_owned());
+    }
+    if authority.contains('@') {
+        return Err("must not contain credentials; configure them separately".to_owned());
+    }
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (inner, after) = v6
+            .split_once(']')
+            .ok_or("has an unterminated IPv6 literal `[`")?;
+        if inner.is_empty()
+            || !inner
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return Err(format!("has an invalid IPv6 literal `[{inner}]`"));
+        }
+        match after {
+            "" => (&authority[..inner.len() + 2], None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (&authority[..inner.len() + 2], Some(port)),
+                None => return Err("has junk after the IPv6 literal".to_owned()),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority.as_str(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err("has no host".to_owned());
+    }
+    if !host.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(format!("has an invalid host `{host}`"));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(p),
+            _ => return Err(format!("has an invalid port `{p}` (expected 1-65535)")),
+        },
+    };
+    let base = match port {
+        Some(p) => format!("{scheme}://{host}:{p}"),
+        None => format!("{scheme}://{host}"),
+    };
+    let authority = match port {
+        Some(p) if p != default_port => format!("{host}:{p}"),
+        _ => host.to_owned(),
+    };
+    Ok((base, authority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ok((rule, upstream_repo, canonical)), or a fragment of the error message.
+    type Expected = Result<(usize, &'static str, &'static str), &'static str>;
+
+    fn spec(prefix: &str, upstream: &str) -> RuleSpec {
+        RuleSpec {
+            prefix: prefix.into(),
+            upstream: upstream.into(),
+        }
+    }
+
+    fn standard() -> CacheRules {
+        CacheRules::new(vec![
+            spec("docker.io", "https://registry-1.docker.io/"),
+            spec("ghcr.io", "https://ghcr.io"),
+            spec("quay.io", "https://quay.io"),
+            spec("ghcr.io/special", "http://127.0.0.1:5000"),
+            spec("private", "http://Registry.Example.com:5000"),
+            spec("hub", "https://index.docker.io:443"),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn new_rejects_bad_rules() {
+        let ok = "https://r.example";
+        let cases: &[(Vec<RuleSpec>, &str)] = &[
+            (
+                vec![spec("", ok)],
+                "#0 has invalid prefix ``: repository name is empty",
+            ),
+            (
+                vec![spec("registry.example.com:5000", ok)],
+                "cannot contain `:`",
+            ),
+            (vec![spec("GHCR.io", ok)], "must be lowercase"),
+            (vec![spec("ghcr.io/", ok)], "empty path component"),
+            (
+                vec![spec("a", ok), spec("a", ok)],
+                "rules #0 and #1 both use prefix `a`",
+            ),
+            (
+                vec![spec("a", "ftp://x")],
+                "#0 (`a`) has invalid upstream `ftp://x`: must start with",
+            ),
+            (vec![spec("a", "HTTPS://x")], "must start with"),
+            (vec![spec("a", "https://")], "has no host"),
+            (vec![spec("a", "https:///v2")], "without a path"),
+            (vec![spec("a", "https://x/v2/")], "without a path"),
+            (vec![spec("a", "https://x?a=b")], "query"),
+            (vec![spec("a", "https://u:p@x")], "credentials"),
+            (vec![spec("a", "https://x:0")], "invalid port `0`"),
+            (vec![spec("a", "https://x:99999")], "invalid port"),
+            (vec![spec("a", "https://x:+1")], "invalid port"),
+            (vec![spec("a", "https://x:")], "invalid port ``"),
+            (vec![spec("a", "https://:80")], "has no host"),
+            (vec![spec("a", "https://x y")], "invalid host"),
+            (vec![spec("a", "http://[::1")], "unterminated"),
+            (vec![spec("a", "http://[zz]")], "invalid IPv6"),
+            (vec![spec("a", "http://[::1]x")], "junk"),
+        ];
+        for (specs, msg) in cases {
+            let e = CacheRules::new(specs.clone()).unwrap_err();
+            assert!(
+                e.to_string().contains(msg),
+                "{specs:?}: `{e}` lacks `{msg}`"
+            );
+            assert_eq!(e.code(), ErrorCode::Unknown);
+        }
+    }
+
+    #[test]
+    fn new_normalises_upstreams() {
+        let rules = CacheRules::new(vec![
+            spec("a", "https://registry-1.docker.io/"),
+            spec("b", "http://LOCALHOST:5000//"),
+            spec("c", "http://[::1]:5000"),
+            spec("d", "http://[::1]"),
+        ])
+        .unwrap();
+        let ups: Vec<&str> = rules.rules().iter().map(|r| r.upstream.as_str()).collect();
+        assert_eq!(
+            ups,
+            [
+                "https://registry-1.docker.io",
+                "http://localhost:5000",
+                "http://[::1]:5000",
+                "http://[::1]"
+            ]
+        );
+        assert_eq!(rules.get(1).unwrap().prefix, "b");
+        assert!(rules.get(4).is_none());
+        assert!(CacheRules::new(vec![]).unwrap().rules().is_empty());
+    }
+
+    #[test]
+    fn resolve_table() {
+        let rules = standard();
+        // (name, ns, Ok((rule, upstream_repo, canonical)) | Err(message part))
+        let cases: &[(&str, Option<&str>, Expected)] = &[
+            // prefix clients
+            (
+                "docker.io/alpine",
+                None,
+                Ok((0, "library/alpine", "docker.io/library/alpine")),
+            ),
+            (
+                "docker.io/library/alpine",
+                None,
+                Ok((0, "library/alpine", "docker.io/library/alpine")),
+            ),
+            (
+                "docker.io/bitnami/redis",
+                None,
+                Ok((0, "bitnami/redis", "docker.io/bitnami/redis")),
+            ),
+            (
+                "ghcr.io/owner/img",
+                None,
+                Ok((1, "owner/img", "ghcr.io/owner/img")),
+            ),
+            ("ghcr.io/img", None, Ok((1, "img", "ghcr.io/img"))),
+            ("quay.io/a/b/c", None, Ok((2, "a/b/c", "quay.io/a/b/c"))),
+            // longest prefix wins
+            ("ghcr.io/special/x", None, Ok((3, "x", "ghcr.io/special/x"))),
+            (
+                "ghcr.io/specialx/y",
+                None,
+                Ok((1, "specialx/y", "ghcr.io/specialx/y")),
+            ),
+            (
+                "private/team/app",
+                None,
+                Ok((4, "team/app", "private/team/app")),
+            ),
+            // Hub normalisation on a non-`docker.io` prefix whose upstream is Hub
+            (
+                "hub/alpine",
+                None,
+                Ok((5, "library/alpine", "hub/library/alpine")),
+            ),
+            // registry-mirror clients: bare names go to Docker Hub
+            (
+                "library/alpine",
+                None,
+                Ok((0, "library/alpine", "docker.io/library/alpine")),
+            ),
+            (
+                "alpine",
+                None,
+                Ok((0, "library/alpine", "docker.io/library/alpine")),
+            ),
+            (
+                "ghcr.iox/y",
+                None,
+                Ok((0, "ghcr.iox/y", "docker.io/ghcr.iox/y")),
+            ),
+            // containerd mirrors
+            (
+                "alpine",
+                Some("docker.io"),
+                Ok((0, "library/alpine", "docker.io/library/alpine")),
+            ),
+            (
+                "library/alpine",
+                Some("docker.io"),
+                Ok((0, "library/alpine", "docker.io/library/alpine")),
+            ),
+            (
+                "owner/img",
+                Some("ghcr.io"),
+                Ok((1, "owner/img", "ghcr.io/owner/img")),
+            ),
+            ("img", Some("ghcr.io"), Ok((1, "img", "ghcr.io/img"))),
+            (
+                "team/app",
+                Some("registry.example.com:5000"),
+                Ok((4, "team/app", "private/team/app")),
+            ),
+            (
+                "x",
+                Some("registry-1.docker.io"),
+                Ok((0, "library/x", "docker.io/library/x")),
+            ),
+            (
+                "alpine",
+                Some(""),
+                Ok((0, "library/alpine", "docker.io/library/alpine")),
+            ),
+            (
+                "a",
+                Some("example.org"),
+                Err(
+                    "namespace `example.org` (from `?ns=`); configured prefixes: docker.io, ghcr.io, quay.io",
+                ),
+            ),
+            // errors
+            ("ghcr.io", None, Err("`ghcr.io` is a cache rule prefix")),
+            (
+                "ghcr.io/special",
+                None,
+                Err("`ghcr.io/special` is a cache rule prefix"),
+            ),
+        ];
+        for (name, ns, want) in cases {
+            let n = RepositoryName::parse(name).unwrap();
+            match (rules.resolve(&n, *ns), want) {
+                (Ok(r), Ok((rule, up, canon))) => {
+                    assert_eq!(
+                        (r.rule, r.upstream_repo.as_str(), r.canonical.as_str()),
+                        (*rule, *up, *canon),
+                        "{name} {ns:?}"
+                    );
+                    assert_eq!(r.prefix, rules.rules()[r.rule].prefix);
+                    assert_eq!(r.upstream, rules.rules()[r.rule].upstream);
+                }
+                (Err(e), Err(msg)) => {
+                    assert!(e.to_string().contains(msg), "{name}: `{e}` lacks `{msg}`");
+                    assert_eq!(e.code(), ErrorCode::NameUnknown);
+                }
+                (got, want) => panic!("{name} {ns:?}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_docker_hub_rule_bare_names_fail_listing_prefixes() {
+        let rules = CacheRules::new(vec![spec("ghcr.io", "https://ghcr.io")]).unwrap();
+        let e = rules
+            .resolve(&RepositoryName::parse("library/alpine").unwrap(), None)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no cache rule for repository `library/alpine`; configured prefixes: ghcr.io \
+             (pull `<prefix>/<repository>`)"
+        );
+        let empty = CacheRules::new(vec![]).unwrap();
+        let e = empty
+            .resolve(&RepositoryName::parse("a").unwrap(), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("configured prefixes: (none)"), "{e}");
+    }
+
+    #[test]
+    fn canonical_name_too_long_is_name_invalid() {
+        let rules = standard();
+        let long = format!("{}/{}", "a".repeat(200), "b".repeat(50)); // 251 chars
+        let e = rules
+            .resolve(&RepositoryName::parse(&long).unwrap(), None)
+            .unwrap_err();
+        assert!(matches!(e, RuleError::Name { .. }), "{e}");
+        assert_eq!(e.code(), ErrorCode::NameInvalid);
+        assert!(e.to_string().contains("maximum is 255"), "{e}");
+    }
+}

@@ -1,0 +1,245 @@
+//! An S3-compatible server over a local directory, started inside the origin
+//! process (`wharf-origin --data DIR`) so that local runs and production use
+//! the same code path: the origin only ever talks `aws-sdk-s3`, and presigned
+//! URLs for this server work from any HTTP client.
+//!
+//! # What it owns
+//!
+//! * [`EmbeddedS3`] — a running server on a loopback port: `start`,
+//!   `endpoint`, `shutdown`. One server per data directory (enforced with a
+//!   lock file).
+//! * `backend` — `impl s3s::S3` over the filesystem: buckets, objects
+//!   (PUT/GET with ranges/HEAD/DELETE/DeleteObjects/Copy), ListObjects(V2),
+//!   and multipart uploads (create/upload/complete/abort/list uploads/list
+//!   parts). s3s does HTTP, XML, SigV4 (headers, presigned URLs, aws-chunked
+//!   bodies) and error rendering.
+//! * `layout` — directory layout and key encoding; `store` — the one-file
+//!   object format and atomic publish; `list` — ordered listing;
+//!   `stream` — body ↔ file streaming.
+//!
+//! # Key decisions
+//!
+//! * **Own backend, not `s3s-fs`.** s3s-fs streams files in 4 KiB reads
+//!   (~160 MB/s), writes objects in place (a crash or a concurrent PUT leaves
+//!   a torn object visible) and keeps metadata in a separate file. Here reads
+//!   are 1 MiB, writes go through a 1 MiB buffer on a dedicated thread with
+//!   MD5 on another, and every object is published by `rename`.
+//! * **Metadata lives in the object file** (a JSON trailer), so one atomic
+//!   rename publishes bytes and metadata together; see `store`.
+//! * **Crash consistency:** stage in `root/.wharf-tmp`, fsync, rename, fsync
+//!   the directory. Staging leftovers are deleted at start.
+//! * **ETag** is the quoted MD5 hex for single PUTs and
+//!   `"<md5 of part md5s>-N"` for multipart, as S3 does. CopyObject keeps the
+//!   source ETag.
+//!
+//! # Client notes
+//!
+//! Use path-style addressing (`force_path_style(true)`). Default
+//! `aws-sdk-s3` checksum behaviour works: s3s decodes `aws-chunked` bodies
+//! and verifies their signatures; `x-amz-checksum-*` values are accepted but
+//! not verified or stored (MD5 `Content-MD5` is verified when sent).
+
+mod backend;
+mod layout;
+mod list;
+mod store;
+mod stream;
+
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::FsBackend;
+use crate::layout::{LOCK_FILE, Layout, valid_bucket_name};
+
+/// How long [`EmbeddedS3::shutdown`] lets in-flight requests run before
+/// cutting their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How to start an [`EmbeddedS3`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Data directory; created if missing.
+    pub root: PathBuf,
+    /// Address to bind; `127.0.0.1:0` picks a free port.
+    pub listen: SocketAddr,
+    /// The one access key accepted (SigV4).
+    pub access_key: String,
+    /// Its secret.
+    pub secret_key: String,
+    /// Region reported by HeadBucket/GetBucketLocation. Requests signed for
+    /// any region are accepted.
+    pub region: String,
+    /// Buckets created at start if missing.
+    pub buckets: Vec<String>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// A filesystem or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Another server (in this or another process) uses the data directory.
+    #[error("data directory {0} is in use by another embedded S3 server")]
+    Locked(PathBuf),
+    /// A configured bucket name is not a valid S3 bucket name.
+    #[error("invalid bucket name {0:?} (3-63 chars of a-z, 0-9, '-', '.')")]
+    InvalidBucket(String),
+    /// Empty credentials.
+    #[error("access key and secret key must not be empty")]
+    MissingCredentials,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError {
+    let what = what.into();
+    move |source| EmbeddedError::Io { what, source }
+}
+
+/// A running embedded S3 server. Dropping it stops accepting connections;
+/// [`EmbeddedS3::shutdown`] also waits for in-flight requests.
+#[derive(Debug)]
+pub struct EmbeddedS3 {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedS3 {
+    /// Prepares `cfg.root`, binds `cfg.listen`, and spawns the accept loop on
+    /// the current tokio runtime.
+    pub async fn start(cfg: EmbeddedConfig) -> Result<EmbeddedS3, EmbeddedError> {
+        if cfg.access_key.is_empty() || cfg.secret_key.is_empty() {
+            return Err(EmbeddedError::MissingCredentials);
+        }
+        if let Some(bad) = cfg.buckets.iter().find(|b| !valid_bucket_name(b)) {
+            return Err(EmbeddedError::InvalidBucket(bad.clone()));
+        }
+        let layout = Layout::new(cfg.root.clone());
+        let (lock, layout) = tokio::task::spawn_blocking(move || prepare(layout, &cfg.buckets))
+            .await
+            .map_err(|e| io_err("preparing the data directory")(io::Error::other(e)))??;
+
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(io_err(format!("binding {}", cfg.listen)))?;
+        let addr = listener.local_addr().map_err(io_err("reading the bound address"))?;
+
+        let mut builder = S3ServiceBuilder::new(FsBackend::new(layout.clone(), cfg.region));
+        builder.set_auth(SimpleAuth::from_single(cfg.access_key, cfg.secret_key.as_str()));
+        let service = builder.build();
+
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, service, cancel.clone(), lock));
+        tracing::info!(endpoint = %format!("http://{addr}"), root = %layout.root().display(), "embedded S3 started");
+        Ok(EmbeddedS3 { addr, cancel, task: Some(task) })
+    }
+
+    /// `http://IP:PORT`, for `aws_sdk_s3::config::Builder::endpoint_url`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most
+    /// [`SHUTDOWN_GRACE`]), then returns. The data directory lock is released.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EmbeddedS3 {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Locks the root, clears staging leftovers, creates configured buckets.
+fn prepare(layout: Layout, buckets: &[String]) -> Result<(File, Layout), EmbeddedError> {
+    let root = layout.root().to_owned();
+    fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
+    let lock_path = root.join(LOCK_FILE);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(format!("opening {}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Err(EmbeddedError::Locked(root)),
+        Err(TryLockError::Error(e)) => return Err(io_err("locking the data directory")(e)),
+    }
+    let tmp = layout.tmp_dir();
+    match fs::remove_dir_all(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(format!("clearing {}", tmp.display()))(e)),
+    }
+    fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    for bucket in buckets {
+        FsBackend::create_bucket_dirs(&layout, bucket)
+            .map_err(io_err(format!("creating bucket {bucket}")))?;
+    }
+    Ok((lock, layout))
+}
+
+async fn serve(listener: TcpListener, service: S3Service, cancel: CancellationToken, lock: File) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+                    let conn = graceful.watch(conn.into_owned());
+                    conns.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "embedded S3 connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "embedded S3 accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("embedded S3: requests still running after the grace period, cutting them");
+    }
+    conns.shutdown().await;
+    drop(lock);
+    tracing::info!("embedded S3 stopped");
+}

@@ -1,0 +1,52 @@
+//! The router and its layers, stacked in one place.
+//!
+//! Outer to inner:
+//! 1. trace — one span per request (method, path); `RUST_LOG` filters it;
+//! 2. error log — a response that carries a [`LoggedError`] is logged inside
+//!    that span with its status, so every OCI error is visible in the logs;
+//! 3. routes — `/v2/…` (the registry API, parsed by the core), `/healthz`,
+//!    `/readyz`, `/metrics`.
+//!
+//! Request metrics are counted by the handlers, labelled by request kind and
+//! cache result (never by raw path).
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get};
+use tower_http::trace::TraceLayer;
+
+use crate::error::LoggedError;
+use crate::handlers;
+use crate::state::AppState;
+
+/// Builds the origin's HTTP service.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", any(handlers::registry))
+        .route("/v2/", any(handlers::registry))
+        .route("/v2/{*rest}", any(handlers::registry))
+        .route("/healthz", get(handlers::health::healthz))
+        .route("/readyz", get(handlers::health::readyz))
+        .route("/metrics", get(handlers::health::metrics))
+        .layer(middleware::from_fn(log_errors))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+async fn log_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(LoggedError(message)) = response.extensions().get::<LoggedError>() {
+        if response.status().is_server_error() {
+            tracing::warn!(status = response.status().as_u16(), error = %message, "request failed");
+        } else {
+            tracing::info!(status = response.status().as_u16(), error = %message, "request refused");
+        }
+    }
+    response
+}

@@ -1,0 +1,160 @@
+//! The origin's one error type and its OCI shape.
+//!
+//! Every failure on a request path becomes an [`Error`] variant that keeps its
+//! cause and names an OCI [`ErrorCode`]; the code decides the HTTP status via
+//! the single table in `wharf_core::error`. `IntoResponse` renders the
+//! `{"errors":[…]}` body and stashes a copy of the error's text in a response
+//! extension so the trace layer logs it inside the request span.
+//!
+//! Errors that happen after the first body byte cannot be rendered (the status
+//! line is gone): streaming bodies abort the connection instead, never append
+//! JSON to a half-sent blob.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use wharf_core::{ApiError, Digest, ErrorCode, RuleError, render_error};
+
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// Result alias for request-path code.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while answering a registry request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The method/path/query did not parse as a pull-API request.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// No cache rule maps the requested repository to an upstream.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The upstream (and the cache) do not know this manifest.
+    #[error("manifest {reference} of {name} is not known upstream ({registry})")]
+    ManifestUnknown {
+        /// Repository as the client named it.
+        name: String,
+        /// Tag or digest.
+        reference: String,
+        /// Rule prefix of the upstream that answered.
+        registry: String,
+    },
+    /// The upstream (and the cache) do not know this blob.
+    #[error("blob {digest} of {name} is not known upstream ({registry})")]
+    BlobUnknown {
+        /// Repository as the client named it.
+        name: String,
+        /// The requested digest.
+        digest: Digest,
+        /// Rule prefix of the upstream that answered.
+        registry: String,
+    },
+    /// The upstream does not know this repository.
+    #[error("repository {name} is not known upstream ({registry})")]
+    RepositoryUnknown {
+        /// Repository as the client named it.
+        name: String,
+        /// Rule prefix of the upstream that answered.
+        registry: String,
+    },
+    /// The stored manifest is of a type the client's `Accept` excludes.
+    #[error("manifest {reference} is a {media_type}, which the request's Accept header does not list; add it to Accept")]
+    NotAcceptable {
+        /// Tag or digest.
+        reference: String,
+        /// Media type of the stored manifest.
+        media_type: String,
+    },
+    /// The upstream could not be used (unreachable, timed out, 5xx, bad auth…).
+    #[error("upstream {registry} failed: {source}")]
+    Upstream {
+        /// Rule prefix of the upstream.
+        registry: String,
+        /// What went wrong.
+        #[source]
+        source: UpstreamError,
+    },
+    /// What the upstream sent does not match the digest it was asked for.
+    #[error("upstream {registry} sent {got} for {want}; nothing was cached, retry later")]
+    DigestMismatch {
+        /// Rule prefix of the upstream.
+        registry: String,
+        /// The digest asked for.
+        want: Digest,
+        /// What the bytes hashed to (or a description of the truncation).
+        got: String,
+    },
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Store(#[from] StoreError),
+    /// A `Range` header that cannot be served.
+    #[error("range {range} is not satisfiable for a blob of {len} bytes")]
+    RangeNotSatisfiable {
+        /// The header as sent.
+        range: String,
+        /// The blob's length.
+        len: u64,
+    },
+    /// A malformed `Range` header.
+    #[error("bad Range header: {0}")]
+    RangeInvalid(String),
+    /// A failure of an in-flight download this request had joined.
+    #[error("{0}")]
+    Joined(std::sync::Arc<Error>),
+    /// The origin is shutting down and no longer starts new work.
+    #[error("origin is shutting down; retry on another replica")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// The OCI error code (and so the HTTP status) this error answers with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Api(e) => e.code(),
+            Error::Rule(_) | Error::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
+            Error::ManifestUnknown { .. } | Error::NotAcceptable { .. } => ErrorCode::ManifestUnknown,
+            Error::BlobUnknown { .. } => ErrorCode::BlobUnknown,
+            Error::Upstream { source, .. } => source.code(),
+            Error::Joined(inner) => inner.code(),
+            Error::DigestMismatch { .. } | Error::Store(_) | Error::ShuttingDown => {
+                ErrorCode::Unavailable
+            }
+            Error::RangeNotSatisfiable { .. } | Error::RangeInvalid(_) => ErrorCode::RangeInvalid,
+        }
+    }
+
+    /// Seconds the client should wait before retrying, when known.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::Upstream { source, .. } => source.retry_after(),
+            Error::Joined(inner) => inner.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// The rendered error's text, kept on the response for the logging layer.
+#[derive(Clone, Debug)]
+pub struct LoggedError(pub String);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = self.to_string();
+        let body = render_error(code, &message, None);
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Error::RangeNotSatisfiable { len, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}"))
+        {
+            headers.insert(header::CONTENT_RANGE, v);
+        }
+        response.extensions_mut().insert(LoggedError(message));
+        response
+    }
+}

@@ -1,0 +1,16 @@
+//! `GET /v2/`: the API version check every client starts with.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::metrics;
+
+/// `200 {}` with the distribution API version header.
+pub fn get() -> Response {
+    metrics::request("base", "hit");
+    let mut response = (StatusCode::OK, "{}").into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    response
+}

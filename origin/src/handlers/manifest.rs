@@ -1,0 +1,61 @@
+//! `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+//!
+//! Bodies are served byte-exact as stored, so the digest of what the client
+//! receives equals `Docker-Content-Digest`. A client whose `Accept` header
+//! excludes the manifest's media type gets `MANIFEST_UNKNOWN` naming the type
+//! (as Distribution does for OCI indexes), never a body it cannot parse.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use wharf_core::media::accepts;
+use wharf_core::{MediaType, Reference, RepositoryName};
+
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::state::AppState;
+
+/// Answers a manifest request.
+pub async fn get(
+    state: &AppState,
+    head: bool,
+    name: &RepositoryName,
+    reference: &Reference,
+    ns: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let target = state.resolve(name, ns)?;
+    let request = target.manifest_request();
+    let (manifest, status) = match reference {
+        Reference::Tag(tag) => state.manifests.by_tag(&request, tag).await?,
+        Reference::Digest(digest) => state.manifests.by_digest(&request, digest).await?,
+    };
+    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    if !accepts(&accept, &MediaType::parse(&manifest.media_type)) {
+        return Err(Error::NotAcceptable { reference: reference.to_string(), media_type: manifest.media_type });
+    }
+    metrics::request("manifest", status.as_str());
+    let len = manifest.body.len();
+    let body = if head {
+        Body::empty()
+    } else {
+        let source = if status == crate::manifests::CacheStatus::Miss { "upstream" } else { "store" };
+        metrics::served_bytes(source, len as u64);
+        Body::from(manifest.body)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&manifest.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&manifest.digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", manifest.digest)) {
+            h.insert(header::ETAG, etag);
+        }
+    }
+    h.insert("x-wharf-cache", HeaderValue::from_static(status.as_str()));
+    Ok(response)
+}

@@ -1,0 +1,103 @@
+//! Wharf's regional origin: a pull-through cache for container registries.
+//!
+//! It serves the OCI distribution pull API, fetches what it lacks from the
+//! upstream registry named by a cache rule, verifies every byte against its
+//! digest while streaming it to the client, and keeps it in an S3 bucket.
+//!
+//! # Layout
+//!
+//! * [`config`] — the typed configuration (file, environment, flags).
+//! * [`state`] — [`state::AppState`], the shared handles of a running origin.
+//! * [`app`] — the router and its layers; [`handlers`] — one file per
+//!   operation, after the core has parsed the request.
+//! * [`manifests`] — tag freshness and revalidation, immutable digests.
+//! * [`hydrate`] — blob misses: one upstream fetch, streamed to every waiting
+//!   client while it is verified and uploaded; [`coalesce`] — the in-flight map.
+//! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
+//! * [`store`] — the S3 bucket, and the embedded S3 server for `--data`.
+//! * [`metrics`] — every metric name; [`error`] — the one error type.
+
+pub mod app;
+pub mod coalesce;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod hydrate;
+pub mod manifests;
+pub mod metrics;
+pub mod state;
+pub mod store;
+pub mod tags;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::config::{Config, Storage};
+use crate::state::AppState;
+use crate::store::Store;
+
+/// Runs the origin on `listener` until `shutdown` resolves, then drains:
+/// open requests and in-flight hydrations get `config.shutdown_grace` to
+/// finish, after which hydrations are aborted (their uploads too, so nothing
+/// half-written is ever visible) and the embedded store stops.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (embedded, settings) = match &config.storage {
+        Storage::Embedded(settings) => {
+            let (server, s3) = store::embedded::start(settings).await?;
+            tracing::info!(endpoint = %s3.endpoint, data = %settings.data.display(), "embedded object store started");
+            (Some(server), s3)
+        }
+        Storage::S3(s3) => (None, s3.clone()),
+    };
+    let store = Store::new(&settings);
+    match store.check().await {
+        Ok(()) => {
+            let store = store.clone();
+            tokio::spawn(async move {
+                match store.abort_orphan_uploads("blobs/").await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(aborted = n, "aborted uploads left by a previous process"),
+                    Err(e) => tracing::warn!(error = %e, "could not list orphaned uploads"),
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "object store is not reachable; /readyz reports it until it is"),
+    }
+
+    let state = AppState::new(&config, store, metrics)?;
+    let blobs = state.blobs.clone();
+    let router = app::app(state);
+    tracing::info!(listen = %listener.local_addr()?, rules = config.rules.len(), "wharf origin serving");
+
+    let stopping = Arc::new(Notify::new());
+    let notify = stopping.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections");
+        notify.notify_waiters();
+    });
+    let grace = config.shutdown_grace;
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result?,
+        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "connections still open after the shutdown grace; closing them");
+        }
+    }
+    blobs.shutdown(grace).await;
+    if let Some(embedded) = embedded {
+        embedded.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! Manifests: immutable by digest, revalidated by tag.
+//!
+//! A manifest fetched by digest is verified and kept forever. A tag maps to a
+//! [`TagRecord`] (digest, media type, when it was last confirmed upstream),
+//! kept in memory and in the store so that a restarted origin still knows
+//! its tags. The core's [`FreshnessPolicy`] decides what a request costs:
+//!
+//! * fresh → served from the store, zero upstream requests;
+//! * stale → one upstream `HEAD` (Docker Hub does not count HEADs against its
+//!   pull limit); same digest → the record's clock is reset, no `GET`;
+//!   another digest → one `GET` of the new manifest;
+//! * upstream down, rate limited or failing → the last known manifest is
+//!   served while inside the stale-if-error window, marked stale in the
+//!   `X-Wharf-Cache` header and `wharf_stale_served_total`.
+//!
+//! Concurrent requests for the same tag or digest share one upstream request
+//! (a detached task behind a shared future), so a herd after a TTL expiry
+//! still costs one `HEAD`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
+use reqwest::Method;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+use wharf_core::media::{MANIFEST_ACCEPT, detect};
+use wharf_core::{Digest, Freshness, FreshnessPolicy, MediaType, OnUpstreamError, RepositoryName, Tag};
+
+use crate::error::Error;
+use crate::metrics;
+use crate::store::{self, Store};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Largest manifest accepted from an upstream (Distribution's limit).
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// What the cache knows about a tag.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The manifest the tag pointed to when last confirmed.
+    pub digest: Digest,
+    /// That manifest's media type.
+    pub media_type: String,
+    /// Unix milliseconds of the last upstream confirmation.
+    pub fetched_at_ms: u64,
+}
+
+/// A manifest's exact bytes and identity.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// Digest of `body`.
+    pub digest: Digest,
+    /// Media type (the `Content-Type` served).
+    pub media_type: String,
+    /// The bytes, exactly as the upstream sent them.
+    pub body: Bytes,
+}
+
+/// How a manifest request was answered, for the `X-Wharf-Cache` header and
+/// the `result` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// From the cache, no upstream request.
+    Hit,
+    /// Fetched from the upstream.
+    Miss,
+    /// From the cache after the upstream confirmed the tag.
+    Revalidated,
+    /// From the cache because the upstream failed.
+    Stale,
+}
+
+impl CacheStatus {
+    /// Header and metric spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+/// What a manifest request needs to know about its rule.
+#[derive(Clone)]
+pub struct ManifestRequest {
+    /// The rule's upstream.
+    pub upstream: Arc<Upstream>,
+    /// Repository name at the upstream.
+    pub upstream_repo: RepositoryName,
+    /// Repository name in the cache.
+    pub canonical: RepositoryName,
+    /// The rule's tag freshness.
+    pub freshness: FreshnessPolicy,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<(Manifest, CacheStatus), Arc<Error>>>>;
+
+/// The manifest cache of this process.
+pub struct Manifests {
+    store: Store,
+    tags: Mutex<HashMap<String, TagRecord>>,
+    flights: Mutex<HashMap<String, Flight>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Manifests {
+    /// A manifest cache over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store, tags: Mutex::new(HashMap::new()), flights: Mutex::new(HashMap::new()) }
+    }
+
+    /// Resolves `tag` under the freshness policy.
+    pub async fn by_tag(self: &Arc<Self>, req: &ManifestRequest, tag: &Tag) -> Result<(Manifest, CacheStatus), Error> {
+        let key = store::tag_key(&req.canonical, tag);
+        let record = self.tag_record(&key).await;
+        if let Some(r) = &record
+            && req.freshness.classify(r.fetched_at_ms, now_ms()) == Freshness::Fresh
+            && let Some(m) = self.load(&r.digest).await
+        {
+            return Ok((m, CacheStatus::Hit));
+        }
+        let this = self.clone();
+        let (req, tag) = (req.clone(), tag.clone());
+        let flight_key = key.clone();
+        self.single(flight_key, async move { this.refresh_tag(&req, &tag, &key, record).await })
+            .await
+            .map_err(Error::Joined)
+    }
+
+    /// Returns the manifest `digest`, from the store or the upstream.
+    pub async fn by_digest(
+        self: &Arc<Self>,
+        req: &ManifestRequest,
+        digest: &Digest,
+    ) -> Result<(Manifest, CacheStatus), Error> {
+        if let Some(m) = self.load(digest).await {
+            return Ok((m, CacheStatus::Hit));
+        }
+        let this = self.clone();
+        let (req, want) = (req.clone(), digest.clone());
+        self.single(store::manifest_key(digest), async move {
+            this.fetch(&req, &want.to_string(), Some(&want)).await.map(|m| (m, CacheStatus::Miss))
+        })
+        .await
+        .map_err(Error::Joined)
+    }
+
+    /// Runs `work` once per `key` at a time, in a detached task so that it
+    /// completes even if every waiting client goes away.
+    async fn single(
+        self: &Arc<Self>,
+        key: String,
+        work: impl Future<Output = Result<(Manifest, CacheStatus), Error>> + Send + 'static,
+    ) -> Result<(Manifest, CacheStatus), Arc<Error>> {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(&key) {
+                Some(flight) => {
+                    metrics::coalesced("manifest");
+                    flight.clone()
+                }
+                None => {
+                    let this = self.clone();
+                    let k = key.clone();
+                    let task = tokio::spawn(async move {
+                        let result = work.await.map_err(Arc::new);
+                        this.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+                        result
+                    });
+                    let flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Arc::new(Error::Store(store::StoreError {
+                                op: "Manifest",
+                                key: String::new(),
+                                message: format!("manifest task failed: {e}"),
+                            })))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    async fn refresh_tag(
+        &self,
+        req: &ManifestRequest,
+        tag: &Tag,
+        key: &str,
+        record: Option<TagRecord>,
+    ) -> Result<(Manifest, CacheStatus), Error> {
+        let registry = req.upstream.registry().to_owned();
+        let Some(record) = record else {
+            return self.fetch_tag(req, tag, key).await.map(|m| (m, CacheStatus::Miss));
+        };
+        let head = req
+            .upstream
+            .send(Method::HEAD, &req.upstream_repo, &format!("manifests/{tag}"), accept())
+            .await;
+        match head {
+            Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+                self.forget_tag(key).await;
+                Err(Error::ManifestUnknown { name: req.canonical.to_string(), reference: tag.to_string(), registry })
+            }
+            Ok(response) => {
+                let upstream_digest = response
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Digest::parse(v).ok());
+                if upstream_digest.as_ref() == Some(&record.digest)
+                    && let Some(m) = self.load(&record.digest).await
+                {
+                    let touched = TagRecord { fetched_at_ms: now_ms(), ..record };
+                    self.save_tag(key, &touched).await;
+                    return Ok((m, CacheStatus::Revalidated));
+                }
+                self.fetch_tag(req, tag, key).await.map(|m| (m, CacheStatus::Miss))
+            }
+            Err(source) => self.stale_or_fail(req, tag, &record, source).await,
+        }
+    }
+
+    async fn stale_or_fail(
+        &self,
+        req: &ManifestRequest,
+        tag: &Tag,
+        record: &TagRecord,
+        source: UpstreamError,
+    ) -> Result<(Manifest, CacheStatus), Error> {
+        let registry = req.upstream.registry().to_owned();
+        if req.freshness.on_upstream_error(record.fetched_at_ms, now_ms()) == OnUpstreamError::ServeStale
+            && let Some(m) = self.load(&record.digest).await
+        {
+            metrics::stale_served(&registry);
+            tracing::warn!(repo = %req.canonical, %tag, registry, error = %source, "upstream failed; serving the last known tag");
+            return Ok((m, CacheStatus::Stale));
+        }
+        Err(Error::Upstream { registry, source })
+    }
+
+    async fn fetch_tag(&self, req: &ManifestRequest, tag: &Tag, key: &str) -> Result<Manifest, Error> {
+        let manifest = self.fetch(req, tag.as_str(), None).await?;
+        let record = TagRecord {
+            digest: manifest.digest.clone(),
+            media_type: manifest.media_type.clone(),
+            fetched_at_ms: now_ms(),
+        };
+        self.save_tag(key, &record).await;
+        Ok(manifest)
+    }
+
+    /// GETs a manifest from the upstream, verifies it and stores it.
+    async fn fetch(&self, req: &ManifestRequest, reference: &str, want: Option<&Digest>) -> Result<Manifest, Error> {
+        let registry = req.upstream.registry().to_owned();
+        let upstream_error = |source| Error::Upstream { registry: registry.clone(), source };
+        let response = req
+            .upstream
+            .send(Method::GET, &req.upstream_repo, &format!("manifests/{reference}"), accept())
+            .await
+            .map_err(upstream_error)?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(Error::ManifestUnknown {
+                name: req.canonical.to_string(),
+                reference: reference.to_owned(),
+                registry,
+            });
+        }
+        let header_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok());
+        let content_type =
+            response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(MediaType::parse);
+        let body = read_limited(response, MAX_MANIFEST_BYTES).await.map_err(upstream_error)?;
+        let media_type = match content_type {
+            Some(m) if m.is_manifest_type() => m,
+            _ => detect(&body).unwrap_or(MediaType::OciManifest),
+        };
+        // Verify against what was asked for (by digest) or what the upstream
+        // claimed (by tag); a mismatch is never cached.
+        let check = want.or(header_digest.as_ref());
+        let digest = match check {
+            Some(expected) => {
+                let mut verifier = expected.verifier();
+                verifier.update(&body);
+                let got = verifier.finish();
+                if &got != expected {
+                    metrics::integrity_failure(&registry);
+                    tracing::error!(repo = %req.canonical, reference, %expected, %got, "upstream manifest failed verification");
+                    return Err(Error::DigestMismatch { registry, want: expected.clone(), got: got.to_string() });
+                }
+                got
+            }
+            None => Digest::sha256_of(&body),
+        };
+        let manifest = Manifest { digest, media_type: media_type.as_str().to_owned(), body };
+        if let Err(e) = self
+            .store
+            .put_bytes(&store::manifest_key(&manifest.digest), manifest.body.clone(), &manifest.media_type)
+            .await
+        {
+            tracing::warn!(error = %e, "manifest served but not cached");
+        }
+        Ok(manifest)
+    }
+
+    /// Loads a stored manifest; store failures count as absent (and are logged).
+    async fn load(&self, digest: &Digest) -> Option<Manifest> {
+        match self.store.get_bytes(&store::manifest_key(digest)).await {
+            Ok(Some((meta, body))) => {
+                let media_type = meta
+                    .content_type
+                    .filter(|t| MediaType::parse(t).is_manifest_type())
+                    .or_else(|| detect(&body).map(|m| m.as_str().to_owned()))
+                    .unwrap_or_else(|| MediaType::OciManifest.as_str().to_owned());
+                Some(Manifest { digest: digest.clone(), media_type, body })
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "manifest lookup failed");
+                None
+            }
+        }
+    }
+
+    async fn tag_record(&self, key: &str) -> Option<TagRecord> {
+        if let Some(r) = self.tags.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Some(r.clone());
+        }
+        match self.store.get_bytes(key).await {
+            Ok(Some((_, body))) => match serde_json::from_slice::<TagRecord>(&body) {
+                Ok(record) => {
+                    self.remember(key, &record);
+                    Some(record)
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "unreadable tag record ignored");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "tag lookup failed");
+                None
+            }
+        }
+    }
+
+    fn remember(&self, key: &str, record: &TagRecord) {
+        let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        if tags.len() > 100_000 {
+            tags.clear();
+        }
+        tags.insert(key.to_owned(), record.clone());
+    }
+
+    async fn save_tag(&self, key: &str, record: &TagRecord) {
+        self.remember(key, record);
+        let body = match serde_json::to_vec(record) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                tracing::warn!(error = %e, "tag record not serialisable");
+                return;
+            }
+        };
+        if let Err(e) = self.store.put_bytes(key, body, "application/json").await {
+            tracing::warn!(error = %e, "tag record not stored");
+        }
+    }
+
+    async fn forget_tag(&self, key: &str) {
+        self.tags.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        if let Err(e) = self.store.delete(key).await {
+            tracing::warn!(error = %e, "tag record not deleted");
+        }
+    }
+}
+
+fn accept() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+    headers
+}
+
+/// Reads a response body of at most `limit` bytes.
+pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(UpstreamError::Body(format!("larger than the {limit}-byte limit")));
+    }
+    let mut body = BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| UpstreamError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(UpstreamError::Body(format!("larger than the {limit}-byte limit")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,107 @@
+//! Every metric the origin exports, by name, in one place.
+//!
+//! Call sites use these functions rather than the `metrics` macros so that a
+//! metric's name and labels are spelled exactly once (the names are a stable
+//! interface, see `shared/INTERFACES.md`). Labels are bounded sets: request
+//! kinds, results, rule prefixes, HTTP methods and status codes — never raw
+//! paths or repository names.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by `kind` (manifest, blob, tags, referrers, base) and
+/// `result` (hit, miss, stale, revalidated, error).
+pub const REQUESTS: &str = "wharf_requests_total";
+/// Requests sent to upstream registries, by `registry`, `method`, `status`
+/// (HTTP status, or `error` when no response arrived).
+pub const UPSTREAM_REQUESTS: &str = "wharf_upstream_requests_total";
+/// Body bytes read from upstream registries, by `registry`.
+pub const UPSTREAM_BYTES: &str = "wharf_upstream_bytes_total";
+/// Body bytes sent to clients, by `source` (store, upstream).
+pub const SERVED_BYTES: &str = "wharf_served_bytes_total";
+/// Blobs or manifests whose bytes did not match their digest, by `registry`.
+pub const INTEGRITY_FAILURES: &str = "wharf_integrity_failures_total";
+/// Stale tags served because the upstream failed, by `registry`.
+pub const STALE_SERVED: &str = "wharf_stale_served_total";
+/// Seconds from the first upstream byte request to the blob being committed
+/// to the store, by `registry` and `outcome` (committed, failed).
+pub const HYDRATION_SECONDS: &str = "wharf_hydration_duration_seconds";
+/// Hydrations currently in flight.
+pub const HYDRATIONS_IN_FLIGHT: &str = "wharf_hydrations_in_flight";
+/// Clients that joined an in-flight hydration instead of fetching upstream.
+pub const COALESCED: &str = "wharf_coalesced_requests_total";
+/// Remaining upstream rate-limit budget last reported, by `registry`.
+pub const RATELIMIT_REMAINING: &str = "wharf_upstream_ratelimit_remaining";
+
+/// Builds the Prometheus recorder, installs it as the process's recorder and
+/// returns the handle `/metrics` renders from.
+///
+/// The `metrics` facade keeps one recorder per process; only the binary's
+/// `main` calls this, so the library itself holds no global state.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HYDRATION_SECONDS.to_owned()), &buckets)?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+/// Counts one answered request.
+pub fn request(kind: &'static str, result: &'static str) {
+    counter!(REQUESTS, "kind" => kind, "result" => result).increment(1);
+}
+
+/// Counts one upstream request and its outcome.
+pub fn upstream_request(registry: &str, method: &str, status: &str) {
+    counter!(UPSTREAM_REQUESTS, "registry" => registry.to_owned(), "method" => method.to_owned(), "status" => status.to_owned())
+        .increment(1);
+}
+
+/// Adds body bytes read from an upstream.
+pub fn upstream_bytes(registry: &str, n: u64) {
+    counter!(UPSTREAM_BYTES, "registry" => registry.to_owned()).increment(n);
+}
+
+/// Adds body bytes sent to a client.
+pub fn served_bytes(source: &'static str, n: u64) {
+    counter!(SERVED_BYTES, "source" => source).increment(n);
+}
+
+/// Counts one digest mismatch or truncation.
+pub fn integrity_failure(registry: &str) {
+    counter!(INTEGRITY_FAILURES, "registry" => registry.to_owned()).increment(1);
+}
+
+/// Counts one stale tag served under stale-if-error.
+pub fn stale_served(registry: &str) {
+    counter!(STALE_SERVED, "registry" => registry.to_owned()).increment(1);
+}
+
+/// Records how long a hydration took.
+pub fn hydration_seconds(registry: &str, outcome: &'static str, secs: f64) {
+    histogram!(HYDRATION_SECONDS, "registry" => registry.to_owned(), "outcome" => outcome).record(secs);
+}
+
+/// Tracks the number of in-flight hydrations.
+pub fn hydrations_in_flight(delta: f64) {
+    gauge!(HYDRATIONS_IN_FLIGHT).increment(delta);
+}
+
+/// Counts a client that joined an in-flight hydration.
+pub fn coalesced(kind: &'static str) {
+    counter!(COALESCED, "kind" => kind).increment(1);
+}
+
+/// Records the upstream's advertised remaining rate-limit budget.
+pub fn ratelimit_remaining(registry: &str, remaining: f64) {
+    gauge!(RATELIMIT_REMAINING, "registry" => registry.to_owned()).set(remaining);
+}
+
+/// Token requests sent to upstream token servers, by `registry` and `status`.
+pub const UPSTREAM_TOKEN_REQUESTS: &str = "wharf_upstream_token_requests_total";
+
+/// Counts one token request to an upstream's token server.
+pub fn upstream_token_request(registry: &str, status: &str) {
+    counter!(UPSTREAM_TOKEN_REQUESTS, "registry" => registry.to_owned(), "status" => status.to_owned())
+        .increment(1);
+}

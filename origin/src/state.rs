@@ -1,0 +1,114 @@
+//! [`AppState`]: everything a request handler needs, as one cheap clone of
+//! `Arc`s built once at start. No globals.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use wharf_core::{CacheRules, FreshnessPolicy, RepositoryName};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::hydrate::{BlobRequest, Blobs};
+use crate::manifests::{ManifestRequest, Manifests};
+use crate::store::Store;
+use crate::tags::TagLists;
+use crate::upstream::Upstream;
+
+/// One cache rule at run time.
+pub struct RuleRuntime {
+    /// The upstream client.
+    pub upstream: Arc<Upstream>,
+    /// The rule's tag freshness.
+    pub freshness: FreshnessPolicy,
+}
+
+/// Shared state of the origin.
+#[derive(Clone)]
+pub struct AppState {
+    /// Downstream name → upstream mapping.
+    pub rules: Arc<CacheRules>,
+    /// Per-rule runtime, indexed like `rules`.
+    pub runtimes: Arc<Vec<RuleRuntime>>,
+    /// The object store.
+    pub store: Store,
+    /// Blob hydrations.
+    pub blobs: Arc<Blobs>,
+    /// Manifest cache.
+    pub manifests: Arc<Manifests>,
+    /// `tags/list` cache.
+    pub tag_lists: Arc<TagLists>,
+    /// Renders `/metrics` (absent in router tests without a recorder).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// A request's repository resolved against the cache rules.
+#[derive(Clone)]
+pub struct Target {
+    /// The rule's upstream.
+    pub upstream: Arc<Upstream>,
+    /// Repository at the upstream.
+    pub upstream_repo: RepositoryName,
+    /// Repository in the cache.
+    pub canonical: RepositoryName,
+    /// Tag freshness of the rule.
+    pub freshness: FreshnessPolicy,
+}
+
+impl Target {
+    /// The manifest-service view of this target.
+    pub fn manifest_request(&self) -> ManifestRequest {
+        ManifestRequest {
+            upstream: self.upstream.clone(),
+            upstream_repo: self.upstream_repo.clone(),
+            canonical: self.canonical.clone(),
+            freshness: self.freshness,
+        }
+    }
+
+    /// The blob-service view of this target.
+    pub fn blob_request(&self, digest: wharf_core::Digest) -> BlobRequest {
+        BlobRequest {
+            upstream: self.upstream.clone(),
+            upstream_repo: self.upstream_repo.clone(),
+            canonical: self.canonical.clone(),
+            digest,
+        }
+    }
+}
+
+impl AppState {
+    /// Builds the state for `config` over `store`.
+    pub fn new(config: &Config, store: Store, metrics: Option<PrometheusHandle>) -> anyhow::Result<Self> {
+        let rules = config.cache_rules();
+        let mut runtimes = Vec::new();
+        for rule in &config.rules {
+            let upstream =
+                Upstream::new(&rule.prefix, &rule.upstream, rule.credentials.clone(), config.upstream_timeouts)
+                    .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?;
+            runtimes.push(RuleRuntime { upstream: Arc::new(upstream), freshness: rule.freshness });
+        }
+        let blobs = Blobs::new(store.clone(), config.spool_dir.clone())
+            .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?;
+        Ok(Self {
+            rules: Arc::new(rules),
+            runtimes: Arc::new(runtimes),
+            manifests: Arc::new(Manifests::new(store.clone())),
+            blobs: Arc::new(blobs),
+            tag_lists: Arc::new(TagLists::new(config.tags_list_ttl)),
+            store,
+            metrics,
+        })
+    }
+
+    /// Maps a requested repository (and containerd's `ns`) to its upstream.
+    pub fn resolve(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Target, Error> {
+        let resolved = self.rules.resolve(name, ns)?;
+        let runtime = &self.runtimes[resolved.rule];
+        Ok(Target {
+            upstream: runtime.upstream.clone(),
+            upstream_repo: resolved.upstream_repo,
+            canonical: resolved.canonical,
+            freshness: runtime.freshness,
+        })
+    }
+}

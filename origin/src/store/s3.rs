@@ -1,0 +1,364 @@
+//! [`Store`]: the S3 client wrapper with the handful of operations the cache
+//! needs, and [`MultipartUpload`], the write / commit / abort sink for blobs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+
+/// An object-store failure, with the operation and key it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {key}: {message}")]
+pub struct StoreError {
+    /// The S3 operation (`GetObject`, …).
+    pub op: &'static str,
+    /// The object key (or bucket for bucket operations).
+    pub key: String,
+    /// What the store or the transport said.
+    pub message: String,
+}
+
+impl StoreError {
+    fn new<E: ProvideErrorMetadata + std::fmt::Debug>(op: &'static str, key: &str, err: SdkError<E>) -> Self {
+        let message = match &err {
+            SdkError::ServiceError(e) => {
+                let inner = e.err();
+                format!(
+                    "{} ({})",
+                    inner.message().unwrap_or("no message"),
+                    inner.code().unwrap_or("no code")
+                )
+            }
+            SdkError::DispatchFailure(e) => format!("cannot reach the object store: {e:?}"),
+            SdkError::TimeoutError(_) => "the object store did not answer in time".to_owned(),
+            other => format!("{other:?}"),
+        };
+        Self { op, key: key.to_owned(), message }
+    }
+}
+
+/// What a HEAD learned about an object.
+#[derive(Clone, Debug)]
+pub struct ObjectMeta {
+    /// Length in bytes.
+    pub len: u64,
+    /// `Content-Type` stored with the object.
+    pub content_type: Option<String>,
+}
+
+/// The bucket every object of this region lives in.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    bucket: String,
+    part_size: u64,
+}
+
+/// How to reach an S3-compatible store.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900`.
+    pub endpoint: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Signing region.
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    /// Multipart part size in bytes (blobs larger than this use multipart).
+    pub part_size: u64,
+}
+
+impl Store {
+    /// A store client for `settings` (no request is made).
+    pub fn new(settings: &S3Settings) -> Self {
+        let credentials =
+            Credentials::new(&settings.access_key, &settings.secret_key, None, None, "wharf-config");
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(Region::new(settings.region.clone()))
+            .endpoint_url(&settings.endpoint)
+            .force_path_style(true)
+            .credentials_provider(credentials)
+            // Blobs are verified by their sha256 digest already; extra CRCs on
+            // every part would cost CPU and some S3-compatible stores (Garage,
+            // older MinIO) reject the trailing-checksum encoding.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .build(),
+            )
+            .build();
+        Self { client: Client::from_conf(config), bucket: settings.bucket.clone(), part_size: settings.part_size }
+    }
+
+    /// Multipart part size.
+    pub fn part_size(&self) -> u64 {
+        self.part_size
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Checks that the bucket is reachable (for `/readyz`).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::new("HeadBucket", &self.bucket, e))
+    }
+
+    /// Metadata of `key`, or `None` if it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => Ok(Some(ObjectMeta {
+                len: out.content_length().unwrap_or(0).max(0) as u64,
+                content_type: out.content_type().map(str::to_owned),
+            })),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(StoreError::new("HeadObject", key, e)),
+        }
+    }
+
+    /// Streams `key` (optionally a byte range, inclusive end), or `None` if it
+    /// does not exist.
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some((start, end)) = range {
+            request = request.range(format!("bytes={start}-{end}"));
+        }
+        match request.send().await {
+            Ok(out) => {
+                let meta = ObjectMeta {
+                    len: out.content_length().unwrap_or(0).max(0) as u64,
+                    content_type: out.content_type().map(str::to_owned),
+                };
+                Ok(Some((meta, out.body)))
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => Ok(None),
+            Err(e) => Err(StoreError::new("GetObject", key, e)),
+        }
+    }
+
+    /// Reads a small object (manifest, record) whole.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<(ObjectMeta, Bytes)>, StoreError> {
+        let Some((meta, body)) = self.get(key, None).await? else { return Ok(None) };
+        let bytes = body.collect().await.map_err(|e| StoreError {
+            op: "GetObject",
+            key: key.to_owned(),
+            message: format!("body: {e}"),
+        })?;
+        Ok(Some((meta, bytes.into_bytes())))
+    }
+
+    /// Writes a small object whole.
+    pub async fn put_bytes(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::new("PutObject", key, e))
+    }
+
+    /// Uploads `len` bytes of `path` from `offset` as one object, streaming
+    /// from the file.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        offset: u64,
+        len: u64,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        let body = file_stream(path, offset, len).await.map_err(|message| StoreError {
+            op: "PutObject",
+            key: key.to_owned(),
+            message,
+        })?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::new("PutObject", key, e))
+    }
+
+    /// Deletes `key` (absent keys are not an error).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::new("DeleteObject", key, e))
+    }
+
+    /// Starts a multipart upload to `key`; nothing is visible until
+    /// [`MultipartUpload::complete`].
+    pub async fn multipart(&self, key: &str, content_type: &str) -> Result<MultipartUpload, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| StoreError::new("CreateMultipartUpload", key, e))?;
+        let upload_id = out.upload_id().unwrap_or_default().to_owned();
+        Ok(MultipartUpload { store: self.clone(), key: key.to_owned(), upload_id, parts: Vec::new() })
+    }
+
+    /// Aborts every multipart upload under `prefix` (left behind by a crash:
+    /// a live process completes or aborts its own). Returns how many.
+    pub async fn abort_orphan_uploads(&self, prefix: &str) -> Result<usize, StoreError> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .map_err(|e| StoreError::new("ListMultipartUploads", prefix, e))?;
+        let mut aborted = 0;
+        for upload in out.uploads() {
+            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+            let result =
+                self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await;
+            match result {
+                Ok(_) => aborted += 1,
+                Err(e) => tracing::warn!(key, error = %StoreError::new("AbortMultipartUpload", key, e), "orphan upload not aborted"),
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// A presigned GET URL for `key`, valid for `ttl`.
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
+        let config = PresigningConfig::expires_in(ttl).map_err(|e| StoreError {
+            op: "Presign",
+            key: key.to_owned(),
+            message: e.to_string(),
+        })?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| StoreError::new("Presign", key, e))?;
+        Ok(request.uri().to_owned())
+    }
+}
+
+async fn file_stream(path: &Path, offset: u64, len: u64) -> Result<ByteStream, String> {
+    ByteStream::read_from()
+        .path(path)
+        .offset(offset)
+        .length(Length::Exact(len))
+        .buffer_size(1 << 20)
+        .build()
+        .await
+        .map_err(|e| format!("reading spool file {}: {e}", path.display()))
+}
+
+/// A blob being written: parts are uploaded as the spool file grows, and the
+/// object appears only on [`complete`](Self::complete). Dropping it without
+/// completing leaves an upload that [`Store::abort_orphan_uploads`] cleans at
+/// the next start; callers abort explicitly.
+pub struct MultipartUpload {
+    store: Store,
+    key: String,
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+impl MultipartUpload {
+    /// Uploads the next part from `len` bytes of `path` at `offset`.
+    pub async fn upload_part_from_file(&mut self, path: &Path, offset: u64, len: u64) -> Result<(), StoreError> {
+        let number = self.parts.len() as i32 + 1;
+        let body = file_stream(path, offset, len).await.map_err(|message| StoreError {
+            op: "UploadPart",
+            key: self.key.clone(),
+            message,
+        })?;
+        let out = self
+            .store
+            .client
+            .upload_part()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| StoreError::new("UploadPart", &self.key, e))?;
+        self.parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build());
+        Ok(())
+    }
+
+    /// Makes the object visible.
+    pub async fn complete(self) -> Result<(), StoreError> {
+        let parts = CompletedMultipartUpload::builder().set_parts(Some(self.parts)).build();
+        self.store
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(parts)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::new("CompleteMultipartUpload", &self.key, e))
+    }
+
+    /// Discards the parts; nothing becomes visible.
+    pub async fn abort(self) -> Result<(), StoreError> {
+        self.store
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::new("AbortMultipartUpload", &self.key, e))
+    }
+}

@@ -1,0 +1,351 @@
+//! The real `wharf-origin` binary, started per test.
+//!
+//! The binary is `$WHARF_ORIGIN_BIN` or `<target>/debug/wharf-origin`, found
+//! from the test executable's own path (`<target>/debug/deps/<test>-<hash>`),
+//! so `cargo build -p wharf-origin && cargo test -p wharf-tests` is all it
+//! takes. It is spawned as
+//! `wharf-origin --listen 127.0.0.1:PORT --data DIR --rule P=URL… [--tag-ttl T] [--config F]`
+//! with `RUST_LOG=info,wharf=debug` and its output in `origin.log` in the
+//! test directory (tail printed if the test fails).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::process::Daemon;
+use crate::{TestDir, free_port, wait_until};
+
+/// How to start an origin.
+#[derive(Clone, Debug, Default)]
+pub struct OriginOpts {
+    /// `--rule PREFIX=URL` flags.
+    pub rules: Vec<(String, String)>,
+    /// `--tag-ttl`, when set.
+    pub tag_ttl: Option<Duration>,
+    /// Content of a config file passed with `--config`, when set.
+    pub config_toml: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running origin; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Origin {
+    daemon: Option<Daemon>,
+    port: u16,
+    data: PathBuf,
+    log: PathBuf,
+    opts: OriginOpts,
+    config_path: Option<PathBuf>,
+    starts: u32,
+}
+
+/// Where the origin binary is.
+pub fn origin_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WHARF_ORIGIN_BIN") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("WHARF_ORIGIN_BIN={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    // <target>/debug/deps/<test>-<hash> → <target>/debug/wharf-origin
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("wharf-origin"))
+        .context("locating the target directory from the test executable")?;
+    if !bin.is_file() {
+        panic!(
+            "{} not found: run `cargo build -p wharf-origin` first (or set WHARF_ORIGIN_BIN)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+impl Origin {
+    /// Starts an origin with its data under `<test dir>/origin-data` and
+    /// waits until `/healthz` and `/readyz` answer 200.
+    pub async fn start(dir: &TestDir, opts: OriginOpts) -> Result<Origin> {
+        let config_path = match &opts.config_toml {
+            Some(toml) => {
+                let p = dir.path().join("origin.toml");
+                std::fs::write(&p, toml)?;
+                Some(p)
+            }
+            None => None,
+        };
+        let mut origin = Origin {
+            daemon: None,
+            port: free_port(),
+            data: dir.sub("origin-data"),
+            log: dir.path().join("origin.log"),
+            opts,
+            config_path,
+            starts: 0,
+        };
+        // The port was free a moment ago; if another test took it in
+        // between, try another.
+        for attempt in 1..=3 {
+            match origin.spawn_and_wait().await {
+                Ok(()) => return Ok(origin),
+                Err(e) if attempt < 3 && origin.log_tail(20).contains("in use") => {
+                    eprintln!("origin could not bind port {}: retrying ({e:#})", origin.port);
+                    origin.port = free_port();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!()
+    }
+
+    fn command(&self) -> Result<Command> {
+        let mut cmd = Command::new(origin_bin()?);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data")
+            .arg(&self.data);
+        for (prefix, url) in &self.opts.rules {
+            cmd.arg("--rule").arg(format!("{prefix}={url}"));
+        }
+        if let Some(ttl) = self.opts.tag_ttl {
+            cmd.arg("--tag-ttl").arg(format_duration(ttl));
+        }
+        if let Some(p) = &self.config_path {
+            cmd.arg("--config").arg(p);
+        }
+        cmd.env("RUST_LOG", "info,wharf=debug,wharf_origin=debug,wharf_core=debug");
+        for (k, v) in crate::process::sealed_env() {
+            cmd.env(k, v);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        Ok(cmd)
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<()> {
+        self.starts += 1;
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::options().create(true).append(true).open(&self.log)?;
+            writeln!(f, "===== wharf-tests: start #{} on port {} =====", self.starts, self.port)?;
+        }
+        let daemon = Daemon::spawn("wharf-origin", self.command()?, &self.log, Duration::from_secs(10))?;
+        self.daemon = Some(daemon);
+        let client = crate::http_client();
+        for path in ["/healthz", "/readyz"] {
+            let url = format!("{}{path}", self.url());
+            let daemon = self.daemon.as_mut().expect("just spawned");
+            let mut exited = None;
+            let r = wait_until(&format!("wharf-origin {path}"), Duration::from_secs(30), || {
+                exited = exited.or(daemon.exited());
+                let dead = exited;
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    if let Some(status) = dead {
+                        bail!("wharf-origin exited: {status}");
+                    }
+                    Ok(client.get(&url).send().await?.status() == reqwest::StatusCode::OK)
+                }
+            })
+            .await;
+            if let Err(e) = r {
+                let tail = self.log_tail(30);
+                if let Some(mut d) = self.daemon.take() {
+                    d.stop();
+                }
+                bail!("{e:#}\n----- origin.log (tail) -----\n{tail}");
+            }
+        }
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`, as a registry host in image references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// Stops the origin (SIGTERM, waits up to 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+
+    /// Stops and starts again on the same port with the same data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn_and_wait().await
+    }
+
+    /// The whole log (all starts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::tail(&self.log, lines)
+    }
+
+    /// Every series at `/metrics`, keyed `name{label="v",…}` with labels
+    /// sorted by name (`name` alone when unlabelled).
+    pub async fn metrics(&self) -> Result<HashMap<String, f64>> {
+        let text = crate::http_client()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(parse_prometheus(&text))
+    }
+
+    /// The sum of every series of `name` whose labels include all of
+    /// `labels` (0 when there is none).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(sum_metric(&self.metrics().await?, name, labels))
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Parses Prometheus text exposition into `name{sorted labels} -> value`.
+pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(_) => match line.rfind('}') {
+                Some(close) => (&line[..=close], line[close + 1..].trim()),
+                None => continue,
+            },
+            None => match line.split_once(char::is_whitespace) {
+                Some((s, r)) => (s, r.trim()),
+                None => continue,
+            },
+        };
+        let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let key = match series.find('{') {
+            Some(open) => {
+                let name = &series[..open];
+                let mut labels = parse_labels(&series[open + 1..series.len() - 1]);
+                labels.sort();
+                let body: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+                format!("{name}{{{}}}", body.join(","))
+            }
+            None => series.to_owned(),
+        };
+        *out.entry(key).or_insert(0.0) += value;
+    }
+    out
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// `a="x",b="y\"z"` → [(a, x), (b, y"z)].
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(',' | ' ')) {
+            chars.next();
+        }
+        let name: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if name.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(c) => value.push(c),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((name.trim().to_owned(), value));
+    }
+    out
+}
+
+/// Sums the series of `name` whose labels include all of `labels`.
+pub fn sum_metric(metrics: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(key, _)| {
+            let (n, l) = match key.find('{') {
+                Some(i) => (&key[..i], parse_labels(&key[i + 1..key.len() - 1])),
+                None => (key.as_str(), Vec::new()),
+            };
+            n == name
+                && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text_and_sums_matching_series() {
+        let text = "# HELP wharf_requests_total x\n# TYPE wharf_requests_total counter\n\
+            wharf_requests_total{result=\"hit\",kind=\"blob\"} 3\n\
+            wharf_requests_total{kind=\"blob\",result=\"miss\"} 2\n\
+            wharf_requests_total{kind=\"manifest\",result=\"hit\"} 5 1700000000\n\
+            wharf_up 1\n\
+            weird{msg=\"a,b=\\\"c\\\"\"} 7\n";
+        let m = parse_prometheus(text);
+        assert_eq!(m["wharf_requests_total{kind=\"blob\",result=\"hit\"}"], 3.0);
+        assert_eq!(m["wharf_up"], 1.0);
+        assert_eq!(sum_metric(&m, "wharf_requests_total", &[("kind", "blob")]), 5.0);
+        assert_eq!(sum_metric(&m, "wharf_requests_total", &[]), 10.0);
+        assert_eq!(sum_metric(&m, "wharf_requests_total", &[("result", "hit")]), 8.0);
+        assert_eq!(sum_metric(&m, "weird", &[("msg", "a,b=\"c\"")]), 7.0);
+        assert_eq!(sum_metric(&m, "absent", &[]), 0.0);
+    }
+}

@@ -1,0 +1,844 @@
+//! The upstream registry a test pulls through: a real Distribution
+//! (`docker-registry serve`) with filesystem storage, optionally behind a
+//! Docker token server, always behind a counting, fault-injecting proxy.
+//!
+//! ```text
+//!   origin ──► proxy (in-process, counts, faults) ──► docker-registry
+//!                                                          │ 401 Bearer realm=…
+//!   origin ──► token server (in-process, ES256 JWTs) ◄─────┘
+//!   images::push ──► docker-registry directly (never counted)
+//! ```
+//!
+//! # The token server
+//!
+//! Distribution 2.8 (`registry/auth/token/token.go`) verifies a token's
+//! signing key in one of three ways: an `x5c` certificate chain that must
+//! verify against `auth.token.rootcertbundle`, an embedded `jwk` or a
+//! libtrust `kid` — the last two only against keys *derived from that same
+//! bundle*. We take the `x5c` route because it is the standard JOSE header and
+//! needs no libtrust key-id fingerprint: rcgen makes an EC P-256 key and a
+//! self-signed certificate, the certificate is the registry's root bundle, and
+//! every token carries it (DER, standard base64) in `x5c`. A self-signed leaf
+//! that is itself in the root pool verifies in Go's `x509`. Tokens are ES256
+//! (`r‖s` signatures, which is what libtrust verifies), with `iss`/`aud`
+//! matching the registry's `issuer`/`service`, `nbf` a few seconds back, `exp`
+//! five minutes ahead, and an `access` claim granting what was asked.
+//!
+//! # The proxy
+//!
+//! hyper on a listener we own, so [`Upstream::stop`] really closes the socket
+//! (and every open connection: a pooled keep-alive connection must not
+//! outlive an "outage") and [`Upstream::start`] binds the same port again.
+//! Bodies stream through; faults rewrite the stream on the fly.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::process::Daemon;
+use crate::{TestDir, free_port, require_tool, wait_until};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// The token service name the registry expects in `aud`.
+pub const TOKEN_SERVICE: &str = "wharf-test-upstream";
+/// The issuer the registry trusts.
+pub const TOKEN_ISSUER: &str = "wharf-test-token-issuer";
+
+/// How the upstream registry authenticates pulls.
+#[derive(Clone, Debug)]
+pub enum UpstreamAuth {
+    /// No authentication: anyone may pull.
+    Anonymous,
+    /// Docker token auth; only these (user, password) pairs get tokens, and
+    /// anonymous token requests are refused with 401.
+    Token {
+        /// Accepted Basic credentials.
+        users: Vec<(String, String)>,
+    },
+}
+
+/// A fault the proxy injects into what it forwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything faithfully.
+    None,
+    /// Flip one byte of this blob's body (same length, wrong digest).
+    CorruptBlob(String),
+    /// Send half of this blob's body, then abort the connection.
+    TruncateBlob(String),
+    /// Answer every request with this status and an OCI error body.
+    Status(u16),
+}
+
+/// What an upstream request asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest,
+    /// `/v2/<name>/blobs/<digest>` (not uploads)
+    Blob,
+    /// `/v2/<name>/tags/list`
+    Tags,
+    /// The token endpoint.
+    Token,
+    /// Anything else (`/v2/`, uploads, catalog, …).
+    Other,
+}
+
+impl Kind {
+    fn of(path: &str) -> Kind {
+        if path == "/token" {
+            Kind::Token
+        } else if !path.starts_with("/v2/") {
+            Kind::Other
+        } else if path.contains("/manifests/") {
+            Kind::Manifest
+        } else if path.contains("/blobs/uploads") {
+            Kind::Other
+        } else if path.contains("/blobs/") {
+            Kind::Blob
+        } else if path.ends_with("/tags/list") {
+            Kind::Tags
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+/// One counted request shape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    /// HTTP method.
+    pub method: String,
+    /// What was asked for.
+    pub kind: Kind,
+    /// The path, without the query.
+    pub path: String,
+}
+
+/// Requests the upstream saw since the last reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts(pub BTreeMap<RequestKey, u64>);
+
+impl Counts {
+    /// All requests, token requests included.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// Requests to the registry itself (everything but the token server).
+    pub fn registry_total(&self) -> u64 {
+        self.filter(|k| k.kind != Kind::Token)
+    }
+
+    /// Requests with this method and kind.
+    pub fn get(&self, method: &str, kind: Kind) -> u64 {
+        self.filter(|k| k.method == method && k.kind == kind)
+    }
+
+    /// Requests with this method and kind whose path ends with `suffix`
+    /// (a digest, say).
+    pub fn for_path(&self, method: &str, kind: Kind, suffix: &str) -> u64 {
+        self.filter(|k| k.method == method && k.kind == kind && k.path.ends_with(suffix))
+    }
+
+    /// Sum over the keys `f` accepts.
+    pub fn filter(&self, f: impl Fn(&RequestKey) -> bool) -> u64 {
+        self.0.iter().filter(|(k, _)| f(k)).map(|(_, n)| n).sum()
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "(no upstream requests)");
+        }
+        for (k, n) in &self.0 {
+            writeln!(f, "{n:>4} {:<6} {:<8} {}", k.method, format!("{:?}", k.kind), k.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the proxy and the token server.
+#[derive(Default)]
+struct Shared {
+    counts: Mutex<BTreeMap<RequestKey, u64>>,
+    /// `METHOD path?query` of every request, in arrival order.
+    log: Mutex<Vec<String>>,
+    fault: Mutex<Option<Fault>>,
+}
+
+impl Shared {
+    fn count(&self, method: &Method, path: &str, query: Option<&str>) -> Kind {
+        let kind = Kind::of(path);
+        let line = match query {
+            Some(q) => format!("{method} {path}?{q}"),
+            None => format!("{method} {path}"),
+        };
+        self.log.lock().unwrap().push(line);
+        let key = RequestKey { method: method.as_str().to_owned(), kind, path: path.to_owned() };
+        *self.counts.lock().unwrap().entry(key).or_default() += 1;
+        kind
+    }
+
+    fn fault(&self) -> Fault {
+        self.fault.lock().unwrap().clone().unwrap_or(Fault::None)
+    }
+}
+
+/// A running upstream registry with its proxy (and token server).
+///
+/// Dropping it stops the proxy, the token server and the registry.
+pub struct Upstream {
+    proxy: Proxy,
+    token: Option<TokenServer>,
+    shared: Arc<Shared>,
+    registry_addr: SocketAddr,
+    registry: Daemon,
+    dir: PathBuf,
+}
+
+impl Upstream {
+    /// Starts Distribution with storage under `<test dir>/upstream`, the
+    /// token server if `auth` asks for one, and the proxy in front.
+    pub async fn start(dir: &TestDir, auth: UpstreamAuth) -> Result<Upstream> {
+        let bin = require_tool("docker-registry", "docker-registry")?;
+        let up_dir = dir.sub("upstream");
+        let shared = Arc::new(Shared::default());
+
+        let token = match auth {
+            UpstreamAuth::Anonymous => None,
+            UpstreamAuth::Token { users } => {
+                Some(TokenServer::start(&up_dir, users, shared.clone()).await?)
+            }
+        };
+
+        // The registry's port is picked by binding :0 and releasing it; a
+        // concurrent test may grab it in between, so retry on a bind failure.
+        let mut attempt = 0;
+        let (registry, registry_addr) = loop {
+            attempt += 1;
+            let port = free_port();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let config = registry_config(&up_dir, addr, token.as_ref());
+            let config_path = up_dir.join("config.yml");
+            std::fs::write(&config_path, config)?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("serve").arg(&config_path).current_dir(&up_dir);
+            let log = up_dir.join(format!("registry-{attempt}.log"));
+            let mut daemon =
+                Daemon::spawn("docker-registry", cmd, &log, Duration::from_secs(5))?;
+            match wait_registry(&mut daemon, addr).await {
+                Ok(()) => break (daemon, addr),
+                Err(e) if attempt < 3 => {
+                    eprintln!("docker-registry did not come up on {addr} ({e:#}); retrying");
+                    daemon.stop();
+                }
+                Err(e) => bail!("{e:#}\n{}", daemon.log_tail(30)),
+            }
+        };
+
+        let proxy = Proxy::launch(registry_addr, shared.clone()).await?;
+        Ok(Upstream { proxy, token, shared, registry_addr, registry, dir: up_dir })
+    }
+
+    /// The proxy's URL (`http://127.0.0.1:PORT`): what origins are pointed at.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.proxy.addr)
+    }
+
+    /// The proxy's `127.0.0.1:PORT`, as a registry host in image references.
+    pub fn host(&self) -> String {
+        self.proxy.addr.to_string()
+    }
+
+    /// The registry's own URL, for seeding: requests here are not counted
+    /// and not subject to faults.
+    pub fn push_url(&self) -> String {
+        format!("http://{}", self.registry_addr)
+    }
+
+    /// The token server's URL, when the upstream uses token auth.
+    pub fn token_url(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("http://{}/token", t.addr))
+    }
+
+    /// The upstream's working directory (config, logs, storage).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Requests seen since the last [`Upstream::reset_counts`].
+    pub fn counts(&self) -> Counts {
+        Counts(self.shared.counts.lock().unwrap().clone())
+    }
+
+    /// Forgets all counted requests.
+    pub fn reset_counts(&self) {
+        self.shared.counts.lock().unwrap().clear();
+        self.shared.log.lock().unwrap().clear();
+    }
+
+    /// `METHOD path?query` of every request since the last reset, in order
+    /// (to check query parameters such as containerd's `ns=`).
+    pub fn request_log(&self) -> Vec<String> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// Token requests since the last reset.
+    pub fn token_requests(&self) -> u64 {
+        self.counts().filter(|k| k.kind == Kind::Token)
+    }
+
+    /// Sets the fault the proxy injects from now on (open responses keep
+    /// the fault they started with).
+    pub fn set_fault(&self, fault: Fault) {
+        *self.shared.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// The proxy in front of the registry: [`Proxy::stop`] takes the
+    /// upstream down, [`Proxy::start`] brings it back.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// The `Authorization` header value for pushing to (and pulling from)
+    /// `repo` at [`Upstream::push_url`], minted in-process so that seeding
+    /// never shows in the token counts. `None` for an anonymous registry.
+    pub fn push_authorization(&self, repo: &str) -> Option<String> {
+        let token = self.token.as_ref()?;
+        let access = vec![Access {
+            kind: "repository".into(),
+            name: repo.into(),
+            actions: vec!["pull".into(), "push".into()],
+        }];
+        let jwt = token.ctx.mint("wharf-test-seeder", access).expect("minting a seeding token");
+        Some(format!("Bearer {jwt}"))
+    }
+
+    /// The registry's log.
+    pub fn registry_log(&self) -> String {
+        self.registry.log()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.proxy.abort();
+        if let Some(t) = &self.token {
+            t.handle.abort();
+        }
+    }
+}
+
+fn registry_config(dir: &Path, addr: SocketAddr, token: Option<&TokenServer>) -> String {
+    let storage = dir.join("storage");
+    let mut cfg = format!(
+        r#"version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {addr}
+  secret: wharf-test-secret
+"#,
+        storage = storage.display()
+    );
+    if let Some(t) = token {
+        cfg.push_str(&format!(
+            r#"auth:
+  token:
+    realm: http://{addr}/token
+    service: {TOKEN_SERVICE}
+    issuer: {TOKEN_ISSUER}
+    rootcertbundle: {bundle}
+"#,
+            addr = t.addr,
+            bundle = t.cert_path.display()
+        ));
+    }
+    cfg
+}
+
+async fn wait_registry(daemon: &mut Daemon, addr: SocketAddr) -> Result<()> {
+    let client = crate::http_client();
+    let url = format!("http://{addr}/v2/");
+    let mut exited = None;
+    let r = wait_until("docker-registry to answer /v2/", Duration::from_secs(20), || {
+        exited = exited.or(daemon.exited());
+        let client = client.clone();
+        let url = url.clone();
+        let dead = exited;
+        async move {
+            if let Some(status) = dead {
+                bail!("docker-registry exited: {status}");
+            }
+            let resp = client.get(&url).send().await?;
+            Ok(matches!(resp.status().as_u16(), 200 | 401))
+        }
+    })
+    .await;
+    if let Some(status) = exited {
+        bail!("docker-registry exited: {status}");
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------
+// Proxy
+
+/// The counting, fault-injecting proxy in front of the registry.
+pub struct Proxy {
+    addr: SocketAddr,
+    ctx: Arc<ProxyCtx>,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+struct ProxyCtx {
+    target: SocketAddr,
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+struct Running {
+    accept: JoinHandle<()>,
+    conns: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl Proxy {
+    async fn launch(target: SocketAddr, shared: Arc<Shared>) -> Result<Proxy> {
+        let listener = bind_reusable(([127, 0, 0, 1], 0).into())?;
+        let addr = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let ctx = Arc::new(ProxyCtx { target, shared, client });
+        let running = Running::spawn(listener, ctx.clone());
+        Ok(Proxy { addr, ctx, running: tokio::sync::Mutex::new(Some(running)) })
+    }
+
+    /// Closes the listening socket and every open connection: the upstream
+    /// is down (connection refused) until [`Proxy::start`].
+    pub async fn stop(&self) {
+        if let Some(running) = self.running.lock().await.take() {
+            running.accept.abort();
+            let _ = running.accept.await;
+            let mut conns = std::mem::take(&mut *running.conns.lock().unwrap());
+            conns.shutdown().await;
+        }
+    }
+
+    /// Reopens the listening socket on the same port.
+    pub async fn start(&self) -> Result<()> {
+        let mut running = self.running.lock().await;
+        if running.is_none() {
+            // The port was ours a moment ago; SO_REUSEADDR lets us take it
+            // back despite connections in TIME_WAIT.
+            let listener = bind_reusable(self.addr)
+                .with_context(|| format!("rebinding the upstream proxy on {}", self.addr))?;
+            *running = Some(Running::spawn(listener, self.ctx.clone()));
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        if let Ok(mut running) = self.running.try_lock()
+            && let Some(r) = running.take()
+        {
+            r.accept.abort();
+            r.conns.lock().unwrap().abort_all();
+        }
+    }
+}
+
+fn bind_reusable(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(1024)?)
+}
+
+impl Running {
+    fn spawn(listener: TcpListener, ctx: Arc<ProxyCtx>) -> Running {
+        let conns = Arc::new(Mutex::new(JoinSet::new()));
+        let set = conns.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                let mut set = set.lock().unwrap();
+                while set.try_join_next().is_some() {}
+                set.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Running { accept, conns }
+    }
+}
+
+/// Headers that belong to one hop and must not be forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap());
+    resp
+}
+
+fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"errors": [{"code": code, "message": message}]});
+    full(status, "application/json", body.to_string())
+}
+
+impl ProxyCtx {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let kind = self.shared.count(&method, &path, req.uri().query());
+        let fault = self.shared.fault();
+
+        if let Fault::Status(code) = fault {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let code = match code {
+                429 => "TOOMANYREQUESTS",
+                401 => "UNAUTHORIZED",
+                403 => "DENIED",
+                _ => "UNAVAILABLE",
+            };
+            let mut resp = oci_error(status, code, "fault injected by the wharf test proxy");
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            return resp;
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+        parts.uri = match format!("http://{}{pq}", self.target).parse() {
+            Ok(uri) => uri,
+            Err(e) => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e.to_string()),
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        // The Host header is kept: the registry builds Location URLs from it,
+        // which then point back through the proxy.
+        let upstream = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                return oci_error(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    &format!("test proxy could not reach the registry: {e}"),
+                );
+            }
+        };
+        let (mut parts, body) = upstream.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+
+        let faulty_blob = |d: &str| {
+            method == Method::GET
+                && kind == Kind::Blob
+                && parts.status == StatusCode::OK
+                && path.ends_with(&format!("/blobs/{d}"))
+        };
+        let body: ProxyBody = match &fault {
+            Fault::CorruptBlob(d) if faulty_blob(d) => corrupt(body),
+            Fault::TruncateBlob(d) if faulty_blob(d) => {
+                let len = parts
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(2);
+                truncate(body, len / 2)
+            }
+            _ => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Flips one byte in the middle of the first non-empty chunk.
+fn corrupt(body: Incoming) -> ProxyBody {
+    let mut done = false;
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(|e| Box::new(e) as BoxError)?;
+        if done || chunk.is_empty() {
+            return Ok(Frame::data(chunk));
+        }
+        done = true;
+        let mut v = chunk.to_vec();
+        let i = v.len() / 2;
+        v[i] ^= 0xff;
+        Ok(Frame::data(Bytes::from(v)))
+    });
+    http_body_util::BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// Passes `keep` bytes, then fails the body (hyper then drops the
+/// connection mid-response, as a dying upstream would). The failure waits a
+/// moment so that headers and the first half really reach the client first.
+fn truncate(body: Incoming, keep: u64) -> ProxyBody {
+    let stream = futures::stream::unfold(
+        (body.into_data_stream(), 0u64, false),
+        move |(mut body, sent, failed)| async move {
+            if failed {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) if sent < keep => {
+                    let room = (keep - sent).min(chunk.len() as u64) as usize;
+                    Some((Ok(Frame::data(chunk.slice(..room))), (body, sent + room as u64, false)))
+                }
+                Some(Err(e)) => Some((Err(Box::new(e) as BoxError), (body, sent, true))),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let e: BoxError = "fault injected: blob truncated".into();
+                    Some((Err(e), (body, sent, true)))
+                }
+            }
+        },
+    );
+    http_body_util::BodyExt::boxed(StreamBody::new(stream))
+}
+
+// ---------------------------------------------------------------------------
+// Token server
+
+struct TokenServer {
+    addr: SocketAddr,
+    cert_path: PathBuf,
+    ctx: Arc<TokenCtx>,
+    handle: JoinHandle<()>,
+}
+
+struct TokenCtx {
+    users: Vec<(String, String)>,
+    key: jsonwebtoken::EncodingKey,
+    /// The certificate, DER in standard base64, for the `x5c` header.
+    x5c: String,
+    shared: Arc<Shared>,
+}
+
+/// One `access` claim entry (distribution's `ResourceActions`).
+#[derive(Clone, Debug, serde::Serialize)]
+struct Access {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    actions: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+    jti: String,
+    access: Vec<Access>,
+}
+
+impl TokenServer {
+    async fn start(dir: &Path, users: Vec<(String, String)>, shared: Arc<Shared>) -> Result<Self> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = rcgen::CertificateParams::new(vec!["wharf-test-token".to_owned()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wharf test token issuer");
+        let cert = params.self_signed(&key)?;
+        let cert_path = dir.join("token-cert.pem");
+        std::fs::write(&cert_path, cert.pem())?;
+        let ctx = Arc::new(TokenCtx {
+            users,
+            key: jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?,
+            x5c: base64::engine::general_purpose::STANDARD.encode(cert.der()),
+            shared,
+        });
+
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .route("/token", axum::routing::get(token_handler))
+            .with_state(ctx.clone());
+        let handle = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(TokenServer { addr, cert_path, ctx, handle })
+    }
+}
+
+impl TokenCtx {
+    fn mint(&self, subject: &str, access: Vec<Access>) -> Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = Claims {
+            iss: TOKEN_ISSUER.into(),
+            sub: subject.into(),
+            aud: TOKEN_SERVICE.into(),
+            exp: now + 300,
+            nbf: now - 5,
+            iat: now,
+            jti: hex::encode(rand::random::<[u8; 16]>()),
+            access,
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.x5c = Some(vec![self.x5c.clone()]);
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
+
+    fn check_basic(&self, headers: &HeaderMap) -> Option<String> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, pass) = decoded.split_once(':')?;
+        self.users.iter().any(|(u, p)| u == user && p == pass).then(|| user.to_owned())
+    }
+}
+
+/// Parses `repository:name:pull,push` scopes (several per parameter,
+/// space separated, or several parameters).
+fn parse_scopes(params: &[(String, String)]) -> Vec<Access> {
+    params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|scope| {
+            let (kind, rest) = scope.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some(Access {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                actions: actions.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
+            })
+        })
+        .collect()
+}
+
+async fn token_handler(
+    axum::extract::State(ctx): axum::extract::State<Arc<TokenCtx>>,
+    axum::extract::Query(params): axum::extract::Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response<axum::body::Body> {
+    ctx.shared.count(&Method::GET, "/token", None);
+    let json = |status: StatusCode, v: serde_json::Value| {
+        let mut r = Response::new(axum::body::Body::from(v.to_string()));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    };
+    let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str());
+    if service.is_some_and(|s| s != TOKEN_SERVICE) {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"errors": [{"code": "DENIED", "message": "unknown service"}]}),
+        );
+    }
+    let Some(user) = ctx.check_basic(&headers) else {
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"errors": [{"code": "UNAUTHORIZED",
+                "message": "authentication required: this registry refuses anonymous tokens"}]}),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"wharf-test-token\""),
+        );
+        return r;
+    };
+    match ctx.mint(&user, parse_scopes(&params)) {
+        Ok(token) => json(
+            StatusCode::OK,
+            serde_json::json!({"token": token, "access_token": token, "expires_in": 300}),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"errors": [{"code": "UNKNOWN", "message": e.to_string()}]}),
+        ),
+    }
+}
+
+/// Fetches a token the way a client would (Basic auth when `creds` is
+/// given), for tests of the token server itself.
+pub async fn fetch_token(
+    realm: &str,
+    scope: &str,
+    creds: Option<(&str, &str)>,
+) -> Result<String> {
+    let mut req = crate::http_client()
+        .get(realm)
+        .query(&[("service", TOKEN_SERVICE), ("scope", scope)]);
+    if let Some((u, p)) = creds {
+        req = req.basic_auth(u, Some(p));
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await?;
+    if !status.is_success() {
+        return Err(anyhow!("token request failed: {status} {body}"));
+    }
+    body["token"].as_str().map(str::to_owned).context("token response without `token`")
+}
