@@ -21,3 +21,35 @@ fi
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     rustup target add wasm32-unknown-unknown
 fi
+
+# --- edge ---
+# The Worker's build tools (issue 4). worker-build does not look on PATH and
+# would otherwise download wasm-bindgen/esbuild/wasm-opt from the internet;
+# scripts/edge-build.sh points it at these through WASM_BINDGEN_BIN,
+# ESBUILD_BIN and WASM_OPT_BIN. Compiling worker-build and wasm-bindgen-cli
+# costs ~20 CPU-minutes, so each is skipped when already installed at the
+# right version. wasm-bindgen-cli must equal the wasm-bindgen in Cargo.lock
+# (the generated glue and the library must agree); no --locked: its own lock
+# file pins crates that need a newer rustc.
+edge_root="$(cd "$(dirname "$0")/.." && pwd)"
+command -v node >/dev/null && command -v npm >/dev/null || {
+    echo "installing: nodejs npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+}
+wasm_bindgen_version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$edge_root/Cargo.lock")"
+installed="$(cargo install --list)"
+if ! grep -qx "wasm-bindgen-cli v${wasm_bindgen_version}:" <<<"$installed"; then
+    echo "installing wasm-bindgen-cli ${wasm_bindgen_version} (matches Cargo.lock; takes a while)"
+    cargo install wasm-bindgen-cli --version "=${wasm_bindgen_version}" --force --quiet
+fi
+if ! grep -qE '^worker-build v0\.8\.[0-9]+:' <<<"$installed"; then
+    echo "installing worker-build 0.8 (takes a while)"
+    cargo install worker-build --version '^0.8' --force --quiet
+fi
+# wrangler (+ workerd), esbuild and binaryen, exactly as package-lock.json pins them.
+if ! (cd "$edge_root" && npm ls --depth=0 >/dev/null 2>&1); then
+    (cd "$edge_root" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# --- end edge ---

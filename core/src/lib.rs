@@ -31,6 +31,7 @@ pub mod auth;
 pub mod digest;
 pub mod error;
 pub mod freshness;
+pub mod keys;
 pub mod media;
 pub mod range;
 pub mod reference;

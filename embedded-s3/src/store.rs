@@ -53,7 +53,7 @@ pub struct Headers {
 /// The trailer of an object or part file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
-    /// Unquoted ETag: MD5 hex, or `<md5 of part md5s>-N` for multipart.
+    /// Unquoted ETag (format: see `backend::ETAG_PREFIX`).
     pub etag: String,
     /// Data length (the file minus the trailer).
     pub size: u64,

@@ -4,8 +4,9 @@
 //! Both directions hand the file side to one `spawn_blocking` thread and talk
 //! to it through a small bounded channel, so network and disk overlap and
 //! memory per request is bounded (a few MiB) whatever the object size.
-//! Uploads are hashed (MD5, for the ETag) on a second thread so hashing
-//! overlaps the disk writes instead of adding to them.
+//! Uploads are hashed (CRC-64/NVME for the ETag) on a second thread so
+//! hashing overlaps the disk writes, and a third thread starts writeback
+//! early so the final fsync does not stall on the whole object.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -26,6 +27,8 @@ use crate::store::TempFile;
 const BLOCK: usize = 1 << 20;
 /// Read size for downloads.
 const READ_CHUNK: u64 = 1 << 20;
+/// Bytes written between background fdatasyncs of an upload.
+const SYNC_EVERY: u64 = 64 << 20;
 /// Chunks in flight between the network task and a file thread.
 const DEPTH: usize = 8;
 
@@ -35,43 +38,91 @@ pub struct Staged {
     pub tmp: TempFile,
     pub file: File,
     pub len: u64,
-    pub md5: [u8; 16],
+    /// CRC-64/NVME of the data (the ETag's basis).
+    pub crc64: u64,
+    /// MD5, only computed when asked for (Content-MD5 verification).
+    pub md5: Option<[u8; 16]>,
 }
 
 fn internal(e: impl std::fmt::Display) -> S3Error {
     S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
 }
 
-/// Streams `body` into a new staging file while computing its MD5.
-pub async fn stage_body(tmp: TempFile, mut body: StreamingBlob) -> S3Result<Staged> {
+/// Streams `body` into a new staging file while computing its CRC-64/NVME
+/// (and its MD5 when `want_md5`, i.e. the client sent `Content-MD5`).
+pub async fn stage_body(
+    tmp: TempFile,
+    mut body: StreamingBlob,
+    want_md5: bool,
+) -> S3Result<Staged> {
     let path = tmp.path().to_owned();
     let (file_tx, mut file_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(DEPTH);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(File, u64)> {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        // Start writeback while the body is still arriving, so the fsync
+        // before publishing has little left to flush: once the upload passes
+        // SYNC_EVERY, a helper thread fdatasyncs a second handle each time
+        // another SYNC_EVERY bytes were written.
+        let mut syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)> =
+            None;
         let mut len = 0u64;
-        while let Some(block) = file_rx.blocking_recv() {
-            file.write_all(&block)?;
-            len += block.len() as u64;
+        let mut unsynced = 0u64;
+        let res = (|| {
+            while let Some(block) = file_rx.blocking_recv() {
+                file.write_all(&block)?;
+                len += block.len() as u64;
+                unsynced += block.len() as u64;
+                if unsynced >= SYNC_EVERY {
+                    unsynced = 0;
+                    if syncer.is_none() {
+                        let handle = file.try_clone()?;
+                        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+                        let thread = std::thread::spawn(move || {
+                            while rx.recv().is_ok() {
+                                let _ = handle.sync_data();
+                            }
+                        });
+                        syncer = Some((tx, thread));
+                    }
+                    if let Some((tx, _)) = &syncer {
+                        let _ = tx.try_send(()); // still syncing: the next round catches up
+                    }
+                }
+            }
+            Ok::<_, io::Error>(())
+        })();
+        if let Some((tx, thread)) = syncer.take() {
+            drop(tx);
+            let _ = thread.join();
         }
-        Ok((file, len))
+        res.map(|()| (file, len))
     });
     let hasher = tokio::task::spawn_blocking(move || {
-        let mut md5 = Md5::new();
-        while let Some(chunk) = hash_rx.blocking_recv() {
-            if std::env::var_os("TMPNOMD5").is_none() { md5.update(&chunk); }
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+        let mut md5 = want_md5.then(Md5::new);
+        while let Some(block) = hash_rx.blocking_recv() {
+            crc.update(&block);
+            if let Some(md5) = &mut md5 {
+                md5.update(&block);
+            }
         }
-        let digest: [u8; 16] = md5.finalize().into();
-        digest
+        let md5: Option<[u8; 16]> = md5.map(|m| m.finalize().into());
+        (crc.finalize(), md5)
     });
 
     // Network chunks are often a few KiB; coalesce them into 1 MiB blocks so
     // the file and hash threads are woken once per MiB, not per chunk.
     let mut pending = BytesMut::new();
+    let mut nchunks = 0u64; let mut wait = std::time::Duration::ZERO;
     let mut body_error = None;
     loop {
-        let block = match body.next().await {
+        let tw = std::time::Instant::now();
+        let next = body.next().await;
+        wait += tw.elapsed();
+        let block = match next {
             Some(Ok(chunk)) => {
+                nchunks += 1;
                 if pending.is_empty() && chunk.len() >= BLOCK {
                     chunk
                 } else {
@@ -98,10 +149,11 @@ pub async fn stage_body(tmp: TempFile, mut body: StreamingBlob) -> S3Result<Stag
             break;
         }
     }
+    eprintln!("TMPDBG chunks={nchunks} waiting_for_body={wait:?}");
     drop(file_tx);
     drop(hash_tx);
     let written = writer.await.map_err(internal)?;
-    let md5 = hasher.await.map_err(internal)?;
+    let (crc64, md5) = hasher.await.map_err(internal)?;
     if let Some(e) = body_error {
         // s3s reports signature/chunk errors as S3Errors inside the stream.
         return Err(match e.downcast::<S3Error>() {
@@ -110,7 +162,7 @@ pub async fn stage_body(tmp: TempFile, mut body: StreamingBlob) -> S3Result<Stag
         });
     }
     let (file, len) = written.map_err(internal)?;
-    Ok(Staged { tmp, file, len, md5 })
+    Ok(Staged { tmp, file, len, crc64, md5 })
 }
 
 /// A response body that reads `len` bytes of `file` from `start` on a
@@ -187,24 +239,5 @@ impl ByteStream for FileBody {
             Ok(n) => RemainingLength::new_exact(n),
             Err(_) => RemainingLength::unknown(),
         }
-    }
-}
-#[cfg(test)]
-mod tmpbench {
-    #[test]
-    #[ignore]
-    fn tmp_md5_speed() {
-        use md5::{Digest, Md5};
-        let buf = vec![7u8; 1 << 20];
-        let t = std::time::Instant::now();
-        let mut h = Md5::new();
-        for _ in 0..256 { h.update(&buf); }
-        let _ = h.finalize();
-        eprintln!("TMPDBG md5 {:.0} MB/s", 256.0 * 1.048576 / t.elapsed().as_secs_f64());
-        let t = std::time::Instant::now();
-        let mut s = <sha2::Sha256 as sha2::Digest>::new();
-        for _ in 0..256 { sha2::Digest::update(&mut s, &buf); }
-        let _ = sha2::Digest::finalize(s);
-        eprintln!("TMPDBG sha256 {:.0} MB/s", 256.0 * 1.048576 / t.elapsed().as_secs_f64());
     }
 }

@@ -123,7 +123,7 @@ async fn put_get_head_delete_round_trip_keeps_content_type_and_metadata() {
         .send()
         .await
         .unwrap();
-    let md5 = format!("\"{}\"", hex_md5(&body));
+    let md5 = etag_of(&body);
     assert_eq!(put_out.e_tag.as_deref(), Some(md5.as_str()));
 
     let got = c.get_object().bucket(BUCKET).key("blobs/sha256:abc").send().await.unwrap();
@@ -154,15 +154,38 @@ async fn put_get_head_delete_round_trip_keeps_content_type_and_metadata() {
     // Deleting removed the now-empty key directory too.
     assert!(files_under(&srv.dir.path().join(BUCKET).join("objects")).is_empty());
 
+    // Content-MD5 is verified when sent.
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| {
+        use md5::{Digest, Md5};
+        base64::engine::general_purpose::STANDARD.encode(Md5::digest(b))
+    };
+    let with_md5 = |md5: String| {
+        c.put_object()
+            .bucket(BUCKET)
+            .key("md5")
+            .content_md5(md5)
+            .body(ByteStream::from_static(b"checked"))
+            .send()
+    };
+    with_md5(b64(b"checked")).await.unwrap();
+    let err = with_md5(b64(b"something else")).await.unwrap_err();
+    assert_eq!(code(&err), "BadDigest");
+    assert_eq!(get(c, "md5", None).await, b"checked");
+
     // Empty objects work.
     put(c, "empty", Vec::new()).await;
     assert!(get(c, "empty", None).await.is_empty());
     srv.s3.shutdown().await;
 }
 
-fn hex_md5(bytes: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    hex::encode(Md5::digest(bytes))
+fn crc64(bytes: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, bytes)
+}
+
+/// The server's documented single-PUT ETag.
+fn etag_of(bytes: &[u8]) -> String {
+    format!("\"crc64nvme-{:016x}\"", crc64(bytes))
 }
 
 #[tokio::test]
@@ -206,7 +229,7 @@ async fn multipart_upload_completes_and_reads_back_byte_exact() {
     let id = up.upload_id().unwrap();
     let chunks = [&body[..8 * MIB], &body[8 * MIB..16 * MIB], &body[16 * MIB..]];
     let mut parts = Vec::new();
-    let mut md5s = Vec::new();
+    let mut part_etags = String::new();
     for (i, chunk) in chunks.iter().enumerate() {
         let n = i32::try_from(i + 1).unwrap();
         let out = c
@@ -219,7 +242,8 @@ async fn multipart_upload_completes_and_reads_back_byte_exact() {
             .send()
             .await
             .unwrap();
-        md5s.extend(hex::decode(hex_md5(chunk)).unwrap());
+        assert_eq!(out.e_tag(), Some(etag_of(chunk).as_str()));
+        part_etags.push_str(out.e_tag().unwrap().trim_matches('"'));
         parts.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap()).build());
     }
     let listed = c.list_parts().bucket(BUCKET).key(key).upload_id(id).send().await.unwrap();
@@ -239,7 +263,7 @@ async fn multipart_upload_completes_and_reads_back_byte_exact() {
         .send()
         .await
         .unwrap();
-    let want_etag = format!("\"{}-3\"", hex_md5(&md5s));
+    let want_etag = format!("\"crc64nvme-{:016x}-3\"", crc64(part_etags.as_bytes()));
     assert_eq!(done.e_tag(), Some(want_etag.as_str()));
 
     let got = c.get_object().bucket(BUCKET).key(key).send().await.unwrap();
@@ -516,7 +540,7 @@ async fn concurrent_puts_of_the_same_key_never_produce_a_torn_object() {
     let c = &srv.client;
     let len = 3 * MIB + 7;
     let bodies: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; len]).collect();
-    let md5s: Vec<String> = bodies.iter().map(|b| format!("\"{}\"", hex_md5(b))).collect();
+    let md5s: Vec<String> = bodies.iter().map(|b| etag_of(b)).collect();
     put(c, "race", bodies[0].clone()).await;
 
     let writers = bodies.iter().map(|b| {
@@ -681,14 +705,17 @@ async fn shutdown_lets_an_in_flight_download_finish() {
     assert!(reqwest::get(&endpoint).await.is_err());
 }
 
+/// Prints MB/s for 1 GiB PUT and GET through aws-sdk-s3 (default checksum
+/// settings and `WhenRequired`) and through presigned URLs with reqwest:
 /// `cargo test -p wharf-embedded-s3 --release -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "throughput figures, not a pass/fail test"]
 async fn throughput_of_1_gib_put_and_get() {
+    use aws_sdk_s3::config::RequestChecksumCalculation;
     use std::io::Write;
     let srv = start().await;
-    let src = tempfile::NamedTempFile::new().unwrap();
     let size = 1024 * MIB;
+    let src = tempfile::NamedTempFile::new().unwrap();
     {
         let mut f = std::io::BufWriter::new(src.as_file());
         let block = data(MIB, 7);
@@ -697,18 +724,32 @@ async fn throughput_of_1_gib_put_and_get() {
         }
         f.flush().unwrap();
     }
-    let t = std::time::Instant::now();
-    srv.client
-        .put_object()
-        .bucket(BUCKET)
-        .key("gib")
-        // The SDK's default file buffer is 4 KiB; the origin streams upstream
-        // bodies in larger chunks than that.
-        .body(ByteStream::read_from().path(src.path()).buffer_size(MIB).build().await.unwrap())
-        .send()
-        .await
-        .unwrap();
-    let put_s = t.elapsed().as_secs_f64();
+    let mb = size as f64 / 1e6;
+    let report = |what: &str, t: std::time::Instant| {
+        let s = t.elapsed().as_secs_f64();
+        println!("{what:<44} {:>6.0} MB/s ({s:.2} s)", mb / s);
+    };
+    let when_required = srv
+        .client
+        .config()
+        .to_builder()
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .build();
+    let when_required = Client::from_conf(when_required);
+
+    for (name, c) in [("default", &srv.client), ("WhenRequired", &when_required)] {
+        let t = std::time::Instant::now();
+        c.put_object()
+            .bucket(BUCKET)
+            .key("gib")
+            // The SDK's default file buffer is 4 KiB; the origin streams
+            // upstream bodies in larger chunks than that.
+            .body(ByteStream::read_from().path(src.path()).buffer_size(MIB).build().await.unwrap())
+            .send()
+            .await
+            .unwrap();
+        report(&format!("aws-sdk-s3 PUT ({name} checksums)"), t);
+    }
 
     let t = std::time::Instant::now();
     let mut body = srv.client.get_object().bucket(BUCKET).key("gib").send().await.unwrap().body;
@@ -716,39 +757,34 @@ async fn throughput_of_1_gib_put_and_get() {
     while let Some(chunk) = body.try_next().await.unwrap() {
         n += chunk.len();
     }
-    let get_s = t.elapsed().as_secs_f64();
     assert_eq!(n, size);
-    let mb = size as f64 / 1e6;
-    println!("PUT 1 GiB: {:.0} MB/s ({put_s:.2} s)", mb / put_s);
-    println!("GET 1 GiB: {:.0} MB/s ({get_s:.2} s)", mb / get_s);
-}
+    report("aws-sdk-s3 GET", t);
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn tmp_experiment_presigned_put() {
-    let srv = start().await;
-    let size = 1024 * MIB;
-    let block = bytes::Bytes::from(data(MIB, 7));
-    let url = srv
-        .client
-        .put_object()
-        .bucket(BUCKET)
-        .key("gib")
-        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
-        .await
-        .unwrap()
-        .uri()
-        .to_owned();
-    let stream = futures::stream::iter((0..size / MIB).map(move |_| Ok::<_, std::io::Error>(block.clone())));
+    let presign = PresigningConfig::expires_in(Duration::from_secs(300)).unwrap();
+    let put_url = srv.client.put_object().bucket(BUCKET).key("gib2").presigned(presign.clone());
+    let put_url = put_url.await.unwrap().uri().to_owned();
+    let block = bytes::Bytes::from(data(MIB, 8));
+    let blocks = (0..size / MIB).map(move |_| Ok::<_, std::io::Error>(block.clone()));
+    let http = reqwest::Client::new();
     let t = std::time::Instant::now();
-    let resp = reqwest::Client::new()
-        .put(&url)
+    let resp = http
+        .put(&put_url)
         .header("content-length", size.to_string())
-        .body(reqwest::Body::wrap_stream(stream))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(blocks)))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    let s = t.elapsed().as_secs_f64();
-    println!("presigned PUT 1 GiB: {:.0} MB/s", size as f64 / 1e6 / s);
+    assert_eq!(resp.status(), 200);
+    report("presigned PUT (reqwest)", t);
+
+    let get_url = srv.client.get_object().bucket(BUCKET).key("gib2").presigned(presign);
+    let get_url = get_url.await.unwrap().uri().to_owned();
+    let t = std::time::Instant::now();
+    let mut resp = http.get(&get_url).send().await.unwrap();
+    let mut n = 0;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        n += chunk.len();
+    }
+    assert_eq!(n, size);
+    report("presigned GET (reqwest)", t);
 }

@@ -61,6 +61,7 @@ fn repo_of(reference: &str) -> &str {
 /// A private dockerd.
 pub struct Dockerd {
     daemon: Daemon,
+    data_root: PathBuf,
     sock: PathBuf,
     docker: PathBuf,
     client_config: PathBuf,
@@ -82,6 +83,7 @@ impl Dockerd {
         std::fs::write(&config, "{}")?;
         let client_config = base.join("client");
         std::fs::create_dir_all(&client_config)?;
+        let data_root = base.join("data");
 
         let mut cmd = Command::new(dockerd);
         cmd.args([
@@ -96,7 +98,7 @@ impl Dockerd {
         .arg("--config-file")
         .arg(&config)
         .arg("--data-root")
-        .arg(base.join("data"))
+        .arg(&data_root)
         .arg("--exec-root")
         .arg(&exec_root)
         .arg("--pidfile")
@@ -109,11 +111,42 @@ impl Dockerd {
         for (k, v) in crate::process::sealed_env() {
             cmd.env(k, v);
         }
-        let mut daemon =
-            Daemon::spawn("dockerd", cmd, &base.join("dockerd.log"), Duration::from_secs(15))?;
+        // dockerd bind-mounts its data root; in a private mount namespace
+        // such mounts vanish with it even when it is SIGKILLed.
+        // SAFETY: unshare and mount are async-signal-safe syscalls.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let root = c"/";
+                let none = c"none";
+                if libc::mount(
+                    none.as_ptr(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut daemon = Daemon::spawn(
+            "dockerd",
+            cmd,
+            &base.join("dockerd.log"),
+            Duration::from_secs(15),
+        )?;
 
         let host = format!("unix://{}", sock.display());
-        let env = vec![("DOCKER_CONFIG".to_owned(), client_config.display().to_string())];
+        let env = vec![(
+            "DOCKER_CONFIG".to_owned(),
+            client_config.display().to_string(),
+        )];
         let mut exited = None;
         let ready = wait_until("dockerd to answer", Duration::from_secs(60), || {
             exited = exited.or(daemon.exited());
@@ -127,23 +160,43 @@ impl Dockerd {
                     return Ok(false);
                 }
                 let a = args(&["-H", &host, "version", "--format", "{{.Server.Version}}"]);
-                Ok(run_tool(&docker, &a, &env, Duration::from_secs(10)).await.is_ok())
+                Ok(run_tool(&docker, &a, &env, Duration::from_secs(10))
+                    .await
+                    .is_ok())
             }
         })
         .await;
         if let Err(e) = ready {
-            bail!("{e:#}\n----- dockerd.log (tail) -----\n{}", daemon.log_tail(30));
+            bail!(
+                "{e:#}\n----- dockerd.log (tail) -----\n{}",
+                daemon.log_tail(30)
+            );
         }
-        Ok(Dockerd { daemon, sock, docker, client_config, _sockets: sockets })
+        Ok(Dockerd {
+            daemon,
+            data_root,
+            sock,
+            docker,
+            client_config,
+            _sockets: sockets,
+        })
     }
 
     async fn docker(&self, a: &[&str]) -> Result<String> {
         let mut full = args(&["-H", &format!("unix://{}", self.sock.display())]);
         full.extend(args(a));
-        let env = vec![("DOCKER_CONFIG".to_owned(), self.client_config.display().to_string())];
+        let env = vec![(
+            "DOCKER_CONFIG".to_owned(),
+            self.client_config.display().to_string(),
+        )];
         let out = run_tool(&self.docker, &full, &env, PULL_TIMEOUT)
             .await
-            .map_err(|e| anyhow::anyhow!("{e:#}\n----- dockerd.log (tail) -----\n{}", self.daemon.log_tail(15)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}\n----- dockerd.log (tail) -----\n{}",
+                    self.daemon.log_tail(15)
+                )
+            })?;
         Ok(out.stdout)
     }
 
@@ -151,26 +204,59 @@ impl Dockerd {
     /// (`sha256:…`, the digest of the manifest or index the tag resolved to).
     pub async fn pull(&self, reference: &str) -> Result<String> {
         self.docker(&["pull", "--quiet", reference]).await?;
-        let out = self.docker(&["image", "inspect", "--format", "{{json .RepoDigests}}", reference]).await?;
+        let out = self
+            .docker(&[
+                "image",
+                "inspect",
+                "--format",
+                "{{json .RepoDigests}}",
+                reference,
+            ])
+            .await?;
         let digests: Vec<String> = serde_json::from_str(out.trim())
             .with_context(|| format!("parsing RepoDigests {out:?}"))?;
         let want = repo_of(reference);
         let pick = digests
             .iter()
             .find(|d| d.split('@').next() == Some(want))
-            .or(if digests.len() == 1 { digests.first() } else { None })
+            .or(if digests.len() == 1 {
+                digests.first()
+            } else {
+                None
+            })
             .with_context(|| format!("no RepoDigest for {want} in {digests:?}"))?;
-        Ok(pick.split('@').nth(1).context("RepoDigest without @")?.to_owned())
+        Ok(pick
+            .split('@')
+            .nth(1)
+            .context("RepoDigest without @")?
+            .to_owned())
     }
 
     /// `docker image rm` (to pull again).
     pub async fn remove(&self, reference: &str) -> Result<()> {
-        self.docker(&["image", "rm", "--force", reference]).await.map(drop)
+        self.docker(&["image", "rm", "--force", reference])
+            .await
+            .map(drop)
     }
 
     /// dockerd's log.
     pub fn log(&self) -> String {
         self.daemon.log()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        // dockerd bind-mounts its data root onto itself and only undoes that
+        // on a clean exit; a lazy unmount makes sure the directory can go.
+        if let Ok(path) = std::ffi::CString::new(self.data_root.as_os_str().as_encoded_bytes()) {
+            // SAFETY: plain syscall on a path we own; failure (not mounted)
+            // is expected and ignored.
+            unsafe {
+                libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+            }
+        }
     }
 }
 
@@ -230,7 +316,10 @@ disabled_plugins = [
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, config)?;
         let mut cmd = Command::new(containerd);
-        cmd.arg("--config").arg(&config_path).arg("--log-level").arg("info");
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--log-level")
+            .arg("info");
         for (k, v) in crate::process::sealed_env() {
             cmd.env(k, v);
         }
@@ -253,22 +342,38 @@ disabled_plugins = [
                 if !sock.exists() {
                     return Ok(false);
                 }
-                Ok(run_tool(&ctr, &a, &[], Duration::from_secs(10)).await.is_ok())
+                Ok(run_tool(&ctr, &a, &[], Duration::from_secs(10))
+                    .await
+                    .is_ok())
             }
         })
         .await;
         if let Err(e) = ready {
-            bail!("{e:#}\n----- containerd.log (tail) -----\n{}", daemon.log_tail(30));
+            bail!(
+                "{e:#}\n----- containerd.log (tail) -----\n{}",
+                daemon.log_tail(30)
+            );
         }
-        Ok(Containerd { daemon, sock, ctr, base, _sockets: sockets })
+        Ok(Containerd {
+            daemon,
+            sock,
+            ctr,
+            base,
+            _sockets: sockets,
+        })
     }
 
     async fn ctr(&self, a: &[String]) -> Result<String> {
         let mut full = args(&["-a", &self.sock.display().to_string(), "-n", CTR_NAMESPACE]);
         full.extend(a.iter().cloned());
-        let out = run_tool(&self.ctr, &full, &[], PULL_TIMEOUT).await.map_err(|e| {
-            anyhow::anyhow!("{e:#}\n----- containerd.log (tail) -----\n{}", self.daemon.log_tail(15))
-        })?;
+        let out = run_tool(&self.ctr, &full, &[], PULL_TIMEOUT)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}\n----- containerd.log (tail) -----\n{}",
+                    self.daemon.log_tail(15)
+                )
+            })?;
         Ok(out.stdout)
     }
 
@@ -276,8 +381,15 @@ disabled_plugins = [
     /// `host/repo:tag`); returns the digest the image record points at (the
     /// index for a multi-platform tag).
     pub async fn pull(&self, reference: &str) -> Result<String> {
-        self.ctr(&args(&["images", "pull", "--plain-http", "--snapshotter", "native", reference]))
-            .await?;
+        self.ctr(&args(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "native",
+            reference,
+        ]))
+        .await?;
         self.digest_of(reference).await
     }
 
@@ -358,7 +470,10 @@ impl Podman {
             base.join("tmp").display()
         );
         std::fs::write(base.join("containers.conf"), containers)?;
-        std::fs::write(base.join("registries.conf"), "unqualified-search-registries = []\n")?;
+        std::fs::write(
+            base.join("registries.conf"),
+            "unqualified-search-registries = []\n",
+        )?;
         // REGISTRY_AUTH_FILE must exist: podman stats it.
         std::fs::write(base.join("auth.json"), r#"{"auths":{}}"#)?;
         std::fs::write(
@@ -366,16 +481,30 @@ impl Podman {
             r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
         )?;
         let env = vec![
-            ("CONTAINERS_STORAGE_CONF".to_owned(), base.join("storage.conf").display().to_string()),
-            ("CONTAINERS_CONF".to_owned(), base.join("containers.conf").display().to_string()),
+            (
+                "CONTAINERS_STORAGE_CONF".to_owned(),
+                base.join("storage.conf").display().to_string(),
+            ),
+            (
+                "CONTAINERS_CONF".to_owned(),
+                base.join("containers.conf").display().to_string(),
+            ),
             (
                 "CONTAINERS_REGISTRIES_CONF".to_owned(),
                 base.join("registries.conf").display().to_string(),
             ),
-            ("REGISTRY_AUTH_FILE".to_owned(), base.join("auth.json").display().to_string()),
+            (
+                "REGISTRY_AUTH_FILE".to_owned(),
+                base.join("auth.json").display().to_string(),
+            ),
             ("TMPDIR".to_owned(), base.join("tmp").display().to_string()),
         ];
-        Ok(Podman { podman, base, runroot, env })
+        Ok(Podman {
+            podman,
+            base,
+            runroot,
+            env,
+        })
     }
 
     async fn podman(&self, a: &[&str]) -> Result<String> {
@@ -394,16 +523,26 @@ impl Podman {
             "cgroupfs".to_owned(),
         ];
         full.extend(args(a));
-        Ok(run_tool(&self.podman, &full, &self.env, PULL_TIMEOUT).await?.stdout)
+        Ok(run_tool(&self.podman, &full, &self.env, PULL_TIMEOUT)
+            .await?
+            .stdout)
     }
 
     /// `podman pull --tls-verify=false <reference>`; returns the image's
     /// `Digest` (for a multi-platform tag: the index digest).
     pub async fn pull(&self, reference: &str) -> Result<String> {
         let policy = self.base.join("policy.json").display().to_string();
-        self.podman(&["pull", "--tls-verify=false", "--signature-policy", &policy, reference])
+        self.podman(&[
+            "pull",
+            "--tls-verify=false",
+            "--signature-policy",
+            &policy,
+            reference,
+        ])
+        .await?;
+        let out = self
+            .podman(&["image", "inspect", "--format", "{{.Digest}}", reference])
             .await?;
-        let out = self.podman(&["image", "inspect", "--format", "{{.Digest}}", reference]).await?;
         Ok(out.trim().to_owned())
     }
 }
@@ -432,8 +571,15 @@ impl Skopeo {
     pub fn new(dir: &TestDir) -> Result<Skopeo> {
         let skopeo = require_tool("skopeo", "skopeo")?;
         let base = dir.sub("skopeo");
-        std::fs::write(base.join("registries.conf"), "unqualified-search-registries = []\n")?;
-        Ok(Skopeo { skopeo, base, copies: AtomicU32::new(0) })
+        std::fs::write(
+            base.join("registries.conf"),
+            "unqualified-search-registries = []\n",
+        )?;
+        Ok(Skopeo {
+            skopeo,
+            base,
+            copies: AtomicU32::new(0),
+        })
     }
 
     /// `skopeo copy docker://<reference> dir:<new dir>`; returns the digest
@@ -509,7 +655,11 @@ pub struct OciError {
 
 impl std::fmt::Display for OciError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {} {}: {} (body: {})", self.status, self.code, self.message, self.body)
+        write!(
+            f,
+            "HTTP {} {}: {} (body: {})",
+            self.status, self.code, self.message, self.body
+        )
     }
 }
 
@@ -566,7 +716,10 @@ pub async fn fetch_blob(
     digest: &str,
     size: Option<u64>,
 ) -> Result<u64> {
-    let resp = client.get(format!("{base}/v2/{repo}/blobs/{digest}")).send().await?;
+    let resp = client
+        .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await?;
     if resp.status() != reqwest::StatusCode::OK {
         return Err(OciError::read(resp).await.into());
     }
@@ -579,9 +732,15 @@ pub async fn fetch_blob(
         len += chunk.len() as u64;
     }
     let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-    ensure!(got == digest, "blob {digest} arrived with digest {got} ({len} bytes)");
+    ensure!(
+        got == digest,
+        "blob {digest} arrived with digest {got} ({len} bytes)"
+    );
     if let Some(size) = size {
-        ensure!(len == size, "blob {digest} arrived with {len} bytes, expected {size}");
+        ensure!(
+            len == size,
+            "blob {digest} arrived with {len} bytes, expected {size}"
+        );
     }
     Ok(len)
 }
@@ -594,7 +753,10 @@ pub async fn pull_with_reqwest(base: &str, repo: &str, reference: &str) -> Resul
     let (bytes, media_type, headers) = get_manifest(&client, base, repo, reference).await?;
     let digest = sha256_digest(&bytes);
     if reference.starts_with("sha256:") {
-        ensure!(digest == reference, "manifest {reference} arrived with digest {digest}");
+        ensure!(
+            digest == reference,
+            "manifest {reference} arrived with digest {digest}"
+        );
     }
     let mut manifest: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("parsing manifest of {repo}:{reference}"))?;
@@ -613,7 +775,10 @@ pub async fn pull_with_reqwest(base: &str, repo: &str, reference: &str) -> Resul
             .to_owned();
         let (child_bytes, _, _) = get_manifest(&client, base, repo, &child).await?;
         let got = sha256_digest(&child_bytes);
-        ensure!(got == child, "child manifest {child} arrived with digest {got}");
+        ensure!(
+            got == child,
+            "child manifest {child} arrived with digest {got}"
+        );
         manifest = serde_json::from_slice(&child_bytes)?;
         image_digest = child;
     }
@@ -626,7 +791,13 @@ pub async fn pull_with_reqwest(base: &str, repo: &str, reference: &str) -> Resul
         fetch_blob(&client, base, repo, blob, Some(size)).await?;
         blobs.push((blob.to_owned(), size));
     }
-    Ok(PulledImage { digest, media_type, image_digest, blobs, headers })
+    Ok(PulledImage {
+        digest,
+        media_type,
+        image_digest,
+        blobs,
+        headers,
+    })
 }
 
 /// The OCI error inside an error chain, if there is one.
@@ -636,5 +807,7 @@ pub fn oci_error_of(e: &anyhow::Error) -> Option<&OciError> {
 
 /// Path helper for tests that inspect a skopeo `dir:` copy.
 pub fn read_manifest_in(dir: &Path) -> Result<serde_json::Value> {
-    Ok(serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?)
+    Ok(serde_json::from_slice(&std::fs::read(
+        dir.join("manifest.json"),
+    )?)?)
 }

@@ -32,8 +32,7 @@ use crate::upstream::Upstream;
 /// Docker image manifest (schema 2).
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list.
-pub const DOCKER_MANIFEST_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Docker image config.
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Docker gzip layer.
@@ -44,8 +43,12 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Every manifest media type, for `Accept` headers.
-pub const ALL_MANIFEST_TYPES: [&str; 4] =
-    [OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST];
+pub const ALL_MANIFEST_TYPES: [&str; 4] = [
+    OCI_INDEX,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST,
+];
 
 /// Manifest flavour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +132,12 @@ impl PushedImage {
     /// Every blob (config first, then layers) with its size.
     pub fn blobs(&self) -> Vec<(String, u64)> {
         std::iter::once((self.config_digest.clone(), self.config_size))
-            .chain(self.layer_digests.iter().cloned().zip(self.layer_sizes.iter().copied()))
+            .chain(
+                self.layer_digests
+                    .iter()
+                    .cloned()
+                    .zip(self.layer_sizes.iter().copied()),
+            )
             .collect()
     }
 }
@@ -153,25 +161,41 @@ impl PushedIndex {
     /// The child for `linux/<arch>`.
     pub fn child(&self, arch: &str) -> &PushedImage {
         let want = format!("linux/{arch}");
-        self.children.iter().find(|c| c.platform == want).expect("no such platform in the index")
+        self.children
+            .iter()
+            .find(|c| c.platform == want)
+            .expect("no such platform in the index")
     }
 }
 
 impl ImageSpec {
     /// A Docker-format image with these layer content sizes.
     pub fn docker(layers: &[u64]) -> ImageSpec {
-        ImageSpec { layers: layers.to_vec(), format: Format::Docker }
+        ImageSpec {
+            layers: layers.to_vec(),
+            format: Format::Docker,
+        }
     }
 
     /// An OCI-format image with these layer content sizes.
     pub fn oci(layers: &[u64]) -> ImageSpec {
-        ImageSpec { layers: layers.to_vec(), format: Format::Oci }
+        ImageSpec {
+            layers: layers.to_vec(),
+            format: Format::Oci,
+        }
     }
 
     /// Generates a linux/amd64 image and pushes it as `repo:tag`.
     pub async fn push(&self, upstream: &Upstream, repo: &str, tag: &str) -> Result<PushedImage> {
         let image = self.push_platform(upstream, repo, "amd64").await?;
-        put_manifest(upstream, repo, tag, &image.manifest_media_type, &image.manifest).await?;
+        put_manifest(
+            upstream,
+            repo,
+            tag,
+            &image.manifest_media_type,
+            &image.manifest,
+        )
+        .await?;
         Ok(image)
     }
 
@@ -243,8 +267,13 @@ impl ImageSpec {
         for &content in &self.layers {
             let dir = work.clone();
             let layer = tokio::task::spawn_blocking(move || make_layer(&dir, content)).await??;
-            push_blob(upstream, repo, &layer.digest, BlobBody::File(&layer.path, layer.size))
-                .await?;
+            push_blob(
+                upstream,
+                repo,
+                &layer.digest,
+                BlobBody::File(&layer.path, layer.size),
+            )
+            .await?;
             let _ = std::fs::remove_file(&layer.path);
             layer_descs.push(Descriptor::new(
                 self.format.layer(),
@@ -271,15 +300,29 @@ impl ImageSpec {
             .config(
                 ConfigBuilder::default()
                     .cmd(vec!["/bin/true".to_owned()])
-                    .env(vec![format!("WHARF_TEST_NONCE={}", hex::encode(rand::random::<[u8; 8]>()))])
+                    .env(vec![format!(
+                        "WHARF_TEST_NONCE={}",
+                        hex::encode(rand::random::<[u8; 8]>())
+                    )])
                     .build()?,
             )
-            .rootfs(RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build()?)
+            .rootfs(
+                RootFsBuilder::default()
+                    .typ("layers")
+                    .diff_ids(diff_ids)
+                    .build()?,
+            )
             .history(history)
             .build()?;
         let config_bytes = Bytes::from(serde_json::to_vec(&config)?);
         let config_digest = sha256_digest(&config_bytes);
-        push_blob(upstream, repo, &config_digest, BlobBody::Bytes(config_bytes.clone())).await?;
+        push_blob(
+            upstream,
+            repo,
+            &config_digest,
+            BlobBody::Bytes(config_bytes.clone()),
+        )
+        .await?;
 
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
@@ -309,7 +352,8 @@ impl ImageSpec {
 }
 
 fn parse_digest(d: &str) -> Result<Digest> {
-    d.parse::<Digest>().with_context(|| format!("parsing digest {d}"))
+    d.parse::<Digest>()
+        .with_context(|| format!("parsing digest {d}"))
 }
 
 /// A generated layer on disk.
@@ -329,10 +373,18 @@ struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     fn new(inner: W) -> Self {
-        HashWriter { inner, hasher: Sha256::new(), len: 0 }
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
     fn finish(self) -> (W, String, u64) {
-        (self.inner, format!("sha256:{}", hex::encode(self.hasher.finalize())), self.len)
+        (
+            self.inner,
+            format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            self.len,
+        )
     }
 }
 
@@ -380,13 +432,24 @@ fn make_layer(dir: &Path, content: u64) -> Result<Layer> {
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
     let rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
-    tar.append(&header, RandomReader { rng, remaining: content })?;
+    tar.append(
+        &header,
+        RandomReader {
+            rng,
+            remaining: content,
+        },
+    )?;
     let tar_out = tar.into_inner()?;
     let (gz, diff_id, _) = tar_out.finish();
     let compressed = gz.finish()?;
     let (mut file, digest, size) = compressed.finish();
     file.flush()?;
-    Ok(Layer { path, digest, diff_id, size })
+    Ok(Layer {
+        path,
+        digest,
+        diff_id,
+        size,
+    })
 }
 
 enum BlobBody<'a> {
@@ -394,27 +457,48 @@ enum BlobBody<'a> {
     File(&'a Path, u64),
 }
 
-fn authorize(req: reqwest::RequestBuilder, upstream: &Upstream, repo: &str) -> reqwest::RequestBuilder {
+fn authorize(
+    req: reqwest::RequestBuilder,
+    upstream: &Upstream,
+    repo: &str,
+) -> reqwest::RequestBuilder {
     match upstream.push_authorization(repo) {
         Some(auth) => req.header(reqwest::header::AUTHORIZATION, auth),
         None => req,
     }
 }
 
-async fn push_blob(upstream: &Upstream, repo: &str, digest: &str, body: BlobBody<'_>) -> Result<()> {
+async fn push_blob(
+    upstream: &Upstream,
+    repo: &str,
+    digest: &str,
+    body: BlobBody<'_>,
+) -> Result<()> {
     let client = crate::http_client();
     let base = upstream.push_url();
-    let head = authorize(client.head(format!("{base}/v2/{repo}/blobs/{digest}")), upstream, repo)
-        .send()
-        .await?;
+    let head = authorize(
+        client.head(format!("{base}/v2/{repo}/blobs/{digest}")),
+        upstream,
+        repo,
+    )
+    .send()
+    .await?;
     if head.status().is_success() {
         return Ok(());
     }
-    let start = authorize(client.post(format!("{base}/v2/{repo}/blobs/uploads/")), upstream, repo)
-        .send()
-        .await?;
+    let start = authorize(
+        client.post(format!("{base}/v2/{repo}/blobs/uploads/")),
+        upstream,
+        repo,
+    )
+    .send()
+    .await?;
     if start.status() != reqwest::StatusCode::ACCEPTED {
-        bail!("starting an upload to {repo}: {} {}", start.status(), start.text().await?);
+        bail!(
+            "starting an upload to {repo}: {} {}",
+            start.status(),
+            start.text().await?
+        );
     }
     let location = start
         .headers()
@@ -429,9 +513,7 @@ async fn push_blob(upstream: &Upstream, repo: &str, digest: &str, body: BlobBody
             let len = b.len() as u64;
             (reqwest::Body::from(b), len)
         }
-        BlobBody::File(path, len) => {
-            (reqwest::Body::from(tokio::fs::File::open(path).await?), len)
-        }
+        BlobBody::File(path, len) => (reqwest::Body::from(tokio::fs::File::open(path).await?), len),
     };
     let put = authorize(client.put(url), upstream, repo)
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -440,7 +522,11 @@ async fn push_blob(upstream: &Upstream, repo: &str, digest: &str, body: BlobBody
         .send()
         .await?;
     if put.status() != reqwest::StatusCode::CREATED {
-        bail!("uploading {digest} to {repo}: {} {}", put.status(), put.text().await?);
+        bail!(
+            "uploading {digest} to {repo}: {} {}",
+            put.status(),
+            put.text().await?
+        );
     }
     Ok(())
 }
@@ -467,7 +553,10 @@ pub async fn put_manifest(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if status != reqwest::StatusCode::CREATED {
-        bail!("pushing manifest {repo}:{reference}: {status} {}", resp.text().await?);
+        bail!(
+            "pushing manifest {repo}:{reference}: {status} {}",
+            resp.text().await?
+        );
     }
     let digest = sha256_digest(bytes);
     ensure!(
@@ -480,6 +569,13 @@ pub async fn put_manifest(
 /// Points another tag at an already pushed image (moves the tag if it
 /// existed).
 pub async fn retag(upstream: &Upstream, image: &PushedImage, tag: &str) -> Result<()> {
-    put_manifest(upstream, &image.repo, tag, &image.manifest_media_type, &image.manifest).await?;
+    put_manifest(
+        upstream,
+        &image.repo,
+        tag,
+        &image.manifest_media_type,
+        &image.manifest,
+    )
+    .await?;
     Ok(())
 }

@@ -49,6 +49,10 @@ pub use upstream::{Counts, Fault, Kind, Upstream, UpstreamAuth};
 /// from the stack's upstream.
 pub const RULE_PREFIX: &str = "up";
 
+/// In [`OriginOpts`] given to [`Stack::start_with`], this text (in a rule's
+/// URL or in `config_toml`) is replaced by the stack's upstream URL.
+pub const UPSTREAM_URL: &str = "{upstream}";
+
 /// A per-test directory: removed when the test passes, kept and printed when
 /// it fails so that logs and data can be inspected.
 pub struct TestDir {
@@ -65,7 +69,10 @@ impl TestDir {
             .prefix(&format!("{name}-"))
             .tempdir_in(&base)?
             .keep();
-        Ok(TestDir { path, name: name.to_owned() })
+        Ok(TestDir {
+            path,
+            name: name.to_owned(),
+        })
     }
 
     /// The directory.
@@ -84,7 +91,11 @@ impl TestDir {
 impl Drop for TestDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("[{}] test failed: keeping {}", self.name, self.path.display());
+            eprintln!(
+                "[{}] test failed: keeping {}",
+                self.name,
+                self.path.display()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
@@ -179,13 +190,25 @@ impl Stack {
     }
 
     /// Like [`Stack::start`], with the given upstream auth and origin options;
-    /// the rule `up=<upstream>` is added in front of `opts.rules`.
+    /// the rule `up=<upstream>` is added in front of `opts.rules`, and
+    /// [`UPSTREAM_URL`] in `opts` is replaced by the upstream's URL.
     pub async fn start_with(name: &str, auth: UpstreamAuth, mut opts: OriginOpts) -> Result<Stack> {
         let dir = TestDir::new(name)?;
         let upstream = Upstream::start(&dir, auth).await?;
-        opts.rules.insert(0, (RULE_PREFIX.to_owned(), upstream.url()));
+        let url = upstream.url();
+        for (_, u) in &mut opts.rules {
+            *u = u.replace(UPSTREAM_URL, &url);
+        }
+        if let Some(toml) = &mut opts.config_toml {
+            *toml = toml.replace(UPSTREAM_URL, &url);
+        }
+        opts.rules.insert(0, (RULE_PREFIX.to_owned(), url));
         let origin = Origin::start(&dir, opts).await?;
-        Ok(Stack { origin, upstream, dir })
+        Ok(Stack {
+            origin,
+            upstream,
+            dir,
+        })
     }
 
     /// The origin's `host:port`, as clients spell registry hosts.
@@ -196,5 +219,20 @@ impl Stack {
     /// `<origin host>/up/<repo>:<tag>`, a reference clients can pull.
     pub fn origin_ref(&self, repo: &str, tag: &str) -> String {
         format!("{}/{RULE_PREFIX}/{repo}:{tag}", self.origin.host())
+    }
+
+    /// The origin's base URL, `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        self.origin.url()
+    }
+
+    /// `up/<repo>`: the repository name at the origin for an upstream repo.
+    pub fn repo(&self, repo: &str) -> String {
+        format!("{RULE_PREFIX}/{repo}")
+    }
+
+    /// Pulls `repo:reference` from the origin with [`pull_with_reqwest`].
+    pub async fn pull(&self, repo: &str, reference: &str) -> Result<PulledImage> {
+        pull_with_reqwest(&self.base(), &self.repo(repo), reference).await
     }
 }

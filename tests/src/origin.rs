@@ -94,7 +94,10 @@ impl Origin {
             match origin.spawn_and_wait().await {
                 Ok(()) => return Ok(origin),
                 Err(e) if attempt < 3 && origin.log_tail(20).contains("in use") => {
-                    eprintln!("origin could not bind port {}: retrying ({e:#})", origin.port);
+                    eprintln!(
+                        "origin could not bind port {}: retrying ({e:#})",
+                        origin.port
+                    );
                     origin.port = free_port();
                 }
                 Err(e) => return Err(e),
@@ -118,7 +121,10 @@ impl Origin {
         if let Some(p) = &self.config_path {
             cmd.arg("--config").arg(p);
         }
-        cmd.env("RUST_LOG", "info,wharf=debug,wharf_origin=debug,wharf_core=debug");
+        cmd.env(
+            "RUST_LOG",
+            "info,wharf=debug,wharf_origin=debug,wharf_core=debug",
+        );
         for (k, v) in crate::process::sealed_env() {
             cmd.env(k, v);
         }
@@ -132,27 +138,43 @@ impl Origin {
         self.starts += 1;
         {
             use std::io::Write as _;
-            let mut f = std::fs::File::options().create(true).append(true).open(&self.log)?;
-            writeln!(f, "===== wharf-tests: start #{} on port {} =====", self.starts, self.port)?;
+            let mut f = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(&self.log)?;
+            writeln!(
+                f,
+                "===== wharf-tests: start #{} on port {} =====",
+                self.starts, self.port
+            )?;
         }
-        let daemon = Daemon::spawn("wharf-origin", self.command()?, &self.log, Duration::from_secs(10))?;
+        let daemon = Daemon::spawn(
+            "wharf-origin",
+            self.command()?,
+            &self.log,
+            Duration::from_secs(10),
+        )?;
         self.daemon = Some(daemon);
         let client = crate::http_client();
         for path in ["/healthz", "/readyz"] {
             let url = format!("{}{path}", self.url());
             let daemon = self.daemon.as_mut().expect("just spawned");
             let mut exited = None;
-            let r = wait_until(&format!("wharf-origin {path}"), Duration::from_secs(30), || {
-                exited = exited.or(daemon.exited());
-                let dead = exited;
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    if let Some(status) = dead {
-                        bail!("wharf-origin exited: {status}");
+            let r = wait_until(
+                &format!("wharf-origin {path}"),
+                Duration::from_secs(30),
+                || {
+                    exited = exited.or(daemon.exited());
+                    let dead = exited;
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        if let Some(status) = dead {
+                            bail!("wharf-origin exited: {status}");
+                        }
+                        Ok(client.get(&url).send().await?.status() == reqwest::StatusCode::OK)
                     }
-                    Ok(client.get(&url).send().await?.status() == reqwest::StatusCode::OK)
-                }
-            })
+                },
+            )
             .await;
             if let Err(e) = r {
                 let tail = self.log_tail(30);
@@ -255,7 +277,10 @@ pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
                 None => continue,
             },
         };
-        let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
         else {
             continue;
         };
@@ -264,8 +289,10 @@ pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
                 let name = &series[..open];
                 let mut labels = parse_labels(&series[open + 1..series.len() - 1]);
                 labels.sort();
-                let body: Vec<String> =
-                    labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+                let body: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect();
                 format!("{name}{{{}}}", body.join(","))
             }
             None => series.to_owned(),
@@ -276,7 +303,9 @@ pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `a="x",b="y\"z"` → [(a, x), (b, y"z)].
@@ -321,7 +350,9 @@ pub fn sum_metric(metrics: &HashMap<String, f64>, name: &str, labels: &[(&str, &
                 None => (key.as_str(), Vec::new()),
             };
             n == name
-                && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
         })
         .map(|(_, v)| v)
         .sum()
@@ -342,9 +373,15 @@ mod tests {
         let m = parse_prometheus(text);
         assert_eq!(m["wharf_requests_total{kind=\"blob\",result=\"hit\"}"], 3.0);
         assert_eq!(m["wharf_up"], 1.0);
-        assert_eq!(sum_metric(&m, "wharf_requests_total", &[("kind", "blob")]), 5.0);
+        assert_eq!(
+            sum_metric(&m, "wharf_requests_total", &[("kind", "blob")]),
+            5.0
+        );
         assert_eq!(sum_metric(&m, "wharf_requests_total", &[]), 10.0);
-        assert_eq!(sum_metric(&m, "wharf_requests_total", &[("result", "hit")]), 8.0);
+        assert_eq!(
+            sum_metric(&m, "wharf_requests_total", &[("result", "hit")]),
+            8.0
+        );
         assert_eq!(sum_metric(&m, "weird", &[("msg", "a,b=\"c\"")]), 7.0);
         assert_eq!(sum_metric(&m, "absent", &[]), 0.0);
     }

@@ -63,7 +63,12 @@ impl Daemon {
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {name}: {:?}", cmd.get_program()))?;
-        Ok(Daemon { name: name.to_owned(), child: Some(child), log: log.to_owned(), grace })
+        Ok(Daemon {
+            name: name.to_owned(),
+            child: Some(child),
+            log: log.to_owned(),
+            grace,
+        })
     }
 
     /// The process id, while running.
@@ -73,7 +78,9 @@ impl Daemon {
 
     /// `Some(status)` once the process has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The log file.
@@ -121,7 +128,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("[{}] did not stop within {:?} of SIGTERM: killing", self.name, self.grace);
+        eprintln!(
+            "[{}] did not stop within {:?} of SIGTERM: killing",
+            self.name, self.grace
+        );
         self.kill_group(child.id());
         let _ = child.kill();
         child.wait().ok()
@@ -210,7 +220,10 @@ pub async fn run_tool(
     for (k, v) in env {
         std_cmd.env(k, v);
     }
-    std_cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    std_cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     contain(&mut std_cmd);
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.kill_on_drop(true);

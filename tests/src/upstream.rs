@@ -174,7 +174,13 @@ impl fmt::Display for Counts {
             return write!(f, "(no upstream requests)");
         }
         for (k, n) in &self.0 {
-            writeln!(f, "{n:>4} {:<6} {:<8} {}", k.method, format!("{:?}", k.kind), k.path)?;
+            writeln!(
+                f,
+                "{n:>4} {:<6} {:<8} {}",
+                k.method,
+                format!("{:?}", k.kind),
+                k.path
+            )?;
         }
         Ok(())
     }
@@ -197,7 +203,11 @@ impl Shared {
             None => format!("{method} {path}"),
         };
         self.log.lock().unwrap().push(line);
-        let key = RequestKey { method: method.as_str().to_owned(), kind, path: path.to_owned() };
+        let key = RequestKey {
+            method: method.as_str().to_owned(),
+            kind,
+            path: path.to_owned(),
+        };
         *self.counts.lock().unwrap().entry(key).or_default() += 1;
         kind
     }
@@ -247,8 +257,7 @@ impl Upstream {
             let mut cmd = Command::new(&bin);
             cmd.arg("serve").arg(&config_path).current_dir(&up_dir);
             let log = up_dir.join(format!("registry-{attempt}.log"));
-            let mut daemon =
-                Daemon::spawn("docker-registry", cmd, &log, Duration::from_secs(5))?;
+            let mut daemon = Daemon::spawn("docker-registry", cmd, &log, Duration::from_secs(5))?;
             match wait_registry(&mut daemon, addr).await {
                 Ok(()) => break (daemon, addr),
                 Err(e) if attempt < 3 => {
@@ -260,7 +269,14 @@ impl Upstream {
         };
 
         let proxy = Proxy::launch(registry_addr, shared.clone()).await?;
-        Ok(Upstream { proxy, token, shared, registry_addr, registry, dir: up_dir })
+        Ok(Upstream {
+            proxy,
+            token,
+            shared,
+            registry_addr,
+            registry,
+            dir: up_dir,
+        })
     }
 
     /// The proxy's URL (`http://127.0.0.1:PORT`): what origins are pointed at.
@@ -281,7 +297,9 @@ impl Upstream {
 
     /// The token server's URL, when the upstream uses token auth.
     pub fn token_url(&self) -> Option<String> {
-        self.token.as_ref().map(|t| format!("http://{}/token", t.addr))
+        self.token
+            .as_ref()
+            .map(|t| format!("http://{}/token", t.addr))
     }
 
     /// The upstream's working directory (config, logs, storage).
@@ -333,7 +351,10 @@ impl Upstream {
             name: repo.into(),
             actions: vec!["pull".into(), "push".into()],
         }];
-        let jwt = token.ctx.mint("wharf-test-seeder", access).expect("minting a seeding token");
+        let jwt = token
+            .ctx
+            .mint("wharf-test-seeder", access)
+            .expect("minting a seeding token");
         Some(format!("Bearer {jwt}"))
     }
 
@@ -394,19 +415,23 @@ async fn wait_registry(daemon: &mut Daemon, addr: SocketAddr) -> Result<()> {
     let client = crate::http_client();
     let url = format!("http://{addr}/v2/");
     let mut exited = None;
-    let r = wait_until("docker-registry to answer /v2/", Duration::from_secs(20), || {
-        exited = exited.or(daemon.exited());
-        let client = client.clone();
-        let url = url.clone();
-        let dead = exited;
-        async move {
-            if let Some(status) = dead {
-                bail!("docker-registry exited: {status}");
+    let r = wait_until(
+        "docker-registry to answer /v2/",
+        Duration::from_secs(20),
+        || {
+            exited = exited.or(daemon.exited());
+            let client = client.clone();
+            let url = url.clone();
+            let dead = exited;
+            async move {
+                if let Some(status) = dead {
+                    bail!("docker-registry exited: {status}");
+                }
+                let resp = client.get(&url).send().await?;
+                Ok(matches!(resp.status().as_u16(), 200 | 401))
             }
-            let resp = client.get(&url).send().await?;
-            Ok(matches!(resp.status().as_u16(), 200 | 401))
-        }
-    })
+        },
+    )
     .await;
     if let Some(status) = exited {
         bail!("docker-registry exited: {status}");
@@ -444,9 +469,17 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        let ctx = Arc::new(ProxyCtx { target, shared, client });
+        let ctx = Arc::new(ProxyCtx {
+            target,
+            shared,
+            client,
+        });
         let running = Running::spawn(listener, ctx.clone());
-        Ok(Proxy { addr, ctx, running: tokio::sync::Mutex::new(Some(running)) })
+        Ok(Proxy {
+            addr,
+            ctx,
+            running: tokio::sync::Mutex::new(Some(running)),
+        })
     }
 
     /// Closes the listening socket and every open connection: the upstream
@@ -541,8 +574,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap(),
+    );
     resp
 }
 
@@ -568,13 +603,19 @@ impl ProxyCtx {
             };
             let mut resp = oci_error(status, code, "fault injected by the wharf test proxy");
             if status == StatusCode::TOO_MANY_REQUESTS {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             return resp;
         }
 
         let (mut parts, body) = req.into_parts();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
         parts.uri = match format!("http://{}{pq}", self.target).parse() {
             Ok(uri) => uri,
             Err(e) => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e.to_string()),
@@ -648,7 +689,10 @@ fn truncate(body: Incoming, keep: u64) -> ProxyBody {
             match body.next().await {
                 Some(Ok(chunk)) if sent < keep => {
                     let room = (keep - sent).min(chunk.len() as u64) as usize;
-                    Some((Ok(Frame::data(chunk.slice(..room))), (body, sent + room as u64, false)))
+                    Some((
+                        Ok(Frame::data(chunk.slice(..room))),
+                        (body, sent + room as u64, false),
+                    ))
                 }
                 Some(Err(e)) => Some((Err(Box::new(e) as BoxError), (body, sent, true))),
                 _ => {
@@ -726,7 +770,12 @@ impl TokenServer {
         let handle = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(TokenServer { addr, cert_path, ctx, handle })
+        Ok(TokenServer {
+            addr,
+            cert_path,
+            ctx,
+            handle,
+        })
     }
 }
 
@@ -750,11 +799,18 @@ impl TokenCtx {
 
     fn check_basic(&self, headers: &HeaderMap) -> Option<String> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+        let encoded = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, pass) = decoded.split_once(':')?;
-        self.users.iter().any(|(u, p)| u == user && p == pass).then(|| user.to_owned())
+        self.users
+            .iter()
+            .any(|(u, p)| u == user && p == pass)
+            .then(|| user.to_owned())
     }
 }
 
@@ -771,7 +827,11 @@ fn parse_scopes(params: &[(String, String)]) -> Vec<Access> {
             Some(Access {
                 kind: kind.to_owned(),
                 name: name.to_owned(),
-                actions: actions.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
+                actions: actions
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             })
         })
         .collect()
@@ -786,11 +846,16 @@ async fn token_handler(
     let json = |status: StatusCode, v: serde_json::Value| {
         let mut r = Response::new(axum::body::Body::from(v.to_string()));
         *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         r
     };
-    let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str());
+    let service = params
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.as_str());
     if service.is_some_and(|s| s != TOKEN_SERVICE) {
         return json(
             StatusCode::BAD_REQUEST,
@@ -823,11 +888,7 @@ async fn token_handler(
 
 /// Fetches a token the way a client would (Basic auth when `creds` is
 /// given), for tests of the token server itself.
-pub async fn fetch_token(
-    realm: &str,
-    scope: &str,
-    creds: Option<(&str, &str)>,
-) -> Result<String> {
+pub async fn fetch_token(realm: &str, scope: &str, creds: Option<(&str, &str)>) -> Result<String> {
     let mut req = crate::http_client()
         .get(realm)
         .query(&[("service", TOKEN_SERVICE), ("scope", scope)]);
@@ -840,5 +901,55 @@ pub async fn fetch_token(
     if !status.is_success() {
         return Err(anyhow!("token request failed: {status} {body}"));
     }
-    body["token"].as_str().map(str::to_owned).context("token response without `token`")
+    body["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("token response without `token`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_registry_paths() {
+        for (path, kind) in [
+            ("/v2/", Kind::Other),
+            ("/v2/a/b/manifests/v1", Kind::Manifest),
+            ("/v2/a/manifests/sha256:abc", Kind::Manifest),
+            ("/v2/a/blobs/sha256:abc", Kind::Blob),
+            ("/v2/a/blobs/uploads/", Kind::Other),
+            ("/v2/a/blobs/uploads/uuid", Kind::Other),
+            ("/v2/a/b/tags/list", Kind::Tags),
+            ("/v2/_catalog", Kind::Other),
+            ("/token", Kind::Token),
+        ] {
+            assert_eq!(Kind::of(path), kind, "{path}");
+        }
+    }
+
+    #[test]
+    fn parses_token_scopes() {
+        let params = vec![
+            ("service".to_owned(), TOKEN_SERVICE.to_owned()),
+            ("scope".to_owned(), "repository:a/b:pull,push".to_owned()),
+            (
+                "scope".to_owned(),
+                "repository:c:pull registry:catalog:*".to_owned(),
+            ),
+        ];
+        let scopes: Vec<(String, String, Vec<String>)> = parse_scopes(&params)
+            .into_iter()
+            .map(|a| (a.kind, a.name, a.actions))
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            scopes,
+            vec![
+                ("repository".into(), "a/b".into(), s(&["pull", "push"])),
+                ("repository".into(), "c".into(), s(&["pull"])),
+                ("registry".into(), "catalog".into(), s(&["*"])),
+            ]
+        );
+    }
 }

@@ -10,8 +10,8 @@ use wharf_tests::clients::{
 };
 use wharf_tests::upstream::fetch_token;
 use wharf_tests::{
-    Fault, ImageSpec, Kind, PushedImage, PushedIndex, TestDir, Upstream, UpstreamAuth,
-    http_client, pull_with_reqwest,
+    Fault, ImageSpec, Kind, PushedImage, PushedIndex, TestDir, Upstream, UpstreamAuth, http_client,
+    pull_with_reqwest,
 };
 
 /// A Docker image, an OCI image, a Docker manifest list and an OCI index,
@@ -27,14 +27,33 @@ struct Seeded {
 
 async fn seeded(name: &str) -> Seeded {
     let dir = TestDir::new(name).unwrap();
-    let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous).await.unwrap();
-    let docker = ImageSpec::docker(&[3000, 5000]).push(&upstream, "t/docker", "v1").await.unwrap();
-    let oci = ImageSpec::oci(&[4000]).push(&upstream, "t/oci", "v1").await.unwrap();
-    let docker_list =
-        ImageSpec::docker(&[2000]).push_index(&upstream, "t/docker-list", "v1").await.unwrap();
-    let oci_index =
-        ImageSpec::oci(&[2000]).push_index(&upstream, "t/oci-index", "v1").await.unwrap();
-    Seeded { docker, oci, docker_list, oci_index, upstream, dir }
+    let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous)
+        .await
+        .unwrap();
+    let docker = ImageSpec::docker(&[3000, 5000])
+        .push(&upstream, "t/docker", "v1")
+        .await
+        .unwrap();
+    let oci = ImageSpec::oci(&[4000])
+        .push(&upstream, "t/oci", "v1")
+        .await
+        .unwrap();
+    let docker_list = ImageSpec::docker(&[2000])
+        .push_index(&upstream, "t/docker-list", "v1")
+        .await
+        .unwrap();
+    let oci_index = ImageSpec::oci(&[2000])
+        .push_index(&upstream, "t/oci-index", "v1")
+        .await
+        .unwrap();
+    Seeded {
+        docker,
+        oci,
+        docker_list,
+        oci_index,
+        upstream,
+        dir,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,10 +65,15 @@ async fn generated_images_pull_and_verify_over_http() {
         assert_eq!(pulled.digest, img.manifest_digest);
         assert_eq!(pulled.media_type, img.manifest_media_type);
         assert_eq!(pulled.blobs, img.blobs());
-        let by_digest = pull_with_reqwest(&base, repo, &img.manifest_digest).await.unwrap();
+        let by_digest = pull_with_reqwest(&base, repo, &img.manifest_digest)
+            .await
+            .unwrap();
         assert_eq!(by_digest.digest, img.manifest_digest);
     }
-    for (repo, idx) in [("t/docker-list", &s.docker_list), ("t/oci-index", &s.oci_index)] {
+    for (repo, idx) in [
+        ("t/docker-list", &s.docker_list),
+        ("t/oci-index", &s.oci_index),
+    ] {
         let pulled = pull_with_reqwest(&base, repo, "v1").await.unwrap();
         assert_eq!(pulled.digest, idx.digest);
         assert_eq!(pulled.media_type, idx.media_type);
@@ -65,23 +89,44 @@ async fn skopeo_copies_generated_images_byte_for_byte() {
     let skopeo = Skopeo::new(&s.dir).unwrap();
     let host = s.upstream.host();
     let plain = CopyOpts::default();
-    let all = CopyOpts { all: true, ..CopyOpts::default() };
+    let all = CopyOpts {
+        all: true,
+        ..CopyOpts::default()
+    };
     assert_eq!(
-        skopeo.copy(&format!("{host}/t/docker:v1"), &plain).await.unwrap(),
+        skopeo
+            .copy(&format!("{host}/t/docker:v1"), &plain)
+            .await
+            .unwrap(),
         s.docker.manifest_digest
     );
-    assert_eq!(skopeo.copy(&format!("{host}/t/oci:v1"), &plain).await.unwrap(), s.oci.manifest_digest);
     assert_eq!(
-        skopeo.copy(&format!("{host}/t/docker-list:v1"), &all).await.unwrap(),
+        skopeo
+            .copy(&format!("{host}/t/oci:v1"), &plain)
+            .await
+            .unwrap(),
+        s.oci.manifest_digest
+    );
+    assert_eq!(
+        skopeo
+            .copy(&format!("{host}/t/docker-list:v1"), &all)
+            .await
+            .unwrap(),
         s.docker_list.digest
     );
     assert_eq!(
-        skopeo.copy(&format!("{host}/t/oci-index:v1"), &all).await.unwrap(),
+        skopeo
+            .copy(&format!("{host}/t/oci-index:v1"), &all)
+            .await
+            .unwrap(),
         s.oci_index.digest
     );
     // Without --all skopeo picks this machine's platform.
     assert_eq!(
-        skopeo.copy(&format!("{host}/t/oci-index:v1"), &plain).await.unwrap(),
+        skopeo
+            .copy(&format!("{host}/t/oci-index:v1"), &plain)
+            .await
+            .unwrap(),
         s.oci_index.child("amd64").manifest_digest
     );
 }
@@ -91,10 +136,28 @@ async fn dockerd_pulls_generated_images() {
     let s = seeded("harness-docker").await;
     let docker = Dockerd::start(&s.dir, None).await.unwrap();
     let host = s.upstream.host();
-    assert_eq!(docker.pull(&format!("{host}/t/docker:v1")).await.unwrap(), s.docker.manifest_digest);
-    assert_eq!(docker.pull(&format!("{host}/t/oci:v1")).await.unwrap(), s.oci.manifest_digest);
-    assert_eq!(docker.pull(&format!("{host}/t/docker-list:v1")).await.unwrap(), s.docker_list.digest);
-    assert_eq!(docker.pull(&format!("{host}/t/oci-index:v1")).await.unwrap(), s.oci_index.digest);
+    assert_eq!(
+        docker.pull(&format!("{host}/t/docker:v1")).await.unwrap(),
+        s.docker.manifest_digest
+    );
+    assert_eq!(
+        docker.pull(&format!("{host}/t/oci:v1")).await.unwrap(),
+        s.oci.manifest_digest
+    );
+    assert_eq!(
+        docker
+            .pull(&format!("{host}/t/docker-list:v1"))
+            .await
+            .unwrap(),
+        s.docker_list.digest
+    );
+    assert_eq!(
+        docker
+            .pull(&format!("{host}/t/oci-index:v1"))
+            .await
+            .unwrap(),
+        s.oci_index.digest
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,10 +165,22 @@ async fn containerd_pulls_generated_images() {
     let s = seeded("harness-ctr").await;
     let ctr = Containerd::start(&s.dir).await.unwrap();
     let host = s.upstream.host();
-    assert_eq!(ctr.pull(&format!("{host}/t/docker:v1")).await.unwrap(), s.docker.manifest_digest);
-    assert_eq!(ctr.pull(&format!("{host}/t/oci:v1")).await.unwrap(), s.oci.manifest_digest);
-    assert_eq!(ctr.pull(&format!("{host}/t/docker-list:v1")).await.unwrap(), s.docker_list.digest);
-    assert_eq!(ctr.pull(&format!("{host}/t/oci-index:v1")).await.unwrap(), s.oci_index.digest);
+    assert_eq!(
+        ctr.pull(&format!("{host}/t/docker:v1")).await.unwrap(),
+        s.docker.manifest_digest
+    );
+    assert_eq!(
+        ctr.pull(&format!("{host}/t/oci:v1")).await.unwrap(),
+        s.oci.manifest_digest
+    );
+    assert_eq!(
+        ctr.pull(&format!("{host}/t/docker-list:v1")).await.unwrap(),
+        s.docker_list.digest
+    );
+    assert_eq!(
+        ctr.pull(&format!("{host}/t/oci-index:v1")).await.unwrap(),
+        s.oci_index.digest
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,18 +188,41 @@ async fn podman_pulls_generated_images() {
     let s = seeded("harness-podman").await;
     let podman = Podman::new(&s.dir).unwrap();
     let host = s.upstream.host();
-    assert_eq!(podman.pull(&format!("{host}/t/docker:v1")).await.unwrap(), s.docker.manifest_digest);
-    assert_eq!(podman.pull(&format!("{host}/t/oci:v1")).await.unwrap(), s.oci.manifest_digest);
-    assert_eq!(podman.pull(&format!("{host}/t/docker-list:v1")).await.unwrap(), s.docker_list.digest);
-    assert_eq!(podman.pull(&format!("{host}/t/oci-index:v1")).await.unwrap(), s.oci_index.digest);
+    assert_eq!(
+        podman.pull(&format!("{host}/t/docker:v1")).await.unwrap(),
+        s.docker.manifest_digest
+    );
+    assert_eq!(
+        podman.pull(&format!("{host}/t/oci:v1")).await.unwrap(),
+        s.oci.manifest_digest
+    );
+    assert_eq!(
+        podman
+            .pull(&format!("{host}/t/docker-list:v1"))
+            .await
+            .unwrap(),
+        s.docker_list.digest
+    );
+    assert_eq!(
+        podman
+            .pull(&format!("{host}/t/oci-index:v1"))
+            .await
+            .unwrap(),
+        s.oci_index.digest
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_upstream_refuses_anonymous_pulls_and_accepts_basic_credentials() {
     let dir = TestDir::new("harness-token").unwrap();
     let users = vec![("alice".to_owned(), "s3cret".to_owned())];
-    let upstream = Upstream::start(&dir, UpstreamAuth::Token { users }).await.unwrap();
-    let img = ImageSpec::docker(&[1000]).push(&upstream, "private/app", "v1").await.unwrap();
+    let upstream = Upstream::start(&dir, UpstreamAuth::Token { users })
+        .await
+        .unwrap();
+    let img = ImageSpec::docker(&[1000])
+        .push(&upstream, "private/app", "v1")
+        .await
+        .unwrap();
     assert_eq!(upstream.counts().total(), 0, "seeding must not be counted");
 
     // The registry challenges anonymous requests with a realm on 127.0.0.1.
@@ -135,15 +233,27 @@ async fn token_upstream_refuses_anonymous_pulls_and_accepts_basic_credentials() 
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let realm = upstream.token_url().unwrap();
-    assert!(challenge.starts_with(&format!("Bearer realm=\"{realm}\"")), "{challenge}");
+    assert!(
+        challenge.starts_with(&format!("Bearer realm=\"{realm}\"")),
+        "{challenge}"
+    );
 
     let scope = "repository:private/app:pull";
     let anon = fetch_token(&realm, scope, None).await.unwrap_err();
     assert!(anon.to_string().contains("401"), "{anon:#}");
-    assert!(fetch_token(&realm, scope, Some(("alice", "wrong"))).await.is_err());
-    let token = fetch_token(&realm, scope, Some(("alice", "s3cret"))).await.unwrap();
+    assert!(
+        fetch_token(&realm, scope, Some(("alice", "wrong")))
+            .await
+            .is_err()
+    );
+    let token = fetch_token(&realm, scope, Some(("alice", "s3cret")))
+        .await
+        .unwrap();
     let resp = client
         .get(format!("{}/v2/private/app/manifests/v1", upstream.url()))
         .header("accept", img.manifest_media_type.as_str())
@@ -151,7 +261,12 @@ async fn token_upstream_refuses_anonymous_pulls_and_accepts_basic_credentials() 
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "registry refused our token: {}", upstream.registry_log());
+    assert_eq!(
+        resp.status(),
+        200,
+        "registry refused our token: {}",
+        upstream.registry_log()
+    );
     // A token for one repository does not open another.
     let resp = client
         .get(format!("{}/v2/private/other/manifests/v1", upstream.url()))
@@ -163,18 +278,32 @@ async fn token_upstream_refuses_anonymous_pulls_and_accepts_basic_credentials() 
 
     let skopeo = Skopeo::new(&dir).unwrap();
     let reference = format!("{}/private/app:v1", upstream.host());
-    let err = skopeo.copy(&reference, &CopyOpts::default()).await.unwrap_err();
+    let err = skopeo
+        .copy(&reference, &CopyOpts::default())
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("unauthorized"), "{err:#}");
-    let creds = CopyOpts { creds: Some(("alice".into(), "s3cret".into())), ..CopyOpts::default() };
-    assert_eq!(skopeo.copy(&reference, &creds).await.unwrap(), img.manifest_digest);
+    let creds = CopyOpts {
+        creds: Some(("alice".into(), "s3cret".into())),
+        ..CopyOpts::default()
+    };
+    assert_eq!(
+        skopeo.copy(&reference, &creds).await.unwrap(),
+        img.manifest_digest
+    );
     assert!(upstream.token_requests() >= 3, "{}", upstream.counts());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_counts_requests_and_injects_faults() {
     let dir = TestDir::new("harness-proxy").unwrap();
-    let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous).await.unwrap();
-    let img = ImageSpec::oci(&[200_000, 1000]).push(&upstream, "t/app", "v1").await.unwrap();
+    let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous)
+        .await
+        .unwrap();
+    let img = ImageSpec::oci(&[200_000, 1000])
+        .push(&upstream, "t/app", "v1")
+        .await
+        .unwrap();
     assert_eq!(upstream.counts().total(), 0, "seeding must not be counted");
     let base = upstream.url();
     let client = http_client();
@@ -183,7 +312,11 @@ async fn proxy_counts_requests_and_injects_faults() {
     let counts = upstream.counts();
     assert_eq!(counts.get("GET", Kind::Manifest), 1, "{counts}");
     assert_eq!(counts.get("GET", Kind::Blob), 3, "{counts}");
-    assert_eq!(counts.for_path("GET", Kind::Blob, &img.layer_digests[0]), 1, "{counts}");
+    assert_eq!(
+        counts.for_path("GET", Kind::Blob, &img.layer_digests[0]),
+        1,
+        "{counts}"
+    );
     assert_eq!(counts.registry_total(), 4, "{counts}");
     upstream.reset_counts();
     assert_eq!(upstream.counts().total(), 0);
@@ -191,36 +324,54 @@ async fn proxy_counts_requests_and_injects_faults() {
     let layer = &img.layer_digests[0];
     let size = Some(img.layer_sizes[0]);
     upstream.set_fault(Fault::CorruptBlob(layer.clone()));
-    let err = fetch_blob(&client, &base, "t/app", layer, size).await.unwrap_err();
+    let err = fetch_blob(&client, &base, "t/app", layer, size)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("arrived with digest"), "{err:#}");
     // Other blobs are untouched.
-    fetch_blob(&client, &base, "t/app", &img.layer_digests[1], None).await.unwrap();
+    fetch_blob(&client, &base, "t/app", &img.layer_digests[1], None)
+        .await
+        .unwrap();
 
     upstream.set_fault(Fault::TruncateBlob(layer.clone()));
-    let err = fetch_blob(&client, &base, "t/app", layer, size).await.unwrap_err();
+    let err = fetch_blob(&client, &base, "t/app", layer, size)
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("reading blob"), "{err:#}");
 
     upstream.set_fault(Fault::Status(503));
-    let err = get_manifest(&client, &base, "t/app", "v1").await.unwrap_err();
+    let err = get_manifest(&client, &base, "t/app", "v1")
+        .await
+        .unwrap_err();
     assert_eq!(oci_error_of(&err).unwrap().status, 503);
     upstream.set_fault(Fault::Status(429));
-    let err = get_manifest(&client, &base, "t/app", "v1").await.unwrap_err();
+    let err = get_manifest(&client, &base, "t/app", "v1")
+        .await
+        .unwrap_err();
     assert_eq!(oci_error_of(&err).unwrap().code, "TOOMANYREQUESTS");
 
     upstream.set_fault(Fault::None);
-    fetch_blob(&client, &base, "t/app", layer, size).await.unwrap();
+    fetch_blob(&client, &base, "t/app", layer, size)
+        .await
+        .unwrap();
 
     // A pooled keep-alive connection must not survive the outage.
     upstream.proxy().stop().await;
     let err = client.get(format!("{base}/v2/")).send().await.unwrap_err();
     assert!(err.is_connect() || err.is_request(), "{err:?}");
     let raw = std::net::TcpStream::connect(upstream.host());
-    assert_eq!(raw.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        raw.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
     upstream.proxy().start().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), pull_with_reqwest(&base, "t/app", "v1"))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        pull_with_reqwest(&base, "t/app", "v1"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
 }
 
 /// The mirror set-ups the origin tests use (dockerd `--registry-mirror`,
@@ -229,26 +380,43 @@ async fn proxy_counts_requests_and_injects_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_configurations_send_docker_hub_names_to_the_mirror() {
     let dir = TestDir::new("harness-mirror").unwrap();
-    let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous).await.unwrap();
-    let img = ImageSpec::docker(&[1000]).push(&upstream, "library/mirrored", "v1").await.unwrap();
+    let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous)
+        .await
+        .unwrap();
+    let img = ImageSpec::docker(&[1000])
+        .push(&upstream, "library/mirrored", "v1")
+        .await
+        .unwrap();
 
     let docker = Dockerd::start(&dir, Some(&upstream.url())).await.unwrap();
-    assert_eq!(docker.pull("mirrored:v1").await.unwrap(), img.manifest_digest);
+    assert_eq!(
+        docker.pull("mirrored:v1").await.unwrap(),
+        img.manifest_digest
+    );
     let log = upstream.request_log();
     // dockerd resolves the tag with a HEAD, then GETs the manifest by digest.
-    assert!(log.iter().any(|l| l.starts_with("HEAD /v2/library/mirrored/manifests/v1")), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("HEAD /v2/library/mirrored/manifests/v1")),
+        "{log:#?}"
+    );
     upstream.reset_counts();
 
     let ctr = Containerd::start(&dir).await.unwrap();
-    let digest = ctr.pull_via_mirror("docker.io/library/mirrored:v1", &upstream.url()).await.unwrap();
+    let digest = ctr
+        .pull_via_mirror("docker.io/library/mirrored:v1", &upstream.url())
+        .await
+        .unwrap();
     assert_eq!(digest, img.manifest_digest);
     let log = upstream.request_log();
     assert!(
-        log.iter().all(|l| l == "GET /v2/" || l.ends_with("?ns=docker.io")),
+        log.iter()
+            .all(|l| l == "GET /v2/" || l.ends_with("?ns=docker.io")),
         "{log:#?}"
     );
     assert!(
-        log.iter().any(|l| l.contains("/v2/library/mirrored/manifests/v1?ns=docker.io")),
+        log.iter()
+            .any(|l| l.contains("/v2/library/mirrored/manifests/v1?ns=docker.io")),
         "{log:#?}"
     );
 }
