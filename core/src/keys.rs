@@ -32,7 +32,12 @@ pub fn tag_key(repo: &RepositoryName, tag: &Tag) -> String {
 
 /// Key of the record that `repo` refers to blob `digest`.
 pub fn blob_link_key(repo: &RepositoryName, digest: &Digest) -> String {
-    format!("links/{}/_/blobs/{}/{}", repo.as_str(), digest.algorithm().as_str(), digest.hex())
+    format!(
+        "links/{}/_/blobs/{}/{}",
+        repo.as_str(),
+        digest.algorithm().as_str(),
+        digest.hex()
+    )
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@
 //! * [`freshness`] — when a cached tag is fresh, and when stale may be served.
 //! * [`auth`] — the pure parts of the upstream token dance.
 //! * [`urlencode`] — percent-encoding helpers.
+//! * [`sigv4`] — SigV4 query-string presigning of S3 object URLs (the edge's blob redirects).
+//! * [`token`] — Wharf's own registry bearer tokens (HS256 JWTs), challenges, `Authorization` parsing.
+//! * [`ticket`] — short-lived HMAC tickets that hand a blob miss from the edge to the origin.
+//! * [`utc`] — UTC calendar formatting of unix timestamps.
 //!
 //! # Key decision
 //!
@@ -20,7 +24,7 @@
 //! unix milliseconds or [`std::time::Duration`] (`SystemTime::now` panics on
 //! wasm32), so every decision is a pure function that both deployables apply
 //! identically and that table tests pin down. Dependencies are kept to
-//! serde/serde_json/sha2/hex/thiserror because this crate ships in the Worker's wasm
+//! serde/serde_json/sha2/hex/thiserror/hmac/base64 because this crate ships in the Worker's wasm
 //! bundle; grammars and URL handling are hand-written instead of pulling in
 //! `regex` or `url`.
 
@@ -36,7 +40,11 @@ pub mod media;
 pub mod range;
 pub mod reference;
 pub mod rules;
+pub mod sigv4;
+pub mod ticket;
+pub mod token;
 pub mod urlencode;
+pub mod utc;
 
 pub use api::{ApiError, ApiMethod, ApiRequest, parse_request};
 pub use auth::{AuthError, Challenge, TokenResponse};

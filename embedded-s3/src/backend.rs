@@ -215,9 +215,7 @@ impl FsBackend {
         mut meta: ObjectMeta,
     ) -> S3Result<ObjectMeta> {
         let body = body.unwrap_or_else(|| StreamingBlob::from(s3s::Body::empty()));
-        let t0 = std::time::Instant::now();
         let staged = stage_body(self.tmp(), body, content_md5.is_some()).await?;
-        eprintln!("TMPDBG staged in {:?}", t0.elapsed());
         if let Some(want) = content_md5 {
             let want = base64::engine::general_purpose::STANDARD
                 .decode(want.trim())
@@ -277,7 +275,9 @@ fn split_items(items: Vec<Item>) -> (Vec<Object>, Vec<CommonPrefix>) {
                 e_tag: Some(etag(&meta.etag)),
                 size: i64::try_from(meta.size).ok(),
                 last_modified: Some(ts(meta.last_modified_ms)),
-                storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+                storage_class: Some(ObjectStorageClass::from_static(
+                    ObjectStorageClass::STANDARD,
+                )),
                 ..Default::default()
             }),
             Item::Prefix(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
@@ -305,7 +305,13 @@ fn headers_of(
 }
 
 fn blank_meta(headers: Headers) -> ObjectMeta {
-    ObjectMeta { etag: String::new(), size: 0, last_modified_ms: 0, parts_count: None, headers }
+    ObjectMeta {
+        etag: String::new(),
+        size: 0,
+        last_modified_ms: 0,
+        parts_count: None,
+        headers,
+    }
 }
 
 #[async_trait::async_trait]
@@ -325,7 +331,9 @@ impl S3 for FsBackend {
         if !created {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
         }
-        Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }))
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{bucket}")),
+        }))
     }
 
     async fn delete_bucket(
@@ -366,7 +374,9 @@ impl S3 for FsBackend {
         // us-east-1 is spelled as an empty constraint.
         let location_constraint = (self.region != "us-east-1")
             .then(|| BucketLocationConstraint::from(self.region.clone()));
-        Ok(S3Response::new(GetBucketLocationOutput { location_constraint }))
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint,
+        }))
     }
 
     async fn list_buckets(
@@ -378,26 +388,40 @@ impl S3 for FsBackend {
             let mut out = Vec::new();
             for entry in fs::read_dir(layout.root()).map_err(internal)? {
                 let entry = entry.map_err(internal)?;
-                let Ok(name) = entry.file_name().into_string() else { continue };
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
                 if !valid_bucket_name(&name) {
                     continue;
                 }
-                let Ok(md) = fs::metadata(layout.objects_dir(&name)) else { continue };
-                let created = md.created().or_else(|_| md.modified()).ok().map(Timestamp::from);
-                out.push(Bucket { name: Some(name), creation_date: created, bucket_region: None });
+                let Ok(md) = fs::metadata(layout.objects_dir(&name)) else {
+                    continue;
+                };
+                let created = md
+                    .created()
+                    .or_else(|_| md.modified())
+                    .ok()
+                    .map(Timestamp::from);
+                out.push(Bucket {
+                    name: Some(name),
+                    creation_date: created,
+                    bucket_region: None,
+                });
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
         })
         .await?;
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            ..Default::default()
+        }))
     }
 
     async fn put_object(
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        eprintln!("TMPDBG sha={:?} ce={:?} trailer={:?}", req.headers.get("x-amz-content-sha256"), req.headers.get("content-encoding"), req.headers.get("x-amz-trailer"));
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
         let dest = self.object_path(&input.bucket, &input.key)?;
@@ -405,11 +429,17 @@ impl S3 for FsBackend {
             None => Place::Replace,
             Some(ETagCondition::Any) => Place::CreateNew,
             Some(ETagCondition::ETag(_)) => {
-                return Err(s3_error!(NotImplemented, "If-None-Match on PUT supports only *"));
+                return Err(s3_error!(
+                    NotImplemented,
+                    "If-None-Match on PUT supports only *"
+                ));
             }
         };
         if input.if_match.is_some() {
-            return Err(s3_error!(NotImplemented, "If-Match on PUT is not supported"));
+            return Err(s3_error!(
+                NotImplemented,
+                "If-Match on PUT is not supported"
+            ));
         }
         let headers = headers_of(
             input.content_type,
@@ -420,7 +450,13 @@ impl S3 for FsBackend {
             input.metadata,
         );
         let meta = self
-            .write_body(input.body, input.content_md5.as_deref(), dest, place, blank_meta(headers))
+            .write_body(
+                input.body,
+                input.content_md5.as_deref(),
+                dest,
+                place,
+                blank_meta(headers),
+            )
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&meta.etag)),
@@ -463,7 +499,8 @@ impl S3 for FsBackend {
             e_tag: Some(etag(&meta.etag)),
             last_modified: Some(ts(meta.last_modified_ms)),
             content_type: Some(
-                h.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+                h.content_type
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
             ),
             content_encoding: h.content_encoding,
             content_disposition: h.content_disposition,
@@ -495,7 +532,8 @@ impl S3 for FsBackend {
             e_tag: Some(etag(&meta.etag)),
             last_modified: Some(ts(meta.last_modified_ms)),
             content_type: Some(
-                h.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+                h.content_type
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
             ),
             content_encoding: h.content_encoding,
             content_disposition: h.content_disposition,
@@ -540,7 +578,10 @@ impl S3 for FsBackend {
             };
             match res {
                 Ok(_) if quiet => {}
-                Ok(_) => deleted.push(DeletedObject { key: Some(obj.key), ..Default::default() }),
+                Ok(_) => deleted.push(DeletedObject {
+                    key: Some(obj.key),
+                    ..Default::default()
+                }),
                 Err(e) => errors.push(Error {
                     code: Some(e.code().as_str().to_owned()),
                     key: Some(obj.key),
@@ -561,7 +602,12 @@ impl S3 for FsBackend {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
-        let CopySource::Bucket { bucket: src_bucket, key: src_key, .. } = &input.copy_source else {
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            ..
+        } = &input.copy_source
+        else {
             return Err(s3_error!(NotImplemented, "access point copy sources"));
         };
         self.require_bucket(&input.bucket).await?;
@@ -585,7 +631,11 @@ impl S3 for FsBackend {
         };
         // The ETag is carried over (the bytes are identical), including a
         // multipart source's `-N` form; S3 would recompute an MD5 here.
-        let meta = ObjectMeta { last_modified_ms: now_ms(), headers, ..src_meta };
+        let meta = ObjectMeta {
+            last_modified_ms: now_ms(),
+            headers,
+            ..src_meta
+        };
         let tmp = self.tmp();
         let m = meta.clone();
         blocking(move || {
@@ -626,7 +676,9 @@ impl S3 for FsBackend {
                 input.max_keys,
             )
             .await?;
-        let next = truncated.then(|| items.last().map(|i| hex::encode(i.name()))).flatten();
+        let next = truncated
+            .then(|| items.last().map(|i| hex::encode(i.name())))
+            .flatten();
         let key_count = i32::try_from(items.len()).unwrap_or(i32::MAX);
         let (objects, prefixes) = split_items(items);
         Ok(S3Response::new(ListObjectsV2Output {
@@ -659,7 +711,9 @@ impl S3 for FsBackend {
                 input.max_keys,
             )
             .await?;
-        let next_marker = truncated.then(|| items.last().map(|i| i.name().to_owned())).flatten();
+        let next_marker = truncated
+            .then(|| items.last().map(|i| i.name().to_owned()))
+            .flatten();
         let (objects, prefixes) = split_items(items);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
@@ -732,7 +786,9 @@ impl S3 for FsBackend {
         if !(1..=MAX_PART_NUMBER).contains(&input.part_number) {
             return Err(s3_error!(InvalidArgument, "part number must be 1..=10000"));
         }
-        let id = self.load_upload(&input.bucket, &input.upload_id, &input.key).await?;
+        let id = self
+            .load_upload(&input.bucket, &input.upload_id, &input.key)
+            .await?;
         let dest = self.layout.part_path(&input.bucket, &id, input.part_number);
         let meta = self
             .write_body(
@@ -754,13 +810,20 @@ impl S3 for FsBackend {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
-        let id = self.load_upload(&input.bucket, &input.upload_id, &input.key).await?;
+        let id = self
+            .load_upload(&input.bucket, &input.upload_id, &input.key)
+            .await?;
         let wanted: Vec<(i32, Option<String>)> = input
             .multipart_upload
             .and_then(|m| m.parts)
             .unwrap_or_default()
             .into_iter()
-            .map(|p| (p.part_number.unwrap_or(0), p.e_tag.map(|e| e.value().to_owned())))
+            .map(|p| {
+                (
+                    p.part_number.unwrap_or(0),
+                    p.e_tag.map(|e| e.value().to_owned()),
+                )
+            })
             .collect();
         if wanted.is_empty() {
             return Err(s3_error!(MalformedXML, "at least one part is required"));
@@ -773,7 +836,11 @@ impl S3 for FsBackend {
         let tmp = self.tmp();
         let meta = blocking(move || {
             let upload: UploadMeta = read_json(&meta_path).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound { s3_error!(NoSuchUpload) } else { internal(e) }
+                if e.kind() == io::ErrorKind::NotFound {
+                    s3_error!(NoSuchUpload)
+                } else {
+                    internal(e)
+                }
             })?;
             if wanted.windows(2).any(|w| w[0].0 >= w[1].0) {
                 return Err(s3_error!(InvalidPartOrder));
@@ -784,7 +851,10 @@ impl S3 for FsBackend {
                 let Some((file, meta)) = open_object(&path).map_err(internal)? else {
                     return Err(s3_error!(InvalidPart, "part {number} was not uploaded"));
                 };
-                if want_etag.as_deref().is_some_and(|w| w.trim_matches('"') != meta.etag) {
+                if want_etag
+                    .as_deref()
+                    .is_some_and(|w| w.trim_matches('"') != meta.etag)
+                {
                     return Err(s3_error!(InvalidPart, "part {number}: ETag does not match"));
                 }
                 if meta.size < MIN_PART_SIZE && i + 1 < wanted.len() {
@@ -832,7 +902,9 @@ impl S3 for FsBackend {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        let id = self.load_upload(&input.bucket, &input.upload_id, &input.key).await?;
+        let id = self
+            .load_upload(&input.bucket, &input.upload_id, &input.key)
+            .await?;
         let dir = self.layout.upload_dir(&input.bucket, &id);
         blocking(move || match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -859,7 +931,9 @@ impl S3 for FsBackend {
             };
             for entry in entries {
                 let entry = entry.map_err(internal)?;
-                let Ok(id) = entry.file_name().into_string() else { continue };
+                let Ok(id) = entry.file_name().into_string() else {
+                    continue;
+                };
                 // Gone (completed/aborted) or half-written: not listed.
                 if let Ok(m) = read_json::<UploadMeta>(&entry.path().join(UPLOAD_META)) {
                     out.push((m.key, m.initiated_ms, id));
@@ -912,19 +986,25 @@ impl S3 for FsBackend {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        let id = self.load_upload(&input.bucket, &input.upload_id, &input.key).await?;
+        let id = self
+            .load_upload(&input.bucket, &input.upload_id, &input.key)
+            .await?;
         let dir = self.layout.upload_dir(&input.bucket, &id);
         let mut parts = blocking(move || {
             let mut out = Vec::new();
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(s3_error!(NoSuchUpload)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(s3_error!(NoSuchUpload));
+                }
                 Err(e) => return Err(internal(e)),
             };
             for entry in entries {
                 let entry = entry.map_err(internal)?;
                 let name = entry.file_name();
-                let Some(n) = name.to_str().and_then(|n| n.strip_prefix("part-")) else { continue };
+                let Some(n) = name.to_str().and_then(|n| n.strip_prefix("part-")) else {
+                    continue;
+                };
                 let Ok(n) = n.parse::<i32>() else { continue };
                 if let Ok(Some((_, meta))) = open_object(&entry.path()) {
                     out.push((n, meta));
@@ -939,7 +1019,11 @@ impl S3 for FsBackend {
         let max = usize::try_from(input.max_parts.unwrap_or(1000).clamp(0, 1000)).unwrap_or(0);
         let truncated = parts.len() > max;
         parts.truncate(max);
-        let next = if truncated { parts.last().map(|(n, _)| *n) } else { None };
+        let next = if truncated {
+            parts.last().map(|(n, _)| *n)
+        } else {
+            None
+        };
         let list = parts
             .into_iter()
             .map(|(n, meta)| Part {
@@ -963,4 +1047,3 @@ impl S3 for FsBackend {
         }))
     }
 }
-

@@ -83,7 +83,10 @@ pub fn decode_segment(name: &str) -> Option<String> {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
             let hex = std::str::from_utf8(hex).ok()?;
-            if !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
+            if !hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+            {
                 return None;
             }
             out.push(u8::from_str_radix(hex, 16).ok()?);
@@ -117,7 +120,8 @@ impl Layout {
 
     /// A fresh staging path (same filesystem as every object, so `rename` is atomic).
     pub fn tmp_path(&self) -> PathBuf {
-        self.tmp_dir().join(uuid::Uuid::new_v4().simple().to_string())
+        self.tmp_dir()
+            .join(uuid::Uuid::new_v4().simple().to_string())
     }
 
     pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
@@ -138,7 +142,8 @@ impl Layout {
     }
 
     pub fn part_path(&self, bucket: &str, upload_id: &str, part: i32) -> PathBuf {
-        self.upload_dir(bucket, upload_id).join(format!("part-{part:05}"))
+        self.upload_dir(bucket, upload_id)
+            .join(format!("part-{part:05}"))
     }
 
     /// The data file of `key` in `bucket`.
@@ -202,13 +207,29 @@ mod tests {
     #[test]
     fn segments_round_trip_and_never_escape() {
         for seg in [
-            "", ".", "..", "...", "a", ".hidden", "a.b", "sha256:abc", "x%obj", "%_", "é/ü",
-            "a b", "~", "\0",
+            "",
+            ".",
+            "..",
+            "...",
+            "a",
+            ".hidden",
+            "a.b",
+            "sha256:abc",
+            "x%obj",
+            "%_",
+            "é/ü",
+            "a b",
+            "~",
+            "\0",
         ] {
             let enc = encode_segment(seg);
             assert!(!enc.contains('/'), "{seg:?} -> {enc}");
             assert!(!enc.is_empty() && !enc.starts_with('.'), "{seg:?} -> {enc}");
-            assert_eq!(decode_segment(&enc).as_deref(), Some(seg), "{seg:?} -> {enc}");
+            assert_eq!(
+                decode_segment(&enc).as_deref(),
+                Some(seg),
+                "{seg:?} -> {enc}"
+            );
         }
     }
 
@@ -228,15 +249,30 @@ mod tests {
     fn limits() {
         let l = Layout::new(PathBuf::from("/r"));
         assert_eq!(l.object_path("b", ""), Err(KeyError::Empty));
-        assert_eq!(l.object_path("b", &"a".repeat(1025)), Err(KeyError::TooLong));
+        assert_eq!(
+            l.object_path("b", &"a".repeat(1025)),
+            Err(KeyError::TooLong)
+        );
         assert_eq!(l.object_path("b", &"a".repeat(300)), Err(KeyError::TooLong));
-        assert!(l.object_path("b", &format!("{}/{}", "a".repeat(200), "b".repeat(200))).is_ok());
+        assert!(
+            l.object_path("b", &format!("{}/{}", "a".repeat(200), "b".repeat(200)))
+                .is_ok()
+        );
     }
 
     #[test]
     fn bucket_names() {
         assert!(valid_bucket_name("wharf-blobs"));
-        for bad in ["", "ab", ".x", "A-b", "a/b", "a..b", "tmp-", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "ab",
+            ".x",
+            "A-b",
+            "a/b",
+            "a..b",
+            "tmp-",
+            &"a".repeat(64),
+        ] {
             assert!(!valid_bucket_name(bad), "{bad}");
         }
     }

@@ -41,10 +41,24 @@
 //!
 //! # Client notes
 //!
-//! Use path-style addressing (`force_path_style(true)`). Default
-//! `aws-sdk-s3` checksum behaviour works: s3s decodes `aws-chunked` bodies
-//! and verifies their signatures; `x-amz-checksum-*` values are accepted but
-//! not verified or stored (`Content-MD5` is verified when sent).
+//! * Path-style addressing (`force_path_style(true)`); requests signed for
+//!   any region are accepted.
+//! * Default `aws-sdk-s3` checksum settings work (s3s decodes `aws-chunked`
+//!   bodies and verifies their chunk signatures), but over plain HTTP the SDK
+//!   then SHA-256-signs every chunk on both sides; prefer
+//!   `request_checksum_calculation(WhenRequired)` (unsigned payload), which
+//!   was ~1.5x faster for large PUTs here. `x-amz-checksum-*` values are
+//!   accepted but neither verified nor stored; `Content-MD5` is verified.
+//! * Multipart: parts 1..=10000, every part but the last ≥ 5 MiB
+//!   (`EntityTooSmall`), ETags checked at completion (`InvalidPart`).
+//! * `If-None-Match: *` on PUT is an atomic create (`412` if the key exists);
+//!   `If-Match` on PUT is not supported. GET/HEAD honour `If-Match`,
+//!   `If-None-Match`, `If-(Un)Modified-Since`.
+//! * Keys: ≤ 1024 bytes; each `/`-separated segment must fit 255 bytes after
+//!   encoding (see `layout`), else `KeyTooLongError`.
+//! * Not implemented: versioning, ACLs/policies, tagging, SSE, UploadPartCopy,
+//!   `encoding-type=url` in listings (keys are returned raw), delimiters in
+//!   ListMultipartUploads.
 
 mod backend;
 mod layout;
@@ -147,16 +161,25 @@ impl EmbeddedS3 {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(io_err(format!("binding {}", cfg.listen)))?;
-        let addr = listener.local_addr().map_err(io_err("reading the bound address"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_err("reading the bound address"))?;
 
         let mut builder = S3ServiceBuilder::new(FsBackend::new(layout.clone(), cfg.region));
-        builder.set_auth(SimpleAuth::from_single(cfg.access_key, cfg.secret_key.as_str()));
+        builder.set_auth(SimpleAuth::from_single(
+            cfg.access_key,
+            cfg.secret_key.as_str(),
+        ));
         let service = builder.build();
 
         let cancel = CancellationToken::new();
         let task = tokio::spawn(serve(listener, service, cancel.clone(), lock));
         tracing::info!(endpoint = %format!("http://{addr}"), root = %layout.root().display(), "embedded S3 started");
-        Ok(EmbeddedS3 { addr, cancel, task: Some(task) })
+        Ok(EmbeddedS3 {
+            addr,
+            cancel,
+            task: Some(task),
+        })
     }
 
     /// `http://IP:PORT`, for `aws_sdk_s3::config::Builder::endpoint_url`.
@@ -243,7 +266,10 @@ async fn serve(listener: TcpListener, service: S3Service, cancel: CancellationTo
         }
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("embedded S3: requests still running after the grace period, cutting them");
     }
     conns.shutdown().await;

@@ -104,7 +104,9 @@ impl Walker<'_, '_> {
         let mut children = Vec::new();
         for entry in entries {
             let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else { continue };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
             if let Some(stem) = name.strip_suffix(OBJECT_SUFFIX) {
                 if let Some(seg) = decode_segment(stem) {
                     children.push((seg, Child::Object(name)));
@@ -142,9 +144,14 @@ impl Walker<'_, '_> {
             return Ok(());
         }
         match open_object(path) {
-            Ok(Some((_, meta))) => self.out.push(Item::Object { key: key.to_owned(), meta }),
+            Ok(Some((_, meta))) => self.out.push(Item::Object {
+                key: key.to_owned(),
+                meta,
+            }),
             Ok(None) => {} // deleted while listing
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping unreadable object"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "skipping unreadable object")
+            }
         }
         Ok(())
     }

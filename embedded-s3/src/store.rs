@@ -80,7 +80,10 @@ pub fn now_ms() -> i64 {
 }
 
 fn corrupt(path: &Path, why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {why}", path.display()),
+    )
 }
 
 /// Opens an object or part file and reads its trailer; `Ok(None)` if absent.
@@ -113,7 +116,8 @@ fn read_trailer(file: &File, path: &Path) -> io::Result<ObjectMeta> {
     let data_len = len - FOOTER_LEN - json_len;
     let mut json = vec![0u8; json_len as usize];
     file.read_exact_at(&mut json, data_len)?;
-    let meta: ObjectMeta = serde_json::from_slice(&json).map_err(|e| corrupt(path, &e.to_string()))?;
+    let meta: ObjectMeta =
+        serde_json::from_slice(&json).map_err(|e| corrupt(path, &e.to_string()))?;
     if meta.size != data_len {
         return Err(corrupt(path, "trailer size does not match data"));
     }
@@ -137,7 +141,10 @@ impl TempFile {
     }
 
     pub fn create(&self) -> io::Result<File> {
-        OpenOptions::new().write(true).create_new(true).open(&self.path)
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.path)
     }
 }
 
@@ -212,7 +219,9 @@ fn place_file(mut tmp: TempFile, dest: &Path, place: Place) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::other("could not create the destination directory"))
+    Err(io::Error::other(
+        "could not create the destination directory",
+    ))
 }
 
 /// Removes an object file and prunes now-empty directories up to `stop`.

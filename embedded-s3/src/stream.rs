@@ -59,7 +59,10 @@ pub async fn stage_body(
     let (file_tx, mut file_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(DEPTH);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(File, u64)> {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         // Start writeback while the body is still arriving, so the fsync
         // before publishing has little left to flush: once the upload passes
         // SYNC_EVERY, a helper thread fdatasyncs a second handle each time
@@ -114,15 +117,10 @@ pub async fn stage_body(
     // Network chunks are often a few KiB; coalesce them into 1 MiB blocks so
     // the file and hash threads are woken once per MiB, not per chunk.
     let mut pending = BytesMut::new();
-    let mut nchunks = 0u64; let mut wait = std::time::Duration::ZERO;
     let mut body_error = None;
     loop {
-        let tw = std::time::Instant::now();
-        let next = body.next().await;
-        wait += tw.elapsed();
-        let block = match next {
+        let block = match body.next().await {
             Some(Ok(chunk)) => {
-                nchunks += 1;
                 if pending.is_empty() && chunk.len() >= BLOCK {
                     chunk
                 } else {
@@ -149,7 +147,6 @@ pub async fn stage_body(
             break;
         }
     }
-    eprintln!("TMPDBG chunks={nchunks} waiting_for_body={wait:?}");
     drop(file_tx);
     drop(hash_tx);
     let written = writer.await.map_err(internal)?;
@@ -162,7 +159,13 @@ pub async fn stage_body(
         });
     }
     let (file, len) = written.map_err(internal)?;
-    Ok(Staged { tmp, file, len, crc64, md5 })
+    Ok(Staged {
+        tmp,
+        file,
+        len,
+        crc64,
+        md5,
+    })
 }
 
 /// A response body that reads `len` bytes of `file` from `start` on a
@@ -189,7 +192,10 @@ impl FileBody {
                 let res = (&mut file).take(n).read_to_end(&mut buf);
                 let msg = match res {
                     Ok(got) if got as u64 == n => Ok(Bytes::from(buf)),
-                    Ok(_) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shrank")),
+                    Ok(_) => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "object shrank",
+                    )),
                     Err(e) => Err(e),
                 };
                 let failed = msg.is_err();

@@ -74,7 +74,10 @@ fn code<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata,
 {
-    err.as_service_error().and_then(|e| e.code()).unwrap_or("").to_owned()
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or("")
+        .to_owned()
 }
 
 async fn put(c: &Client, key: &str, body: Vec<u8>) -> String {
@@ -90,14 +93,28 @@ async fn put(c: &Client, key: &str, body: Vec<u8>) -> String {
 }
 
 async fn get(c: &Client, key: &str, range: Option<&str>) -> Vec<u8> {
-    let out = c.get_object().bucket(BUCKET).key(key).set_range(range.map(str::to_owned));
-    out.send().await.unwrap().body.collect().await.unwrap().into_bytes().to_vec()
+    let out = c
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .set_range(range.map(str::to_owned));
+    out.send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec()
 }
 
 /// All files (not directories) under `dir`, recursively.
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         if e.file_type().unwrap().is_dir() {
             out.extend(files_under(&e.path()));
@@ -126,30 +143,77 @@ async fn put_get_head_delete_round_trip_keeps_content_type_and_metadata() {
     let md5 = etag_of(&body);
     assert_eq!(put_out.e_tag.as_deref(), Some(md5.as_str()));
 
-    let got = c.get_object().bucket(BUCKET).key("blobs/sha256:abc").send().await.unwrap();
-    assert_eq!(got.content_type(), Some("application/vnd.oci.image.layer.v1.tar+gzip"));
+    let got = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.content_type(),
+        Some("application/vnd.oci.image.layer.v1.tar+gzip")
+    );
     assert_eq!(got.content_length(), Some(100_000));
     assert_eq!(got.e_tag(), Some(md5.as_str()));
-    assert_eq!(got.metadata().unwrap().get("digest").map(String::as_str), Some("sha256:abc"));
+    assert_eq!(
+        got.metadata().unwrap().get("digest").map(String::as_str),
+        Some("sha256:abc")
+    );
     assert!(got.last_modified().is_some());
-    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), &body[..]);
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().as_ref(),
+        &body[..]
+    );
 
-    let head = c.head_object().bucket(BUCKET).key("blobs/sha256:abc").send().await.unwrap();
+    let head = c
+        .head_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(head.content_length(), Some(100_000));
     assert_eq!(head.e_tag(), Some(md5.as_str()));
-    assert_eq!(head.metadata().unwrap().get("digest").map(String::as_str), Some("sha256:abc"));
+    assert_eq!(
+        head.metadata().unwrap().get("digest").map(String::as_str),
+        Some("sha256:abc")
+    );
 
     c.head_bucket().bucket(BUCKET).send().await.unwrap();
     let buckets = c.list_buckets().send().await.unwrap();
     let names: Vec<_> = buckets.buckets().iter().filter_map(|b| b.name()).collect();
     assert_eq!(names, ["blobs"]);
 
-    c.delete_object().bucket(BUCKET).key("blobs/sha256:abc").send().await.unwrap();
-    let err = c.head_object().bucket(BUCKET).key("blobs/sha256:abc").send().await.unwrap_err();
+    c.delete_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:abc")
+        .send()
+        .await
+        .unwrap();
+    let err = c
+        .head_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:abc")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(status(&err), 404);
-    let err = c.get_object().bucket(BUCKET).key("blobs/sha256:abc").send().await.unwrap_err();
+    let err = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:abc")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "NoSuchKey");
-    let err = c.get_object().bucket("nope").key("x").send().await.unwrap_err();
+    let err = c
+        .get_object()
+        .bucket("nope")
+        .key("x")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "NoSuchBucket");
     // Deleting removed the now-empty key directory too.
     assert!(files_under(&srv.dir.path().join(BUCKET).join("objects")).is_empty());
@@ -200,12 +264,31 @@ async fn ranged_gets_cover_closed_open_and_suffix_ranges() {
     assert_eq!(get(c, "r", Some("bytes=990-5000")).await, &body[990..]);
     assert_eq!(get(c, "r", Some("bytes=-5000")).await, &body[..]);
 
-    let out = c.get_object().bucket(BUCKET).key("r").range("bytes=0-9").send().await.unwrap();
+    let out = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("r")
+        .range("bytes=0-9")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.content_range(), Some("bytes 0-9/1000"));
     assert_eq!(out.content_length(), Some(10));
 
-    for bad in ["bytes=1000-", "bytes=5000-6000", "bytes=999999999999999-", "bytes=-0"] {
-        let err = c.get_object().bucket(BUCKET).key("r").range(bad).send().await.unwrap_err();
+    for bad in [
+        "bytes=1000-",
+        "bytes=5000-6000",
+        "bytes=999999999999999-",
+        "bytes=-0",
+    ] {
+        let err = c
+            .get_object()
+            .bucket(BUCKET)
+            .key("r")
+            .range(bad)
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(status(&err), 416, "{bad}");
         assert_eq!(code(&err), "InvalidRange", "{bad}");
     }
@@ -227,7 +310,11 @@ async fn multipart_upload_completes_and_reads_back_byte_exact() {
         .await
         .unwrap();
     let id = up.upload_id().unwrap();
-    let chunks = [&body[..8 * MIB], &body[8 * MIB..16 * MIB], &body[16 * MIB..]];
+    let chunks = [
+        &body[..8 * MIB],
+        &body[8 * MIB..16 * MIB],
+        &body[16 * MIB..],
+    ];
     let mut parts = Vec::new();
     let mut part_etags = String::new();
     for (i, chunk) in chunks.iter().enumerate() {
@@ -244,14 +331,35 @@ async fn multipart_upload_completes_and_reads_back_byte_exact() {
             .unwrap();
         assert_eq!(out.e_tag(), Some(etag_of(chunk).as_str()));
         part_etags.push_str(out.e_tag().unwrap().trim_matches('"'));
-        parts.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap()).build());
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(out.e_tag().unwrap())
+                .build(),
+        );
     }
-    let listed = c.list_parts().bucket(BUCKET).key(key).upload_id(id).send().await.unwrap();
+    let listed = c
+        .list_parts()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap();
     let sizes: Vec<_> = listed.parts().iter().map(|p| p.size().unwrap()).collect();
-    assert_eq!(sizes, [8 * MIB as i64, 8 * MIB as i64, (4 * MIB + 12345) as i64]);
+    assert_eq!(
+        sizes,
+        [8 * MIB as i64, 8 * MIB as i64, (4 * MIB + 12345) as i64]
+    );
 
     // Nothing is visible before completion.
-    let err = c.head_object().bucket(BUCKET).key(key).send().await.unwrap_err();
+    let err = c
+        .head_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(status(&err), 404);
 
     let done = c
@@ -259,7 +367,11 @@ async fn multipart_upload_completes_and_reads_back_byte_exact() {
         .bucket(BUCKET)
         .key(key)
         .upload_id(id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -268,7 +380,10 @@ async fn multipart_upload_completes_and_reads_back_byte_exact() {
 
     let got = c.get_object().bucket(BUCKET).key(key).send().await.unwrap();
     assert_eq!(got.e_tag(), Some(want_etag.as_str()));
-    assert_eq!(got.metadata().unwrap().get("digest").map(String::as_str), Some("sha256:big"));
+    assert_eq!(
+        got.metadata().unwrap().get("digest").map(String::as_str),
+        Some("sha256:big")
+    );
     let bytes = got.body.collect().await.unwrap().into_bytes();
     assert!(bytes.as_ref() == &body[..], "multipart object differs");
     // The parts are gone.
@@ -280,7 +395,13 @@ async fn complete_validates_part_etags_order_and_sizes() {
     let srv = start().await;
     let c = &srv.client;
     let key = "k";
-    let id = c.create_multipart_upload().bucket(BUCKET).key(key).send().await.unwrap();
+    let id = c
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
     let id = id.upload_id().unwrap();
     let mut etags = Vec::new();
     for (n, len) in [(1, MIB), (2, MIB)] {
@@ -305,16 +426,26 @@ async fn complete_validates_part_etags_order_and_sizes() {
             .bucket(BUCKET)
             .key(key)
             .upload_id(id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
     };
-    let err = complete(vec![(1, "\"00000000000000000000000000000000\"")]).await.unwrap_err();
+    let err = complete(vec![(1, "\"00000000000000000000000000000000\"")])
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "InvalidPart");
     let err = complete(vec![(3, &etags[0])]).await.unwrap_err();
     assert_eq!(code(&err), "InvalidPart");
-    let err = complete(vec![(2, &etags[1]), (1, &etags[0])]).await.unwrap_err();
+    let err = complete(vec![(2, &etags[1]), (1, &etags[0])])
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "InvalidPartOrder");
-    let err = complete(vec![(1, &etags[0]), (2, &etags[1])]).await.unwrap_err();
+    let err = complete(vec![(1, &etags[0]), (2, &etags[1])])
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "EntityTooSmall");
     // A single (last) part may be small.
     complete(vec![(2, &etags[1])]).await.unwrap();
@@ -327,7 +458,13 @@ async fn complete_validates_part_etags_order_and_sizes() {
 async fn abort_leaves_no_object_and_no_part_files() {
     let srv = start().await;
     let c = &srv.client;
-    let id = c.create_multipart_upload().bucket(BUCKET).key("gone").send().await.unwrap();
+    let id = c
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("gone")
+        .send()
+        .await
+        .unwrap();
     let id = id.upload_id().unwrap();
     c.upload_part()
         .bucket(BUCKET)
@@ -339,10 +476,22 @@ async fn abort_leaves_no_object_and_no_part_files() {
         .await
         .unwrap();
     assert!(!files_under(&srv.dir.path().join(BUCKET).join("uploads")).is_empty());
-    c.abort_multipart_upload().bucket(BUCKET).key("gone").upload_id(id).send().await.unwrap();
+    c.abort_multipart_upload()
+        .bucket(BUCKET)
+        .key("gone")
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap();
     assert!(files_under(&srv.dir.path().join(BUCKET).join("uploads")).is_empty());
     assert!(files_under(&srv.dir.path().join(BUCKET).join("objects")).is_empty());
-    let err = c.head_object().bucket(BUCKET).key("gone").send().await.unwrap_err();
+    let err = c
+        .head_object()
+        .bucket(BUCKET)
+        .key("gone")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(status(&err), 404);
     let err = c
         .upload_part()
@@ -355,8 +504,14 @@ async fn abort_leaves_no_object_and_no_part_files() {
         .await
         .unwrap_err();
     assert_eq!(code(&err), "NoSuchUpload");
-    let err =
-        c.abort_multipart_upload().bucket(BUCKET).key("gone").upload_id(id).send().await.unwrap_err();
+    let err = c
+        .abort_multipart_upload()
+        .bucket(BUCKET)
+        .key("gone")
+        .upload_id(id)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "NoSuchUpload");
     // Upload ids are never paths.
     let err = c
@@ -374,14 +529,52 @@ async fn abort_leaves_no_object_and_no_part_files() {
 async fn list_multipart_uploads_shows_open_uploads() {
     let srv = start().await;
     let c = &srv.client;
-    let a = c.create_multipart_upload().bucket(BUCKET).key("up/a").send().await.unwrap();
-    let b = c.create_multipart_upload().bucket(BUCKET).key("up/b").send().await.unwrap();
-    c.create_multipart_upload().bucket(BUCKET).key("other").send().await.unwrap();
-    let out = c.list_multipart_uploads().bucket(BUCKET).prefix("up/").send().await.unwrap();
-    let got: Vec<_> = out.uploads().iter().map(|u| (u.key().unwrap(), u.upload_id().unwrap())).collect();
-    assert_eq!(got, [("up/a", a.upload_id().unwrap()), ("up/b", b.upload_id().unwrap())]);
+    let a = c
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("up/a")
+        .send()
+        .await
+        .unwrap();
+    let b = c
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("up/b")
+        .send()
+        .await
+        .unwrap();
+    c.create_multipart_upload()
+        .bucket(BUCKET)
+        .key("other")
+        .send()
+        .await
+        .unwrap();
+    let out = c
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .prefix("up/")
+        .send()
+        .await
+        .unwrap();
+    let got: Vec<_> = out
+        .uploads()
+        .iter()
+        .map(|u| (u.key().unwrap(), u.upload_id().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("up/a", a.upload_id().unwrap()),
+            ("up/b", b.upload_id().unwrap())
+        ]
+    );
     assert!(out.uploads().iter().all(|u| u.initiated().is_some()));
-    let all = c.list_multipart_uploads().bucket(BUCKET).send().await.unwrap();
+    let all = c
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(all.uploads().len(), 3);
     c.abort_multipart_upload()
         .bucket(BUCKET)
@@ -390,7 +583,12 @@ async fn list_multipart_uploads_shows_open_uploads() {
         .send()
         .await
         .unwrap();
-    let out = c.list_multipart_uploads().bucket(BUCKET).send().await.unwrap();
+    let out = c
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.uploads().len(), 2);
 }
 
@@ -402,18 +600,27 @@ async fn list_objects_v2_honours_prefix_delimiter_and_pagination() {
     for k in keys.iter().rev() {
         put(c, k, k.as_bytes().to_vec()).await;
     }
-    let list = |prefix: Option<&str>, delim: Option<&str>, max: Option<i32>, token: Option<String>| {
-        c.list_objects_v2()
-            .bucket(BUCKET)
-            .set_prefix(prefix.map(str::to_owned))
-            .set_delimiter(delim.map(str::to_owned))
-            .set_max_keys(max)
-            .set_continuation_token(token)
-            .send()
-    };
+    let list =
+        |prefix: Option<&str>, delim: Option<&str>, max: Option<i32>, token: Option<String>| {
+            c.list_objects_v2()
+                .bucket(BUCKET)
+                .set_prefix(prefix.map(str::to_owned))
+                .set_delimiter(delim.map(str::to_owned))
+                .set_max_keys(max)
+                .set_continuation_token(token)
+                .send()
+        };
     let names = |o: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output| {
-        let mut v: Vec<String> = o.contents().iter().map(|o| o.key().unwrap().to_owned()).collect();
-        v.extend(o.common_prefixes().iter().map(|p| format!("P:{}", p.prefix().unwrap())));
+        let mut v: Vec<String> = o
+            .contents()
+            .iter()
+            .map(|o| o.key().unwrap().to_owned())
+            .collect();
+        v.extend(
+            o.common_prefixes()
+                .iter()
+                .map(|p| format!("P:{}", p.prefix().unwrap())),
+        );
         v
     };
 
@@ -435,8 +642,16 @@ async fn list_objects_v2_honours_prefix_delimiter_and_pagination() {
 
     // Pagination, with and without a delimiter.
     for (delim, max, want) in [
-        (None, 2, keys.iter().map(|k| k.to_string()).collect::<Vec<_>>()),
-        (Some("/"), 1, vec!["a".into(), "a.txt".into(), "P:a/".into(), "P:b/".into()]),
+        (
+            None,
+            2,
+            keys.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+        ),
+        (
+            Some("/"),
+            1,
+            vec!["a".into(), "a.txt".into(), "P:a/".into(), "P:b/".into()],
+        ),
     ] {
         let mut seen = Vec::new();
         let mut token = None;
@@ -459,7 +674,12 @@ async fn list_objects_v2_honours_prefix_delimiter_and_pagination() {
     }
 
     // The SDK paginator agrees.
-    let mut pages = c.list_objects_v2().bucket(BUCKET).max_keys(3).into_paginator().send();
+    let mut pages = c
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .max_keys(3)
+        .into_paginator()
+        .send();
     let mut n = 0;
     while let Some(page) = pages.next().await {
         n += page.unwrap().contents().len();
@@ -480,17 +700,28 @@ async fn presigned_get_works_and_tampered_or_expired_urls_are_refused() {
             .key(key)
             .presigned(PresigningConfig::expires_in(Duration::from_secs(secs)).unwrap())
     };
-    let url = presign("blobs/sha256:p", 300).await.unwrap().uri().to_owned();
+    let url = presign("blobs/sha256:p", 300)
+        .await
+        .unwrap()
+        .uri()
+        .to_owned();
     let http = reqwest::Client::new();
     let resp = http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[..]);
     // Range requests through a presigned URL (what docker/containerd do on resume).
-    let resp = http.get(&url).header("range", "bytes=10-19").send().await.unwrap();
+    let resp = http
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[10..20]);
 
-    let other_key = url.replacen("sha256:p", "sha256:q", 1).replacen("sha256%3Ap", "sha256%3Aq", 1);
+    let other_key = url
+        .replacen("sha256:p", "sha256:q", 1)
+        .replacen("sha256%3Ap", "sha256%3Aq", 1);
     assert_ne!(other_key, url);
     assert_eq!(http.get(&other_key).send().await.unwrap().status(), 403);
 
@@ -513,7 +744,13 @@ async fn wrong_credentials_and_unsigned_requests_get_403() {
     put(&srv.client, "k", b"v".to_vec()).await;
     for (ak, sk) in [(AK, "wrong-secret"), ("wrong-ak", SK)] {
         let bad = client(&srv.s3.endpoint(), ak, sk);
-        let err = bad.get_object().bucket(BUCKET).key("k").send().await.unwrap_err();
+        let err = bad
+            .get_object()
+            .bucket(BUCKET)
+            .key("k")
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(status(&err), 403, "{ak}/{sk}");
         let err = bad
             .put_object()
@@ -529,7 +766,12 @@ async fn wrong_credentials_and_unsigned_requests_get_403() {
     let resp = reqwest::get(&url).await.unwrap();
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("AccessDenied"));
-    let resp = reqwest::Client::new().put(&url).body("evil").send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .put(&url)
+        .body("evil")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
     assert_eq!(get(&srv.client, "k", None).await, b"v");
 }
@@ -559,12 +801,22 @@ async fn concurrent_puts_of_the_same_key_never_produce_a_torn_object() {
             let md5s = md5s.clone();
             tokio::spawn(async move {
                 for _ in 0..8 {
-                    let out = c.get_object().bucket(BUCKET).key("race").send().await.unwrap();
+                    let out = c
+                        .get_object()
+                        .bucket(BUCKET)
+                        .key("race")
+                        .send()
+                        .await
+                        .unwrap();
                     let etag = out.e_tag().unwrap().to_owned();
                     let bytes = out.body.collect().await.unwrap().into_bytes();
                     assert_eq!(bytes.len(), len);
                     assert!(bytes.iter().all(|&b| b == bytes[0]), "torn object");
-                    assert_eq!(etag, md5s[usize::from(bytes[0])], "metadata from another PUT");
+                    assert_eq!(
+                        etag,
+                        md5s[usize::from(bytes[0])],
+                        "metadata from another PUT"
+                    );
                 }
             })
         })
@@ -582,7 +834,15 @@ async fn concurrent_puts_of_the_same_key_never_produce_a_torn_object() {
 async fn hostile_keys_stay_inside_the_bucket_and_odd_inputs_get_errors() {
     let srv = start().await;
     let c = &srv.client;
-    let keys = ["../../escape", "a/../../b", "./x", "sha256:ab/..", "trailing/", "a//b", "%2e%2e"];
+    let keys = [
+        "../../escape",
+        "a/../../b",
+        "./x",
+        "sha256:ab/..",
+        "trailing/",
+        "a//b",
+        "%2e%2e",
+    ];
     for k in keys {
         put(c, k, k.as_bytes().to_vec()).await;
         assert_eq!(get(c, k, None).await, k.as_bytes(), "{k}");
@@ -600,13 +860,30 @@ async fn hostile_keys_stay_inside_the_bucket_and_odd_inputs_get_errors() {
     assert_eq!(got, want);
 
     let long = "k".repeat(1025);
-    let err = c.put_object().bucket(BUCKET).key(&long).body(ByteStream::from_static(b"x"));
+    let err = c
+        .put_object()
+        .bucket(BUCKET)
+        .key(&long)
+        .body(ByteStream::from_static(b"x"));
     assert_eq!(status(&err.send().await.unwrap_err()), 400);
-    let err = c.put_object().bucket(BUCKET).key("x".repeat(400)).body(ByteStream::from_static(b"x"));
+    let err = c
+        .put_object()
+        .bucket(BUCKET)
+        .key("x".repeat(400))
+        .body(ByteStream::from_static(b"x"));
     assert_eq!(code(&err.send().await.unwrap_err()), "KeyTooLongError");
-    let err = c.list_objects_v2().bucket(BUCKET).continuation_token("not-hex!").send().await;
+    let err = c
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .continuation_token("not-hex!")
+        .send()
+        .await;
     assert_eq!(status(&err.unwrap_err()), 400);
-    let err = c.put_object().bucket("missing").key("k").body(ByteStream::from_static(b"x"));
+    let err = c
+        .put_object()
+        .bucket("missing")
+        .key("k")
+        .body(ByteStream::from_static(b"x"));
     assert_eq!(code(&err.send().await.unwrap_err()), "NoSuchBucket");
 }
 
@@ -636,11 +913,29 @@ async fn conditional_requests_and_copy() {
         .unwrap();
     assert_eq!(get(c, "src", None).await, b"hello");
 
-    let err = c.get_object().bucket(BUCKET).key("src").if_none_match(&etag).send().await;
+    let err = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("src")
+        .if_none_match(&etag)
+        .send()
+        .await;
     assert_eq!(status(&err.unwrap_err()), 304);
-    let err = c.get_object().bucket(BUCKET).key("src").if_match("\"nope\"").send().await;
+    let err = c
+        .get_object()
+        .bucket(BUCKET)
+        .key("src")
+        .if_match("\"nope\"")
+        .send()
+        .await;
     assert_eq!(status(&err.unwrap_err()), 412);
-    c.get_object().bucket(BUCKET).key("src").if_match(&etag).send().await.unwrap();
+    c.get_object()
+        .bucket(BUCKET)
+        .key("src")
+        .if_match(&etag)
+        .send()
+        .await
+        .unwrap();
 
     c.create_bucket().bucket("mirror").send().await.unwrap();
     let err = c.create_bucket().bucket("mirror").send().await.unwrap_err();
@@ -653,17 +948,39 @@ async fn conditional_requests_and_copy() {
         .send()
         .await
         .unwrap();
-    assert_eq!(out.copy_object_result().unwrap().e_tag(), Some(etag.as_str()));
-    let got = c.get_object().bucket("mirror").key("dst/copy").send().await.unwrap();
-    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), b"hello");
+    assert_eq!(
+        out.copy_object_result().unwrap().e_tag(),
+        Some(etag.as_str())
+    );
+    let got = c
+        .get_object()
+        .bucket("mirror")
+        .key("dst/copy")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().as_ref(),
+        b"hello"
+    );
 
     let del = c
         .delete_objects()
         .bucket(BUCKET)
         .delete(
             aws_sdk_s3::types::Delete::builder()
-                .objects(aws_sdk_s3::types::ObjectIdentifier::builder().key("src").build().unwrap())
-                .objects(aws_sdk_s3::types::ObjectIdentifier::builder().key("nope").build().unwrap())
+                .objects(
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key("src")
+                        .build()
+                        .unwrap(),
+                )
+                .objects(
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key("nope")
+                        .build()
+                        .unwrap(),
+                )
                 .build()
                 .unwrap(),
         )
@@ -671,7 +988,14 @@ async fn conditional_requests_and_copy() {
         .await
         .unwrap();
     assert_eq!(del.deleted().len(), 2);
-    assert!(c.head_object().bucket(BUCKET).key("src").send().await.is_err());
+    assert!(
+        c.head_object()
+            .bucket(BUCKET)
+            .key("src")
+            .send()
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -687,7 +1011,10 @@ async fn data_survives_restart_and_a_data_dir_has_one_server() {
 
     let s3 = EmbeddedS3::start(config(dir.path())).await.unwrap();
     assert!(files_under(&dir.path().join(".wharf-tmp")).is_empty());
-    assert_eq!(get(&client(&s3.endpoint(), AK, SK), "keep", None).await, b"me");
+    assert_eq!(
+        get(&client(&s3.endpoint(), AK, SK), "keep", None).await,
+        b"me"
+    );
     s3.shutdown().await;
 }
 
@@ -696,8 +1023,16 @@ async fn shutdown_lets_an_in_flight_download_finish() {
     let srv = start().await;
     let body = data(64 * MIB, 9);
     put(&srv.client, "big", body.clone()).await;
-    let out = srv.client.get_object().bucket(BUCKET).key("big").send().await.unwrap();
-    let reader = tokio::spawn(async move { out.body.collect().await.map(|b| b.into_bytes().len()) });
+    let out = srv
+        .client
+        .get_object()
+        .bucket(BUCKET)
+        .key("big")
+        .send()
+        .await
+        .unwrap();
+    let reader =
+        tokio::spawn(async move { out.body.collect().await.map(|b| b.into_bytes().len()) });
     let endpoint = srv.s3.endpoint();
     srv.s3.shutdown().await;
     assert_eq!(reader.await.unwrap().unwrap(), body.len());
@@ -744,7 +1079,14 @@ async fn throughput_of_1_gib_put_and_get() {
             .key("gib")
             // The SDK's default file buffer is 4 KiB; the origin streams
             // upstream bodies in larger chunks than that.
-            .body(ByteStream::read_from().path(src.path()).buffer_size(MIB).build().await.unwrap())
+            .body(
+                ByteStream::read_from()
+                    .path(src.path())
+                    .buffer_size(MIB)
+                    .build()
+                    .await
+                    .unwrap(),
+            )
             .send()
             .await
             .unwrap();
@@ -752,7 +1094,15 @@ async fn throughput_of_1_gib_put_and_get() {
     }
 
     let t = std::time::Instant::now();
-    let mut body = srv.client.get_object().bucket(BUCKET).key("gib").send().await.unwrap().body;
+    let mut body = srv
+        .client
+        .get_object()
+        .bucket(BUCKET)
+        .key("gib")
+        .send()
+        .await
+        .unwrap()
+        .body;
     let mut n = 0;
     while let Some(chunk) = body.try_next().await.unwrap() {
         n += chunk.len();
@@ -761,7 +1111,12 @@ async fn throughput_of_1_gib_put_and_get() {
     report("aws-sdk-s3 GET", t);
 
     let presign = PresigningConfig::expires_in(Duration::from_secs(300)).unwrap();
-    let put_url = srv.client.put_object().bucket(BUCKET).key("gib2").presigned(presign.clone());
+    let put_url = srv
+        .client
+        .put_object()
+        .bucket(BUCKET)
+        .key("gib2")
+        .presigned(presign.clone());
     let put_url = put_url.await.unwrap().uri().to_owned();
     let block = bytes::Bytes::from(data(MIB, 8));
     let blocks = (0..size / MIB).map(move |_| Ok::<_, std::io::Error>(block.clone()));
@@ -777,7 +1132,12 @@ async fn throughput_of_1_gib_put_and_get() {
     assert_eq!(resp.status(), 200);
     report("presigned PUT (reqwest)", t);
 
-    let get_url = srv.client.get_object().bucket(BUCKET).key("gib2").presigned(presign);
+    let get_url = srv
+        .client
+        .get_object()
+        .bucket(BUCKET)
+        .key("gib2")
+        .presigned(presign);
     let get_url = get_url.await.unwrap().uri().to_owned();
     let t = std::time::Instant::now();
     let mut resp = http.get(&get_url).send().await.unwrap();

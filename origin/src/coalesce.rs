@@ -21,7 +21,9 @@ pub struct Flights<K, V> {
 
 impl<K: Eq + Hash + Clone, V> Default for Flights<K, V> {
     fn default() -> Self {
-        Self { map: Mutex::new(HashMap::new()) }
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -41,13 +43,20 @@ impl<K: Eq + Hash + Clone, V> Flights<K, V> {
 
     /// The flight for `key`, if one is running.
     pub fn get(&self, key: &K) -> Option<Arc<V>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// Ends `flight`'s entry (only if it is still the one registered).
     pub fn finish(&self, key: &K, flight: &Arc<V>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(key).is_some_and(|current| Arc::ptr_eq(current, flight)) {
+        if map
+            .get(key)
+            .is_some_and(|current| Arc::ptr_eq(current, flight))
+        {
             map.remove(key);
         }
     }

@@ -18,7 +18,11 @@ use crate::upstream::{Credentials, Timeouts};
 
 /// Command-line flags. Each also reads an environment variable.
 #[derive(Parser, Debug, Default)]
-#[command(name = "wharf-origin", version, about = "Wharf's regional origin: a pull-through registry cache")]
+#[command(
+    name = "wharf-origin",
+    version,
+    about = "Wharf's regional origin: a pull-through registry cache"
+)]
 pub struct Cli {
     /// TOML configuration file (flags and environment override it).
     #[arg(long, env = "WHARF_CONFIG")]
@@ -175,18 +179,28 @@ impl Config {
         Self::from_parts(cli, file, |name| std::env::var(name).ok())
     }
 
-    fn from_parts(cli: Cli, file: File, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+    fn from_parts(
+        cli: Cli,
+        file: File,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
         let defaults = FreshnessPolicy::default();
         let tag_ttl = cli.tag_ttl.or(file.tag_ttl).unwrap_or(defaults.ttl);
-        let stale_if_error = cli.stale_if_error.or(file.stale_if_error).unwrap_or(defaults.stale_if_error);
-        let listen = cli
-            .listen
-            .or(file.listen)
-            .ok_or_else(|| anyhow::anyhow!("no listen address: pass --listen 127.0.0.1:5000 or set `listen` in the config file"))?;
+        let stale_if_error = cli
+            .stale_if_error
+            .or(file.stale_if_error)
+            .unwrap_or(defaults.stale_if_error);
+        let listen = cli.listen.or(file.listen).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no listen address: pass --listen 127.0.0.1:5000 or set `listen` in the config file"
+            )
+        })?;
 
         let part_size_mib = file.part_size_mib.unwrap_or(DEFAULT_PART_SIZE_MIB);
         if !(5..=1024).contains(&part_size_mib) {
-            anyhow::bail!("part_size_mib = {part_size_mib}: S3 multipart parts must be 5 to 1024 MiB");
+            anyhow::bail!(
+                "part_size_mib = {part_size_mib}: S3 multipart parts must be 5 to 1024 MiB"
+            );
         }
         let part_size = part_size_mib << 20;
 
@@ -204,10 +218,16 @@ impl Config {
                 let embedded = file.embedded.unwrap_or_default();
                 Storage::Embedded(EmbeddedSettings {
                     data: dir.clone(),
-                    listen: embedded.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                    listen: embedded
+                        .listen
+                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
                     access_key: embedded.access_key,
                     secret_key: embedded.secret_key,
-                    bucket: cli.bucket.clone().or(embedded.bucket).unwrap_or_else(|| DEFAULT_BUCKET.to_owned()),
+                    bucket: cli
+                        .bucket
+                        .clone()
+                        .or(embedded.bucket)
+                        .unwrap_or_else(|| DEFAULT_BUCKET.to_owned()),
                     part_size,
                 })
             }
@@ -216,7 +236,9 @@ impl Config {
                     anyhow::bail!("--s3-endpoint {endpoint:?} must be an http:// or https:// URL");
                 }
                 let bucket = cli.bucket.clone().or(file_s3.bucket).ok_or_else(|| {
-                    anyhow::anyhow!("--s3-endpoint is set but no bucket: pass --bucket NAME or set s3.bucket")
+                    anyhow::anyhow!(
+                        "--s3-endpoint is set but no bucket: pass --bucket NAME or set s3.bucket"
+                    )
                 })?;
                 if bucket.len() < 3 || bucket.len() > 63 {
                     anyhow::bail!("bucket {bucket:?} must be 3 to 63 characters long");
@@ -227,9 +249,18 @@ impl Config {
                 let secret_key = env("AWS_SECRET_ACCESS_KEY").or(file_s3.secret_key).ok_or_else(|| {
                     anyhow::anyhow!("external store needs credentials: set AWS_SECRET_ACCESS_KEY (or s3.secret_key)")
                 })?;
-                let region =
-                    cli.s3_region.or(file_s3.region).unwrap_or_else(|| "us-east-1".to_owned());
-                Storage::S3(S3Settings { endpoint, bucket, region, access_key, secret_key, part_size })
+                let region = cli
+                    .s3_region
+                    .or(file_s3.region)
+                    .unwrap_or_else(|| "us-east-1".to_owned());
+                Storage::S3(S3Settings {
+                    endpoint,
+                    bucket,
+                    region,
+                    access_key,
+                    secret_key,
+                    part_size,
+                })
             }
         };
 
@@ -249,7 +280,11 @@ impl Config {
                 ),
                 (Some(p), None) => Some(p),
                 (None, Some(var)) => Some(env(&var).ok_or_else(|| {
-                    anyhow::anyhow!("rule {} ({}): password_env names {var}, which is not set", i + 1, r.prefix)
+                    anyhow::anyhow!(
+                        "rule {} ({}): password_env names {var}, which is not set",
+                        i + 1,
+                        r.prefix
+                    )
                 })?),
                 (None, None) => None,
             };
@@ -280,7 +315,10 @@ impl Config {
                 prefix: prefix.trim_matches('/').to_owned(),
                 upstream: upstream.to_owned(),
                 credentials: None,
-                freshness: FreshnessPolicy { ttl: tag_ttl, stale_if_error },
+                freshness: FreshnessPolicy {
+                    ttl: tag_ttl,
+                    stale_if_error,
+                },
             };
             // A flag overrides the file's rule with the same prefix, keeping
             // that rule's credentials.
@@ -297,8 +335,16 @@ impl Config {
             );
         }
         // The core validates prefixes and URLs with precise messages.
-        CacheRules::new(rules.iter().map(|r| RuleSpec { prefix: r.prefix.clone(), upstream: r.upstream.clone() }).collect())
-            .map_err(|e| anyhow::anyhow!("invalid cache rule: {e}"))?;
+        CacheRules::new(
+            rules
+                .iter()
+                .map(|r| RuleSpec {
+                    prefix: r.prefix.clone(),
+                    upstream: r.upstream.clone(),
+                })
+                .collect(),
+        )
+        .map_err(|e| anyhow::anyhow!("invalid cache rule: {e}"))?;
 
         let timeouts = file.upstream.unwrap_or_default();
         Ok(Config {
@@ -318,8 +364,16 @@ impl Config {
 
     /// The cache rules in the core's form.
     pub fn cache_rules(&self) -> CacheRules {
-        CacheRules::new(self.rules.iter().map(|r| RuleSpec { prefix: r.prefix.clone(), upstream: r.upstream.clone() }).collect())
-            .expect("rules were validated in Config::load")
+        CacheRules::new(
+            self.rules
+                .iter()
+                .map(|r| RuleSpec {
+                    prefix: r.prefix.clone(),
+                    upstream: r.upstream.clone(),
+                })
+                .collect(),
+        )
+        .expect("rules were validated in Config::load")
     }
 }
 
@@ -341,13 +395,25 @@ mod tests {
 
     fn load(args: &[&str], file: &str) -> anyhow::Result<Config> {
         let file: File = toml::from_str(file)?;
-        Config::from_parts(cli(args), file, |name| (name == "PW").then(|| "from-env".to_owned()))
+        Config::from_parts(cli(args), file, |name| {
+            (name == "PW").then(|| "from-env".to_owned())
+        })
     }
 
     #[test]
     fn flags_alone_make_a_config() {
-        let c = load(&["--listen", "127.0.0.1:5000", "--data", "/tmp/w", "--rule", "docker.io=http://127.0.0.1:5001"], "")
-            .unwrap();
+        let c = load(
+            &[
+                "--listen",
+                "127.0.0.1:5000",
+                "--data",
+                "/tmp/w",
+                "--rule",
+                "docker.io=http://127.0.0.1:5001",
+            ],
+            "",
+        )
+        .unwrap();
         assert_eq!(c.rules.len(), 1);
         assert_eq!(c.rules[0].freshness.ttl, Duration::from_secs(300));
         assert!(matches!(c.storage, Storage::Embedded(_)));
@@ -369,16 +435,59 @@ mod tests {
     #[test]
     fn invalid_configs_say_what_to_fix() {
         let cases: &[(&[&str], &str, &str)] = &[
-            (&["--data", "/d", "--rule", "docker.io=http://x"], "", "no listen address"),
-            (&["--listen", "127.0.0.1:1", "--rule", "docker.io=http://x"], "", "no object store"),
-            (&["--listen", "127.0.0.1:1", "--data", "/d"], "", "no cache rules"),
-            (&["--listen", "127.0.0.1:1", "--data", "/d", "--rule", "docker.io"], "", "expected PREFIX=URL"),
             (
-                &["--listen", "127.0.0.1:1", "--data", "/d", "--s3-endpoint", "http://s3", "--rule", "a=http://x"],
+                &["--data", "/d", "--rule", "docker.io=http://x"],
+                "",
+                "no listen address",
+            ),
+            (
+                &["--listen", "127.0.0.1:1", "--rule", "docker.io=http://x"],
+                "",
+                "no object store",
+            ),
+            (
+                &["--listen", "127.0.0.1:1", "--data", "/d"],
+                "",
+                "no cache rules",
+            ),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:1",
+                    "--data",
+                    "/d",
+                    "--rule",
+                    "docker.io",
+                ],
+                "",
+                "expected PREFIX=URL",
+            ),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:1",
+                    "--data",
+                    "/d",
+                    "--s3-endpoint",
+                    "http://s3",
+                    "--rule",
+                    "a=http://x",
+                ],
                 "",
                 "both --data and --s3-endpoint",
             ),
-            (&["--listen", "127.0.0.1:1", "--data", "/d", "--rule", "a=ftp://x"], "", "invalid cache rule"),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:1",
+                    "--data",
+                    "/d",
+                    "--rule",
+                    "a=ftp://x",
+                ],
+                "",
+                "invalid cache rule",
+            ),
             (
                 &["--listen", "127.0.0.1:1", "--data", "/d"],
                 "[[rule]]\nprefix = \"p\"\nupstream = \"http://x\"\nusername = \"u\"\n",
@@ -392,7 +501,10 @@ mod tests {
         ];
         for (args, file, want) in cases {
             let err = load(args, file).unwrap_err().to_string();
-            assert!(err.contains(want), "{args:?}: {err:?} should contain {want:?}");
+            assert!(
+                err.contains(want),
+                "{args:?}: {err:?} should contain {want:?}"
+            );
         }
     }
 

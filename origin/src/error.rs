@@ -58,7 +58,9 @@ pub enum Error {
         registry: String,
     },
     /// The stored manifest is of a type the client's `Accept` excludes.
-    #[error("manifest {reference} is a {media_type}, which the request's Accept header does not list; add it to Accept")]
+    #[error(
+        "manifest {reference} is a {media_type}, which the request's Accept header does not list; add it to Accept"
+    )]
     NotAcceptable {
         /// Tag or digest.
         reference: String,
@@ -112,7 +114,9 @@ impl Error {
         match self {
             Error::Api(e) => e.code(),
             Error::Rule(_) | Error::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
-            Error::ManifestUnknown { .. } | Error::NotAcceptable { .. } => ErrorCode::ManifestUnknown,
+            Error::ManifestUnknown { .. } | Error::NotAcceptable { .. } => {
+                ErrorCode::ManifestUnknown
+            }
             Error::BlobUnknown { .. } => ErrorCode::BlobUnknown,
             Error::Upstream { source, .. } => source.code(),
             Error::Joined(inner) => inner.code(),
@@ -140,12 +144,16 @@ pub struct LoggedError(pub String);
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let code = self.code();
-        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = self.to_string();
         let body = render_error(code, &message, None);
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

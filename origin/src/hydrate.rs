@@ -192,10 +192,20 @@ impl Blobs {
         }
         let mut sender = None;
         let (hydration, leader) = self.flights.join_or_start(&request.digest, || {
-            let (tx, rx) = watch::channel(Progress { written: 0, total: None, phase: Phase::Connecting });
+            let (tx, rx) = watch::channel(Progress {
+                written: 0,
+                total: None,
+                phase: Phase::Connecting,
+            });
             sender = Some(tx);
-            let spool = self.spool_dir.join(format!("{}-{}", request.digest.hex(), uuid::Uuid::new_v4()));
-            Arc::new(Hydration { digest: request.digest.clone(), spool, progress: rx })
+            let spool =
+                self.spool_dir
+                    .join(format!("{}-{}", request.digest.hex(), uuid::Uuid::new_v4()));
+            Arc::new(Hydration {
+                digest: request.digest.clone(),
+                spool,
+                progress: rx,
+            })
         });
         if let (true, Some(tx)) = (leader, sender) {
             if self.closing.load(Ordering::SeqCst) {
@@ -205,7 +215,8 @@ impl Blobs {
             } else {
                 let blobs = self.clone();
                 let flight = hydration.clone();
-                self.tracker.spawn(async move { blobs.lead(request, flight, tx).await });
+                self.tracker
+                    .spawn(async move { blobs.lead(request, flight, tx).await });
             }
         } else {
             metrics::coalesced("blob");
@@ -218,14 +229,20 @@ impl Blobs {
         match &progress.phase {
             Phase::Failed(err) => Err(Error::Joined(err.clone())),
             Phase::InStore => {
-                let meta = self.store.head(&key).await?.ok_or_else(|| Error::Store(StoreError {
-                    op: "HeadObject",
-                    key: key.clone(),
-                    message: "object vanished right after it was found".into(),
-                }))?;
+                let meta = self.store.head(&key).await?.ok_or_else(|| {
+                    Error::Store(StoreError {
+                        op: "HeadObject",
+                        key: key.clone(),
+                        message: "object vanished right after it was found".into(),
+                    })
+                })?;
                 Ok(BlobSource::Store(meta))
             }
-            _ => Ok(BlobSource::Hydrating { hydration, progress, leader }),
+            _ => Ok(BlobSource::Hydrating {
+                hydration,
+                progress,
+                leader,
+            }),
         }
     }
 
@@ -250,7 +267,12 @@ impl Blobs {
     }
 
     /// The leader: fetch once, spool, verify, let the uploader commit.
-    async fn lead(self: Arc<Self>, request: BlobRequest, hydration: Arc<Hydration>, tx: watch::Sender<Progress>) {
+    async fn lead(
+        self: Arc<Self>,
+        request: BlobRequest,
+        hydration: Arc<Hydration>,
+        tx: watch::Sender<Progress>,
+    ) {
         let registry = request.upstream.registry().to_owned();
         let started = Instant::now();
         metrics::hydrations_in_flight(1.0);
@@ -278,7 +300,9 @@ impl Blobs {
                 tx.send_modify(|p| p.phase = Phase::Failed(err.clone()));
                 if let Some(uploader) = uploader {
                     match uploader.await {
-                        Ok(Err(e)) => tracing::warn!(error = %e, "aborting the upload failed; it is aborted at next start"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "aborting the upload failed; it is aborted at next start")
+                        }
                         Err(e) => tracing::warn!(error = %e, "blob uploader task failed"),
                         Ok(Ok(())) => {}
                     }
@@ -303,8 +327,13 @@ impl Blobs {
         request: &BlobRequest,
         hydration: &Hydration,
         tx: &watch::Sender<Progress>,
-    ) -> Result<Option<tokio::task::JoinHandle<Result<(), StoreError>>>, (Error, Option<tokio::task::JoinHandle<Result<(), StoreError>>>)>
-    {
+    ) -> Result<
+        Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+        (
+            Error,
+            Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+        ),
+    > {
         let digest = &request.digest;
         let registry = request.upstream.registry().to_owned();
         let key = store::blob_key(digest);
@@ -314,23 +343,41 @@ impl Blobs {
             tx.send_modify(|p| p.phase = Phase::InStore);
             return Ok(None);
         }
-        let upstream_error = |source: UpstreamError| Error::Upstream { registry: registry.clone(), source };
+        let upstream_error = |source: UpstreamError| Error::Upstream {
+            registry: registry.clone(),
+            source,
+        };
         let response = request
             .upstream
-            .send(Method::GET, &request.upstream_repo, &format!("blobs/{digest}"), HeaderMap::new())
+            .send(
+                Method::GET,
+                &request.upstream_repo,
+                &format!("blobs/{digest}"),
+                HeaderMap::new(),
+            )
             .await
             .map_err(|e| (upstream_error(e), None))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Err((
-                Error::BlobUnknown { name: request.canonical.to_string(), digest: digest.clone(), registry },
+                Error::BlobUnknown {
+                    name: request.canonical.to_string(),
+                    digest: digest.clone(),
+                    registry,
+                },
                 None,
             ));
         }
         let total = response.content_length();
         let spool_error = |e: io::Error| {
-            Error::Store(StoreError { op: "Spool", key: hydration.spool.display().to_string(), message: e.to_string() })
+            Error::Store(StoreError {
+                op: "Spool",
+                key: hydration.spool.display().to_string(),
+                message: e.to_string(),
+            })
         };
-        let mut file = tokio::fs::File::create(&hydration.spool).await.map_err(|e| (spool_error(e), None))?;
+        let mut file = tokio::fs::File::create(&hydration.spool)
+            .await
+            .map_err(|e| (spool_error(e), None))?;
         tx.send_modify(|p| {
             p.total = total;
             p.phase = Phase::Streaming;
@@ -355,7 +402,10 @@ impl Blobs {
                 None => break,
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
-                    let source = UpstreamError::Body(format!("after {} bytes: {e}", written + batch.len() as u64));
+                    let source = UpstreamError::Body(format!(
+                        "after {} bytes: {e}",
+                        written + batch.len() as u64
+                    ));
                     return Err((upstream_error(source), Some(uploader)));
                 }
             };
@@ -363,12 +413,16 @@ impl Blobs {
             verifier.update(&chunk);
             batch.extend_from_slice(&chunk);
             if batch.len() >= BATCH {
-                written += flush(&mut file, &mut batch).await.map_err(|e| (spool_error(e), None))?;
+                written += flush(&mut file, &mut batch)
+                    .await
+                    .map_err(|e| (spool_error(e), None))?;
                 tx.send_modify(|p| p.written = written);
             }
         }
         if !batch.is_empty() {
-            written += flush(&mut file, &mut batch).await.map_err(|e| (spool_error(e), None))?;
+            written += flush(&mut file, &mut batch)
+                .await
+                .map_err(|e| (spool_error(e), None))?;
             tx.send_modify(|p| p.written = written);
         }
         let got = verifier.finish();
@@ -380,7 +434,11 @@ impl Blobs {
         if let Some(got) = mismatch {
             metrics::integrity_failure(&registry);
             tracing::error!(digest = %digest, %got, registry, "upstream blob failed verification; not stored");
-            let err = Error::DigestMismatch { registry, want: digest.clone(), got };
+            let err = Error::DigestMismatch {
+                registry,
+                want: digest.clone(),
+                got,
+            };
             return Err((err, Some(uploader)));
         }
         tx.send_modify(|p| p.phase = Phase::Verified);
@@ -393,8 +451,14 @@ impl Blobs {
     pub async fn shutdown(&self, grace: Duration) {
         self.closing.store(true, Ordering::SeqCst);
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!(in_flight = self.flights.len(), "shutdown grace expired; aborting hydrations");
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.flights.len(),
+                "shutdown grace expired; aborting hydrations"
+            );
             self.cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
         }
@@ -427,15 +491,25 @@ async fn upload(
             let progress = rx.borrow_and_update().clone();
             match progress.phase {
                 Phase::Failed(_) => {
-                    return Err(StoreError { op: "Upload", key: key.clone(), message: "hydration failed".into() });
+                    return Err(StoreError {
+                        op: "Upload",
+                        key: key.clone(),
+                        message: "hydration failed".into(),
+                    });
                 }
                 Phase::Verified => {
                     let written = progress.written;
                     match multipart.take() {
-                        None => store.put_file(&key, &spool, 0, written, OCTET_STREAM).await?,
+                        None => {
+                            store
+                                .put_file(&key, &spool, 0, written, OCTET_STREAM)
+                                .await?
+                        }
                         Some(mut upload) => {
                             if written > uploaded {
-                                upload.upload_part_from_file(&spool, uploaded, written - uploaded).await?;
+                                upload
+                                    .upload_part_from_file(&spool, uploaded, written - uploaded)
+                                    .await?;
                             }
                             upload.complete().await?;
                         }
@@ -451,13 +525,19 @@ async fn upload(
                     multipart = Some(store.multipart(&key, OCTET_STREAM).await?);
                 }
                 if let Some(upload) = multipart.as_mut() {
-                    upload.upload_part_from_file(&spool, uploaded, part_size).await?;
+                    upload
+                        .upload_part_from_file(&spool, uploaded, part_size)
+                        .await?;
                 }
                 uploaded += part_size;
                 continue;
             }
             if rx.changed().await.is_err() {
-                return Err(StoreError { op: "Upload", key: key.clone(), message: "hydration stopped".into() });
+                return Err(StoreError {
+                    op: "Upload",
+                    key: key.clone(),
+                    message: "hydration stopped".into(),
+                });
             }
         }
     }
@@ -490,7 +570,13 @@ pub fn spool_stream(
         end: Option<u64>,
     }
     let rx = hydration.progress.clone();
-    let reader = Reader { hydration, rx, file: None, pos: start, end };
+    let reader = Reader {
+        hydration,
+        rx,
+        file: None,
+        pos: start,
+        end,
+    };
     futures::stream::unfold(reader, |mut r| async move {
         loop {
             let progress = r.rx.borrow_and_update().clone();
@@ -534,7 +620,12 @@ pub fn spool_stream(
             }
             if r.rx.changed().await.is_err() {
                 r.end = Some(r.pos);
-                return Some((Err(io::Error::other("hydration stopped before the blob was complete")), r));
+                return Some((
+                    Err(io::Error::other(
+                        "hydration stopped before the blob was complete",
+                    )),
+                    r,
+                ));
             }
         }
     })
@@ -551,7 +642,9 @@ async fn read_at(
         f.seek(io::SeekFrom::Start(pos)).await?;
         *file = Some(f);
     }
-    let Some(f) = file.as_mut() else { return Err(io::Error::other("spool file not open")) };
+    let Some(f) = file.as_mut() else {
+        return Err(io::Error::other("spool file not open"));
+    };
     // Exactly `want` bytes at most: the file may already hold bytes past
     // what this reader is allowed to serve.
     let mut buf = vec![0u8; want];

@@ -66,12 +66,16 @@ pub async fn run(
             tokio::spawn(async move {
                 match store.abort_orphan_uploads("blobs/").await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(aborted = n, "aborted uploads left by a previous process"),
+                    Ok(n) => {
+                        tracing::info!(aborted = n, "aborted uploads left by a previous process")
+                    }
                     Err(e) => tracing::warn!(error = %e, "could not list orphaned uploads"),
                 }
             });
         }
-        Err(e) => tracing::error!(error = %e, "object store is not reachable; /readyz reports it until it is"),
+        Err(e) => {
+            tracing::error!(error = %e, "object store is not reachable; /readyz reports it until it is")
+        }
     }
 
     let state = AppState::new(&config, store, metrics)?;

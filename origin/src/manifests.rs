@@ -22,13 +22,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use wharf_core::media::{MANIFEST_ACCEPT, detect};
-use wharf_core::{Digest, Freshness, FreshnessPolicy, MediaType, OnUpstreamError, RepositoryName, Tag};
+use wharf_core::{
+    Digest, Freshness, FreshnessPolicy, MediaType, OnUpstreamError, RepositoryName, Tag,
+};
 
 use crate::error::Error;
 use crate::metrics;
@@ -109,17 +111,28 @@ pub struct Manifests {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Manifests {
     /// A manifest cache over `store`.
     pub fn new(store: Store) -> Self {
-        Self { store, tags: Mutex::new(HashMap::new()), flights: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            tags: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Resolves `tag` under the freshness policy.
-    pub async fn by_tag(self: &Arc<Self>, req: &ManifestRequest, tag: &Tag) -> Result<(Manifest, CacheStatus), Error> {
+    pub async fn by_tag(
+        self: &Arc<Self>,
+        req: &ManifestRequest,
+        tag: &Tag,
+    ) -> Result<(Manifest, CacheStatus), Error> {
         let key = store::tag_key(&req.canonical, tag);
         let record = self.tag_record(&key).await;
         if let Some(r) = &record
@@ -131,9 +144,11 @@ impl Manifests {
         let this = self.clone();
         let (req, tag) = (req.clone(), tag.clone());
         let flight_key = key.clone();
-        self.single(flight_key, async move { this.refresh_tag(&req, &tag, &key, record).await })
-            .await
-            .map_err(Error::Joined)
+        self.single(flight_key, async move {
+            this.refresh_tag(&req, &tag, &key, record).await
+        })
+        .await
+        .map_err(Error::Joined)
     }
 
     /// Returns the manifest `digest`, from the store or the upstream.
@@ -148,7 +163,9 @@ impl Manifests {
         let this = self.clone();
         let (req, want) = (req.clone(), digest.clone());
         self.single(store::manifest_key(digest), async move {
-            this.fetch(&req, &want.to_string(), Some(&want)).await.map(|m| (m, CacheStatus::Miss))
+            this.fetch(&req, &want.to_string(), Some(&want))
+                .await
+                .map(|m| (m, CacheStatus::Miss))
         })
         .await
         .map_err(Error::Joined)
@@ -173,7 +190,10 @@ impl Manifests {
                     let k = key.clone();
                     let task = tokio::spawn(async move {
                         let result = work.await.map_err(Arc::new);
-                        this.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+                        this.flights
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&k);
                         result
                     });
                     let flight = async move {
@@ -204,16 +224,28 @@ impl Manifests {
     ) -> Result<(Manifest, CacheStatus), Error> {
         let registry = req.upstream.registry().to_owned();
         let Some(record) = record else {
-            return self.fetch_tag(req, tag, key).await.map(|m| (m, CacheStatus::Miss));
+            return self
+                .fetch_tag(req, tag, key)
+                .await
+                .map(|m| (m, CacheStatus::Miss));
         };
         let head = req
             .upstream
-            .send(Method::HEAD, &req.upstream_repo, &format!("manifests/{tag}"), accept())
+            .send(
+                Method::HEAD,
+                &req.upstream_repo,
+                &format!("manifests/{tag}"),
+                accept(),
+            )
             .await;
         match head {
             Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
                 self.forget_tag(key).await;
-                Err(Error::ManifestUnknown { name: req.canonical.to_string(), reference: tag.to_string(), registry })
+                Err(Error::ManifestUnknown {
+                    name: req.canonical.to_string(),
+                    reference: tag.to_string(),
+                    registry,
+                })
             }
             Ok(response) => {
                 let upstream_digest = response
@@ -224,11 +256,16 @@ impl Manifests {
                 if upstream_digest.as_ref() == Some(&record.digest)
                     && let Some(m) = self.load(&record.digest).await
                 {
-                    let touched = TagRecord { fetched_at_ms: now_ms(), ..record };
+                    let touched = TagRecord {
+                        fetched_at_ms: now_ms(),
+                        ..record
+                    };
                     self.save_tag(key, &touched).await;
                     return Ok((m, CacheStatus::Revalidated));
                 }
-                self.fetch_tag(req, tag, key).await.map(|m| (m, CacheStatus::Miss))
+                self.fetch_tag(req, tag, key)
+                    .await
+                    .map(|m| (m, CacheStatus::Miss))
             }
             Err(source) => self.stale_or_fail(req, tag, &record, source).await,
         }
@@ -242,7 +279,10 @@ impl Manifests {
         source: UpstreamError,
     ) -> Result<(Manifest, CacheStatus), Error> {
         let registry = req.upstream.registry().to_owned();
-        if req.freshness.on_upstream_error(record.fetched_at_ms, now_ms()) == OnUpstreamError::ServeStale
+        if req
+            .freshness
+            .on_upstream_error(record.fetched_at_ms, now_ms())
+            == OnUpstreamError::ServeStale
             && let Some(m) = self.load(&record.digest).await
         {
             metrics::stale_served(&registry);
@@ -252,7 +292,12 @@ impl Manifests {
         Err(Error::Upstream { registry, source })
     }
 
-    async fn fetch_tag(&self, req: &ManifestRequest, tag: &Tag, key: &str) -> Result<Manifest, Error> {
+    async fn fetch_tag(
+        &self,
+        req: &ManifestRequest,
+        tag: &Tag,
+        key: &str,
+    ) -> Result<Manifest, Error> {
         let manifest = self.fetch(req, tag.as_str(), None).await?;
         let record = TagRecord {
             digest: manifest.digest.clone(),
@@ -264,12 +309,25 @@ impl Manifests {
     }
 
     /// GETs a manifest from the upstream, verifies it and stores it.
-    async fn fetch(&self, req: &ManifestRequest, reference: &str, want: Option<&Digest>) -> Result<Manifest, Error> {
+    async fn fetch(
+        &self,
+        req: &ManifestRequest,
+        reference: &str,
+        want: Option<&Digest>,
+    ) -> Result<Manifest, Error> {
         let registry = req.upstream.registry().to_owned();
-        let upstream_error = |source| Error::Upstream { registry: registry.clone(), source };
+        let upstream_error = |source| Error::Upstream {
+            registry: registry.clone(),
+            source,
+        };
         let response = req
             .upstream
-            .send(Method::GET, &req.upstream_repo, &format!("manifests/{reference}"), accept())
+            .send(
+                Method::GET,
+                &req.upstream_repo,
+                &format!("manifests/{reference}"),
+                accept(),
+            )
             .await
             .map_err(upstream_error)?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
@@ -284,9 +342,14 @@ impl Manifests {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v).ok());
-        let content_type =
-            response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(MediaType::parse);
-        let body = read_limited(response, MAX_MANIFEST_BYTES).await.map_err(upstream_error)?;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(MediaType::parse);
+        let body = read_limited(response, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(upstream_error)?;
         let media_type = match content_type {
             Some(m) if m.is_manifest_type() => m,
             _ => detect(&body).unwrap_or(MediaType::OciManifest),
@@ -302,16 +365,28 @@ impl Manifests {
                 if &got != expected {
                     metrics::integrity_failure(&registry);
                     tracing::error!(repo = %req.canonical, reference, %expected, %got, "upstream manifest failed verification");
-                    return Err(Error::DigestMismatch { registry, want: expected.clone(), got: got.to_string() });
+                    return Err(Error::DigestMismatch {
+                        registry,
+                        want: expected.clone(),
+                        got: got.to_string(),
+                    });
                 }
                 got
             }
             None => Digest::sha256_of(&body),
         };
-        let manifest = Manifest { digest, media_type: media_type.as_str().to_owned(), body };
+        let manifest = Manifest {
+            digest,
+            media_type: media_type.as_str().to_owned(),
+            body,
+        };
         if let Err(e) = self
             .store
-            .put_bytes(&store::manifest_key(&manifest.digest), manifest.body.clone(), &manifest.media_type)
+            .put_bytes(
+                &store::manifest_key(&manifest.digest),
+                manifest.body.clone(),
+                &manifest.media_type,
+            )
             .await
         {
             tracing::warn!(error = %e, "manifest served but not cached");
@@ -328,7 +403,11 @@ impl Manifests {
                     .filter(|t| MediaType::parse(t).is_manifest_type())
                     .or_else(|| detect(&body).map(|m| m.as_str().to_owned()))
                     .unwrap_or_else(|| MediaType::OciManifest.as_str().to_owned());
-                Some(Manifest { digest: digest.clone(), media_type, body })
+                Some(Manifest {
+                    digest: digest.clone(),
+                    media_type,
+                    body,
+                })
             }
             Ok(None) => None,
             Err(e) => {
@@ -384,7 +463,10 @@ impl Manifests {
     }
 
     async fn forget_tag(&self, key: &str) {
-        self.tags.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.tags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         if let Err(e) = self.store.delete(key).await {
             tracing::warn!(error = %e, "tag record not deleted");
         }
@@ -398,16 +480,23 @@ fn accept() -> HeaderMap {
 }
 
 /// Reads a response body of at most `limit` bytes.
-pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+pub async fn read_limited(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
     if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(UpstreamError::Body(format!("larger than the {limit}-byte limit")));
+        return Err(UpstreamError::Body(format!(
+            "larger than the {limit}-byte limit"
+        )));
     }
     let mut body = BytesMut::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| UpstreamError::Body(e.to_string()))?;
         if body.len() + chunk.len() > limit {
-            return Err(UpstreamError::Body(format!("larger than the {limit}-byte limit")));
+            return Err(UpstreamError::Body(format!(
+                "larger than the {limit}-byte limit"
+            )));
         }
         body.extend_from_slice(&chunk);
     }

@@ -39,7 +39,9 @@ pub const RATELIMIT_REMAINING: &str = "wharf_upstream_ratelimit_remaining";
 /// The `metrics` facade keeps one recorder per process; only the binary's
 /// `main` calls this, so the library itself holds no global state.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+    let buckets = [
+        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HYDRATION_SECONDS.to_owned()), &buckets)?
         .install_recorder()?;
@@ -79,7 +81,8 @@ pub fn stale_served(registry: &str) {
 
 /// Records how long a hydration took.
 pub fn hydration_seconds(registry: &str, outcome: &'static str, secs: f64) {
-    histogram!(HYDRATION_SECONDS, "registry" => registry.to_owned(), "outcome" => outcome).record(secs);
+    histogram!(HYDRATION_SECONDS, "registry" => registry.to_owned(), "outcome" => outcome)
+        .record(secs);
 }
 
 /// Tracks the number of in-flight hydrations.

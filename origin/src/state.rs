@@ -78,14 +78,25 @@ impl Target {
 
 impl AppState {
     /// Builds the state for `config` over `store`.
-    pub fn new(config: &Config, store: Store, metrics: Option<PrometheusHandle>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
         let rules = config.cache_rules();
         let mut runtimes = Vec::new();
         for rule in &config.rules {
-            let upstream =
-                Upstream::new(&rule.prefix, &rule.upstream, rule.credentials.clone(), config.upstream_timeouts)
-                    .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?;
-            runtimes.push(RuleRuntime { upstream: Arc::new(upstream), freshness: rule.freshness });
+            let upstream = Upstream::new(
+                &rule.prefix,
+                &rule.upstream,
+                rule.credentials.clone(),
+                config.upstream_timeouts,
+            )
+            .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?;
+            runtimes.push(RuleRuntime {
+                upstream: Arc::new(upstream),
+                freshness: rule.freshness,
+            });
         }
         let blobs = Blobs::new(store.clone(), config.spool_dir.clone())
             .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?;

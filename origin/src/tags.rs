@@ -31,18 +31,28 @@ pub struct TagLists {
 impl TagLists {
     /// A cache whose entries are fresh for `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, entries: Mutex::new(HashMap::new()) }
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A fresh entry for `key`, or (with `stale_ok`) any entry.
     pub fn get(&self, key: &str, stale_ok: bool) -> Option<TagList> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|e| stale_ok || e.fetched.elapsed() < self.ttl).cloned()
+        entries
+            .get(key)
+            .filter(|e| stale_ok || e.fetched.elapsed() < self.ttl)
+            .cloned()
     }
 
     /// Stores an answer.
     pub fn put(&self, key: String, body: Bytes, link: Option<String>) -> TagList {
-        let entry = TagList { body, link, fetched: Instant::now() };
+        let entry = TagList {
+            body,
+            link,
+            fetched: Instant::now(),
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() > 10_000 {
             entries.clear();
@@ -57,8 +67,13 @@ impl TagLists {
 pub fn rewrite_body(body: &[u8], client_name: &str) -> Bytes {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(mut map)) => {
-            map.insert("name".into(), serde_json::Value::String(client_name.to_owned()));
-            serde_json::to_vec(&map).map(Bytes::from).unwrap_or_else(|_| Bytes::copy_from_slice(body))
+            map.insert(
+                "name".into(),
+                serde_json::Value::String(client_name.to_owned()),
+            );
+            serde_json::to_vec(&map)
+                .map(Bytes::from)
+                .unwrap_or_else(|_| Bytes::copy_from_slice(body))
         }
         _ => Bytes::copy_from_slice(body),
     }
@@ -66,7 +81,10 @@ pub fn rewrite_body(body: &[u8], client_name: &str) -> Bytes {
 
 /// Rewrites `</v2/<upstream>/tags/list?…>; rel="next"` to the client's name.
 pub fn rewrite_link(link: &str, upstream_name: &str, client_name: &str) -> String {
-    link.replace(&format!("/v2/{upstream_name}/tags/list"), &format!("/v2/{client_name}/tags/list"))
+    link.replace(
+        &format!("/v2/{upstream_name}/tags/list"),
+        &format!("/v2/{client_name}/tags/list"),
+    )
 }
 
 #[cfg(test)]
@@ -75,12 +93,19 @@ mod tests {
 
     #[test]
     fn names_and_links_are_rewritten_for_the_client() {
-        let body = rewrite_body(br#"{"name":"library/alpine","tags":["3.19","3.20"]}"#, "docker.io/library/alpine");
+        let body = rewrite_body(
+            br#"{"name":"library/alpine","tags":["3.19","3.20"]}"#,
+            "docker.io/library/alpine",
+        );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["name"], "docker.io/library/alpine");
         assert_eq!(v["tags"][1], "3.20");
         assert_eq!(
-            rewrite_link(r#"</v2/library/alpine/tags/list?last=3.20&n=2>; rel="next""#, "library/alpine", "docker.io/library/alpine"),
+            rewrite_link(
+                r#"</v2/library/alpine/tags/list?last=3.20&n=2>; rel="next""#,
+                "library/alpine",
+                "docker.io/library/alpine"
+            ),
             r#"</v2/docker.io/library/alpine/tags/list?last=3.20&n=2>; rel="next""#
         );
     }

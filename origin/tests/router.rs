@@ -47,10 +47,22 @@ fn state(spool: &std::path::Path) -> AppState {
 async fn call(method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let app = wharf_origin::app::app(state(dir.path()));
-    let response = app.oneshot(Request::builder().method(method).uri(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 fn code(body: &serde_json::Value) -> &str {
@@ -61,28 +73,67 @@ fn code(body: &serde_json::Value) -> &str {
 async fn base_endpoint_answers_with_the_api_version() {
     let dir = tempfile::tempdir().unwrap();
     let app = wharf_origin::app::app(state(dir.path()));
-    let response = app.oneshot(Request::get("/v2/").body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .oneshot(Request::get("/v2/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["docker-distribution-api-version"], "registry/2.0");
+    assert_eq!(
+        response.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
 }
 
 #[tokio::test]
 async fn bad_requests_get_oci_errors_with_the_right_status() {
     let digest = format!("sha256:{}", "a".repeat(64));
     let cases = [
-        ("GET", "/v2/Bad_Name/manifests/latest".to_owned(), StatusCode::BAD_REQUEST, "NAME_INVALID"),
-        ("GET", "/v2/ghcr.io/o/i/blobs/sha256:xyz".to_owned(), StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
-        ("PUT", "/v2/ghcr.io/o/i/manifests/latest".to_owned(), StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-        ("POST", "/v2/ghcr.io/o/i/blobs/uploads/".to_owned(), StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-        ("GET", format!("/v2/quay.io/o/i/blobs/{digest}"), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-        ("GET", "/v2/ghcr.io/o/i/nothing".to_owned(), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        (
+            "GET",
+            "/v2/Bad_Name/manifests/latest".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            "GET",
+            "/v2/ghcr.io/o/i/blobs/sha256:xyz".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+        (
+            "PUT",
+            "/v2/ghcr.io/o/i/manifests/latest".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+        ),
+        (
+            "POST",
+            "/v2/ghcr.io/o/i/blobs/uploads/".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+        ),
+        (
+            "GET",
+            format!("/v2/quay.io/o/i/blobs/{digest}"),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "GET",
+            "/v2/ghcr.io/o/i/nothing".to_owned(),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
     ];
     for (method, uri, status, want) in cases {
         let (got_status, body) = call(method, &uri).await;
         assert_eq!(got_status, status, "{method} {uri}: {body}");
         assert_eq!(code(&body), want, "{method} {uri}: {body}");
         let message = body["errors"][0]["message"].as_str().unwrap_or("");
-        assert!(!message.is_empty(), "{method} {uri}: error without a message");
+        assert!(
+            !message.is_empty(),
+            "{method} {uri}: error without a message"
+        );
     }
 }
 
@@ -92,14 +143,20 @@ async fn unreachable_upstream_and_store_give_unavailable_naming_the_upstream() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(code(&body), "UNAVAILABLE");
     let message = body["errors"][0]["message"].as_str().unwrap();
-    assert!(message.contains("ghcr.io") && message.contains("127.0.0.1:9"), "{message}");
+    assert!(
+        message.contains("ghcr.io") && message.contains("127.0.0.1:9"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn readiness_fails_when_the_store_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let app = wharf_origin::app::app(state(dir.path()));
-    let response = app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -10,7 +10,13 @@ pub fn get() -> Response {
     metrics::request("base", "hit");
     let mut response = (StatusCode::OK, "{}").into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     response
 }

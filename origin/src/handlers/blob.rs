@@ -33,15 +33,27 @@ pub async fn get(
     if head {
         return head_blob(state, &target, name, digest).await;
     }
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    match state.blobs.open(target.blob_request(digest.clone())).await? {
+    let range_header = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match state
+        .blobs
+        .open(target.blob_request(digest.clone()))
+        .await?
+    {
         BlobSource::Store(meta) => {
             let range = match &range_header {
-                Some(h) => match parse_range(h, meta.len).map_err(|e| Error::RangeInvalid(e.to_string()))? {
+                Some(h) => match parse_range(h, meta.len)
+                    .map_err(|e| Error::RangeInvalid(e.to_string()))?
+                {
                     RangeOutcome::Full => None,
                     RangeOutcome::Partial(r) => Some(r),
                     RangeOutcome::Unsatisfiable => {
-                        return Err(Error::RangeNotSatisfiable { range: h.clone(), len: meta.len });
+                        return Err(Error::RangeNotSatisfiable {
+                            range: h.clone(),
+                            len: meta.len,
+                        });
                     }
                 },
                 None => None,
@@ -77,17 +89,26 @@ pub async fn get(
             blob_headers(response.headers_mut(), &digest);
             Ok(response)
         }
-        BlobSource::Hydrating { hydration, progress, leader } => {
+        BlobSource::Hydrating {
+            hydration,
+            progress,
+            leader,
+        } => {
             metrics::request("blob", if leader { "miss" } else { "coalesced" });
             let total = progress.total;
             let range = match (&range_header, total) {
-                (Some(h), Some(total)) => match parse_range(h, total).map_err(|e| Error::RangeInvalid(e.to_string()))? {
-                    RangeOutcome::Full => None,
-                    RangeOutcome::Partial(r) => Some(r),
-                    RangeOutcome::Unsatisfiable => {
-                        return Err(Error::RangeNotSatisfiable { range: h.clone(), len: total });
+                (Some(h), Some(total)) => {
+                    match parse_range(h, total).map_err(|e| Error::RangeInvalid(e.to_string()))? {
+                        RangeOutcome::Full => None,
+                        RangeOutcome::Partial(r) => Some(r),
+                        RangeOutcome::Unsatisfiable => {
+                            return Err(Error::RangeNotSatisfiable {
+                                range: h.clone(),
+                                len: total,
+                            });
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             let (start, end) = match range {
@@ -105,7 +126,9 @@ pub async fn get(
                     h.insert(header::CONTENT_RANGE, v);
                 }
             } else if let Some(total) = total {
-                response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
             }
             blob_headers(response.headers_mut(), &digest);
             Ok(response)
@@ -129,7 +152,11 @@ async fn head_blob(
     };
     let len = match len {
         Some(len) => len,
-        None => match state.blobs.in_flight(&digest).and_then(|h| h.progress().total) {
+        None => match state
+            .blobs
+            .in_flight(&digest)
+            .and_then(|h| h.progress().total)
+        {
             Some(total) => {
                 metrics::request("blob", "coalesced");
                 total
@@ -137,11 +164,23 @@ async fn head_blob(
             None => {
                 let response = target
                     .upstream
-                    .send(Method::HEAD, &target.upstream_repo, &format!("blobs/{digest}"), reqwest::header::HeaderMap::new())
+                    .send(
+                        Method::HEAD,
+                        &target.upstream_repo,
+                        &format!("blobs/{digest}"),
+                        reqwest::header::HeaderMap::new(),
+                    )
                     .await
-                    .map_err(|source| Error::Upstream { registry: registry.clone(), source })?;
+                    .map_err(|source| Error::Upstream {
+                        registry: registry.clone(),
+                        source,
+                    })?;
                 if response.status() == reqwest::StatusCode::NOT_FOUND {
-                    return Err(Error::BlobUnknown { name: name.to_string(), digest, registry });
+                    return Err(Error::BlobUnknown {
+                        name: name.to_string(),
+                        digest,
+                        registry,
+                    });
                 }
                 metrics::request("blob", "miss");
                 // Read the header: a HEAD response's body size hint is 0.
@@ -155,13 +194,18 @@ async fn head_blob(
         },
     };
     let mut response = Response::new(Body::empty());
-    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     blob_headers(response.headers_mut(), &digest);
     Ok(response)
 }
 
 fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         h.insert("docker-content-digest", v.clone());

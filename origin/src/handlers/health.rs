@@ -25,17 +25,30 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let started = Instant::now();
     let store = match tokio::time::timeout(Duration::from_secs(2), state.store.check()).await {
-        Ok(Ok(())) => json!({ "ok": true, "bucket": state.store.bucket(), "latency_ms": started.elapsed().as_millis() as u64 }),
-        Ok(Err(e)) => json!({ "ok": false, "bucket": state.store.bucket(), "error": e.to_string() }),
-        Err(_) => json!({ "ok": false, "bucket": state.store.bucket(), "error": "no answer within 2s" }),
+        Ok(Ok(())) => {
+            json!({ "ok": true, "bucket": state.store.bucket(), "latency_ms": started.elapsed().as_millis() as u64 })
+        }
+        Ok(Err(e)) => {
+            json!({ "ok": false, "bucket": state.store.bucket(), "error": e.to_string() })
+        }
+        Err(_) => {
+            json!({ "ok": false, "bucket": state.store.bucket(), "error": "no answer within 2s" })
+        }
     };
     let store_ok = store["ok"].as_bool().unwrap_or(false);
     let upstreams: serde_json::Map<String, serde_json::Value> = state
         .runtimes
         .iter()
-        .map(|r| (r.upstream.registry().to_owned(), serde_json::to_value(r.upstream.health()).unwrap_or_default()))
+        .map(|r| {
+            (
+                r.upstream.registry().to_owned(),
+                serde_json::to_value(r.upstream.health()).unwrap_or_default(),
+            )
+        })
         .collect();
-    let upstreams_ok = upstreams.values().all(|u| u["ok"].as_bool().unwrap_or(true));
+    let upstreams_ok = upstreams
+        .values()
+        .all(|u| u["ok"].as_bool().unwrap_or(true));
     let status = match (store_ok, upstreams_ok) {
         (false, _) => "down",
         (true, false) => "degraded",
@@ -46,16 +59,25 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "checks": { "store": store, "upstreams": upstreams },
         "hydrations_in_flight": state.blobs.in_flight_count(),
     });
-    let code = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     let mut response = text.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     response
 }

@@ -30,16 +30,27 @@ pub async fn get(
         Reference::Tag(tag) => state.manifests.by_tag(&request, tag).await?,
         Reference::Digest(digest) => state.manifests.by_digest(&request, digest).await?,
     };
-    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     if !accepts(&accept, &MediaType::parse(&manifest.media_type)) {
-        return Err(Error::NotAcceptable { reference: reference.to_string(), media_type: manifest.media_type });
+        return Err(Error::NotAcceptable {
+            reference: reference.to_string(),
+            media_type: manifest.media_type,
+        });
     }
     metrics::request("manifest", status.as_str());
     let len = manifest.body.len();
     let body = if head {
         Body::empty()
     } else {
-        let source = if status == crate::manifests::CacheStatus::Miss { "upstream" } else { "store" };
+        let source = if status == crate::manifests::CacheStatus::Miss {
+            "upstream"
+        } else {
+            "store"
+        };
         metrics::served_bytes(source, len as u64);
         Body::from(manifest.body)
     };

@@ -22,7 +22,12 @@ use crate::metrics;
 use crate::state::AppState;
 
 /// Answers every request under `/v2/`.
-pub async fn registry(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn registry(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let parsed = parse_request(method.as_str(), uri.path(), uri.query());
     let (method, request, ns) = match parsed {
         Ok(parsed) => parsed,
@@ -44,9 +49,11 @@ pub async fn registry(State(state): State<AppState>, method: Method, uri: Uri, h
         ApiRequest::TagsList { name, n, last } => {
             tags::get(&state, head, &name, n, last, ns.as_deref()).await
         }
-        ApiRequest::Referrers { name, digest, artifact_type } => {
-            referrers::get(&state, head, &name, &digest, artifact_type, ns.as_deref()).await
-        }
+        ApiRequest::Referrers {
+            name,
+            digest,
+            artifact_type,
+        } => referrers::get(&state, head, &name, &digest, artifact_type, ns.as_deref()).await,
     };
     match result {
         Ok(response) => response,

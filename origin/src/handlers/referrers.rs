@@ -28,41 +28,64 @@ pub async fn get(
 ) -> Result<Response> {
     let target = state.resolve(name, ns)?;
     let registry = target.upstream.registry().to_owned();
-    let upstream_error = |source| Error::Upstream { registry: registry.clone(), source };
+    let upstream_error = |source| Error::Upstream {
+        registry: registry.clone(),
+        source,
+    };
     let mut tail = format!("referrers/{digest}");
     if let Some(t) = &artifact_type {
-        tail.push_str(&format!("?artifactType={}", wharf_core::urlencode::encode_component(t)));
+        tail.push_str(&format!(
+            "?artifactType={}",
+            wharf_core::urlencode::encode_component(t)
+        ));
     }
     let accept = {
         let mut h = reqwest::header::HeaderMap::new();
-        h.insert(reqwest::header::ACCEPT, reqwest::header::HeaderValue::from_static(OCI_INDEX));
+        h.insert(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static(OCI_INDEX),
+        );
         h
     };
-    let mut response =
-        target.upstream.send(Method::GET, &target.upstream_repo, &tail, accept.clone()).await.map_err(upstream_error)?;
+    let mut response = target
+        .upstream
+        .send(Method::GET, &target.upstream_repo, &tail, accept.clone())
+        .await
+        .map_err(upstream_error)?;
     let mut fallback_filter = None;
-    let mut filters_applied =
-        response.headers().get("oci-filters-applied").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut filters_applied = response
+        .headers()
+        .get("oci-filters-applied")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         // Fallback tag schema: the referrers index is stored under a tag.
         let fallback = format!("manifests/{}-{}", digest.algorithm().as_str(), digest.hex());
-        response =
-            target.upstream.send(Method::GET, &target.upstream_repo, &fallback, accept).await.map_err(upstream_error)?;
+        response = target
+            .upstream
+            .send(Method::GET, &target.upstream_repo, &fallback, accept)
+            .await
+            .map_err(upstream_error)?;
         fallback_filter = artifact_type.clone();
         filters_applied = None;
     }
     let mut body = if response.status() == reqwest::StatusCode::NOT_FOUND {
         bytes::Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#)
     } else {
-        read_limited(response, MAX_REFERRERS_BYTES).await.map_err(upstream_error)?
+        read_limited(response, MAX_REFERRERS_BYTES)
+            .await
+            .map_err(upstream_error)?
     };
     if let Some(wanted) = fallback_filter
-        && let Ok(serde_json::Value::Object(mut index)) = serde_json::from_slice::<serde_json::Value>(&body)
+        && let Ok(serde_json::Value::Object(mut index)) =
+            serde_json::from_slice::<serde_json::Value>(&body)
     {
         // The fallback tag holds every referrer; apply the filter here, as
         // the referrers API would, and say so.
         if let Some(serde_json::Value::Array(list)) = index.get_mut("manifests") {
-            list.retain(|m| m.get("artifactType").and_then(|t| t.as_str()) == Some(wanted.as_str()));
+            list.retain(|m| {
+                m.get("artifactType").and_then(|t| t.as_str()) == Some(wanted.as_str())
+            });
         }
         if let Ok(filtered) = serde_json::to_vec(&index) {
             body = bytes::Bytes::from(filtered);
@@ -71,7 +94,11 @@ pub async fn get(
     }
     metrics::request("referrers", "miss");
     let len = body.len();
-    let mut out = Response::new(if head { Body::empty() } else { Body::from(body) });
+    let mut out = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    });
     *out.status_mut() = StatusCode::OK;
     let h = out.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));

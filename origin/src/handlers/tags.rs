@@ -31,7 +31,10 @@ pub async fn get(
         query.push(format!("n={n}"));
     }
     if let Some(last) = &last {
-        query.push(format!("last={}", wharf_core::urlencode::encode_component(last)));
+        query.push(format!(
+            "last={}",
+            wharf_core::urlencode::encode_component(last)
+        ));
     }
     let query = query.join("&");
     let key = format!("{}?{query}|{name}", target.canonical);
@@ -51,13 +54,24 @@ pub async fn get(
     };
     metrics::request("tags", result);
     let len = list.body.len();
-    let mut response = Response::new(if head { Body::empty() } else { Body::from(list.body) });
+    let mut response = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(list.body)
+    });
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert("x-wharf-cache", HeaderValue::from_static(result));
-    if let Some(link) = list.link.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+    if let Some(link) = list
+        .link
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
         h.insert(header::LINK, link);
     }
     Ok(response)
@@ -71,14 +85,29 @@ async fn fetch(
     key: &str,
 ) -> Result<TagList> {
     let registry = target.upstream.registry().to_owned();
-    let tail = if query.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{query}") };
+    let tail = if query.is_empty() {
+        "tags/list".to_owned()
+    } else {
+        format!("tags/list?{query}")
+    };
     let response = target
         .upstream
-        .send(Method::GET, &target.upstream_repo, &tail, reqwest::header::HeaderMap::new())
+        .send(
+            Method::GET,
+            &target.upstream_repo,
+            &tail,
+            reqwest::header::HeaderMap::new(),
+        )
         .await
-        .map_err(|source| Error::Upstream { registry: registry.clone(), source })?;
+        .map_err(|source| Error::Upstream {
+            registry: registry.clone(),
+            source,
+        })?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Err(Error::RepositoryUnknown { name: name.to_string(), registry });
+        return Err(Error::RepositoryUnknown {
+            name: name.to_string(),
+            registry,
+        });
     }
     let link = response
         .headers()
@@ -88,5 +117,7 @@ async fn fetch(
     let body = read_limited(response, MAX_TAG_LIST_BYTES)
         .await
         .map_err(|source| Error::Upstream { registry, source })?;
-    Ok(state.tag_lists.put(key.to_owned(), rewrite_body(&body, name.as_str()), link))
+    Ok(state
+        .tag_lists
+        .put(key.to_owned(), rewrite_body(&body, name.as_str()), link))
 }

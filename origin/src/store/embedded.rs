@@ -32,10 +32,14 @@ pub struct EmbeddedSettings {
 /// Starts the embedded server; returns it (to shut down later) and the
 /// settings the origin's S3 client uses.
 pub async fn start(settings: &EmbeddedSettings) -> anyhow::Result<(EmbeddedS3, S3Settings)> {
-    let access_key =
-        settings.access_key.clone().unwrap_or_else(|| format!("WHARF{}", Alphanumeric.sample_string(&mut rand::rng(), 15)));
-    let secret_key =
-        settings.secret_key.clone().unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 40));
+    let access_key = settings
+        .access_key
+        .clone()
+        .unwrap_or_else(|| format!("WHARF{}", Alphanumeric.sample_string(&mut rand::rng(), 15)));
+    let secret_key = settings
+        .secret_key
+        .clone()
+        .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 40));
     let region = "us-east-1".to_owned();
     let server = EmbeddedS3::start(EmbeddedConfig {
         root: settings.data.join("s3"),
@@ -46,7 +50,12 @@ pub async fn start(settings: &EmbeddedSettings) -> anyhow::Result<(EmbeddedS3, S
         buckets: vec![settings.bucket.clone()],
     })
     .await
-    .map_err(|e| anyhow::anyhow!("starting the embedded object store under {}: {e}", settings.data.display()))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "starting the embedded object store under {}: {e}",
+            settings.data.display()
+        )
+    })?;
     let s3 = S3Settings {
         endpoint: server.endpoint(),
         bucket: settings.bucket.clone(),

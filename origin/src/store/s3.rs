@@ -26,7 +26,11 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    fn new<E: ProvideErrorMetadata + std::fmt::Debug>(op: &'static str, key: &str, err: SdkError<E>) -> Self {
+    fn new<E: ProvideErrorMetadata + std::fmt::Debug>(
+        op: &'static str,
+        key: &str,
+        err: SdkError<E>,
+    ) -> Self {
         let message = match &err {
             SdkError::ServiceError(e) => {
                 let inner = e.err();
@@ -40,7 +44,11 @@ impl StoreError {
             SdkError::TimeoutError(_) => "the object store did not answer in time".to_owned(),
             other => format!("{other:?}"),
         };
-        Self { op, key: key.to_owned(), message }
+        Self {
+            op,
+            key: key.to_owned(),
+            message,
+        }
     }
 }
 
@@ -81,8 +89,13 @@ pub struct S3Settings {
 impl Store {
     /// A store client for `settings` (no request is made).
     pub fn new(settings: &S3Settings) -> Self {
-        let credentials =
-            Credentials::new(&settings.access_key, &settings.secret_key, None, None, "wharf-config");
+        let credentials = Credentials::new(
+            &settings.access_key,
+            &settings.secret_key,
+            None,
+            None,
+            "wharf-config",
+        );
         let config = aws_sdk_s3::Config::builder()
             .behavior_version_latest()
             .region(Region::new(settings.region.clone()))
@@ -100,7 +113,11 @@ impl Store {
                     .build(),
             )
             .build();
-        Self { client: Client::from_conf(config), bucket: settings.bucket.clone(), part_size: settings.part_size }
+        Self {
+            client: Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+            part_size: settings.part_size,
+        }
     }
 
     /// Multipart part size.
@@ -126,7 +143,14 @@ impl Store {
 
     /// Metadata of `key`, or `None` if it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(ObjectMeta {
                 len: out.content_length().unwrap_or(0).max(0) as u64,
                 content_type: out.content_type().map(str::to_owned),
@@ -162,7 +186,9 @@ impl Store {
 
     /// Reads a small object (manifest, record) whole.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<(ObjectMeta, Bytes)>, StoreError> {
-        let Some((meta, body)) = self.get(key, None).await? else { return Ok(None) };
+        let Some((meta, body)) = self.get(key, None).await? else {
+            return Ok(None);
+        };
         let bytes = body.collect().await.map_err(|e| StoreError {
             op: "GetObject",
             key: key.to_owned(),
@@ -172,7 +198,12 @@ impl Store {
     }
 
     /// Writes a small object whole.
-    pub async fn put_bytes(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -195,11 +226,13 @@ impl Store {
         len: u64,
         content_type: &str,
     ) -> Result<(), StoreError> {
-        let body = file_stream(path, offset, len).await.map_err(|message| StoreError {
-            op: "PutObject",
-            key: key.to_owned(),
-            message,
-        })?;
+        let body = file_stream(path, offset, len)
+            .await
+            .map_err(|message| StoreError {
+                op: "PutObject",
+                key: key.to_owned(),
+                message,
+            })?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -227,7 +260,11 @@ impl Store {
 
     /// Starts a multipart upload to `key`; nothing is visible until
     /// [`MultipartUpload::complete`].
-    pub async fn multipart(&self, key: &str, content_type: &str) -> Result<MultipartUpload, StoreError> {
+    pub async fn multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<MultipartUpload, StoreError> {
         let out = self
             .client
             .create_multipart_upload()
@@ -238,7 +275,12 @@ impl Store {
             .await
             .map_err(|e| StoreError::new("CreateMultipartUpload", key, e))?;
         let upload_id = out.upload_id().unwrap_or_default().to_owned();
-        Ok(MultipartUpload { store: self.clone(), key: key.to_owned(), upload_id, parts: Vec::new() })
+        Ok(MultipartUpload {
+            store: self.clone(),
+            key: key.to_owned(),
+            upload_id,
+            parts: Vec::new(),
+        })
     }
 
     /// Aborts every multipart upload under `prefix` (left behind by a crash:
@@ -254,12 +296,22 @@ impl Store {
             .map_err(|e| StoreError::new("ListMultipartUploads", prefix, e))?;
         let mut aborted = 0;
         for upload in out.uploads() {
-            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
-            let result =
-                self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await;
+            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            let result = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await;
             match result {
                 Ok(_) => aborted += 1,
-                Err(e) => tracing::warn!(key, error = %StoreError::new("AbortMultipartUpload", key, e), "orphan upload not aborted"),
+                Err(e) => {
+                    tracing::warn!(key, error = %StoreError::new("AbortMultipartUpload", key, e), "orphan upload not aborted")
+                }
             }
         }
         Ok(aborted)
@@ -308,13 +360,20 @@ pub struct MultipartUpload {
 
 impl MultipartUpload {
     /// Uploads the next part from `len` bytes of `path` at `offset`.
-    pub async fn upload_part_from_file(&mut self, path: &Path, offset: u64, len: u64) -> Result<(), StoreError> {
+    pub async fn upload_part_from_file(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), StoreError> {
         let number = self.parts.len() as i32 + 1;
-        let body = file_stream(path, offset, len).await.map_err(|message| StoreError {
-            op: "UploadPart",
-            key: self.key.clone(),
-            message,
-        })?;
+        let body = file_stream(path, offset, len)
+            .await
+            .map_err(|message| StoreError {
+                op: "UploadPart",
+                key: self.key.clone(),
+                message,
+            })?;
         let out = self
             .store
             .client
@@ -328,13 +387,20 @@ impl MultipartUpload {
             .send()
             .await
             .map_err(|e| StoreError::new("UploadPart", &self.key, e))?;
-        self.parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build());
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
         Ok(())
     }
 
     /// Makes the object visible.
     pub async fn complete(self) -> Result<(), StoreError> {
-        let parts = CompletedMultipartUpload::builder().set_parts(Some(self.parts)).build();
+        let parts = CompletedMultipartUpload::builder()
+            .set_parts(Some(self.parts))
+            .build();
         self.store
             .client
             .complete_multipart_upload()

@@ -65,14 +65,20 @@ pub struct TokenCache {
 
 impl Default for TokenCache {
     fn default() -> Self {
-        Self { scheme: Mutex::new(Scheme::Unknown), tokens: Mutex::new(HashMap::new()) }
+        Self {
+            scheme: Mutex::new(Scheme::Unknown),
+            tokens: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl TokenCache {
     /// The scheme last seen in a challenge.
     pub fn scheme(&self) -> Scheme {
-        self.scheme.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.scheme
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Remembers the scheme from a challenge.
@@ -83,7 +89,10 @@ impl TokenCache {
     /// A cached, unexpired token for `scope`.
     pub fn token(&self, scope: &str, now: Instant) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.get(scope).filter(|t| t.expires > now).map(|t| t.token.clone())
+        tokens
+            .get(scope)
+            .filter(|t| t.expires > now)
+            .map(|t| t.token.clone())
     }
 
     /// Caches a token. It is considered expired a little early (10% of its
@@ -101,7 +110,10 @@ impl TokenCache {
 
     /// Forgets the token for `scope` (the upstream refused it).
     pub fn forget(&self, scope: &str) {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(scope);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(scope);
     }
 }
 
@@ -113,15 +125,26 @@ mod tests {
     fn tokens_expire_before_their_lifetime() {
         let cache = TokenCache::default();
         let now = Instant::now();
-        cache.put("repository:a:pull", "t".into(), Duration::from_secs(60), now);
+        cache.put(
+            "repository:a:pull",
+            "t".into(),
+            Duration::from_secs(60),
+            now,
+        );
         assert_eq!(cache.token("repository:a:pull", now).as_deref(), Some("t"));
-        assert_eq!(cache.token("repository:a:pull", now + Duration::from_secs(55)), None);
+        assert_eq!(
+            cache.token("repository:a:pull", now + Duration::from_secs(55)),
+            None
+        );
         assert_eq!(cache.token("repository:b:pull", now), None);
     }
 
     #[test]
     fn credentials_debug_redacts_password() {
-        let c = Credentials { username: "u".into(), password: "hunter2".into() };
+        let c = Credentials {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use wharf_core::RepositoryName;
-use wharf_core::auth::{Challenge, TokenResponse, parse_www_authenticate, pull_scope, token_request_query};
+use wharf_core::auth::{
+    Challenge, TokenResponse, parse_www_authenticate, pull_scope, token_request_query,
+};
 
 use super::auth::{BearerRealm, Credentials, Scheme, TokenCache};
 use crate::metrics;
@@ -181,7 +183,10 @@ impl Upstream {
 
     /// The last request's outcome.
     pub fn health(&self) -> UpstreamHealth {
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sends `method` to `/v2/<repo>/<tail>` with the registry's auth, follows
@@ -216,7 +221,10 @@ impl Upstream {
         let mut redirects = 0;
         loop {
             let same_origin = same_origin(&url, &self.base);
-            let mut request = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if same_origin && let Some(value) = &auth {
                 request = request.header(header::AUTHORIZATION, value.clone());
             }
@@ -225,16 +233,18 @@ impl Upstream {
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
-                    return Err(UpstreamError::Redirect(format!("more than {MAX_REDIRECTS} redirects")));
+                    return Err(UpstreamError::Redirect(format!(
+                        "more than {MAX_REDIRECTS} redirects"
+                    )));
                 }
                 let location = response
                     .headers()
                     .get(header::LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| UpstreamError::Redirect(format!("{status} without Location")))?;
-                url = url
-                    .join(location)
-                    .map_err(|e| UpstreamError::Redirect(format!("bad Location {location:?}: {e}")))?;
+                url = url.join(location).map_err(|e| {
+                    UpstreamError::Redirect(format!("bad Location {location:?}: {e}"))
+                })?;
                 continue;
             }
             if status == StatusCode::UNAUTHORIZED && same_origin && !retried_auth {
@@ -277,7 +287,10 @@ impl Upstream {
             }
             Ok(Err(source)) => {
                 metrics::upstream_request(&self.registry, method.as_str(), "error");
-                let err = UpstreamError::Unreachable { url: redact(url), cause: root_cause(&source) };
+                let err = UpstreamError::Unreachable {
+                    url: redact(url),
+                    cause: root_cause(&source),
+                };
                 self.record(None, Some(err.to_string()));
                 return Err(err);
             }
@@ -287,23 +300,36 @@ impl Upstream {
         metrics::upstream_request(&self.registry, method.as_str(), status.as_str());
         if let Some(remaining) = ratelimit_remaining(response.headers()) {
             metrics::ratelimit_remaining(&self.registry, remaining as f64);
-            self.health.lock().unwrap_or_else(|e| e.into_inner()).ratelimit_remaining = Some(remaining);
+            self.health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ratelimit_remaining = Some(remaining);
         }
         Ok(response)
     }
 
     /// Turns a final response into Ok (2xx, 404) or an error.
-    async fn classify(&self, response: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
+    async fn classify(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let status = response.status();
         if status.is_success() || status == StatusCode::NOT_FOUND {
             self.record(Some(status.as_u16()), None);
             return Ok(response);
         }
-        let retry_after = response.headers().get(header::RETRY_AFTER).and_then(parse_retry_after);
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(parse_retry_after);
         let body = response.bytes().await.unwrap_or_default();
         let message = wharf_core::error::parse_error_body(&body)
             .map(|(code, message)| format!("{code}: {message}"))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned());
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+                    .trim()
+                    .to_owned()
+            });
         let err = match status {
             StatusCode::TOO_MANY_REQUESTS => {
                 let secs = retry_after.unwrap_or(60).min(3600);
@@ -311,10 +337,14 @@ impl Upstream {
                     Some(Instant::now() + Duration::from_secs(secs));
                 UpstreamError::RateLimited { retry_after: secs }
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                UpstreamError::Unauthorized { status: status.as_u16(), message }
-            }
-            _ => UpstreamError::Status { status: status.as_u16(), message },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => UpstreamError::Unauthorized {
+                status: status.as_u16(),
+                message,
+            },
+            _ => UpstreamError::Status {
+                status: status.as_u16(),
+                message,
+            },
         };
         self.record(Some(status.as_u16()), Some(err.to_string()));
         Err(err)
@@ -324,7 +354,10 @@ impl Upstream {
         let mut blocked = self.blocked_until.lock().unwrap_or_else(|e| e.into_inner());
         match *blocked {
             Some(until) if until > Instant::now() => Err(UpstreamError::RateLimited {
-                retry_after: until.saturating_duration_since(Instant::now()).as_secs().max(1),
+                retry_after: until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+                    .max(1),
             }),
             Some(_) => {
                 *blocked = None;
@@ -335,7 +368,9 @@ impl Upstream {
     }
 
     fn learn_scheme(&self, challenges: &[Challenge]) {
-        let bearer = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer"));
+        let bearer = challenges
+            .iter()
+            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"));
         if let Some(c) = bearer
             && let Some(realm) = c.realm()
         {
@@ -343,7 +378,10 @@ impl Upstream {
                 realm: realm.to_owned(),
                 service: c.service().map(str::to_owned),
             }));
-        } else if challenges.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic")) {
+        } else if challenges
+            .iter()
+            .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+        {
             self.tokens.set_scheme(Scheme::Basic);
         }
     }
@@ -366,14 +404,25 @@ impl Upstream {
                 };
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map(Some)
-                    .map_err(|_| UpstreamError::Token { realm: realm.realm, message: "token is not a valid header value".into() })
+                    .map_err(|_| UpstreamError::Token {
+                        realm: realm.realm,
+                        message: "token is not a valid header value".into(),
+                    })
             }
         }
     }
 
-    async fn fetch_token(&self, realm: &BearerRealm, scope: &str) -> Result<(String, Duration), UpstreamError> {
-        let token_error = |message: String| UpstreamError::Token { realm: realm.realm.clone(), message };
-        let mut url = Url::parse(&realm.realm).map_err(|e| token_error(format!("bad realm: {e}")))?;
+    async fn fetch_token(
+        &self,
+        realm: &BearerRealm,
+        scope: &str,
+    ) -> Result<(String, Duration), UpstreamError> {
+        let token_error = |message: String| UpstreamError::Token {
+            realm: realm.realm.clone(),
+            message,
+        };
+        let mut url =
+            Url::parse(&realm.realm).map_err(|e| token_error(format!("bad realm: {e}")))?;
         url.set_query(Some(&token_request_query(realm.service.as_deref(), scope)));
         let mut request = self.http.get(url.clone());
         if let Some(credentials) = &self.credentials {
@@ -385,19 +434,28 @@ impl Upstream {
             .map_err(|e| token_error(e.to_string()))?;
         let status = response.status();
         metrics::upstream_token_request(&self.registry, status.as_str());
-        let body = response.bytes().await.map_err(|e| token_error(e.to_string()))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| token_error(e.to_string()))?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let message = wharf_core::error::parse_error_body(&body)
                 .map(|(code, message)| format!("{code}: {message}"))
                 .unwrap_or_else(|| format!("token server answered {status}"));
-            return Err(UpstreamError::Unauthorized { status: status.as_u16(), message });
+            return Err(UpstreamError::Unauthorized {
+                status: status.as_u16(),
+                message,
+            });
         }
         if !status.is_success() {
             return Err(token_error(format!("answered {status}")));
         }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| token_error(format!("bad token JSON: {e}")))?;
-        let token = parsed.bearer().ok_or_else(|| token_error("response has no token".into()))?.to_owned();
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| token_error(format!("bad token JSON: {e}")))?;
+        let token = parsed
+            .bearer()
+            .ok_or_else(|| token_error("response has no token".into()))?
+            .to_owned();
         Ok((token, Duration::from_secs(parsed.lifetime_secs())))
     }
 
@@ -406,7 +464,10 @@ impl Upstream {
         health.ok = error.is_none();
         health.status = status;
         health.error = error;
-        health.at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+        health.at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
     }
 }
 
@@ -424,13 +485,16 @@ fn basic(credentials: &Credentials) -> HeaderValue {
     use base64::Engine;
     let raw = format!("{}:{}", credentials.username, credentials.password);
     let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or(HeaderValue::from_static(""));
+    let mut value =
+        HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or(HeaderValue::from_static(""));
     value.set_sensitive(true);
     value
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// A URL without its query (presigned CDN URLs carry secrets there).
@@ -446,7 +510,11 @@ fn parse_retry_after(value: &HeaderValue) -> Option<u64> {
         return Some(secs);
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0))
+    Some(
+        when.duration_since(SystemTime::now())
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
 }
 
 /// Docker Hub's `ratelimit-remaining: 76;w=21600`.
@@ -462,23 +530,44 @@ mod tests {
     #[test]
     fn redirects_keep_credentials_only_on_the_same_origin() {
         let base = Url::parse("https://registry-1.docker.io").unwrap();
-        assert!(same_origin(&Url::parse("https://registry-1.docker.io/v2/x").unwrap(), &base));
-        assert!(!same_origin(&Url::parse("https://cdn.example.com/blob").unwrap(), &base));
-        assert!(!same_origin(&Url::parse("http://registry-1.docker.io/v2/x").unwrap(), &base));
-        assert!(!same_origin(&Url::parse("https://registry-1.docker.io:8443/v2/x").unwrap(), &base));
+        assert!(same_origin(
+            &Url::parse("https://registry-1.docker.io/v2/x").unwrap(),
+            &base
+        ));
+        assert!(!same_origin(
+            &Url::parse("https://cdn.example.com/blob").unwrap(),
+            &base
+        ));
+        assert!(!same_origin(
+            &Url::parse("http://registry-1.docker.io/v2/x").unwrap(),
+            &base
+        ));
+        assert!(!same_origin(
+            &Url::parse("https://registry-1.docker.io:8443/v2/x").unwrap(),
+            &base
+        ));
     }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {
-        assert_eq!(parse_retry_after(&HeaderValue::from_static("120")), Some(120));
-        assert_eq!(parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")), Some(0));
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("120")),
+            Some(120)
+        );
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(0)
+        );
         assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
     }
 
     #[test]
     fn ratelimit_header_is_parsed() {
         let mut h = HeaderMap::new();
-        h.insert("ratelimit-remaining", HeaderValue::from_static("76;w=21600"));
+        h.insert(
+            "ratelimit-remaining",
+            HeaderValue::from_static("76;w=21600"),
+        );
         assert_eq!(ratelimit_remaining(&h), Some(76));
     }
 
