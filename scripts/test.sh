@@ -13,8 +13,38 @@ cargo build -p wharf-core --target wasm32-unknown-unknown --locked
 # The end-to-end tests run the real origin binary.
 cargo build --workspace --bins --locked
 
+# --- edge ---
+# The Worker (issue 4): lint it for wasm32, build the bundle the end-to-end
+# tests (tests/tests/edge_*.rs) run under `wrangler dev` (edge/build.sh prints
+# its gzip size and fails above 1 MiB), and check that every environment in
+# wrangler.toml deploys — an offline dry run, reusing that one build.
+cargo clippy -p wharf-edge --target wasm32-unknown-unknown --locked -- -D warnings
+edge/build.sh
+export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
+for env in "" $(grep -oE '^\[env\.[A-Za-z0-9_-]+\]' wrangler.toml | sed -E 's/^\[env\.(.*)\]$/\1/'); do
+    out="$(mktemp -d)"
+    if ! WHARF_EDGE_PREBUILT=1 node_modules/.bin/wrangler deploy --dry-run --outdir "$out/bundle" ${env:+--env "$env"} >"$out/log" 2>&1; then
+        cat "$out/log"
+        echo "wrangler deploy --dry-run ${env:+--env $env} failed" >&2
+        exit 1
+    fi
+    echo "wrangler deploy --dry-run ${env:---top-level}: $(grep -o 'Total Upload.*' "$out/log")"
+    rm -rf "$out"
+done
+# --- end edge ---
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+# --- bench (short) ---
+# Keeps the benchmark from rotting: its short variant (small images, few
+# clients) against the debug origin built above. Speed targets are reported,
+# never asserted; it fails only when a measurement cannot be made at all.
+# Results go under target/ so the committed full-variant table
+# (bench/results/latest.md) is not overwritten.
+cargo run -p wharf-bench --locked -- --short \
+    --origin-bin target/debug/wharf-origin \
+    --out target/bench/latest.md

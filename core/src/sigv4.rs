@@ -33,7 +33,9 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SigV4Error {
     /// The endpoint is not an `http(s)://host[:port][/prefix]` URL.
-    #[error("S3 endpoint `{endpoint}` is invalid: {reason} (expected e.g. `https://s3.eu-central-1.amazonaws.com` or `http://127.0.0.1:9000`)")]
+    #[error(
+        "S3 endpoint `{endpoint}` is invalid: {reason} (expected e.g. `https://s3.eu-central-1.amazonaws.com` or `http://127.0.0.1:9000`)"
+    )]
     InvalidEndpoint {
         /// The endpoint as given.
         endpoint: String,
@@ -103,9 +105,14 @@ impl S3Endpoint {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
         {
-            return Err(bad("the host may only contain letters, digits, `.`, `-`, `:` and `[]`"));
+            return Err(bad(
+                "the host may only contain letters, digits, `.`, `-`, `:` and `[]`",
+            ));
         }
-        if prefix.bytes().any(|b| b.is_ascii_control() || matches!(b, b' ' | b'?' | b'#')) {
+        if prefix
+            .bytes()
+            .any(|b| b.is_ascii_control() || matches!(b, b' ' | b'?' | b'#'))
+        {
             return Err(bad("the path may not contain spaces, `?` or `#`"));
         }
         let mut authority = authority.to_ascii_lowercase();
@@ -136,7 +143,8 @@ impl S3Endpoint {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// An access key pair (and optional session token). `Debug` hides the secret.
@@ -155,7 +163,10 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -192,7 +203,10 @@ fn valid_bucket(bucket: &str) -> bool {
 
 /// S3's `UriEncode(key, encodeSlash = false)`.
 fn encode_key(key: &str) -> String {
-    key.split('/').map(encode_component).collect::<Vec<_>>().join("/")
+    key.split('/')
+        .map(encode_component)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -215,7 +229,9 @@ pub fn signing_key(secret_key: &str, date: &str, region: &str, service: &str) ->
 /// Returns the presigned URL for `req`.
 pub fn presign(req: &PresignRequest<'_>) -> Result<String, SigV4Error> {
     if !valid_bucket(req.bucket) {
-        return Err(SigV4Error::InvalidBucket(crate::digest::excerpt(req.bucket)));
+        return Err(SigV4Error::InvalidBucket(crate::digest::excerpt(
+            req.bucket,
+        )));
     }
     if req.key.is_empty() || req.key.len() > 1024 {
         return Err(SigV4Error::InvalidKey(req.key.len()));
@@ -226,7 +242,9 @@ pub fn presign(req: &PresignRequest<'_>) -> Result<String, SigV4Error> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
     {
-        return Err(SigV4Error::InvalidRegion(crate::digest::excerpt(req.region)));
+        return Err(SigV4Error::InvalidRegion(crate::digest::excerpt(
+            req.region,
+        )));
     }
     let creds = req.credentials;
     if creds.access_key.is_empty() || creds.access_key.bytes().any(|b| b.is_ascii_control()) {
@@ -402,9 +420,20 @@ mod tests {
         ];
         for (input, scheme, authority, prefix) in ok {
             let e = S3Endpoint::parse(input).unwrap();
-            assert_eq!((e.scheme(), e.authority(), e.prefix.as_str()), (scheme, authority, prefix));
+            assert_eq!(
+                (e.scheme(), e.authority(), e.prefix.as_str()),
+                (scheme, authority, prefix)
+            );
         }
-        for bad in ["", "s3.amazonaws.com", "ftp://x", "https://", "https://u@h", "http://:80", "https://h/a b"] {
+        for bad in [
+            "",
+            "s3.amazonaws.com",
+            "ftp://x",
+            "https://",
+            "https://u@h",
+            "http://:80",
+            "https://h/a b",
+        ] {
             assert!(S3Endpoint::parse(bad).is_err(), "{bad}");
         }
     }
@@ -426,11 +455,26 @@ mod tests {
         };
         assert!(presign(&base).is_ok());
         let cases = [
-            PresignRequest { bucket: "Wharf", ..base.clone() },
-            PresignRequest { key: "", ..base.clone() },
-            PresignRequest { region: "us/east", ..base.clone() },
-            PresignRequest { expires_in_secs: 0, ..base.clone() },
-            PresignRequest { expires_in_secs: MAX_EXPIRES_SECS + 1, ..base.clone() },
+            PresignRequest {
+                bucket: "Wharf",
+                ..base.clone()
+            },
+            PresignRequest {
+                key: "",
+                ..base.clone()
+            },
+            PresignRequest {
+                region: "us/east",
+                ..base.clone()
+            },
+            PresignRequest {
+                expires_in_secs: 0,
+                ..base.clone()
+            },
+            PresignRequest {
+                expires_in_secs: MAX_EXPIRES_SECS + 1,
+                ..base.clone()
+            },
         ];
         for case in cases {
             assert!(presign(&case).is_err(), "{case:?}");

@@ -41,7 +41,9 @@ pub enum TicketError {
     #[error("blob ticket is malformed: {0}")]
     Malformed(String),
     /// The ticket's time is up.
-    #[error("blob ticket expired at {exp} (now {now}, unix seconds); request the blob from the edge again")]
+    #[error(
+        "blob ticket expired at {exp} (now {now}, unix seconds); request the blob from the edge again"
+    )]
     Expired {
         /// The ticket's expiry.
         exp: u64,
@@ -49,7 +51,9 @@ pub enum TicketError {
         now: u64,
     },
     /// The MAC does not match this name, digest and expiry (or this key).
-    #[error("blob ticket is not valid for this repository and digest (forged, altered, or signed with another key)")]
+    #[error(
+        "blob ticket is not valid for this repository and digest (forged, altered, or signed with another key)"
+    )]
     BadSignature,
 }
 
@@ -64,7 +68,12 @@ impl TicketError {
     }
 }
 
-fn mac(key: &SigningKey, name: &RepositoryName, digest: &Digest, exp: u64) -> hmac::Hmac<sha2::Sha256> {
+fn mac(
+    key: &SigningKey,
+    name: &RepositoryName,
+    digest: &Digest,
+    exp: u64,
+) -> hmac::Hmac<sha2::Sha256> {
     let mut mac = key.mac();
     mac.update(format!("wharf-ticket-v1\n{name}\n{digest}\n{exp}").as_bytes());
     mac
@@ -152,24 +161,45 @@ mod tests {
         let (exp, tag) = t.split_once('.').unwrap();
         let cases: Vec<(&str, Result<(), TicketError>)> = vec![
             ("other name", verify(&key(), &t, &name("up/other"), &d, NOW)),
-            ("other digest", verify(&key(), &t, &n, &Digest::sha256_of(b"x"), NOW)),
+            (
+                "other digest",
+                verify(&key(), &t, &n, &Digest::sha256_of(b"x"), NOW),
+            ),
             ("other key", verify(&other, &t, &n, &d, NOW)),
-            ("later expiry", verify(&key(), &format!("{}.{tag}", NOW + 600), &n, &d, NOW)),
+            (
+                "later expiry",
+                verify(&key(), &format!("{}.{tag}", NOW + 600), &n, &d, NOW),
+            ),
         ];
         for (what, got) in cases {
             assert_eq!(got, Err(TicketError::BadSignature), "{what}");
         }
         assert_eq!(
             verify(&key(), &t, &n, &d, NOW + 60 + LEEWAY_SECS),
-            Err(TicketError::Expired { exp: NOW + 60, now: NOW + 60 + LEEWAY_SECS })
+            Err(TicketError::Expired {
+                exp: NOW + 60,
+                now: NOW + 60 + LEEWAY_SECS
+            })
         );
         let long = issue(&key(), &n, &d, NOW + 2 * MAX_LIFETIME_SECS);
-        assert!(matches!(verify(&key(), &long, &n, &d, NOW), Err(TicketError::Malformed(_))));
+        assert!(matches!(
+            verify(&key(), &long, &n, &d, NOW),
+            Err(TicketError::Malformed(_))
+        ));
         for junk in ["", "x", "1.!!", "-1.AAAA", &format!("+{exp}.{tag}")] {
-            assert!(matches!(verify(&key(), junk, &n, &d, NOW), Err(TicketError::Malformed(_))), "{junk}");
+            assert!(
+                matches!(
+                    verify(&key(), junk, &n, &d, NOW),
+                    Err(TicketError::Malformed(_))
+                ),
+                "{junk}"
+            );
         }
         assert_eq!(TicketError::BadSignature.code(), ErrorCode::Denied);
-        assert_eq!(TicketError::Expired { exp: 0, now: 1 }.code(), ErrorCode::Unauthorized);
+        assert_eq!(
+            TicketError::Expired { exp: 0, now: 1 }.code(),
+            ErrorCode::Unauthorized
+        );
     }
 
     #[test]
@@ -177,10 +207,16 @@ mod tests {
         let (n, d) = (name("up/img"), Digest::sha256_of(b"x"));
         let t = issue(&key(), &n, &d, NOW);
         let url = blob_url("http://127.0.0.1:5000/", &n, &d, &t);
-        assert_eq!(url, format!("http://127.0.0.1:5000/v2/up/img/blobs/{d}?wharf-ticket={t}"));
+        assert_eq!(
+            url,
+            format!("http://127.0.0.1:5000/v2/up/img/blobs/{d}?wharf-ticket={t}")
+        );
         let (_, query) = url.split_once('?').unwrap();
         assert_eq!(from_query(Some(query)), Some(t.clone()));
-        assert_eq!(from_query(Some(&format!("?ns=x&wharf-ticket={t}&wharf-ticket=y"))), Some(t));
+        assert_eq!(
+            from_query(Some(&format!("?ns=x&wharf-ticket={t}&wharf-ticket=y"))),
+            Some(t)
+        );
         assert_eq!(from_query(Some("wharf-ticket=")), None);
         assert_eq!(from_query(None), None);
     }

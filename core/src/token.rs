@@ -210,10 +210,14 @@ pub enum TokenError {
     #[error("bearer token uses algorithm `{0}`; only HS256 tokens issued by Wharf are accepted")]
     UnsupportedAlgorithm(String),
     /// The MAC does not match: forged, corrupted, or signed with another key.
-    #[error("bearer token signature is invalid: it was not issued by this Wharf deployment (or the signing key changed)")]
+    #[error(
+        "bearer token signature is invalid: it was not issued by this Wharf deployment (or the signing key changed)"
+    )]
     BadSignature,
     /// `exp` is in the past.
-    #[error("bearer token expired at {exp} (now {now}, unix seconds); request a new one from the token endpoint")]
+    #[error(
+        "bearer token expired at {exp} (now {now}, unix seconds); request a new one from the token endpoint"
+    )]
     Expired {
         /// The token's expiry.
         exp: u64,
@@ -243,7 +247,9 @@ pub enum TokenError {
         required: String,
     },
     /// The repository is under a private cache rule the bearer did not authenticate for.
-    #[error("repository `{name}` is under the private cache rule `{rule}`: log in (docker login) with a user allowed to pull it")]
+    #[error(
+        "repository `{name}` is under the private cache rule `{rule}`: log in (docker login) with a user allowed to pull it"
+    )]
     PrivateRule {
         /// The repository.
         name: String,
@@ -251,7 +257,9 @@ pub enum TokenError {
         rule: String,
     },
     /// A `scope` parameter that does not parse.
-    #[error("scope `{scope}` is invalid ({reason}); expected e.g. `repository:library/alpine:pull`")]
+    #[error(
+        "scope `{scope}` is invalid ({reason}); expected e.g. `repository:library/alpine:pull`"
+    )]
     InvalidScope {
         /// The scope as sent (possibly shortened).
         scope: String,
@@ -337,7 +345,8 @@ pub fn verify_unscoped(
         )));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed(
             "expected three `.`-separated parts (a JWT)".into(),
@@ -500,33 +509,89 @@ mod tests {
             let (_, rest) = good.split_once('.').unwrap();
             format!("{h}.{rest}")
         };
-        let expired = issue(&key(), &Claims { exp: NOW - 100, ..claims("a/b") });
-        let future = issue(&key(), &Claims { nbf: NOW + 100, ..claims("a/b") });
-        let other_aud = issue(&key(), &Claims { aud: "x".into(), ..claims("a/b") });
+        let expired = issue(
+            &key(),
+            &Claims {
+                exp: NOW - 100,
+                ..claims("a/b")
+            },
+        );
+        let future = issue(
+            &key(),
+            &Claims {
+                nbf: NOW + 100,
+                ..claims("a/b")
+            },
+        );
+        let other_aud = issue(
+            &key(),
+            &Claims {
+                aud: "x".into(),
+                ..claims("a/b")
+            },
+        );
         let k = key();
         let cases: Vec<(&str, &SigningKey, String, TokenError)> = vec![
             ("forged", &k, forged, TokenError::BadSignature),
-            ("other key", &other_key, good.clone(), TokenError::BadSignature),
-            ("alg none", &k, alg_none, TokenError::UnsupportedAlgorithm("none".into())),
-            ("expired", &k, expired, TokenError::Expired { exp: NOW - 100, now: NOW }),
-            ("not yet", &k, future, TokenError::NotYetValid { nbf: NOW + 100, now: NOW }),
+            (
+                "other key",
+                &other_key,
+                good.clone(),
+                TokenError::BadSignature,
+            ),
+            (
+                "alg none",
+                &k,
+                alg_none,
+                TokenError::UnsupportedAlgorithm("none".into()),
+            ),
+            (
+                "expired",
+                &k,
+                expired,
+                TokenError::Expired {
+                    exp: NOW - 100,
+                    now: NOW,
+                },
+            ),
+            (
+                "not yet",
+                &k,
+                future,
+                TokenError::NotYetValid {
+                    nbf: NOW + 100,
+                    now: NOW,
+                },
+            ),
             (
                 "audience",
                 &k,
                 other_aud,
-                TokenError::WrongAudience { got: "x".into(), want: AUD.into() },
+                TokenError::WrongAudience {
+                    got: "x".into(),
+                    want: AUD.into(),
+                },
             ),
         ];
         for (what, k, token, want) in cases {
-            assert_eq!(verify(k, &token, AUD, NOW, &pull("a/b")), Err(want), "{what}");
+            assert_eq!(
+                verify(k, &token, AUD, NOW, &pull("a/b")),
+                Err(want),
+                "{what}"
+            );
         }
         assert_eq!(
             verify(&key(), &good, AUD, NOW, &pull("a/c")),
-            Err(TokenError::InsufficientScope { required: "repository:a/c:pull".into() })
+            Err(TokenError::InsufficientScope {
+                required: "repository:a/c:pull".into()
+            })
         );
         for junk in ["", "a.b", "a.b.c.d", "!!.!!.!!", "e30.e30.e30"] {
             assert!(
-                matches!(verify(&key(), junk, AUD, NOW, &pull("a/b")), Err(TokenError::Malformed(_))),
+                matches!(
+                    verify(&key(), junk, AUD, NOW, &pull("a/b")),
+                    Err(TokenError::Malformed(_))
+                ),
                 "{junk}"
             );
         }
@@ -561,9 +626,24 @@ mod tests {
     #[test]
     fn scope_table() {
         let ok = [
-            ("repository:library/alpine:pull", "repository", "library/alpine", vec!["pull"]),
-            ("repository:a/b:pull,push", "repository", "a/b", vec!["pull", "push"]),
-            ("repository(plugin):x:pull", "repository(plugin)", "x", vec!["pull"]),
+            (
+                "repository:library/alpine:pull",
+                "repository",
+                "library/alpine",
+                vec!["pull"],
+            ),
+            (
+                "repository:a/b:pull,push",
+                "repository",
+                "a/b",
+                vec!["pull", "push"],
+            ),
+            (
+                "repository(plugin):x:pull",
+                "repository(plugin)",
+                "x",
+                vec!["pull"],
+            ),
             ("registry:catalog:*", "registry", "catalog", vec!["*"]),
         ];
         for (s, t, n, a) in ok {
@@ -572,7 +652,14 @@ mod tests {
             assert_eq!(scope.actions, a);
             assert_eq!(scope.to_string(), s);
         }
-        for bad in ["", "repository", "repository:x", ":x:pull", "repository::pull", "repository:x:"] {
+        for bad in [
+            "",
+            "repository",
+            "repository:x",
+            ":x:pull",
+            "repository::pull",
+            "repository:x:",
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
     }
@@ -584,10 +671,18 @@ mod tests {
             r#"Bearer realm="https://eu.wharf.example.com/token",service="wharf.example.com""#
         );
         assert_eq!(
-            bearer_challenge("http://127.0.0.1:8787/token", AUD, Some(&pull("a/b")), Some("insufficient_scope")),
+            bearer_challenge(
+                "http://127.0.0.1:8787/token",
+                AUD,
+                Some(&pull("a/b")),
+                Some("insufficient_scope")
+            ),
             r#"Bearer realm="http://127.0.0.1:8787/token",service="wharf.example.com",scope="repository:a/b:pull",error="insufficient_scope""#
         );
-        assert_eq!(bearer_challenge("x\"y\\\n", "s", None, None), r#"Bearer realm="x\"y\\",service="s""#);
+        assert_eq!(
+            bearer_challenge("x\"y\\\n", "s", None, None),
+            r#"Bearer realm="x\"y\\",service="s""#
+        );
         // Round trip through the upstream-side challenge parser.
         let parsed = crate::auth::parse_www_authenticate(&bearer_challenge(
             "https://h/token",

@@ -1,1 +1,76 @@
-//! placeholder
+//! `wharf-edge`: Wharf's Cloudflare Worker (Rust → wasm32), the part clients
+//! talk to. It answers the registry API's cheap, latency-critical requests
+//! itself and never carries blob bytes:
+//!
+//! * `/v2/` → `401` with a Bearer challenge whose realm is the host the client
+//!   used; `/token` → HS256 tokens (anonymous for public rules, Basic-auth users
+//!   for private ones) that every hostname and every origin accept.
+//! * manifests → from the location's Cache API, then KV, with the core's tag
+//!   freshness policy (stale served at once while a revalidation runs in
+//!   `wait_until`; stale served when the origin is down); misses are fetched
+//!   from the region's origin, byte-exact and digest-checked.
+//! * blobs → `307` to a presigned SigV4 URL on the region's bucket when the
+//!   blob is there (learned with one presigned `HEAD`, remembered per
+//!   location), else `307` to the region's origin with an HMAC ticket.
+//!
+//! # Layout
+//!
+//! * this file — events only: `start` (logging, panic hook) and `fetch`
+//!   (route, then map the one [`error::Error`] to an OCI response, once).
+//! * [`routes`] — the request context and dispatch, after the core parsed the
+//!   request; one module per operation: [`token`], [`manifest`], [`blob`],
+//!   [`forward`] (tags list, referrers).
+//! * [`config`] — `[vars]` and secrets; [`region`] — hostname → region;
+//!   [`origin`] — requests to the region's origin; [`store`] — the Cache API
+//!   and KV tiers; [`error`] — the one error type; [`log`] — JSON log lines.
+
+pub mod blob;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod log;
+pub mod manifest;
+pub mod origin;
+pub mod region;
+pub mod routes;
+pub mod store;
+pub mod token;
+
+use worker::{Context, Env, Request, Response, event};
+
+use crate::error::Error;
+
+/// Registry API version header, on every response (clients check it on `/v2/`).
+pub const API_VERSION: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
+
+#[event(start)]
+fn start() {
+    log::init();
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    let method = req.method().to_string();
+    let path = req.path();
+    let response = match routes::handle(req, &env, &ctx).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::info!(%method, %path, status = e.status(), code = %e.code(), blame = e.blame(), error = %e, "request failed");
+            error_response(&e)
+        }
+    };
+    let _ = response.headers().set(API_VERSION.0, API_VERSION.1);
+    Ok(response)
+}
+
+/// The OCI error response for `e`: `{"errors":[{code, message}]}`, the status,
+/// and a challenge when the client should authenticate.
+pub fn error_response(e: &Error) -> Response {
+    let body = wharf_core::render_error(e.code(), &e.to_string(), None);
+    let challenge = e.challenge();
+    let mut headers = vec![("Content-Type", "application/json; charset=utf-8")];
+    if let Some(c) = &challenge {
+        headers.push(("WWW-Authenticate", c.as_str()));
+    }
+    routes::response(e.status(), &headers, body.into_bytes())
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
 use crate::store::S3Settings;
@@ -76,8 +77,17 @@ struct File {
     s3: Option<FileS3>,
     embedded: Option<FileEmbedded>,
     upstream: Option<FileTimeouts>,
+    auth: Option<FileAuth>,
     #[serde(default)]
     rule: Vec<FileRule>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    token_key: Option<String>,
+    service: Option<String>,
+    realm: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -122,6 +132,8 @@ struct FileRule {
     tag_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     stale_if_error: Option<Duration>,
+    #[serde(default)]
+    private: bool,
 }
 
 /// Where objects are kept.
@@ -144,6 +156,19 @@ pub struct Rule {
     pub credentials: Option<Credentials>,
     /// Tag freshness for this rule.
     pub freshness: FreshnessPolicy,
+    /// Whether pulls need a token bound to this rule (signed-in users).
+    pub private: bool,
+}
+
+/// How requests are authenticated when the origin sits behind the edge.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// The key the edge signs tokens and tickets with.
+    pub key: SigningKey,
+    /// The global hostname (tokens' audience).
+    pub service: String,
+    /// The edge's token endpoint, for challenges.
+    pub realm: String,
 }
 
 /// The validated configuration of one origin process.
@@ -163,6 +188,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a `tags/list` answer is reused.
     pub tags_list_ttl: Duration,
+    /// Token checking; `None` leaves the origin open.
+    pub auth: Option<AuthConfig>,
 }
 
 const DEFAULT_BUCKET: &str = "wharf";
@@ -305,6 +332,7 @@ impl Config {
                     ttl: r.tag_ttl.unwrap_or(tag_ttl),
                     stale_if_error: r.stale_if_error.unwrap_or(stale_if_error),
                 },
+                private: r.private,
             });
         }
         for flag in &cli.rules {
@@ -319,6 +347,7 @@ impl Config {
                     ttl: tag_ttl,
                     stale_if_error,
                 },
+                private: false,
             };
             // A flag overrides the file's rule with the same prefix, keeping
             // that rule's credentials.
@@ -346,6 +375,32 @@ impl Config {
         )
         .map_err(|e| anyhow::anyhow!("invalid cache rule: {e}"))?;
 
+        let file_auth = file.auth.unwrap_or_default();
+        let auth = match env("WHARF_TOKEN_KEY").or(file_auth.token_key) {
+            None => {
+                if rules.iter().any(|r| r.private) {
+                    anyhow::bail!(
+                        "a rule is marked private but no token key is set: set WHARF_TOKEN_KEY (or auth.token_key) to the edge's key"
+                    );
+                }
+                None
+            }
+            Some(key) => {
+                let key = SigningKey::new(key.into_bytes())
+                    .map_err(|e| anyhow::anyhow!("auth.token_key: {e}"))?;
+                let service = file_auth.service.ok_or_else(|| {
+                    anyhow::anyhow!("a token key is set but auth.service is not: set it to the global hostname tokens are issued for")
+                })?;
+                let realm = file_auth
+                    .realm
+                    .unwrap_or_else(|| format!("https://{service}/token"));
+                Some(AuthConfig {
+                    key,
+                    service,
+                    realm,
+                })
+            }
+        };
         let timeouts = file.upstream.unwrap_or_default();
         Ok(Config {
             listen,
@@ -359,6 +414,7 @@ impl Config {
             },
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             tags_list_ttl: file.tags_list_ttl.unwrap_or(Duration::from_secs(30)),
+            auth,
         })
     }
 

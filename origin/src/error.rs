@@ -103,6 +103,17 @@ pub enum Error {
     /// A failure of an in-flight download this request had joined.
     #[error("{0}")]
     Joined(std::sync::Arc<Error>),
+    /// No usable credentials; the challenge tells the client where to get a token.
+    #[error("{reason}")]
+    Unauthorized {
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Valid credentials that do not allow this request.
+    #[error("{0}")]
+    Denied(String),
     /// The origin is shutting down and no longer starts new work.
     #[error("origin is shutting down; retry on another replica")]
     ShuttingDown,
@@ -124,6 +135,8 @@ impl Error {
                 ErrorCode::Unavailable
             }
             Error::RangeNotSatisfiable { .. } | Error::RangeInvalid(_) => ErrorCode::RangeInvalid,
+            Error::Unauthorized { .. } => ErrorCode::Unauthorized,
+            Error::Denied(_) => ErrorCode::Denied,
         }
     }
 
@@ -156,6 +169,11 @@ impl IntoResponse for Error {
         );
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Error::Unauthorized { challenge, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, v);
         }
         if let Error::RangeNotSatisfiable { len, .. } = &self
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}"))

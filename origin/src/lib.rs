@@ -15,9 +15,11 @@
 //!   client while it is verified and uploaded; [`coalesce`] — the in-flight map.
 //! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
 //! * [`store`] — the S3 bucket, and the embedded S3 server for `--data`.
+//! * [`auth`] — the edge's tokens and blob tickets, when a key is set.
 //! * [`metrics`] — every metric name; [`error`] — the one error type.
 
 pub mod app;
+pub mod auth;
 pub mod coalesce;
 pub mod config;
 pub mod error;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use wharf_core::{CacheRules, FreshnessPolicy, RepositoryName};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::Error;
 use crate::hydrate::{BlobRequest, Blobs};
@@ -20,6 +21,8 @@ pub struct RuleRuntime {
     pub upstream: Arc<Upstream>,
     /// The rule's tag freshness.
     pub freshness: FreshnessPolicy,
+    /// Whether pulls need a token bound to the rule.
+    pub private: bool,
 }
 
 /// Shared state of the origin.
@@ -39,6 +42,8 @@ pub struct AppState {
     pub tag_lists: Arc<TagLists>,
     /// Renders `/metrics` (absent in router tests without a recorder).
     pub metrics: Option<PrometheusHandle>,
+    /// Token checking (absent: the origin is open).
+    pub auth: Option<Arc<Auth>>,
 }
 
 /// A request's repository resolved against the cache rules.
@@ -52,6 +57,10 @@ pub struct Target {
     pub canonical: RepositoryName,
     /// Tag freshness of the rule.
     pub freshness: FreshnessPolicy,
+    /// The rule's prefix.
+    pub prefix: String,
+    /// Whether the rule is private.
+    pub private: bool,
 }
 
 impl Target {
@@ -96,6 +105,7 @@ impl AppState {
             runtimes.push(RuleRuntime {
                 upstream: Arc::new(upstream),
                 freshness: rule.freshness,
+                private: rule.private,
             });
         }
         let blobs = Blobs::new(store.clone(), config.spool_dir.clone())
@@ -108,6 +118,10 @@ impl AppState {
             tag_lists: Arc::new(TagLists::new(config.tags_list_ttl)),
             store,
             metrics,
+            auth: config
+                .auth
+                .as_ref()
+                .map(|a| Arc::new(Auth::new(a.key.clone(), a.service.clone(), a.realm.clone()))),
         })
     }
 
@@ -120,6 +134,8 @@ impl AppState {
             upstream_repo: resolved.upstream_repo,
             canonical: resolved.canonical,
             freshness: runtime.freshness,
+            prefix: resolved.prefix,
+            private: runtime.private,
         })
     }
 }

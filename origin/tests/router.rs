@@ -32,6 +32,7 @@ fn state(spool: &std::path::Path) -> AppState {
             upstream: "http://127.0.0.1:9".into(),
             credentials: None,
             freshness: Default::default(),
+            private: false,
         }],
         upstream_timeouts: Timeouts {
             connect: Duration::from_secs(1),
@@ -40,6 +41,7 @@ fn state(spool: &std::path::Path) -> AppState {
         },
         shutdown_grace: Duration::from_secs(1),
         tags_list_ttl: Duration::from_secs(1),
+        auth: None,
     };
     AppState::new(&config, Store::new(&s3), None).unwrap()
 }

@@ -8,8 +8,10 @@
 //! (`POST /blobs/uploads/`, then `PUT <location>?digest=`).
 //!
 //! Random content makes every image unique, so tests never see each other's
-//! blobs even in a shared cache. Pushes go to [`Upstream::push_url`], around
-//! the counting proxy.
+//! blobs even in a shared cache. Pushes go to a [`PushTarget`]: for an
+//! [`Upstream`] that is [`Upstream::push_url`], around the counting proxy;
+//! [`PlainRegistry`] is any anonymous plain-HTTP registry (what `wharf-seed`
+//! and the benchmark push to).
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -28,6 +30,50 @@ use sha2::{Digest as _, Sha256};
 
 use crate::sha256_digest;
 use crate::upstream::Upstream;
+
+/// A registry that generated images can be pushed to, over plain HTTP.
+pub trait PushTarget {
+    /// Base URL pushes go to, `http://host:port`.
+    fn push_url(&self) -> String;
+    /// The `Authorization` header value for pushing to `repo`, if the
+    /// registry needs one.
+    fn push_authorization(&self, repo: &str) -> Option<String>;
+    /// A scratch directory for layers while they are generated and pushed.
+    fn work_dir(&self) -> PathBuf;
+}
+
+impl PushTarget for Upstream {
+    fn push_url(&self) -> String {
+        Upstream::push_url(self)
+    }
+    fn push_authorization(&self, repo: &str) -> Option<String> {
+        Upstream::push_authorization(self, repo)
+    }
+    fn work_dir(&self) -> PathBuf {
+        self.dir().join("seed")
+    }
+}
+
+/// Any registry that accepts anonymous pushes over plain HTTP.
+#[derive(Clone, Debug)]
+pub struct PlainRegistry {
+    /// `http://host:port`.
+    pub url: String,
+    /// Scratch directory for generated layers.
+    pub work_dir: PathBuf,
+}
+
+impl PushTarget for PlainRegistry {
+    fn push_url(&self) -> String {
+        self.url.trim_end_matches('/').to_owned()
+    }
+    fn push_authorization(&self, _repo: &str) -> Option<String> {
+        None
+    }
+    fn work_dir(&self) -> PathBuf {
+        self.work_dir.clone()
+    }
+}
 
 /// Docker image manifest (schema 2).
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -186,7 +232,12 @@ impl ImageSpec {
     }
 
     /// Generates a linux/amd64 image and pushes it as `repo:tag`.
-    pub async fn push(&self, upstream: &Upstream, repo: &str, tag: &str) -> Result<PushedImage> {
+    pub async fn push<R: PushTarget + ?Sized>(
+        &self,
+        upstream: &R,
+        repo: &str,
+        tag: &str,
+    ) -> Result<PushedImage> {
         let image = self.push_platform(upstream, repo, "amd64").await?;
         put_manifest(
             upstream,
@@ -202,9 +253,9 @@ impl ImageSpec {
     /// Generates a linux/amd64 and a linux/arm64 image (each with these
     /// layers, different content) and pushes an index of the two as
     /// `repo:tag` (children by digest).
-    pub async fn push_index(
+    pub async fn push_index<R: PushTarget + ?Sized>(
         &self,
-        upstream: &Upstream,
+        upstream: &R,
         repo: &str,
         tag: &str,
     ) -> Result<PushedIndex> {
@@ -252,13 +303,13 @@ impl ImageSpec {
 
     /// Pushes the layers and config of one platform image and returns its
     /// manifest (not yet pushed).
-    async fn push_platform(
+    async fn push_platform<R: PushTarget + ?Sized>(
         &self,
-        upstream: &Upstream,
+        upstream: &R,
         repo: &str,
         arch: &str,
     ) -> Result<PushedImage> {
-        let work = upstream.dir().join("seed");
+        let work = upstream.work_dir();
         std::fs::create_dir_all(&work)?;
         let mut layer_descs = Vec::new();
         let mut diff_ids = Vec::new();
@@ -457,9 +508,9 @@ enum BlobBody<'a> {
     File(&'a Path, u64),
 }
 
-fn authorize(
+fn authorize<R: PushTarget + ?Sized>(
     req: reqwest::RequestBuilder,
-    upstream: &Upstream,
+    upstream: &R,
     repo: &str,
 ) -> reqwest::RequestBuilder {
     match upstream.push_authorization(repo) {
@@ -468,8 +519,8 @@ fn authorize(
     }
 }
 
-async fn push_blob(
-    upstream: &Upstream,
+async fn push_blob<R: PushTarget + ?Sized>(
+    upstream: &R,
     repo: &str,
     digest: &str,
     body: BlobBody<'_>,
@@ -533,8 +584,8 @@ async fn push_blob(
 
 /// Pushes manifest bytes as `repo:reference` (a tag or a digest) and
 /// returns their digest, checked against what the registry computed.
-pub async fn put_manifest(
-    upstream: &Upstream,
+pub async fn put_manifest<R: PushTarget + ?Sized>(
+    upstream: &R,
     repo: &str,
     reference: &str,
     media_type: &str,
@@ -568,7 +619,11 @@ pub async fn put_manifest(
 
 /// Points another tag at an already pushed image (moves the tag if it
 /// existed).
-pub async fn retag(upstream: &Upstream, image: &PushedImage, tag: &str) -> Result<()> {
+pub async fn retag<R: PushTarget + ?Sized>(
+    upstream: &R,
+    image: &PushedImage,
+    tag: &str,
+) -> Result<()> {
     put_manifest(
         upstream,
         &image.repo,

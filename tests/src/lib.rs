@@ -29,6 +29,7 @@
 //!   machine.
 
 pub mod clients;
+pub mod edge;
 pub mod images;
 pub mod origin;
 pub mod process;

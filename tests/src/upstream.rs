@@ -295,6 +295,18 @@ impl Upstream {
         format!("http://{}", self.registry_addr)
     }
 
+    /// The registry's own address (see [`Upstream::push_url`]).
+    pub fn registry_addr(&self) -> SocketAddr {
+        self.registry_addr
+    }
+
+    /// Another counting proxy in front of this registry, with counts of its
+    /// own and no faults: one per client under comparison (the benchmark
+    /// gives each cache its own, so their upstream requests never mix).
+    pub async fn counting_proxy(&self) -> Result<Proxy> {
+        Proxy::counting(self.registry_addr).await
+    }
+
     /// The token server's URL, when the upstream uses token auth.
     pub fn token_url(&self) -> Option<String> {
         self.token
@@ -370,6 +382,12 @@ impl Drop for Upstream {
         if let Some(t) = &self.token {
             t.handle.abort();
         }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 
@@ -480,6 +498,34 @@ impl Proxy {
             ctx,
             running: tokio::sync::Mutex::new(Some(running)),
         })
+    }
+
+    /// A counting proxy, with counts of its own, in front of any plain-HTTP
+    /// registry at `target`; stopped on drop.
+    pub async fn counting(target: SocketAddr) -> Result<Proxy> {
+        Proxy::launch(target, Arc::new(Shared::default())).await
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`, as a registry host in image references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Requests this proxy's counts have seen since the last reset (for the
+    /// proxy of an [`Upstream`], the token server's requests too).
+    pub fn counts(&self) -> Counts {
+        Counts(self.ctx.shared.counts.lock().unwrap().clone())
+    }
+
+    /// Forgets the counted requests.
+    pub fn reset_counts(&self) {
+        self.ctx.shared.counts.lock().unwrap().clear();
+        self.ctx.shared.log.lock().unwrap().clear();
     }
 
     /// Closes the listening socket and every open connection: the upstream

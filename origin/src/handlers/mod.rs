@@ -37,6 +37,17 @@ pub async fn registry(
         }
     };
     let kind = request.kind();
+    if let Err(e) = authorize(
+        &state,
+        method,
+        &request,
+        ns.as_deref(),
+        uri.query(),
+        &headers,
+    ) {
+        metrics::request(kind, "denied");
+        return e.into_response();
+    }
     let head = matches!(method, ApiMethod::Head);
     let result = match request {
         ApiRequest::Base => Ok(base::get()),
@@ -62,4 +73,27 @@ pub async fn registry(
             e.into_response()
         }
     }
+}
+
+/// Checks the request's token or ticket when the origin has a key, and that
+/// a private rule's repository is pulled with a token bound to that rule.
+fn authorize(
+    state: &AppState,
+    method: ApiMethod,
+    request: &ApiRequest,
+    ns: Option<&str>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), Error> {
+    let Some(auth) = &state.auth else {
+        return Ok(());
+    };
+    let grant = auth.check(method, request, query, headers)?;
+    if let Some(name) = request.name() {
+        let target = state.resolve(name, ns)?;
+        if target.private {
+            auth.check_private_rule(&grant, &target.prefix)?;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,123 @@
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: always a `307`, never a byte of
+//! the blob through the Worker.
+//!
+//! * In the region's bucket → `307` to a presigned SigV4 URL for the same
+//!   method (`GET` or `HEAD`; the method is signed), valid for
+//!   `WHARF_PRESIGN_TTL`. Computed here, no subrequest.
+//! * Otherwise → `307` to `<origin>/v2/<canonical>/blobs/<digest>?wharf-ticket=…`
+//!   with a ticket valid for `WHARF_TICKET_TTL`: the origin streams the blob
+//!   while hydrating it, and the ticket stands in for the client's token.
+//!
+//! Presence is learned with one presigned `HEAD` on the bucket and remembered
+//! by this location for `WHARF_PRESENCE_TTL` (blobs are immutable and only
+//! appear in the bucket after verification), so a warm blob request makes no
+//! subrequest; absence is not remembered, so a blob is redirected to the
+//! bucket as soon as its hydration commits. A store that errors or does not
+//! answer in time counts as "absent": the origin can always serve.
+
+use std::time::Duration;
+
+use wharf_core::keys::blob_key;
+use wharf_core::sigv4::{PresignRequest, presign};
+use wharf_core::{ApiMethod, Digest, RepositoryName, ticket};
+use worker::{Method, Response};
+
+use crate::config::S3Target;
+use crate::error::Error;
+use crate::origin;
+use crate::routes::{Ctx, response};
+use crate::store;
+use crate::token::authorize;
+
+/// How long the presence `HEAD` on the bucket may take.
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Answers a blob request with a redirect.
+pub async fn get(
+    ctx: &Ctx<'_>,
+    name: &RepositoryName,
+    digest: &Digest,
+    ns: Option<&str>,
+) -> Result<Response, Error> {
+    let resolved = ctx.config.rules.resolve(name, ns)?;
+    authorize(ctx, name, &resolved)?;
+    if let Some(s3) = &ctx.region.s3
+        && present(ctx, s3, digest).await?
+    {
+        let url = presigned(
+            ctx,
+            s3,
+            ctx.method,
+            digest,
+            ctx.config.presign_ttl.as_secs(),
+        )?;
+        return Ok(redirect(ctx, &url, digest, "hit"));
+    }
+    let exp = ctx.now_secs() + ctx.config.ticket_ttl.as_secs();
+    let t = ticket::issue(&ctx.config.key, &resolved.canonical, digest, exp);
+    let url = ticket::blob_url(&ctx.region.origin, &resolved.canonical, digest, &t);
+    Ok(redirect(ctx, &url, digest, "miss"))
+}
+
+fn presigned(
+    ctx: &Ctx<'_>,
+    s3: &S3Target,
+    method: ApiMethod,
+    digest: &Digest,
+    ttl_secs: u64,
+) -> Result<String, Error> {
+    Ok(presign(&PresignRequest {
+        method,
+        endpoint: &s3.endpoint,
+        addressing: s3.addressing,
+        bucket: &s3.bucket,
+        key: &blob_key(digest),
+        region: &s3.region,
+        credentials: &s3.credentials,
+        now_unix_secs: ctx.now_secs(),
+        expires_in_secs: ttl_secs,
+    })?)
+}
+
+/// Whether `digest` is in the region's bucket: this location's memory, else
+/// one presigned `HEAD`.
+async fn present(ctx: &Ctx<'_>, s3: &S3Target, digest: &Digest) -> Result<bool, Error> {
+    let region = ctx.region.name.as_str();
+    if store::blob_known_present(region, digest).await {
+        return Ok(true);
+    }
+    let url = presigned(ctx, s3, ApiMethod::Head, digest, 60)?;
+    match origin::send(region, Method::Head, &url, &[], PRESENCE_TIMEOUT).await {
+        Ok(r) if r.status_code() == 200 => {
+            store::remember_blob_present(region, digest, ctx.config.presence_ttl.as_secs()).await;
+            Ok(true)
+        }
+        Ok(r) if r.status_code() == 404 => Ok(false),
+        Ok(r) => {
+            // 403: wrong credentials or clock skew — the operator must know,
+            // the client is still served through the origin.
+            tracing::warn!(%digest, region, status = r.status_code(), "presence HEAD on the bucket failed; redirecting to the origin");
+            Ok(false)
+        }
+        Err(e) => {
+            tracing::warn!(%digest, region, error = %e, "bucket unreachable; redirecting to the origin");
+            Ok(false)
+        }
+    }
+}
+
+fn redirect(ctx: &Ctx<'_>, location: &str, digest: &Digest, cache: &str) -> Response {
+    tracing::info!(%digest, cache, region = %ctx.region.name, "blob redirect");
+    let digest = digest.to_string();
+    response(
+        307,
+        &[
+            ("Location", location),
+            ("Docker-Content-Digest", digest.as_str()),
+            ("Cache-Control", "no-store"),
+            ("X-Wharf-Cache", cache),
+            ("X-Wharf-Region", ctx.region.name.as_str()),
+        ],
+        Vec::new(),
+    )
+}

@@ -1,0 +1,616 @@
+//! The Worker's configuration: `[vars]` from `wrangler.toml` (or `.dev.vars`)
+//! and secrets, parsed and validated into one [`Config`] per request.
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `WHARF_GLOBAL_HOST` | var | global hostname; also the token `service`/`aud` |
+//! | `WHARF_REGIONS` | var (JSON) | `[{name, origin, s3_endpoint?, bucket?, s3_region?, addressing?, continents?}]`; the first is the default |
+//! | `WHARF_RULES` | var (JSON) | `[{prefix, upstream, private?, tag_ttl?, stale_if_error?}]`, as the origin's rules |
+//! | `WHARF_TAG_TTL`, `WHARF_STALE_IF_ERROR` | var | defaults for the rules (`30s`, `5m`, `2h`, `7d` or seconds) |
+//! | `WHARF_TOKEN_TTL`, `WHARF_TICKET_TTL`, `WHARF_PRESIGN_TTL`, `WHARF_PRESENCE_TTL`, `WHARF_ORIGIN_TIMEOUT` | var | lifetimes and timeouts |
+//! | `WHARF_TOKEN_KEY` | secret | HMAC key (≥ 32 bytes) for tokens and tickets, shared with the origins |
+//! | `WHARF_S3_ACCESS_KEY`, `WHARF_S3_SECRET_KEY` | secret | presigning credentials; `…_<REGION>` overrides per region |
+//! | `WHARF_USERS` | secret (JSON) | `{"user": "password" \| "sha256:<hex>" \| {password, rules?}}` for private rules |
+//! | `WHARF_KV` | KV binding | manifests and tag records across locations (optional) |
+//!
+//! Key decision: parsing is a pure function of a name → value lookup
+//! ([`Config::parse`]), so every validation is unit-tested natively; only
+//! [`Config::from_env`] touches the Workers runtime. A JSON var may be a string
+//! (`.dev.vars`, `--var`) or a TOML table/array in `[vars]` (an object at run time).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use wharf_core::sigv4::{Addressing, Credentials, S3Endpoint};
+use wharf_core::token::SigningKey;
+use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
+
+/// A configuration error: names the setting and what would be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("edge configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The store of one region, for presigning.
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    /// Parsed endpoint.
+    pub endpoint: S3Endpoint,
+    /// Bucket (the origin's).
+    pub bucket: String,
+    /// Signing region.
+    pub region: String,
+    /// Path-style or virtual-hosted URLs.
+    pub addressing: Addressing,
+    /// Presigning credentials (read-only ones suffice).
+    pub credentials: Credentials,
+}
+
+/// One region: its origin and, when set, its object store.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Short name, also the regional hostname's first label (`eu` → `eu.<global>`).
+    pub name: String,
+    /// The origin's base URL, no trailing `/`.
+    pub origin: String,
+    /// The regional bucket; without it every blob goes to the origin.
+    pub s3: Option<S3Target>,
+    /// Cloudflare continent codes (`EU`, `NA`, `AS`, …) this region serves on
+    /// the global hostname.
+    pub continents: Vec<String>,
+}
+
+/// Per-rule settings beyond the core's [`RuleSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOpts {
+    /// Needs an authenticated user (Basic auth at `/token`).
+    pub private: bool,
+    /// Tag freshness.
+    pub freshness: FreshnessPolicy,
+}
+
+/// A user allowed to pull private rules.
+#[derive(Clone)]
+pub struct User {
+    /// sha256 of the password.
+    password_sha256: [u8; 32],
+    /// Private rule prefixes the user may pull; `None` = all.
+    pub rules: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl User {
+    /// Constant-time password check (compares sha256 digests).
+    pub fn password_matches(&self, password: &str) -> bool {
+        let got: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        got.iter()
+            .zip(self.password_sha256.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// True if the user may pull the private rule `prefix`.
+    pub fn may_pull(&self, prefix: &str) -> bool {
+        self.rules
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|p| p == prefix))
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Global hostname, lowercase; the token service and audience.
+    pub global_host: String,
+    /// Regions; index 0 is the default.
+    pub regions: Vec<Region>,
+    /// Cache rules (the same as the origins').
+    pub rules: CacheRules,
+    /// Per rule, same order as [`Config::rules`].
+    pub rule_opts: Vec<RuleOpts>,
+    /// Token and ticket key.
+    pub key: SigningKey,
+    /// Users by name.
+    pub users: HashMap<String, User>,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Blob ticket lifetime.
+    pub ticket_ttl: Duration,
+    /// Presigned URL lifetime.
+    pub presign_ttl: Duration,
+    /// How long a location remembers that a blob is in a region's store.
+    pub presence_ttl: Duration,
+    /// Timeout of one origin request.
+    pub origin_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionVar {
+    name: String,
+    origin: String,
+    s3_endpoint: Option<String>,
+    bucket: Option<String>,
+    s3_region: Option<String>,
+    addressing: Option<String>,
+    #[serde(default)]
+    continents: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationVar {
+    Secs(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleVar {
+    prefix: String,
+    upstream: String,
+    #[serde(default)]
+    private: bool,
+    tag_ttl: Option<DurationVar>,
+    stale_if_error: Option<DurationVar>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UserVar {
+    Password(String),
+    Full {
+        password: String,
+        rules: Option<Vec<String>>,
+    },
+}
+
+/// Parses `30`, `30s`, `5m`, `2h`, `7d` into a duration.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+fn duration_var(name: &str, v: &DurationVar) -> Result<Duration, ConfigError> {
+    match v {
+        DurationVar::Secs(s) => Ok(Duration::from_secs(*s)),
+        DurationVar::Text(t) => parse_duration(t).ok_or_else(|| {
+            err(format!(
+                "{name} = {t:?}: expected seconds or e.g. `30s`, `5m`, `2h`, `7d`"
+            ))
+        }),
+    }
+}
+
+fn password_hash(p: &str) -> Result<[u8; 32], ConfigError> {
+    if let Some(hexed) = p.strip_prefix("sha256:") {
+        let bytes = hex::decode(hexed)
+            .map_err(|_| err("WHARF_USERS: a `sha256:` password must be 64 hex characters"))?;
+        return bytes
+            .try_into()
+            .map_err(|_| err("WHARF_USERS: a `sha256:` password must be 64 hex characters"));
+    }
+    if p.is_empty() {
+        return Err(err("WHARF_USERS: empty password"));
+    }
+    Ok(Sha256::digest(p.as_bytes()).into())
+}
+
+/// Where [`Config::parse`] reads values from. `json` returns the JSON text of
+/// a structured var (string or object at run time).
+pub trait Source {
+    /// A plain string var or secret.
+    fn text(&self, name: &str) -> Option<String>;
+    /// A JSON var: its JSON text.
+    fn json(&self, name: &str) -> Option<String>;
+}
+
+impl Config {
+    /// Validates everything; errors name the setting.
+    pub fn parse(src: &impl Source) -> Result<Config, ConfigError> {
+        let global_host = src
+            .text("WHARF_GLOBAL_HOST")
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| err("WHARF_GLOBAL_HOST is not set (e.g. `registry.example.com`)"))?;
+
+        let dur = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match src.text(name) {
+                None => Ok(default),
+                Some(v) => parse_duration(&v).ok_or_else(|| {
+                    err(format!(
+                        "{name} = {v:?}: expected seconds or e.g. `30s`, `5m`, `2h`, `7d`"
+                    ))
+                }),
+            }
+        };
+        let defaults = FreshnessPolicy {
+            ttl: dur("WHARF_TAG_TTL", FreshnessPolicy::default().ttl)?,
+            stale_if_error: dur(
+                "WHARF_STALE_IF_ERROR",
+                FreshnessPolicy::default().stale_if_error,
+            )?,
+        };
+
+        let rules_json = src
+            .json("WHARF_RULES")
+            .ok_or_else(|| err("WHARF_RULES is not set (e.g. `[{\"prefix\":\"docker.io\",\"upstream\":\"https://registry-1.docker.io\"}]`)"))?;
+        let rule_vars: Vec<RuleVar> =
+            serde_json::from_str(&rules_json).map_err(|e| err(format!("WHARF_RULES: {e}")))?;
+        let mut specs = Vec::new();
+        let mut rule_opts = Vec::new();
+        for r in rule_vars {
+            let name = format!("WHARF_RULES[{}]", r.prefix);
+            rule_opts.push(RuleOpts {
+                private: r.private,
+                freshness: FreshnessPolicy {
+                    ttl: match &r.tag_ttl {
+                        Some(v) => duration_var(&format!("{name}.tag_ttl"), v)?,
+                        None => defaults.ttl,
+                    },
+                    stale_if_error: match &r.stale_if_error {
+                        Some(v) => duration_var(&format!("{name}.stale_if_error"), v)?,
+                        None => defaults.stale_if_error,
+                    },
+                },
+            });
+            specs.push(RuleSpec {
+                prefix: r.prefix,
+                upstream: r.upstream,
+            });
+        }
+        if specs.is_empty() {
+            return Err(err(
+                "WHARF_RULES is empty: configure at least one cache rule",
+            ));
+        }
+        let rules = CacheRules::new(specs).map_err(|e| err(format!("WHARF_RULES: {e}")))?;
+
+        let key = src
+            .text("WHARF_TOKEN_KEY")
+            .ok_or_else(|| err("secret WHARF_TOKEN_KEY is not set (`wrangler secret put WHARF_TOKEN_KEY`, the same key as the origins')"))?;
+        let key =
+            SigningKey::new(key.into_bytes()).map_err(|e| err(format!("WHARF_TOKEN_KEY: {e}")))?;
+
+        let regions_json = src
+            .json("WHARF_REGIONS")
+            .ok_or_else(|| err("WHARF_REGIONS is not set (e.g. `[{\"name\":\"eu\",\"origin\":\"https://eu.origin.example.com\"}]`)"))?;
+        let region_vars: Vec<RegionVar> =
+            serde_json::from_str(&regions_json).map_err(|e| err(format!("WHARF_REGIONS: {e}")))?;
+        if region_vars.is_empty() {
+            return Err(err("WHARF_REGIONS is empty: configure at least one region"));
+        }
+        let mut regions: Vec<Region> = Vec::new();
+        for r in region_vars {
+            let label_ok = !r.name.is_empty()
+                && r.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !label_ok {
+                return Err(err(format!(
+                    "WHARF_REGIONS: region name {:?} must be a lowercase DNS label (it is the regional hostname's first label)",
+                    r.name
+                )));
+            }
+            if regions.iter().any(|x| x.name == r.name) {
+                return Err(err(format!(
+                    "WHARF_REGIONS: region {:?} is listed twice",
+                    r.name
+                )));
+            }
+            let origin = r.origin.trim_end_matches('/').to_owned();
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(err(format!(
+                    "WHARF_REGIONS[{}].origin = {:?}: expected an http(s):// URL",
+                    r.name, r.origin
+                )));
+            }
+            let s3 = match r.s3_endpoint {
+                None => None,
+                Some(ep) => {
+                    let endpoint = S3Endpoint::parse(&ep)
+                        .map_err(|e| err(format!("WHARF_REGIONS[{}].s3_endpoint: {e}", r.name)))?;
+                    let suffix = r.name.to_ascii_uppercase().replace('-', "_");
+                    let cred = |base: &str| {
+                        src.text(&format!("{base}_{suffix}"))
+                            .or_else(|| src.text(base))
+                    };
+                    let access_key = cred("WHARF_S3_ACCESS_KEY").ok_or_else(|| {
+                        err(format!("region {}: secret WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_{suffix}) is not set", r.name))
+                    })?;
+                    let secret_key = cred("WHARF_S3_SECRET_KEY").ok_or_else(|| {
+                        err(format!("region {}: secret WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_{suffix}) is not set", r.name))
+                    })?;
+                    let addressing = match r.addressing.as_deref() {
+                        None | Some("path") => Addressing::Path,
+                        Some("virtual-hosted") | Some("virtual") => Addressing::VirtualHosted,
+                        Some(other) => {
+                            return Err(err(format!(
+                                "WHARF_REGIONS[{}].addressing = {other:?}: expected `path` or `virtual-hosted`",
+                                r.name
+                            )));
+                        }
+                    };
+                    Some(S3Target {
+                        endpoint,
+                        bucket: r.bucket.unwrap_or_else(|| "wharf".to_owned()),
+                        region: r.s3_region.unwrap_or_else(|| "us-east-1".to_owned()),
+                        addressing,
+                        credentials: Credentials {
+                            access_key,
+                            secret_key,
+                            session_token: None,
+                        },
+                    })
+                }
+            };
+            regions.push(Region {
+                name: r.name,
+                origin,
+                s3,
+                continents: r
+                    .continents
+                    .iter()
+                    .map(|c| c.to_ascii_uppercase())
+                    .collect(),
+            });
+        }
+
+        let mut users = HashMap::new();
+        if let Some(text) = src.json("WHARF_USERS") {
+            let vars: HashMap<String, UserVar> = serde_json::from_str(&text).map_err(|e| {
+                err(format!(
+                    "WHARF_USERS: {e} (expected {{\"user\": \"password\"}})"
+                ))
+            })?;
+            for (name, v) in vars {
+                let (password, rules) = match v {
+                    UserVar::Password(p) => (p, None),
+                    UserVar::Full { password, rules } => (password, rules),
+                };
+                users.insert(
+                    name,
+                    User {
+                        password_sha256: password_hash(&password)?,
+                        rules,
+                    },
+                );
+            }
+        }
+
+        let token_ttl = dur("WHARF_TOKEN_TTL", Duration::from_secs(300))?;
+        if token_ttl < Duration::from_secs(60) {
+            return Err(err(
+                "WHARF_TOKEN_TTL must be at least 60s (clients assume 60s)",
+            ));
+        }
+        let ticket_ttl = dur("WHARF_TICKET_TTL", Duration::from_secs(60))?;
+        if ticket_ttl.is_zero() || ticket_ttl.as_secs() > wharf_core::ticket::MAX_LIFETIME_SECS {
+            return Err(err("WHARF_TICKET_TTL must be 1s to 1h"));
+        }
+        let presign_ttl = dur("WHARF_PRESIGN_TTL", Duration::from_secs(600))?;
+        if presign_ttl.is_zero() || presign_ttl.as_secs() > wharf_core::sigv4::MAX_EXPIRES_SECS {
+            return Err(err("WHARF_PRESIGN_TTL must be 1s to 7d"));
+        }
+        Ok(Config {
+            global_host,
+            regions,
+            rules,
+            rule_opts,
+            key,
+            users,
+            token_ttl,
+            ticket_ttl,
+            presign_ttl,
+            presence_ttl: dur("WHARF_PRESENCE_TTL", Duration::from_secs(3600))?,
+            origin_timeout: dur("WHARF_ORIGIN_TIMEOUT", Duration::from_secs(20))?,
+        })
+    }
+
+    /// Per-rule options of the rule at `idx` (as in `Resolved::rule`).
+    pub fn rule(&self, idx: usize) -> &RuleOpts {
+        // `rule_opts` is built in lockstep with `rules`; fall back to the
+        // defaults rather than panic if that ever broke.
+        static FALLBACK: RuleOpts = RuleOpts {
+            private: true,
+            freshness: FreshnessPolicy {
+                ttl: Duration::from_secs(300),
+                stale_if_error: Duration::from_secs(0),
+            },
+        };
+        self.rule_opts.get(idx).unwrap_or(&FALLBACK)
+    }
+
+    /// Prefixes of the private rules.
+    pub fn private_prefixes(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .rules()
+            .iter()
+            .zip(&self.rule_opts)
+            .filter(|(_, o)| o.private)
+            .map(|(r, _)| r.prefix.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Map(HashMap<&'static str, String>);
+    impl Source for Map {
+        fn text(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+        fn json(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn base() -> Map {
+        Map(HashMap::from([
+            ("WHARF_GLOBAL_HOST", "Registry.Example.com.".to_owned()),
+            (
+                "WHARF_REGIONS",
+                r#"[{"name":"eu","origin":"https://eu-origin.example.com/","s3_endpoint":"https://s3.eu.example.com","bucket":"wharf-eu","s3_region":"eu-central-1","continents":["eu","af"]},
+                    {"name":"us","origin":"https://us-origin.example.com"}]"#
+                    .to_owned(),
+            ),
+            (
+                "WHARF_RULES",
+                r#"[{"prefix":"docker.io","upstream":"https://registry-1.docker.io","tag_ttl":"10m"},
+                    {"prefix":"private","upstream":"https://r.example.com","private":true,"stale_if_error":60}]"#
+                    .to_owned(),
+            ),
+            ("WHARF_TOKEN_KEY", "k".repeat(32)),
+            ("WHARF_S3_ACCESS_KEY", "AK".to_owned()),
+            ("WHARF_S3_SECRET_KEY", "SK".to_owned()),
+            ("WHARF_S3_SECRET_KEY_EU", "SK-EU".to_owned()),
+            (
+                "WHARF_USERS",
+                format!(
+                    r#"{{"alice":"pw","bob":{{"password":"sha256:{}","rules":["other"]}}}}"#,
+                    hex::encode(Sha256::digest(b"secret"))
+                ),
+            ),
+            ("WHARF_TAG_TTL", "2m".to_owned()),
+        ]))
+    }
+
+    #[test]
+    fn a_full_configuration_parses() {
+        let c = Config::parse(&base()).unwrap();
+        assert_eq!(c.global_host, "registry.example.com");
+        assert_eq!(c.regions.len(), 2);
+        let eu = &c.regions[0];
+        assert_eq!(eu.origin, "https://eu-origin.example.com");
+        assert_eq!(eu.continents, ["EU", "AF"]);
+        let s3 = eu.s3.as_ref().unwrap();
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("wharf-eu", "eu-central-1")
+        );
+        assert_eq!(s3.credentials.access_key, "AK");
+        assert_eq!(s3.credentials.secret_key, "SK-EU", "per-region override");
+        assert!(c.regions[1].s3.is_none());
+        assert_eq!(c.rule(0).freshness.ttl, Duration::from_secs(600));
+        assert_eq!(
+            c.rule(1).freshness.ttl,
+            Duration::from_secs(120),
+            "WHARF_TAG_TTL default"
+        );
+        assert_eq!(c.rule(1).freshness.stale_if_error, Duration::from_secs(60));
+        assert!(!c.rule(0).private && c.rule(1).private);
+        assert_eq!(c.private_prefixes().collect::<Vec<_>>(), ["private"]);
+        assert!(c.users["alice"].password_matches("pw"));
+        assert!(!c.users["alice"].password_matches("pw2"));
+        assert!(c.users["bob"].password_matches("secret"));
+        assert!(c.users["alice"].may_pull("private"));
+        assert!(!c.users["bob"].may_pull("private"));
+        assert_eq!(c.token_ttl, Duration::from_secs(300));
+        assert!(!format!("{:?}", c.users["alice"]).contains("password_sha256"));
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            ("WHARF_GLOBAL_HOST", None, "WHARF_GLOBAL_HOST is not set"),
+            (
+                "WHARF_TOKEN_KEY",
+                Some("short"),
+                "WHARF_TOKEN_KEY: signing key is 5 bytes",
+            ),
+            ("WHARF_TOKEN_KEY", None, "WHARF_TOKEN_KEY is not set"),
+            ("WHARF_RULES", Some("[]"), "WHARF_RULES is empty"),
+            (
+                "WHARF_RULES",
+                Some(r#"[{"prefix":"a","upstream":"ftp://x"}]"#),
+                "WHARF_RULES: cache rule #0",
+            ),
+            (
+                "WHARF_RULES",
+                Some(r#"[{"prefix":"a","upstream":"http://x","tag_ttl":"5 fortnights"}]"#),
+                "WHARF_RULES[a].tag_ttl",
+            ),
+            (
+                "WHARF_REGIONS",
+                Some(r#"[{"name":"EU","origin":"https://x"}]"#),
+                "lowercase DNS label",
+            ),
+            (
+                "WHARF_REGIONS",
+                Some(r#"[{"name":"eu","origin":"x"}]"#),
+                "expected an http(s):// URL",
+            ),
+            (
+                "WHARF_REGIONS",
+                Some(r#"[{"name":"eu","origin":"http://x","s3_endpoint":"s3"}]"#),
+                "s3_endpoint",
+            ),
+            (
+                "WHARF_REGIONS",
+                Some(r#"[{"name":"eu","origin":"http://x","bogus":1}]"#),
+                "unknown field",
+            ),
+            (
+                "WHARF_S3_ACCESS_KEY",
+                None,
+                "WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_EU)",
+            ),
+            ("WHARF_USERS", Some(r#"{"a":"sha256:zz"}"#), "64 hex"),
+            ("WHARF_TOKEN_TTL", Some("10s"), "at least 60s"),
+            ("WHARF_TICKET_TTL", Some("2h"), "1s to 1h"),
+            ("WHARF_ORIGIN_TIMEOUT", Some("soon"), "WHARF_ORIGIN_TIMEOUT"),
+        ];
+        for (name, value, want) in cases {
+            let mut src = base();
+            match value {
+                Some(v) => src.0.insert(name, (*v).to_owned()),
+                None => src.0.remove(name),
+            };
+            let e = Config::parse(&src).unwrap_err().to_string();
+            assert!(
+                e.contains(want),
+                "{name}={value:?}: {e:?} should contain {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (s, want) in [
+            ("30", 30),
+            ("30s", 30),
+            ("5m", 300),
+            ("2h", 7200),
+            ("7d", 604_800),
+            (" 1m ", 60),
+        ] {
+            assert_eq!(parse_duration(s), Some(Duration::from_secs(want)), "{s}");
+        }
+        for s in ["", "m", "1w", "-1s", "99999999999999999999d"] {
+            assert_eq!(parse_duration(s), None, "{s}");
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The real edge Worker under `wrangler dev --local` (workerd), started per
+//! test, in front of a real origin (issue 4).
+//!
+//! * [`Edge`] writes a `wrangler.toml` into the test directory whose `main`
+//!   is the bundle `edge/build.sh` produced (`edge/build/worker/shim.mjs`; a
+//!   missing bundle fails with the command to run), with the test's vars and
+//!   secrets, and runs `node_modules/.bin/wrangler dev --local` on free ports
+//!   with its state under the test directory.
+//! * [`EdgeStack`] is the usual arrangement: upstream registry, origin (its
+//!   embedded S3 on a known port with known keys), a counting proxy in front
+//!   of the origin (so tests count what reached the origin, and can take the
+//!   origin down), and the edge, configured with one public rule (`up/…`) and
+//!   one private rule (`priv/…`), both pulling from the upstream.
+//! * [`Edge::requests`] reads what the Worker answered from wrangler's log
+//!   (`[wrangler:info] GET /v2/… 307 Temporary Redirect (3ms)`).
+//!
+//! The S3 endpoint the edge presigns for is `http://localhost:<port>` while
+//! the edge is `127.0.0.1:<port>`: Go clients (docker, skopeo, containerd)
+//! keep the `Authorization` header on a redirect to the same host name, and
+//! an S3 server refuses a request that carries both a presigned query and a
+//! foreign `Authorization` header. Real deployments have distinct hosts.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::process::Daemon;
+use crate::upstream::Proxy;
+use crate::{
+    OriginOpts, RULE_PREFIX, Stack, TestDir, UPSTREAM_URL, UpstreamAuth, free_port, wait_until,
+};
+
+/// The token key shared by the edge and the origin in tests.
+pub const TOKEN_KEY: &str = "wharf-tests-token-key-0123456789abcdef";
+/// The embedded store's access key in tests.
+pub const S3_ACCESS_KEY: &str = "wharftests";
+/// Its secret key.
+pub const S3_SECRET_KEY: &str = "wharf-tests-secret-key-0123456789";
+/// The origin's bucket.
+pub const BUCKET: &str = "wharf";
+/// The private rule's prefix in [`EdgeStack`].
+pub const PRIVATE_PREFIX: &str = "priv";
+/// The user allowed to pull the private rule.
+pub const USER: (&str, &str) = ("alice", "alice-password");
+/// The edge's global hostname (the token service).
+pub const GLOBAL_HOST: &str = "wharf.test";
+
+/// The workspace root (`tests/..`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// `node_modules/.bin/wrangler`, installed by `scripts/install-deps.sh`.
+pub fn wrangler_bin() -> Result<PathBuf> {
+    let p = workspace_root().join("node_modules/.bin/wrangler");
+    if !p.exists() {
+        bail!(
+            "{} not found: run `npm ci` in {} (scripts/install-deps.sh does)",
+            p.display(),
+            workspace_root().display()
+        );
+    }
+    Ok(p)
+}
+
+/// The Worker bundle's entry point, built by `edge/build.sh`.
+pub fn edge_bundle() -> Result<PathBuf> {
+    let p = workspace_root().join("edge/build/worker/shim.mjs");
+    if !p.exists() {
+        bail!(
+            "{} not found: build the Worker first with `edge/build.sh` (after scripts/install-deps.sh)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// One cache rule as the edge sees it.
+#[derive(Clone, Debug)]
+pub struct EdgeRule {
+    /// Downstream prefix.
+    pub prefix: String,
+    /// Upstream registry URL (validated, not contacted, by the edge).
+    pub upstream: String,
+    /// Needs a user.
+    pub private: bool,
+}
+
+/// How to configure an [`Edge`].
+#[derive(Clone, Debug)]
+pub struct EdgeOpts {
+    /// The region's origin base URL.
+    pub origin: String,
+    /// `http://localhost:PORT` of the region's store, if presigning.
+    pub s3_endpoint: Option<String>,
+    /// Cache rules.
+    pub rules: Vec<EdgeRule>,
+    /// `WHARF_TAG_TTL`.
+    pub tag_ttl: Duration,
+    /// `WHARF_STALE_IF_ERROR`.
+    pub stale_if_error: Duration,
+}
+
+/// One request as wrangler logged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeRequest {
+    /// Method.
+    pub method: String,
+    /// Path (and query).
+    pub path: String,
+    /// Status code.
+    pub status: u16,
+}
+
+/// A running `wrangler dev --local` with the edge Worker.
+pub struct Edge {
+    daemon: Option<Daemon>,
+    port: u16,
+    log: PathBuf,
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+impl Edge {
+    /// Writes the test's `wrangler.toml` and starts `wrangler dev`, waiting
+    /// until the Worker answers `/healthz`.
+    pub async fn start(dir: &TestDir, opts: &EdgeOpts) -> Result<Edge> {
+        let wrangler = wrangler_bin()?;
+        let bundle = edge_bundle()?;
+        let base = dir.sub("edge");
+        let mut region = serde_json::json!({"name": "test", "origin": opts.origin});
+        if let Some(ep) = &opts.s3_endpoint {
+            region["s3_endpoint"] = ep.clone().into();
+            region["bucket"] = BUCKET.into();
+            region["s3_region"] = "us-east-1".into();
+        }
+        let rules: Vec<_> = opts
+            .rules
+            .iter()
+            .map(|r| serde_json::json!({"prefix": r.prefix, "upstream": r.upstream, "private": r.private}))
+            .collect();
+        let users = serde_json::json!({ USER.0: USER.1 });
+        let config = format!(
+            "name = \"wharf-edge-test\"\nmain = {main}\ncompatibility_date = \"2026-04-01\"\n\n\
+             [vars]\n\
+             WHARF_GLOBAL_HOST = {global}\n\
+             WHARF_REGIONS = {regions}\n\
+             WHARF_RULES = {rules}\n\
+             WHARF_TAG_TTL = \"{ttl}\"\n\
+             WHARF_STALE_IF_ERROR = \"{stale}\"\n\
+             WHARF_ORIGIN_TIMEOUT = \"10s\"\n\
+             WHARF_TOKEN_KEY = {key}\n\
+             WHARF_S3_ACCESS_KEY = {ak}\n\
+             WHARF_S3_SECRET_KEY = {sk}\n\
+             WHARF_USERS = {users}\n\n\
+             [[kv_namespaces]]\nbinding = \"WHARF_KV\"\nid = \"wharf-tests\"\n",
+            main = toml_str(&bundle.display().to_string()),
+            global = toml_str(GLOBAL_HOST),
+            regions = toml_str(&serde_json::json!([region]).to_string()),
+            rules = toml_str(&serde_json::Value::Array(rules).to_string()),
+            ttl = opts.tag_ttl.as_secs(),
+            stale = opts.stale_if_error.as_secs(),
+            key = toml_str(TOKEN_KEY),
+            ak = toml_str(S3_ACCESS_KEY),
+            sk = toml_str(S3_SECRET_KEY),
+            users = toml_str(&users.to_string()),
+        );
+        let config_path = base.join("wrangler.toml");
+        std::fs::write(&config_path, config)?;
+
+        let mut edge = Edge {
+            daemon: None,
+            port: 0,
+            log: base.join("wrangler.log"),
+        };
+        for attempt in 1..=3 {
+            edge.port = free_port();
+            let mut cmd = Command::new(&wrangler);
+            cmd.current_dir(&base)
+                .args(["dev", "--local", "--ip", "127.0.0.1"])
+                .arg("--port")
+                .arg(edge.port.to_string())
+                .arg("--inspector-port")
+                .arg(free_port().to_string())
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--persist-to")
+                .arg(base.join("state"))
+                .arg("--show-interactive-dev-session=false")
+                .arg("--log-level=info");
+            for (k, v) in crate::process::sealed_env() {
+                cmd.env(k, v);
+            }
+            cmd.env("WRANGLER_SEND_METRICS", "false")
+                // No request for Cloudflare's `cf` object: nothing leaves the machine.
+                .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+                .env("WRANGLER_LOG_PATH", base.join("wrangler-logs"))
+                .env("XDG_CONFIG_HOME", base.join("xdg"))
+                .env("CI", "true")
+                .env("NO_COLOR", "1");
+            let mut daemon = Daemon::spawn("wrangler-dev", cmd, &edge.log, Duration::from_secs(5))?;
+            let url = format!("{}/healthz", edge.url());
+            let client = crate::http_client();
+            let mut exited = None;
+            let ready = wait_until("wrangler dev /healthz", Duration::from_secs(90), || {
+                exited = exited.or(daemon.exited());
+                let dead = exited;
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    if let Some(status) = dead {
+                        bail!("wrangler dev exited: {status}");
+                    }
+                    Ok(client.get(&url).send().await?.status() == reqwest::StatusCode::OK)
+                }
+            })
+            .await;
+            match ready {
+                Ok(()) => {
+                    edge.daemon = Some(daemon);
+                    return Ok(edge);
+                }
+                Err(e) if attempt < 3 && daemon.log_tail(30).contains("in use") => {
+                    eprintln!("wrangler dev could not bind its ports: retrying ({e:#})");
+                    daemon.stop();
+                }
+                Err(e) => {
+                    let tail = daemon.log_tail(40);
+                    daemon.stop();
+                    bail!("{e:#}\n----- wrangler.log (tail) -----\n{tail}");
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`, as a registry host in image references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// wrangler's whole log (the Worker's JSON lines included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every request the Worker answered, in order.
+    pub fn requests(&self) -> Vec<EdgeRequest> {
+        parse_wrangler_requests(&self.log())
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+}
+
+/// Parses `[wrangler:info] GET /path 307 Temporary Redirect (3ms)` lines.
+pub fn parse_wrangler_requests(log: &str) -> Vec<EdgeRequest> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = line.split("[wrangler:info] ").nth(1)?;
+            let mut parts = rest.split_whitespace();
+            let method = parts.next()?;
+            if !method.chars().all(|c| c.is_ascii_uppercase()) {
+                return None;
+            }
+            let path = parts.next()?;
+            let status = parts.next()?.parse().ok()?;
+            Some(EdgeRequest {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                status,
+            })
+        })
+        .collect()
+}
+
+/// Upstream, origin (behind a counting proxy) and edge, wired together.
+///
+/// Fields drop in declaration order: the edge first, the stack (origin,
+/// upstream, directory) last.
+pub struct EdgeStack {
+    /// The Worker.
+    pub edge: Edge,
+    /// The counting proxy in front of the origin: what the edge and the
+    /// redirected clients sent to the origin. `stop()` takes the origin down.
+    pub origin_proxy: Proxy,
+    /// `http://localhost:PORT` of the origin's embedded store.
+    pub s3_endpoint: String,
+    /// Upstream and origin.
+    pub stack: Stack,
+}
+
+impl EdgeStack {
+    /// Starts everything with tags fresh for `tag_ttl`.
+    pub async fn start(name: &str, tag_ttl: Duration) -> Result<EdgeStack> {
+        let s3_port = free_port();
+        let opts = OriginOpts {
+            rules: vec![(PRIVATE_PREFIX.to_owned(), UPSTREAM_URL.to_owned())],
+            config_toml: Some(format!(
+                "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\nbucket = \"{BUCKET}\"\n"
+            )),
+            ..OriginOpts::default()
+        };
+        let stack = Stack::start_with(name, UpstreamAuth::Anonymous, opts).await?;
+        let origin_addr = stack
+            .origin
+            .host()
+            .parse()
+            .context("the origin's address")?;
+        let origin_proxy = Proxy::counting(origin_addr).await?;
+        let s3_endpoint = format!("http://localhost:{s3_port}");
+        let upstream = stack.upstream.url();
+        let rule = |prefix: &str, private| EdgeRule {
+            prefix: prefix.to_owned(),
+            upstream: upstream.clone(),
+            private,
+        };
+        let edge = Edge::start(
+            &stack.dir,
+            &EdgeOpts {
+                origin: origin_proxy.url(),
+                s3_endpoint: Some(s3_endpoint.clone()),
+                rules: vec![rule(RULE_PREFIX, false), rule(PRIVATE_PREFIX, true)],
+                tag_ttl,
+                stale_if_error: Duration::from_secs(3600),
+            },
+        )
+        .await?;
+        Ok(EdgeStack {
+            edge,
+            origin_proxy,
+            s3_endpoint,
+            stack,
+        })
+    }
+
+    /// `<edge host>/up/<repo>:<tag>`.
+    pub fn edge_ref(&self, repo: &str, tag: &str) -> String {
+        format!("{}/{RULE_PREFIX}/{repo}:{tag}", self.edge.host())
+    }
+
+    /// Waits until the origin has no hydration in flight (every blob it
+    /// served is committed to the store).
+    pub async fn hydrations_settled(&self) -> Result<()> {
+        let origin = &self.stack.origin;
+        wait_until(
+            "origin hydrations to finish",
+            Duration::from_secs(30),
+            || async { Ok(origin.metric("wharf_hydrations_in_flight", &[]).await? == 0.0) },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrangler_request_lines() {
+        let log = "[wrangler:info] Ready on http://127.0.0.1:1\n\
+                   {\"level\":\"INFO\"}\n\
+                   [wrangler:info] GET /v2/ 401 Unauthorized (25ms)\n\
+                   \u{1b}[0m[wrangler:info] HEAD /v2/up/a/blobs/sha256:ab 307 Temporary Redirect (3ms)\n";
+        assert_eq!(
+            parse_wrangler_requests(log),
+            vec![
+                EdgeRequest {
+                    method: "GET".into(),
+                    path: "/v2/".into(),
+                    status: 401
+                },
+                EdgeRequest {
+                    method: "HEAD".into(),
+                    path: "/v2/up/a/blobs/sha256:ab".into(),
+                    status: 307
+                },
+            ]
+        );
+    }
+}
