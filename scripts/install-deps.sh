@@ -11,6 +11,8 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v podman >/dev/null || need+=(podman)
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 command -v curl >/dev/null || need+=(curl)
+# The benchmark's hashing reference (bench/, issue 6).
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

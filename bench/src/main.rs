@@ -58,7 +58,8 @@ const COLD_TARGET: f64 = 1.10;
 const WARM_TARGET: f64 = 1.00;
 /// Target of item 6 (the issue names no number): a cached blob through the
 /// origin at this fraction of a plain download from its store, and the
-/// origin's hash at this fraction of `sha256sum`.
+/// origin's hash at this fraction of the faster of `sha256sum` and
+/// `openssl dgst -sha256`.
 const STREAM_TARGET: f64 = 0.80;
 const HASH_TARGET: f64 = 0.90;
 
@@ -159,13 +160,13 @@ macro_rules! say {
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
-    let t0 = Instant::now();
     let v = if args.short {
         Variant::short()
     } else {
         Variant::full()
     };
     let origin_bin = origin_bin(&args, &v)?;
+    let t0 = Instant::now();
     say!(
         t0,
         "{} variant; origin binary {}",
@@ -189,14 +190,25 @@ async fn run(args: Args) -> Result<ExitCode> {
     let herd_img = ImageSpec::docker(&v.herd_layers)
         .push(&sys.upstream, "bench/herd", "v1")
         .await?;
-    let cold_img = ImageSpec::docker(&v.cold_layers)
-        .push(&sys.upstream, "bench/cold", "v1")
-        .await?;
+    // Two images of the cold shape: each system gets two cold pulls.
+    let mut cold_imgs = Vec::new();
+    for repo in ["bench/cold-a", "bench/cold-b"] {
+        cold_imgs.push(
+            ImageSpec::docker(&v.cold_layers)
+                .push(&sys.upstream, repo, "v1")
+                .await?,
+        );
+    }
     let reval_img = ImageSpec::docker(&[64 * 1024])
         .push(&sys.upstream, "bench/reval", "v1")
         .await?;
+    // The resources herd, and one with a blob 8× smaller (RSS must not
+    // depend on blob size).
     let res_img = ImageSpec::docker(&[v.res_layer])
         .push(&sys.upstream, "bench/res", "v1")
+        .await?;
+    let res_small_img = ImageSpec::docker(&[v.res_layer / 8])
+        .push(&sys.upstream, "bench/res-small", "v1")
         .await?;
     say!(t0, "images pushed");
 
@@ -222,12 +234,12 @@ async fn run(args: Args) -> Result<ExitCode> {
         "= 1.00",
         herd(&sys, &herd_img, v.herd_clients)
     );
-    let mut skopeo = probe::Skopeo::new(cold_img.total_size)?;
+    let mut skopeo = probe::Skopeo::new(cold_imgs[0].total_size)?;
     phase!(
         "2",
         "cold pull time (skopeo)",
         "≤ 1.10 × direct",
-        cold_and_warm(&sys, &cold_img, &mut skopeo)
+        cold_and_warm(&sys, &cold_imgs, &mut skopeo)
     );
     phase!(
         "4",
@@ -239,7 +251,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         "5",
         "origin resources under a cold herd",
         "≤ 100 MiB",
-        resources(&sys, &res_img, v.res_clients)
+        resources(&sys, &res_img, &res_small_img, v.res_clients)
     );
     phase!(
         "6",
@@ -263,6 +275,14 @@ async fn run(args: Args) -> Result<ExitCode> {
     drop(skopeo);
     drop(sys);
 
+    let load_end = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut machine = machine;
+    machine.push(("load average at end".into(), load_end));
     let (met, total) = report::score(&rows);
     let table = report::table(&rows);
     let summary = format!("bench: {met}/{total} targets met");
@@ -467,13 +487,17 @@ async fn wait_hydrations(sys: &Systems) -> Result<()> {
 
 async fn cold_and_warm(
     sys: &Systems,
-    img: &PushedImage,
+    imgs: &[PushedImage],
     skopeo: &mut probe::Skopeo,
 ) -> Result<Vec<Row>> {
-    let direct = format!("{}/{}:v1", sys.upstream.host(), img.repo);
-    let wharf = format!("{}/{WHARF_PREFIX}/{}:v1", sys.wharf.host, img.repo);
-    let dist = format!("{}/{}:v1", sys.dist.host, img.repo);
-    let m = &img.manifest_digest;
+    let refs = |img: &PushedImage| {
+        (
+            format!("{}/{}:v1", sys.upstream.host(), img.repo),
+            format!("{}/{WHARF_PREFIX}/{}:v1", sys.wharf.host, img.repo),
+            format!("{}/{}:v1", sys.dist.host, img.repo),
+        )
+    };
+    let img = &imgs[0];
     let shape = format!(
         "{} image, {} layers (skopeo → dir: on {})",
         size(img.total_size),
@@ -485,22 +509,33 @@ async fn cold_and_warm(
         }
     );
 
-    // Cold: each cache sees the image for the first time; direct pulls
-    // bracket them (best of the two: the strictest baseline).
-    let d1 = skopeo.timed_copy(&direct, m).await.context("direct pull")?;
-    let w_cold = skopeo
-        .timed_copy(&wharf, m)
-        .await
-        .context("cold pull through Wharf")?;
-    let dist_cold = skopeo
-        .timed_copy(&dist, m)
-        .await
-        .context("cold pull through Distribution")?;
-    let d2 = skopeo.timed_copy(&direct, m).await.context("direct pull")?;
-    let direct_cold = d1.min(d2);
-    wait_hydrations(sys).await?;
+    // Cold: each image is new to both caches; per image a direct pull, then
+    // Wharf, then Distribution. Best of the images for each system.
+    let mut direct_cold = Duration::MAX;
+    let mut w_cold = Duration::MAX;
+    let mut dist_cold = Duration::MAX;
+    for img in imgs {
+        let (direct, wharf, dist) = refs(img);
+        let m = &img.manifest_digest;
+        direct_cold = direct_cold.min(skopeo.timed_copy(&direct, m).await.context("direct pull")?);
+        w_cold = w_cold.min(
+            skopeo
+                .timed_copy(&wharf, m)
+                .await
+                .context("cold pull through Wharf")?,
+        );
+        dist_cold = dist_cold.min(
+            skopeo
+                .timed_copy(&dist, m)
+                .await
+                .context("cold pull through Distribution")?,
+        );
+        wait_hydrations(sys).await?;
+    }
 
-    // Warm: interleaved rounds, best of each.
+    // Warm: interleaved rounds on the first image, best of each.
+    let (direct, wharf, dist) = refs(img);
+    let m = &img.manifest_digest;
     sys.wharf_up.reset_counts();
     let from_upstream = sys
         .wharf
@@ -533,9 +568,9 @@ async fn cold_and_warm(
         Row::new(
             "2",
             format!("cold pull time; {shape}"),
-            secs(w_cold),
-            secs(dist_cold),
-            format!("{} (best of 2)", secs(direct_cold)),
+            format!("{} (best of {})", secs(w_cold), imgs.len()),
+            format!("{} (best of {})", secs(dist_cold), imgs.len()),
+            format!("{} (best of {})", secs(direct_cold), imgs.len()),
             format!("{cold_ratio:.2} × direct"),
             format!("≤ {COLD_TARGET:.2} × direct"),
             Verdict::of(cold_ratio <= COLD_TARGET),
@@ -642,7 +677,12 @@ async fn revalidation(
 // ---------------------------------------------------------------------------
 // Item 5: origin resources while a herd cold-pulls a large blob
 
-async fn resources(sys: &Systems, img: &PushedImage, clients: usize) -> Result<Vec<Row>> {
+async fn resources(
+    sys: &Systems,
+    img: &PushedImage,
+    small: &PushedImage,
+    clients: usize,
+) -> Result<Vec<Row>> {
     struct Used {
         herd: Herd,
         before: probe::ProcSample,
@@ -667,6 +707,17 @@ async fn resources(sys: &Systems, img: &PushedImage, clients: usize) -> Result<V
             after,
         })
     }
+    // The smaller blob first: its peak beside the large one's shows whether
+    // memory grows with blob size.
+    let w_small = measure(
+        sys.wharf.pid()?,
+        &sys.wharf.url,
+        &format!("{WHARF_PREFIX}/{}", small.repo),
+        clients,
+        &sys.wharf_up,
+        wait_hydrations(sys),
+    )
+    .await?;
     let wharf_repo = format!("{WHARF_PREFIX}/{}", img.repo);
     let w = measure(
         sys.wharf.pid()?,
@@ -716,7 +767,12 @@ async fn resources(sys: &Systems, img: &PushedImage, clients: usize) -> Result<V
         Row::new(
             "5",
             format!("peak RSS of the cache process; {shape}"),
-            rss(&w),
+            format!(
+                "{}; with a {} blob: {:.1} MiB peak",
+                rss(&w),
+                size(small.layer_sizes[0]),
+                w_small.after.hwm as f64 / MIB as f64
+            ),
             rss(&d),
             "—",
             format!(
@@ -724,7 +780,11 @@ async fn resources(sys: &Systems, img: &PushedImage, clients: usize) -> Result<V
                 w.after.hwm as f64 / d.after.hwm.max(1) as f64
             ),
             format!("≤ {} MiB, flat in blob size", RSS_TARGET / MIB),
-            Verdict::of(w.after.hwm <= RSS_TARGET && w.herd.failed == 0),
+            Verdict::of(
+                w.after.hwm <= RSS_TARGET
+                    && w_small.after.hwm <= RSS_TARGET
+                    && w.herd.failed + w_small.herd.failed == 0,
+            ),
         ),
         Row::new(
             "5",
@@ -796,9 +856,11 @@ async fn throughput(sys: &Systems, img: &PushedImage, runs: usize) -> Result<Vec
     ensure!(file.is_file(), "{} not found", file.display());
     let sha2 = probe::sha2_throughput(&file, &hex, runs).await?;
     let sum = probe::sha256sum_throughput(&file, &hex, runs).await?;
+    let openssl = probe::openssl_throughput(&file, &hex, runs).await?;
+    let best_tool = sum.max(openssl);
 
     let stream_ratio = w / s;
-    let hash_ratio = sha2 / sum;
+    let hash_ratio = sha2 / best_tool;
     Ok(vec![
         Row::new(
             "6",
@@ -821,9 +883,9 @@ async fn throughput(sys: &Systems, img: &PushedImage, runs: usize) -> Result<Vec
             ),
             format!("{} (sha2 crate, as the origin)", gbps(sha2)),
             "—",
-            format!("sha256sum: {}", gbps(sum)),
-            format!("{hash_ratio:.2} × sha256sum"),
-            format!("≥ {HASH_TARGET:.2} × sha256sum"),
+            format!("sha256sum: {}; openssl dgst: {}", gbps(sum), gbps(openssl)),
+            format!("{hash_ratio:.2} × the faster tool"),
+            format!("≥ {HASH_TARGET:.2} × the faster tool"),
             Verdict::of(hash_ratio >= HASH_TARGET),
         ),
     ])
@@ -879,7 +941,9 @@ How to read it:
   figures include its embedded object store (same process).
 * Item 6 targets are ours (the issue names no number): a cached blob through
   the origin at ≥ 0.80 × a plain download from its store, the origin's sha256
-  at ≥ 0.90 × `sha256sum`.
+  (the `sha2` crate, measured in the bench binary, same crate and profile)
+  at ≥ 0.90 × the faster of `sha256sum` and `openssl dgst -sha256` (coreutils
+  may not use the CPU's SHA extensions; OpenSSL does).
 * Pending rows (the edge) count as targets not met.
 ";
 

@@ -16,6 +16,7 @@
 //! * [`sigv4`] — SigV4 query-string presigning of S3 object URLs (the edge's blob redirects).
 //! * [`token`] — Wharf's own registry bearer tokens (HS256 JWTs), challenges, `Authorization` parsing.
 //! * [`ticket`] — short-lived HMAC tickets that hand a blob miss from the edge to the origin.
+//! * [`pull_auth`] — the one ticket-or-token decision for a pull request (edge and origin).
 //! * [`utc`] — UTC calendar formatting of unix timestamps.
 //!
 //! # Key decision
@@ -37,6 +38,7 @@ pub mod error;
 pub mod freshness;
 pub mod keys;
 pub mod media;
+pub mod pull_auth;
 pub mod range;
 pub mod reference;
 pub mod rules;

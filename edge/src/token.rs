@@ -12,9 +12,9 @@
 //!   request; the registry request then answers `401` with
 //!   `error="insufficient_scope"`. Wrong credentials fail at once (`401`).
 
+use wharf_core::pull_auth::{Grant, PullAuthError, PullCheck, check};
 use wharf_core::token::{
-    Access, Claims, Scope, TokenError, bearer_challenge, issue, parse_basic, parse_bearer, verify,
-    verify_unscoped,
+    Access, Claims, Scope, bearer_challenge, issue, parse_basic, parse_bearer, verify_unscoped,
 };
 use wharf_core::urlencode::decode_query_component;
 use wharf_core::utc::UtcDateTime;
@@ -61,40 +61,40 @@ pub fn base(ctx: &Ctx<'_>) -> Result<Response, Error> {
 
 /// Checks the request's bearer token for `pull` on `name` (as the client
 /// spelled it) and, when `resolved` is a private rule, that the bearer
-/// authenticated for that rule.
+/// authenticated for that rule — the same decision the origin makes
+/// ([`wharf_core::pull_auth`]). The edge accepts no tickets: it issues them.
 pub fn authorize(
     ctx: &Ctx<'_>,
     name: &RepositoryName,
     resolved: &Resolved,
 ) -> Result<Claims, Error> {
-    let scope = Scope::pull(name);
-    let Some(token) = ctx
-        .header("Authorization")
-        .and_then(|h| parse_bearer(&h).map(str::to_owned))
-    else {
-        return Err(Error::Unauthenticated {
-            challenge: challenge(ctx, Some(&scope), None),
-        });
+    let req = PullCheck {
+        key: &ctx.config.key,
+        service: &ctx.config.global_host,
+        now_secs: ctx.now_secs(),
+        name,
+        blob: None,
+        private_rule: ctx
+            .config
+            .rule(resolved.rule)
+            .private
+            .then_some(resolved.prefix.as_str()),
     };
-    let refuse = |source: TokenError| Error::Token {
-        challenge: challenge(ctx, Some(&scope), Some(source.challenge_error())),
-        source,
-    };
-    let claims = verify(
-        &ctx.config.key,
-        &token,
-        &ctx.config.global_host,
-        ctx.now_secs(),
-        &scope,
-    )
-    .map_err(refuse)?;
-    if ctx.config.rule(resolved.rule).private && !claims.allows_rule(&resolved.prefix) {
-        return Err(refuse(TokenError::PrivateRule {
-            name: name.to_string(),
-            rule: resolved.prefix.clone(),
-        }));
+    match check(&req, ctx.header("Authorization").as_deref(), None) {
+        Ok(Grant::Token(claims)) => Ok(claims),
+        Ok(Grant::Ticket) => Err(Error::Runtime(
+            "a ticket was accepted without a blob".into(),
+        )),
+        Err(e) => {
+            let challenge = e
+                .challenge(&ctx.realm(), &ctx.config.global_host, name)
+                .unwrap_or_default();
+            Err(match e {
+                PullAuthError::Token(source) => Error::Token { source, challenge },
+                _ => Error::Unauthenticated { challenge },
+            })
+        }
     }
-    Ok(claims)
 }
 
 /// The parameters of a token request, from a query string or a form body.

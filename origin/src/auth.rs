@@ -21,26 +21,21 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
-use wharf_core::token::{self, Claims, Scope, SigningKey};
-use wharf_core::{ApiMethod, ApiRequest, ticket};
+use wharf_core::pull_auth::{self, PullCheck};
+use wharf_core::token::{self, SigningKey};
+use wharf_core::{ApiRequest, RepositoryName};
 
 use crate::error::Error;
 
-/// Token checking for one origin.
+pub use wharf_core::pull_auth::Grant;
+
+/// Token checking for one origin. The decision itself is the core's
+/// (`wharf_core::pull_auth`), the same one the edge makes.
 #[derive(Clone, Debug)]
 pub struct Auth {
     key: SigningKey,
     service: String,
     realm: String,
-}
-
-/// What a request proved.
-#[derive(Debug)]
-pub enum Grant {
-    /// A verified token.
-    Token(Claims),
-    /// A verified blob ticket (the edge already authorised the pull).
-    Ticket,
 }
 
 fn now_secs() -> u64 {
@@ -61,59 +56,61 @@ impl Auth {
         }
     }
 
-    /// Verifies the credentials of `request`.
-    pub fn check(
-        &self,
-        method: ApiMethod,
-        request: &ApiRequest,
-        query: Option<&str>,
-        headers: &HeaderMap,
-    ) -> Result<Grant, Error> {
-        let now = now_secs();
-        if let ApiRequest::Blob { name, digest } = request
-            && let Some(t) = ticket::from_query(query)
-        {
-            let _ = method;
-            return ticket::verify(&self.key, &t, name, digest, now)
-                .map(|()| Grant::Ticket)
-                .map_err(|e| {
-                    Error::Denied(format!("blob ticket refused: {e}; ask the edge again"))
-                });
-        }
-        let scope = request.name().map(Scope::pull);
+    /// `/v2/`: any valid token.
+    pub fn check_base(&self, headers: &HeaderMap) -> Result<(), Error> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(token::parse_bearer);
-        let Some(bearer) = bearer else {
-            return Err(self.challenge(scope.as_ref(), None, "a bearer token is required".into()));
+        let result = match bearer {
+            None => Err(None),
+            Some(t) => token::verify_unscoped(&self.key, t, &self.service, now_secs())
+                .map(drop)
+                .map_err(Some),
         };
-        let verified = match &scope {
-            Some(scope) => token::verify(&self.key, bearer, &self.service, now, scope),
-            None => token::verify_unscoped(&self.key, bearer, &self.service, now),
-        };
-        verified.map(Grant::Token).map_err(|e| {
-            let error = e.challenge_error();
-            self.challenge(scope.as_ref(), Some(error), format!("token refused: {e}"))
+        result.map_err(|e| Error::Unauthorized {
+            challenge: token::bearer_challenge(&self.realm, &self.service, None, e.as_ref().map(|e| e.challenge_error())),
+            reason: match e {
+                None => "authentication required: get a token from the realm in the WWW-Authenticate header".into(),
+                Some(e) => format!("token refused: {e}"),
+            },
         })
     }
 
-    /// Checks that `grant` may use the private rule `prefix`.
-    pub fn check_private_rule(&self, grant: &Grant, prefix: &str) -> Result<(), Error> {
-        match grant {
-            Grant::Ticket => Ok(()),
-            Grant::Token(claims) if claims.allows_rule(prefix) => Ok(()),
-            Grant::Token(_) => Err(Error::Denied(format!(
-                "repositories under {prefix}/ need a token issued after signing in; run `docker login` against the edge"
-            ))),
-        }
-    }
-
-    fn challenge(&self, scope: Option<&Scope>, error: Option<&str>, reason: String) -> Error {
-        Error::Unauthorized {
-            challenge: token::bearer_challenge(&self.realm, &self.service, scope, error),
-            reason,
-        }
+    /// A request for `name` (resolved to a rule whose prefix is
+    /// `private_rule` when private): its token or blob ticket.
+    pub fn check(
+        &self,
+        request: &ApiRequest,
+        name: &RepositoryName,
+        private_rule: Option<&str>,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Grant, Error> {
+        let blob = match request {
+            ApiRequest::Blob { digest, .. } => Some(digest),
+            _ => None,
+        };
+        let check = PullCheck {
+            key: &self.key,
+            service: &self.service,
+            now_secs: now_secs(),
+            name,
+            blob,
+            private_rule,
+        };
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        pull_auth::check(&check, authorization, query).map_err(|e| {
+            match e.challenge(&self.realm, &self.service, name) {
+                Some(challenge) => Error::Unauthorized {
+                    challenge,
+                    reason: e.to_string(),
+                },
+                None => Error::Denied(format!("{e}; ask the edge again")),
+            }
+        })
     }
 }
 
@@ -121,12 +118,17 @@ impl Auth {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-    use wharf_core::token::Access;
-    use wharf_core::{Digest, RepositoryName};
+    use wharf_core::ticket;
+    use wharf_core::token::{Access, Claims};
+    use wharf_core::{Digest, Reference};
+
+    fn key() -> SigningKey {
+        SigningKey::new(vec![7u8; 32]).unwrap()
+    }
 
     fn auth() -> Auth {
         Auth::new(
-            SigningKey::new(vec![7u8; 32]).unwrap(),
+            key(),
             "wharf.test".into(),
             "https://wharf.test/token".into(),
         )
@@ -135,7 +137,7 @@ mod tests {
     fn token(name: &str, exp_in: i64, rules: &[&str]) -> String {
         let now = now_secs();
         token::issue(
-            &SigningKey::new(vec![7u8; 32]).unwrap(),
+            &key(),
             &Claims {
                 iss: "wharf.test".into(),
                 sub: String::new(),
@@ -153,13 +155,6 @@ mod tests {
         )
     }
 
-    fn manifest(name: &str) -> ApiRequest {
-        ApiRequest::Manifest {
-            name: RepositoryName::parse(name).unwrap(),
-            reference: wharf_core::Reference::parse("latest").unwrap(),
-        }
-    }
-
     fn headers(token: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(
@@ -169,89 +164,101 @@ mod tests {
         h
     }
 
+    fn check(
+        req: &ApiRequest,
+        private: Option<&str>,
+        query: Option<&str>,
+        h: &HeaderMap,
+    ) -> Result<Grant, Error> {
+        auth().check(req, req.name().unwrap(), private, query, h)
+    }
+
+    fn manifest(name: &str) -> ApiRequest {
+        ApiRequest::Manifest {
+            name: RepositoryName::parse(name).unwrap(),
+            reference: Reference::parse("latest").unwrap(),
+        }
+    }
+
     #[test]
     fn tokens_are_checked_for_the_repository_and_expiry() {
-        let a = auth();
         let req = manifest("docker.io/library/alpine");
         assert!(
-            a.check(
-                ApiMethod::Get,
+            check(
                 &req,
+                None,
                 None,
                 &headers(&token("docker.io/library/alpine", 300, &[]))
             )
             .is_ok()
         );
-        let cases = [
-            (HeaderMap::new(), "bearer token is required"),
-            (
-                headers(&token("docker.io/library/nginx", 300, &[])),
-                "token refused",
-            ),
-            (
-                headers(&token("docker.io/library/alpine", -3600, &[])),
-                "token refused",
-            ),
-            (headers("not.a.jwt"), "token refused"),
-        ];
-        for (h, want) in cases {
-            let err = a.check(ApiMethod::Get, &req, None, &h).unwrap_err();
-            assert!(matches!(&err, Error::Unauthorized { .. }), "{err}");
-            assert!(err.to_string().contains(want), "{err}");
+        for h in [
+            HeaderMap::new(),
+            headers(&token("docker.io/library/nginx", 300, &[])),
+            headers(&token("docker.io/library/alpine", -3600, &[])),
+            headers("not.a.jwt"),
+        ] {
+            let err = check(&req, None, None, &h).unwrap_err();
+            let Error::Unauthorized { challenge, .. } = &err else {
+                panic!("{err}")
+            };
+            assert!(
+                challenge.contains("realm=\"https://wharf.test/token\""),
+                "{challenge}"
+            );
         }
     }
 
     #[test]
+    fn base_endpoint_needs_any_valid_token() {
+        assert!(auth().check_base(&headers(&token("x/y", 300, &[]))).is_ok());
+        assert!(matches!(
+            auth().check_base(&HeaderMap::new()),
+            Err(Error::Unauthorized { .. })
+        ));
+    }
+
+    #[test]
     fn blob_tickets_stand_in_for_tokens() {
-        let a = auth();
         let name = RepositoryName::parse("docker.io/library/alpine").unwrap();
         let digest = Digest::sha256_of(b"layer");
-        let t = ticket::issue(
-            &SigningKey::new(vec![7u8; 32]).unwrap(),
-            &name,
-            &digest,
-            now_secs() + 60,
-        );
+        let t = ticket::issue(&key(), &name, &digest, now_secs() + 60);
         let req = ApiRequest::Blob {
             name: name.clone(),
-            digest: digest.clone(),
+            digest,
         };
         let query = format!("{}={t}", ticket::QUERY_PARAM);
         assert!(matches!(
-            a.check(ApiMethod::Get, &req, Some(&query), &HeaderMap::new()),
+            check(&req, None, Some(&query), &HeaderMap::new()),
             Ok(Grant::Ticket)
         ));
         let other = ApiRequest::Blob {
             name,
             digest: Digest::sha256_of(b"other"),
         };
-        assert!(matches!(
-            a.check(ApiMethod::Get, &other, Some(&query), &HeaderMap::new()),
-            Err(Error::Denied(_))
-        ));
+        assert!(check(&other, None, Some(&query), &HeaderMap::new()).is_err());
     }
 
     #[test]
     fn private_rules_need_the_rule_in_the_token() {
-        let a = auth();
         let req = manifest("private/app");
-        let open = a
-            .check(
-                ApiMethod::Get,
+        assert!(
+            check(
                 &req,
+                Some("private"),
                 None,
-                &headers(&token("private/app", 300, &[])),
+                &headers(&token("private/app", 300, &[]))
             )
-            .unwrap();
-        assert!(a.check_private_rule(&open, "private").is_err());
-        let signed_in = a
-            .check(
-                ApiMethod::Get,
+            .is_err()
+        );
+        assert!(
+            check(
                 &req,
+                Some("private"),
                 None,
-                &headers(&token("private/app", 300, &["private"])),
+                &headers(&token("private/app", 300, &["private"]))
             )
-            .unwrap();
-        assert!(a.check_private_rule(&signed_in, "private").is_ok());
+            .is_ok()
+        );
     }
 }

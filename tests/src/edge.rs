@@ -91,13 +91,24 @@ pub struct EdgeRule {
     pub private: bool,
 }
 
-/// How to configure an [`Edge`].
+/// One region as the edge sees it.
 #[derive(Clone, Debug)]
-pub struct EdgeOpts {
+pub struct EdgeRegion {
+    /// Name: `<name>.<global host>` is pinned to it.
+    pub name: String,
     /// The region's origin base URL.
     pub origin: String,
     /// `http://localhost:PORT` of the region's store, if presigning.
     pub s3_endpoint: Option<String>,
+    /// Cloudflare continent codes the global hostname sends here.
+    pub continents: Vec<String>,
+}
+
+/// How to configure an [`Edge`].
+#[derive(Clone, Debug)]
+pub struct EdgeOpts {
+    /// Regions; the first is the default.
+    pub regions: Vec<EdgeRegion>,
     /// Cache rules.
     pub rules: Vec<EdgeRule>,
     /// `WHARF_TAG_TTL`.
@@ -135,12 +146,21 @@ impl Edge {
         let wrangler = wrangler_bin()?;
         let bundle = edge_bundle()?;
         let base = dir.sub("edge");
-        let mut region = serde_json::json!({"name": "test", "origin": opts.origin});
-        if let Some(ep) = &opts.s3_endpoint {
-            region["s3_endpoint"] = ep.clone().into();
-            region["bucket"] = BUCKET.into();
-            region["s3_region"] = "us-east-1".into();
-        }
+        let regions: Vec<_> = opts
+            .regions
+            .iter()
+            .map(|r| {
+                let mut region = serde_json::json!({
+                    "name": r.name, "origin": r.origin, "continents": r.continents,
+                });
+                if let Some(ep) = &r.s3_endpoint {
+                    region["s3_endpoint"] = ep.clone().into();
+                    region["bucket"] = BUCKET.into();
+                    region["s3_region"] = "us-east-1".into();
+                }
+                region
+            })
+            .collect();
         let rules: Vec<_> = opts
             .rules
             .iter()
@@ -163,7 +183,7 @@ impl Edge {
              [[kv_namespaces]]\nbinding = \"WHARF_KV\"\nid = \"wharf-tests\"\n",
             main = toml_str(&bundle.display().to_string()),
             global = toml_str(GLOBAL_HOST),
-            regions = toml_str(&serde_json::json!([region]).to_string()),
+            regions = toml_str(&serde_json::Value::Array(regions).to_string()),
             rules = toml_str(&serde_json::Value::Array(rules).to_string()),
             ttl = opts.tag_ttl.as_secs(),
             stale = opts.stale_if_error.as_secs(),
@@ -292,6 +312,12 @@ pub fn parse_wrangler_requests(log: &str) -> Vec<EdgeRequest> {
 
 /// Upstream, origin (behind a counting proxy) and edge, wired together.
 ///
+/// The edge has two regions on the one origin: `eu` (the default, with the
+/// origin's store for presigned redirects, continent `EU`) and `us` (no
+/// store: every blob goes to the origin; continent `NA`, which is what
+/// `wrangler dev` reports for every client when it cannot fetch Cloudflare's
+/// `cf` data, so the global hostname routes to `us`).
+///
 /// Fields drop in declaration order: the edge first, the stack (origin,
 /// upstream, directory) last.
 pub struct EdgeStack {
@@ -307,13 +333,17 @@ pub struct EdgeStack {
 }
 
 impl EdgeStack {
-    /// Starts everything with tags fresh for `tag_ttl`.
+    /// Starts everything with tags fresh for `tag_ttl` at the edge and at
+    /// the origin.
     pub async fn start(name: &str, tag_ttl: Duration) -> Result<EdgeStack> {
         let s3_port = free_port();
         let opts = OriginOpts {
             rules: vec![(PRIVATE_PREFIX.to_owned(), UPSTREAM_URL.to_owned())],
+            tag_ttl: Some(tag_ttl),
             config_toml: Some(format!(
-                "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\nbucket = \"{BUCKET}\"\n"
+                "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\nbucket = \"{BUCKET}\"\n\
+                 [auth]\ntoken_key = \"{TOKEN_KEY}\"\nservice = \"{GLOBAL_HOST}\"\n\
+                 [[rule]]\nprefix = \"{PRIVATE_PREFIX}\"\nupstream = \"{UPSTREAM_URL}\"\nprivate = true\n"
             )),
             ..OriginOpts::default()
         };
@@ -334,8 +364,20 @@ impl EdgeStack {
         let edge = Edge::start(
             &stack.dir,
             &EdgeOpts {
-                origin: origin_proxy.url(),
-                s3_endpoint: Some(s3_endpoint.clone()),
+                regions: vec![
+                    EdgeRegion {
+                        name: "eu".into(),
+                        origin: origin_proxy.url(),
+                        s3_endpoint: Some(s3_endpoint.clone()),
+                        continents: vec!["EU".into()],
+                    },
+                    EdgeRegion {
+                        name: "us".into(),
+                        origin: origin_proxy.url(),
+                        s3_endpoint: None,
+                        continents: vec!["NA".into()],
+                    },
+                ],
                 rules: vec![rule(RULE_PREFIX, false), rule(PRIVATE_PREFIX, true)],
                 tag_ttl,
                 stale_if_error: Duration::from_secs(3600),

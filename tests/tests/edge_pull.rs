@@ -384,6 +384,116 @@ async fn refused_tokens_and_private_repositories_get_precise_oci_errors() {
     assert_eq!((status, code.as_str()), (404, "NAME_UNKNOWN"));
 }
 
+/// A request to the edge as if sent to `host` (wrangler dev keeps the Host
+/// header as the request URL's host, as Cloudflare does).
+async fn get_as(es: &EdgeStack, host: &str, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut req = client()
+        .get(format!("{}{path}", es.edge.url()))
+        .header("Host", host)
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        );
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_work_on_every_hostname_and_regional_hostnames_are_pinned() {
+    let es = EdgeStack::start("edge-regions", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let image = ImageSpec::docker(&[8000])
+        .push(&es.stack.upstream, "team/app", "v1")
+        .await
+        .unwrap();
+    let repo = format!("{RULE_PREFIX}/team/app");
+    let eu = format!("eu.{GLOBAL_HOST}");
+    let us = format!("us.{GLOBAL_HOST}");
+
+    // The realm follows the hostname the client used; the service never changes.
+    let r = get_as(&es, &eu, "/v2/", None).await;
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap();
+    assert_eq!(
+        challenge,
+        format!(r#"Bearer realm="http://{eu}/token",service="{GLOBAL_HOST}""#)
+    );
+
+    // A token from the eu hostname works on us and on the global hostname.
+    let r = client()
+        .get(format!("{}/token", es.edge.url()))
+        .header("Host", &eu)
+        .query(&[("scope", format!("repository:{repo}:pull"))])
+        .send()
+        .await
+        .unwrap();
+    let t = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for host in [eu.as_str(), us.as_str(), GLOBAL_HOST] {
+        assert_eq!(
+            get_as(&es, host, "/v2/", Some(&t)).await.status(),
+            StatusCode::OK,
+            "{host}"
+        );
+        let r = get_as(&es, host, &format!("/v2/{repo}/manifests/v1"), Some(&t)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{host}");
+        assert_eq!(
+            r.headers()["docker-content-digest"].to_str().unwrap(),
+            image.manifest_digest
+        );
+    }
+
+    // Regional hostnames are pinned; the global one routes by continent.
+    let region = |r: &reqwest::Response| r.headers()["x-wharf-region"].to_str().unwrap().to_owned();
+    let path = format!("/v2/{repo}/manifests/v1");
+    assert_eq!(region(&get_as(&es, &eu, &path, Some(&t)).await), "eu");
+    assert_eq!(region(&get_as(&es, &us, &path, Some(&t)).await), "us");
+    assert_eq!(
+        region(&get_as(&es, GLOBAL_HOST, &path, Some(&t)).await),
+        "us",
+        "wrangler dev reports continent NA"
+    );
+    assert_eq!(
+        region(&get_as(&es, "127.0.0.1", &path, Some(&t)).await),
+        "eu",
+        "unknown hosts: the default region"
+    );
+
+    // Hydrate the layer, then: eu (has a store) presigns, us (none) sends the
+    // blob to its origin with a ticket.
+    let layer = &image.layer_digests[0];
+    let blob = format!("/v2/{repo}/blobs/{layer}");
+    let r = get_as(&es, &us, &blob, Some(&t)).await;
+    let ticketed = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(ticketed.contains("?wharf-ticket="), "{ticketed}");
+    let body = client()
+        .get(&ticketed)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(wharf_tests::sha256_digest(&body), *layer);
+    es.hydrations_settled().await.unwrap();
+    let r = get_as(&es, &eu, &blob, Some(&t)).await;
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with(&es.s3_endpoint),
+        "eu presigns: {location}"
+    );
+    let r = get_as(&es, &us, &blob, Some(&t)).await;
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(
+        location.contains("?wharf-ticket="),
+        "us never fails over to eu's store: {location}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_tag_is_served_while_the_origin_is_down() {
     let es = EdgeStack::start("edge-stale", Duration::from_secs(1))
@@ -427,4 +537,57 @@ async fn a_stale_tag_is_served_while_the_origin_is_down() {
         refusal(get(&es, &format!("/v2/{cold}/manifests/v1"), Some(&t)).await).await;
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{msg}");
     assert!(msg.contains("unreachable"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_tag_is_served_stale_once_then_revalidated_with_a_head() {
+    let es = EdgeStack::start("edge-revalidate", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let up = &es.stack.upstream;
+    let old = ImageSpec::docker(&[1000])
+        .push(up, "team/app", "v1")
+        .await
+        .unwrap();
+    let repo = format!("{RULE_PREFIX}/team/app");
+    let path = format!("/v2/{repo}/manifests/v1");
+    let t = token(&es, &repo, None).await;
+    let digest = |r: &reqwest::Response| {
+        r.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        digest(&get(&es, &path, Some(&t)).await),
+        old.manifest_digest
+    );
+
+    let new = ImageSpec::docker(&[1000])
+        .push(up, "team/app", "v1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    es.origin_proxy.reset_counts();
+    // Stale: answered at once from the cache while the revalidation runs.
+    let r = get(&es, &path, Some(&t)).await;
+    assert_eq!(r.headers()["x-wharf-cache"], "stale");
+    assert_eq!(digest(&r), old.manifest_digest);
+    // The background revalidation asked with a HEAD, saw the tag move, and
+    // fetched the new manifest: later requests get it.
+    wharf_tests::wait_until(
+        "the edge to serve the moved tag",
+        Duration::from_secs(20),
+        || {
+            let (es, path, t, want) = (&es, &path, &t, &new.manifest_digest);
+            async move { Ok(digest(&get(es, path, Some(t)).await) == *want) }
+        },
+    )
+    .await
+    .unwrap();
+    let counts = es.origin_proxy.counts();
+    assert!(
+        counts.get("HEAD", Kind::Manifest) >= 1,
+        "revalidation starts with a HEAD:\n{counts}"
+    );
 }

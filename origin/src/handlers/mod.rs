@@ -37,14 +37,7 @@ pub async fn registry(
         }
     };
     let kind = request.kind();
-    if let Err(e) = authorize(
-        &state,
-        method,
-        &request,
-        ns.as_deref(),
-        uri.query(),
-        &headers,
-    ) {
+    if let Err(e) = authorize(&state, &request, ns.as_deref(), uri.query(), &headers) {
         metrics::request(kind, "denied");
         return e.into_response();
     }
@@ -75,11 +68,10 @@ pub async fn registry(
     }
 }
 
-/// Checks the request's token or ticket when the origin has a key, and that
-/// a private rule's repository is pulled with a token bound to that rule.
+/// Checks the request's token or ticket when the origin has a key (the
+/// decision is the core's, shared with the edge).
 fn authorize(
     state: &AppState,
-    method: ApiMethod,
     request: &ApiRequest,
     ns: Option<&str>,
     query: Option<&str>,
@@ -88,12 +80,10 @@ fn authorize(
     let Some(auth) = &state.auth else {
         return Ok(());
     };
-    let grant = auth.check(method, request, query, headers)?;
-    if let Some(name) = request.name() {
-        let target = state.resolve(name, ns)?;
-        if target.private {
-            auth.check_private_rule(&grant, &target.prefix)?;
-        }
-    }
-    Ok(())
+    let Some(name) = request.name() else {
+        return auth.check_base(headers);
+    };
+    let target = state.resolve(name, ns)?;
+    let private = target.private.then_some(target.prefix.as_str());
+    auth.check(request, name, private, query, headers).map(drop)
 }
