@@ -143,7 +143,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // Ctrl-C drops the run: every daemon is stopped and every directory
+    // removed on the way out.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("bench: interrupted; stopping everything");
+                Ok(ExitCode::from(130))
+            }
+        }
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bench: {e:#}");
@@ -239,7 +250,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         "2",
         "cold pull time (skopeo)",
         "≤ 1.10 × direct",
-        cold_and_warm(&sys, &cold_imgs, &mut skopeo)
+        cold_and_warm(&sys, &cold_imgs, &mut skopeo, v.runs)
     );
     phase!(
         "4",
@@ -489,6 +500,7 @@ async fn cold_and_warm(
     sys: &Systems,
     imgs: &[PushedImage],
     skopeo: &mut probe::Skopeo,
+    rounds: usize,
 ) -> Result<Vec<Row>> {
     let refs = |img: &PushedImage| {
         (
@@ -544,7 +556,7 @@ async fn cold_and_warm(
     let mut w_warm = Duration::MAX;
     let mut d_warm = Duration::MAX;
     let mut direct_warm = Duration::MAX;
-    for _ in 0..2 {
+    for _ in 0..rounds {
         w_warm = w_warm.min(skopeo.timed_copy(&wharf, m).await.context("warm Wharf")?);
         d_warm = d_warm.min(
             skopeo
@@ -579,7 +591,7 @@ async fn cold_and_warm(
             "3a",
             format!("warm pull time, origin serving the bytes (no redirects); {shape}"),
             format!(
-                "{} (best of 2; {warm_blob_gets} upstream blob GETs{})",
+                "{} (best of {rounds}; {warm_blob_gets} upstream blob GETs{})",
                 secs(w_warm),
                 if really_warm {
                     String::new()
@@ -587,8 +599,8 @@ async fn cold_and_warm(
                     format!(", {warm_from_upstream:.0} B from upstream")
                 }
             ),
-            format!("{} (best of 2)", secs(d_warm)),
-            format!("{} (best of 2)", secs(direct_warm)),
+            format!("{} (best of {rounds})", secs(d_warm)),
+            format!("{} (best of {rounds})", secs(direct_warm)),
             format!("{warm_ratio:.2} × Distribution"),
             format!("≤ {WARM_TARGET:.2} × Distribution warm"),
             Verdict::of(warm_ratio <= WARM_TARGET && really_warm),
@@ -597,7 +609,7 @@ async fn cold_and_warm(
             "3b",
             "warm pull time via the edge (307 → presigned store URLs); blob bytes through Worker and origin",
             "—",
-            format!("{} (best of 2)", secs(d_warm)),
+            format!("{} (best of {rounds})", secs(d_warm)),
             "—",
             "—",
             "≤ 1.00 × Distribution warm; 0 blob bytes through Worker and origin",

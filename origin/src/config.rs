@@ -565,6 +565,20 @@ mod tests {
     }
 
     #[test]
+    fn the_infra_example_config_is_valid() {
+        let file: File = toml::from_str(include_str!("../../infra/origin.example.toml")).unwrap();
+        let env = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "DOCKERHUB_TOKEN" => Some("x".to_owned()),
+            "WHARF_TOKEN_KEY" => Some("k".repeat(32)),
+            _ => None,
+        };
+        let c = Config::from_parts(cli(&[]), file, env).unwrap();
+        assert_eq!(c.rules.len(), 3);
+        assert!(matches!(c.storage, Storage::S3(_)));
+        assert_eq!(c.auth.unwrap().realm, "https://wharf.example.com/token");
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected() {
         assert!(toml::from_str::<File>("lissten = \"127.0.0.1:1\"").is_err());
     }
