@@ -568,7 +568,9 @@ mod tests {
     fn the_infra_example_config_is_valid() {
         let file: File = toml::from_str(include_str!("../../infra/origin.example.toml")).unwrap();
         let env = |name: &str| match name {
-            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "DOCKERHUB_TOKEN" => Some("x".to_owned()),
+            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "DOCKERHUB_TOKEN" => {
+                Some("x".to_owned())
+            }
             "WHARF_TOKEN_KEY" => Some("k".repeat(32)),
             _ => None,
         };
