@@ -28,6 +28,7 @@
 //!   closed loopback port so that a fallback to Docker Hub can never leave the
 //!   machine.
 
+pub mod cdn;
 pub mod clients;
 pub mod edge;
 pub mod images;

@@ -183,7 +183,8 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// ever leaves the machine.
 pub fn sealed_env() -> Vec<(&'static str, String)> {
     let dead = "http://127.0.0.1:9".to_owned();
-    let local = "127.0.0.1,localhost,::1".to_owned();
+    // 127.0.0.2 is the stand-in CDN (see `cdn`): another host, still loopback.
+    let local = "127.0.0.1,127.0.0.2,localhost,::1".to_owned();
     vec![
         ("HTTP_PROXY", dead.clone()),
         ("HTTPS_PROXY", dead.clone()),

@@ -88,6 +88,9 @@ pub enum Fault {
     TruncateBlob(String),
     /// Answer every request with this status and an OCI error body.
     Status(u16),
+    /// Answer blob GETs with `307` to `<this base URL><path>` (a "CDN" on
+    /// another host, as Docker Hub does), without contacting the registry.
+    RedirectBlobs(String),
 }
 
 /// What an upstream request asked for.
@@ -651,6 +654,17 @@ impl ProxyCtx {
             if status == StatusCode::TOO_MANY_REQUESTS {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            return resp;
+        }
+
+        if let Fault::RedirectBlobs(cdn) = &fault
+            && method == Method::GET
+            && kind == Kind::Blob
+        {
+            let mut resp = full(StatusCode::TEMPORARY_REDIRECT, "text/plain", String::new());
+            if let Ok(v) = HeaderValue::from_str(&format!("{cdn}{path}")) {
+                resp.headers_mut().insert(header::LOCATION, v);
             }
             return resp;
         }
