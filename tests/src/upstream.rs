@@ -91,6 +91,8 @@ pub enum Fault {
     /// Answer blob GETs with `307` to `<this base URL><path>` (a "CDN" on
     /// another host, as Docker Hub does), without contacting the registry.
     RedirectBlobs(String),
+    /// Forward blob bodies at this many bytes per second (a slow upstream).
+    SlowBlobs(u64),
 }
 
 /// What an upstream request asked for.
@@ -704,6 +706,9 @@ impl ProxyCtx {
         };
         let body: ProxyBody = match &fault {
             Fault::CorruptBlob(d) if faulty_blob(d) => corrupt(body),
+            Fault::SlowBlobs(rate) if method == Method::GET && kind == Kind::Blob => {
+                throttle(body, *rate)
+            }
             Fault::TruncateBlob(d) if faulty_blob(d) => {
                 let len = parts
                     .headers
@@ -717,6 +722,33 @@ impl ProxyCtx {
         };
         Response::from_parts(parts, body)
     }
+}
+
+/// Forwards the body at about `rate` bytes per second, in 64 KiB slices.
+fn throttle(body: Incoming, rate: u64) -> ProxyBody {
+    let rate = rate.max(1);
+    let stream = body.into_data_stream().flat_map(move |chunk| {
+        let slices: Vec<Result<Frame<Bytes>, BoxError>> = match chunk {
+            Ok(chunk) => (0..chunk.len())
+                .step_by(64 * 1024)
+                .map(|i| {
+                    Ok(Frame::data(
+                        chunk.slice(i..(i + 64 * 1024).min(chunk.len())),
+                    ))
+                })
+                .collect(),
+            Err(e) => vec![Err(Box::new(e) as BoxError)],
+        };
+        futures::stream::iter(slices).then(move |frame| async move {
+            if let Ok(f) = &frame
+                && let Some(d) = f.data_ref()
+            {
+                tokio::time::sleep(Duration::from_secs_f64(d.len() as f64 / rate as f64)).await;
+            }
+            frame
+        })
+    });
+    http_body_util::BodyExt::boxed(StreamBody::new(stream))
 }
 
 /// Flips one byte in the middle of the first non-empty chunk.
