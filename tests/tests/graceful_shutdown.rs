@@ -54,12 +54,11 @@ async fn shutdown_aborts_in_flight_hydrations_cleanly() {
         stopping.elapsed()
     );
     // The client was cut off, never given a complete body.
-    match client.await.unwrap() {
-        Ok(got) => assert!(
+    if let Ok(got) = client.await.unwrap() {
+        assert!(
             got < size,
             "the client got the whole blob ({got} bytes) from an aborted hydration"
-        ),
-        Err(_) => {}
+        );
     }
     assert_eq!(
         open_uploads(),
