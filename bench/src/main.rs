@@ -278,7 +278,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         "n/a",
         "—",
         "measured in `wrangler dev` (or natively, said which)",
-        Verdict::Pending("edge not built".into()),
+        Verdict::Pending("edge not yet in the bench".into()),
     ));
     // Items in issue order (item 3 is measured with item 2).
     rows.sort_by_key(|r| item_order(&r.item));
@@ -613,7 +613,7 @@ async fn cold_and_warm(
             "—",
             "—",
             "≤ 1.00 × Distribution warm; 0 blob bytes through Worker and origin",
-            Verdict::Pending("edge not built".into()),
+            Verdict::Pending("edge not yet in the bench".into()),
         ),
     ])
 }
