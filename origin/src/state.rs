@@ -74,6 +74,23 @@ impl Target {
         }
     }
 
+    /// Sends `method` to `/v2/<upstream repo>/<tail>` at the rule's upstream;
+    /// failures become [`Error::Upstream`] naming the registry.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        tail: &str,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<reqwest::Response, Error> {
+        self.upstream
+            .send(method, &self.upstream_repo, tail, headers)
+            .await
+            .map_err(|source| Error::Upstream {
+                registry: self.upstream.registry().to_owned(),
+                source,
+            })
+    }
+
     /// The blob-service view of this target.
     pub fn blob_request(&self, digest: wharf_core::Digest) -> BlobRequest {
         BlobRequest {

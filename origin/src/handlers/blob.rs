@@ -163,18 +163,8 @@ async fn head_blob(
             }
             None => {
                 let response = target
-                    .upstream
-                    .send(
-                        Method::HEAD,
-                        &target.upstream_repo,
-                        &format!("blobs/{digest}"),
-                        reqwest::header::HeaderMap::new(),
-                    )
-                    .await
-                    .map_err(|source| Error::Upstream {
-                        registry: registry.clone(),
-                        source,
-                    })?;
+                    .send(Method::HEAD, &format!("blobs/{digest}"), Default::default())
+                    .await?;
                 if response.status() == reqwest::StatusCode::NOT_FOUND {
                     return Err(Error::BlobUnknown {
                         name: name.to_string(),

@@ -47,11 +47,7 @@ pub async fn get(
         );
         h
     };
-    let mut response = target
-        .upstream
-        .send(Method::GET, &target.upstream_repo, &tail, accept.clone())
-        .await
-        .map_err(upstream_error)?;
+    let mut response = target.send(Method::GET, &tail, accept.clone()).await?;
     let mut fallback_filter = None;
     let mut filters_applied = response
         .headers()
@@ -61,11 +57,7 @@ pub async fn get(
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         // Fallback tag schema: the referrers index is stored under a tag.
         let fallback = format!("manifests/{}-{}", digest.algorithm().as_str(), digest.hex());
-        response = target
-            .upstream
-            .send(Method::GET, &target.upstream_repo, &fallback, accept)
-            .await
-            .map_err(upstream_error)?;
+        response = target.send(Method::GET, &fallback, accept).await?;
         fallback_filter = artifact_type.clone();
         filters_applied = None;
     }

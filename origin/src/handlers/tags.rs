@@ -90,19 +90,7 @@ async fn fetch(
     } else {
         format!("tags/list?{query}")
     };
-    let response = target
-        .upstream
-        .send(
-            Method::GET,
-            &target.upstream_repo,
-            &tail,
-            reqwest::header::HeaderMap::new(),
-        )
-        .await
-        .map_err(|source| Error::Upstream {
-            registry: registry.clone(),
-            source,
-        })?;
+    let response = target.send(Method::GET, &tail, Default::default()).await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Err(Error::RepositoryUnknown {
             name: name.to_string(),
