@@ -45,6 +45,10 @@ fi
 # never asserted; it fails only when a measurement cannot be made at all.
 # Results go under target/ so the committed full-variant table
 # (bench/results/latest.md) is not overwritten.
-cargo run -p wharf-bench --locked -- --short \
-    --origin-bin target/debug/wharf-origin \
-    --out target/bench/latest.md
+# Run the binary built by `cargo build --workspace --bins` above: `cargo run
+# -p wharf-bench` would resolve features for that one package and rebuild
+# half the dependency tree.
+target_dir="${CARGO_TARGET_DIR:-target}"
+"$target_dir/debug/wharf-bench" --short \
+    --origin-bin "$target_dir/debug/wharf-origin" \
+    --out "$target_dir/bench/latest.md"
