@@ -29,6 +29,9 @@ pub struct OriginOpts {
     pub config_toml: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Use this external S3 endpoint (`--s3-endpoint URL --bucket wharf`,
+    /// credentials in `env`) instead of the embedded store (`--data`).
+    pub s3_endpoint: Option<String>,
 }
 
 /// A running origin; stopped (SIGTERM, then SIGKILL) on drop.
@@ -108,10 +111,19 @@ impl Origin {
 
     fn command(&self) -> Result<Command> {
         let mut cmd = Command::new(origin_bin()?);
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--data")
-            .arg(&self.data);
+        cmd.arg("--listen").arg(format!("127.0.0.1:{}", self.port));
+        match &self.opts.s3_endpoint {
+            Some(endpoint) => {
+                cmd.arg("--s3-endpoint")
+                    .arg(endpoint)
+                    .arg("--bucket")
+                    .arg("wharf");
+                cmd.arg("--spool-dir").arg(self.data.join("spool"));
+            }
+            None => {
+                cmd.arg("--data").arg(&self.data);
+            }
+        }
         for (prefix, url) in &self.opts.rules {
             cmd.arg("--rule").arg(format!("{prefix}={url}"));
         }

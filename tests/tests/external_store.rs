@@ -1,0 +1,66 @@
+//! `--s3-endpoint URL --bucket NAME` with `AWS_*` credentials: an origin on
+//! an external S3-compatible store (here another origin's embedded store,
+//! reached only over the S3 API) pulls through into it, and what it stored
+//! is what the store's own origin then serves with no upstream request.
+
+use wharf_tests::{ImageSpec, OriginOpts, Stack, TestDir, UpstreamAuth, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_on_an_external_s3_store_hydrates_into_it() {
+    let s3_port = free_port();
+    let (ak, sk) = ("externalkey", "external-secret-key-0123456789");
+    let opts = OriginOpts {
+        config_toml: Some(format!(
+            "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{ak}\"\nsecret_key = \"{sk}\"\nbucket = \"wharf\"\n"
+        )),
+        ..OriginOpts::default()
+    };
+    // The store's owner: an origin whose embedded S3 server is the store.
+    let owner = Stack::start_with("external-store-owner", UpstreamAuth::Anonymous, opts)
+        .await
+        .unwrap();
+    let img = ImageSpec::oci(&[40_000, 3000])
+        .push(&owner.upstream, "team/app", "v1")
+        .await
+        .unwrap();
+
+    // An origin that only knows the store by its S3 endpoint.
+    let dir = TestDir::new("external-store-client").unwrap();
+    let client = wharf_tests::Origin::start(
+        &dir,
+        OriginOpts {
+            rules: vec![("up".into(), owner.upstream.url())],
+            s3_endpoint: Some(format!("http://127.0.0.1:{s3_port}")),
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), ak.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), sk.into()),
+            ],
+            ..OriginOpts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let pulled = wharf_tests::pull_with_reqwest(&client.url(), "up/team/app", "v1")
+        .await
+        .unwrap();
+    assert_eq!(pulled.digest, img.manifest_digest);
+    assert_eq!(pulled.blobs, img.blobs());
+    let committed = client
+        .metric(
+            "wharf_hydration_duration_seconds_count",
+            &[("outcome", "committed")],
+        )
+        .await
+        .unwrap();
+    assert!(
+        committed >= 2.0,
+        "blobs were not committed to the external store"
+    );
+
+    // The owner finds every blob in its store: no upstream blob request.
+    owner.upstream.reset_counts();
+    let again = owner.pull("team/app", &img.manifest_digest).await.unwrap();
+    assert_eq!(again.blobs, img.blobs());
+    let counts = owner.upstream.counts();
+    assert_eq!(counts.get("GET", wharf_tests::Kind::Blob), 0, "{counts}");
+}
