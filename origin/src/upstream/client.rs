@@ -285,6 +285,16 @@ impl Upstream {
                 self.record(None, Some(err.to_string()));
                 return Err(err);
             }
+            Ok(Err(source)) if source.is_timeout() => {
+                // reqwest's idle-read timeout fired before the headers came.
+                metrics::upstream_request(&self.registry, method.as_str(), "timeout");
+                let err = UpstreamError::Timeout {
+                    url: redact(url),
+                    timeout: self.timeouts.idle_read,
+                };
+                self.record(None, Some(err.to_string()));
+                return Err(err);
+            }
             Ok(Err(source)) => {
                 metrics::upstream_request(&self.registry, method.as_str(), "error");
                 let err = UpstreamError::Unreachable {
