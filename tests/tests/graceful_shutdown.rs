@@ -37,9 +37,14 @@ async fn shutdown_aborts_in_flight_hydrations_cleanly() {
             anyhow::Ok(got)
         }
     });
-    tokio::time::sleep(Duration::from_secs(4)).await;
     let uploads = s.origin.data_dir().join("s3/wharf/uploads");
     let open_uploads = || std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
+    // Wait (polling, not a fixed sleep: CI machines are slow) until the first
+    // part is being uploaded; at 2 MiB/s the download still has seconds to go.
+    let waiting = Instant::now();
+    while open_uploads() == 0 && waiting.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         open_uploads(),
         1,
