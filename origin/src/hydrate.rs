@@ -49,6 +49,8 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// The leader writes the spool file in batches of this many bytes.
 const BATCH: usize = 512 * 1024;
+/// The uploader task of one hydration (see [`upload`]).
+type Uploader = tokio::task::JoinHandle<Result<(), StoreError>>;
 /// Readers read the spool file this many bytes at a time.
 const READ_CHUNK: usize = 256 * 1024;
 const OCTET_STREAM: &str = "application/octet-stream";
@@ -63,7 +65,7 @@ pub enum Phase {
     /// All bytes arrived and matched the digest.
     Verified,
     /// The store already had the blob (found on the leader's re-check).
-    InStore,
+    InStore(ObjectMeta),
     /// The hydration failed; nothing was stored.
     Failed(Arc<Error>),
 }
@@ -228,16 +230,7 @@ impl Blobs {
         };
         match &progress.phase {
             Phase::Failed(err) => Err(Error::Joined(err.clone())),
-            Phase::InStore => {
-                let meta = self.store.head(&key).await?.ok_or_else(|| {
-                    Error::Store(StoreError {
-                        op: "HeadObject",
-                        key: key.clone(),
-                        message: "object vanished right after it was found".into(),
-                    })
-                })?;
-                Ok(BlobSource::Store(meta))
-            }
+            Phase::InStore(meta) => Ok(BlobSource::Store(meta.clone())),
             _ => Ok(BlobSource::Hydrating {
                 hydration,
                 progress,
@@ -321,26 +314,19 @@ impl Blobs {
 
     /// Returns the uploader to wait for on success (`None` when the store
     /// already had the blob), or the error and the uploader to wait for.
-    #[allow(clippy::type_complexity)]
     async fn fetch_and_spool(
         &self,
         request: &BlobRequest,
         hydration: &Hydration,
         tx: &watch::Sender<Progress>,
-    ) -> Result<
-        Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
-        (
-            Error,
-            Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
-        ),
-    > {
+    ) -> Result<Option<Uploader>, (Error, Option<Uploader>)> {
         let digest = &request.digest;
         let registry = request.upstream.registry().to_owned();
         let key = store::blob_key(digest);
         // Re-check: a flight for this digest may have committed between the
         // caller's lookup and this flight's start.
-        if let Ok(Some(_)) = self.store.head(&key).await {
-            tx.send_modify(|p| p.phase = Phase::InStore);
+        if let Ok(Some(meta)) = self.store.head(&key).await {
+            tx.send_modify(|p| p.phase = Phase::InStore(meta));
             return Ok(None);
         }
         let upstream_error = |source: UpstreamError| Error::Upstream {

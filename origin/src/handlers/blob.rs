@@ -11,7 +11,7 @@ use axum::response::Response;
 use futures::TryStreamExt;
 use reqwest::Method;
 use tokio_util::io::ReaderStream;
-use wharf_core::range::{RangeOutcome, parse_range};
+use wharf_core::range::{ByteRange, RangeOutcome, parse_range};
 use wharf_core::{Digest, RepositoryName};
 
 use crate::error::{Error, Result};
@@ -43,21 +43,7 @@ pub async fn get(
         .await?
     {
         BlobSource::Store(meta) => {
-            let range = match &range_header {
-                Some(h) => match parse_range(h, meta.len)
-                    .map_err(|e| Error::RangeInvalid(e.to_string()))?
-                {
-                    RangeOutcome::Full => None,
-                    RangeOutcome::Partial(r) => Some(r),
-                    RangeOutcome::Unsatisfiable => {
-                        return Err(Error::RangeNotSatisfiable {
-                            range: h.clone(),
-                            len: meta.len,
-                        });
-                    }
-                },
-                None => None,
-            };
+            let range = requested_range(range_header.as_deref(), meta.len)?;
             let key = store::blob_key(&digest);
             let (_, body) = state
                 .store
@@ -72,20 +58,7 @@ pub async fn get(
             let stream = ReaderStream::with_capacity(body.into_async_read(), 256 * 1024)
                 .inspect_ok(|chunk| metrics::served_bytes("store", chunk.len() as u64));
             let mut response = Response::new(Body::from_stream(stream));
-            let h = response.headers_mut();
-            match range {
-                Some(r) => {
-                    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-                    let h = response.headers_mut();
-                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len()));
-                    if let Ok(v) = HeaderValue::from_str(&r.content_range(meta.len)) {
-                        h.insert(header::CONTENT_RANGE, v);
-                    }
-                }
-                None => {
-                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len));
-                }
-            }
+            set_length(&mut response, range, Some(meta.len));
             blob_headers(response.headers_mut(), &digest);
             Ok(response)
         }
@@ -96,20 +69,11 @@ pub async fn get(
         } => {
             metrics::request("blob", if leader { "miss" } else { "coalesced" });
             let total = progress.total;
-            let range = match (&range_header, total) {
-                (Some(h), Some(total)) => {
-                    match parse_range(h, total).map_err(|e| Error::RangeInvalid(e.to_string()))? {
-                        RangeOutcome::Full => None,
-                        RangeOutcome::Partial(r) => Some(r),
-                        RangeOutcome::Unsatisfiable => {
-                            return Err(Error::RangeNotSatisfiable {
-                                range: h.clone(),
-                                len: total,
-                            });
-                        }
-                    }
-                }
-                _ => None,
+            // Without an announced length a range cannot be checked: serve
+            // the whole blob.
+            let range = match total {
+                Some(total) => requested_range(range_header.as_deref(), total)?,
+                None => None,
             };
             let (start, end) = match range {
                 Some(r) => (r.start, Some(r.end_inclusive + 1)),
@@ -118,18 +82,7 @@ pub async fn get(
             let stream = spool_stream(hydration, start, end)
                 .inspect_ok(|chunk| metrics::served_bytes("upstream", chunk.len() as u64));
             let mut response = Response::new(Body::from_stream(stream));
-            if let (Some(r), Some(total)) = (range, total) {
-                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-                let h = response.headers_mut();
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len()));
-                if let Ok(v) = HeaderValue::from_str(&r.content_range(total)) {
-                    h.insert(header::CONTENT_RANGE, v);
-                }
-            } else if let Some(total) = total {
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-            }
+            set_length(&mut response, range, total);
             blob_headers(response.headers_mut(), &digest);
             Ok(response)
         }
@@ -189,6 +142,40 @@ async fn head_blob(
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     blob_headers(response.headers_mut(), &digest);
     Ok(response)
+}
+
+/// The part of a `total`-byte blob a `Range` header asks for (`None`: all).
+fn requested_range(header: Option<&str>, total: u64) -> Result<Option<ByteRange>> {
+    let Some(h) = header else { return Ok(None) };
+    match parse_range(h, total).map_err(|e| Error::RangeInvalid(e.to_string()))? {
+        RangeOutcome::Full => Ok(None),
+        RangeOutcome::Partial(r) => Ok(Some(r)),
+        RangeOutcome::Unsatisfiable => Err(Error::RangeNotSatisfiable {
+            range: h.to_owned(),
+            len: total,
+        }),
+    }
+}
+
+/// `206` with `Content-Length`/`Content-Range` for a range of a `total`-byte
+/// blob, else `Content-Length: total` when it is known.
+fn set_length(response: &mut Response, range: Option<ByteRange>, total: Option<u64>) {
+    match (range, total) {
+        (Some(r), Some(total)) => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = response.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len()));
+            if let Ok(v) = HeaderValue::from_str(&r.content_range(total)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        (_, Some(total)) => {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+        }
+        (_, None) => {}
+    }
 }
 
 fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
