@@ -18,6 +18,7 @@
 //! * [`ticket`] — short-lived HMAC tickets that hand a blob miss from the edge to the origin.
 //! * [`pull_auth`] — the one ticket-or-token decision for a pull request (edge and origin).
 //! * [`utc`] — UTC calendar formatting of unix timestamps.
+//! * [`region`] — the region list, nearest-region ranking, health with hysteresis, rendezvous hashing of replicas.
 //!
 //! # Key decision
 //!
@@ -41,6 +42,7 @@ pub mod media;
 pub mod pull_auth;
 pub mod range;
 pub mod reference;
+pub mod region;
 pub mod rules;
 pub mod sigv4;
 pub mod ticket;
