@@ -4,14 +4,16 @@
 //! 1. trace — one span per request (method, path); `RUST_LOG` filters it;
 //! 2. error log — a response that carries a [`LoggedError`] is logged inside
 //!    that span with its status, so every OCI error is visible in the logs;
-//! 3. routes — `/v2/…` (the registry API, parsed by the core), `/healthz`,
+//! 3. stamp — `X-Wharf-Region` / `X-Wharf-Replica` (who answered);
+//! 4. routes — `/v2/…` (the registry API, parsed by the core), `/healthz`,
 //!    `/readyz`, `/metrics`.
 //!
 //! Request metrics are counted by the handlers, labelled by request kind and
 //! cache result (never by raw path).
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
@@ -31,12 +33,28 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(handlers::health::readyz))
         .route("/metrics", get(handlers::health::metrics))
         .layer(middleware::from_fn(log_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), stamp))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )
         .with_state(state)
+}
+
+/// `X-Wharf-Region` and `X-Wharf-Replica` on every response: who answered.
+async fn stamp(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(geo) = &state.geo {
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&geo.region) {
+            h.insert("x-wharf-region", v);
+        }
+        if let Some(Ok(v)) = geo.advertise.as_deref().map(HeaderValue::from_str) {
+            h.insert("x-wharf-replica", v);
+        }
+    }
+    response
 }
 
 async fn log_errors(request: Request, next: Next) -> Response {

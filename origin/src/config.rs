@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use wharf_core::region::{self, RegionSpec};
 use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
@@ -56,6 +57,13 @@ pub struct Cli {
     /// Directory for in-flight downloads (default: DATA/spool or the temp dir).
     #[arg(long, env = "WHARF_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// This origin's region, a name in the region list (`[[regions]]`).
+    #[arg(long, env = "WHARF_REGION")]
+    pub region: Option<String>,
+    /// This replica's URL exactly as listed in its region's `origins`
+    /// (replicas route blob misses to one owner by rendezvous hashing).
+    #[arg(long, env = "WHARF_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
 }
 
 /// The configuration file's shape. Every field is optional: flags may supply it.
@@ -80,6 +88,20 @@ struct File {
     auth: Option<FileAuth>,
     #[serde(default)]
     rule: Vec<FileRule>,
+    region: Option<String>,
+    advertise: Option<String>,
+    /// The shared region list (`infra/regions.toml` has the same shape).
+    #[serde(default)]
+    regions: Vec<RegionSpec>,
+    /// A file holding `[[regions]]`, relative to the config file.
+    regions_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RegionsFile {
+    #[serde(default)]
+    regions: Vec<RegionSpec>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -134,6 +156,8 @@ struct FileRule {
     stale_if_error: Option<Duration>,
     #[serde(default)]
     private: bool,
+    #[serde(default)]
+    replicate: bool,
 }
 
 /// Where objects are kept.
@@ -158,6 +182,30 @@ pub struct Rule {
     pub freshness: FreshnessPolicy,
     /// Whether pulls need a token bound to this rule (signed-in users).
     pub private: bool,
+    /// Copy what this rule hydrates to every peer region at once.
+    pub replicate: bool,
+}
+
+/// One other region whose store this origin reads (and replicates to).
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// The region's name.
+    pub name: String,
+    /// Its bucket.
+    pub s3: S3Settings,
+}
+
+/// This origin's place in the deployment.
+#[derive(Clone, Debug)]
+pub struct GeoConfig {
+    /// This origin's region.
+    pub region: String,
+    /// This replica's URL as listed in the region's `origins`.
+    pub advertise: Option<String>,
+    /// Every replica of this region (including this one).
+    pub replicas: Vec<String>,
+    /// Other regions with a store, nearest first.
+    pub peers: Vec<PeerConfig>,
 }
 
 /// How requests are authenticated when the origin sits behind the edge.
@@ -190,6 +238,8 @@ pub struct Config {
     pub tags_list_ttl: Duration,
     /// Token checking; `None` leaves the origin open.
     pub auth: Option<AuthConfig>,
+    /// Regions, replicas and peers; `None` for a single-region origin.
+    pub geo: Option<GeoConfig>,
 }
 
 const DEFAULT_BUCKET: &str = "wharf";
@@ -199,10 +249,23 @@ impl Config {
     /// Reads the file named by `--config` (if any), applies the environment
     /// and flags, and validates the result.
     pub fn load(cli: Cli) -> anyhow::Result<Config> {
-        let file = match &cli.config {
+        let mut file = match &cli.config {
             Some(path) => read_file(path)?,
             None => File::default(),
         };
+        if let Some(rel) = file.regions_file.take() {
+            let base = cli
+                .config
+                .as_deref()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."));
+            let path = base.join(rel);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("cannot read regions_file {}: {e}", path.display()))?;
+            let extra: RegionsFile = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("regions_file {}: {e}", path.display()))?;
+            file.regions.extend(extra.regions);
+        }
         Self::from_parts(cli, file, |name| std::env::var(name).ok())
     }
 
@@ -232,7 +295,42 @@ impl Config {
         let part_size = part_size_mib << 20;
 
         let data = cli.data.or(file.data);
-        let file_s3 = file.s3.unwrap_or_default();
+        let region_name = cli.region.or(file.region);
+        let advertise = cli.advertise.or(file.advertise);
+        let own_region = match &region_name {
+            None if !file.regions.is_empty() => anyhow::bail!(
+                "[[regions]] is set but `region` is not: set region (or --region / WHARF_REGION) to this origin's region, one of {}",
+                names(&file.regions)
+            ),
+            None => None,
+            Some(name) => {
+                region::validate(&file.regions).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some(
+                    file.regions
+                        .iter()
+                        .find(|r| &r.name == name)
+                        .cloned()
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "region {name:?} is not in the region list ([[regions]]: {})",
+                                names(&file.regions)
+                            )
+                        })?,
+                )
+            }
+        };
+        let mut file_s3 = file.s3.unwrap_or_default();
+        // Without an explicit store, the region entry names its bucket.
+        if data.is_none()
+            && cli.s3_endpoint.is_none()
+            && file_s3.endpoint.is_none()
+            && let Some(own) = &own_region
+            && let (Some(endpoint), Some(bucket)) = (&own.s3_endpoint, &own.bucket)
+        {
+            file_s3.endpoint = Some(endpoint.clone());
+            file_s3.bucket = file_s3.bucket.or(Some(bucket.clone()));
+            file_s3.region = file_s3.region.or(own.s3_region.clone());
+        }
         let s3_endpoint = cli.s3_endpoint.or(file_s3.endpoint);
         let storage = match (&data, s3_endpoint) {
             (Some(_), Some(endpoint)) => anyhow::bail!(
@@ -333,6 +431,7 @@ impl Config {
                     stale_if_error: r.stale_if_error.unwrap_or(stale_if_error),
                 },
                 private: r.private,
+                replicate: r.replicate,
             });
         }
         for flag in &cli.rules {
@@ -348,6 +447,7 @@ impl Config {
                     stale_if_error,
                 },
                 private: false,
+                replicate: false,
             };
             // A flag overrides the file's rule with the same prefix, keeping
             // that rule's credentials.
@@ -401,6 +501,76 @@ impl Config {
                 })
             }
         };
+        let geo = match own_region {
+            None => {
+                if advertise.is_some() {
+                    anyhow::bail!(
+                        "advertise is set but no region: set region and [[regions]] (replicas are listed per region)"
+                    );
+                }
+                None
+            }
+            Some(own) => {
+                let replicas = own.origins();
+                if let Some(a) = &advertise {
+                    let a = a.trim_end_matches('/');
+                    if !replicas.iter().any(|r| r == a) {
+                        anyhow::bail!(
+                            "advertise {a:?} is not one of region {:?}'s origins ({}): set it to this replica's URL exactly as listed",
+                            own.name,
+                            replicas.join(", ")
+                        );
+                    }
+                } else if replicas.len() > 1 {
+                    anyhow::bail!(
+                        "region {:?} has {} origins but advertise is not set: set advertise (or --advertise / WHARF_ADVERTISE) to this replica's URL as listed",
+                        own.name,
+                        replicas.len()
+                    );
+                }
+                let part_size = match &storage {
+                    Storage::Embedded(e) => e.part_size,
+                    Storage::S3(s) => s.part_size,
+                };
+                let mut peers = Vec::new();
+                for i in region::peers(&file.regions, &own.name) {
+                    let r = &file.regions[i];
+                    let (Some(endpoint), Some(bucket)) = (&r.s3_endpoint, &r.bucket) else {
+                        continue;
+                    };
+                    let upper = r.name.to_ascii_uppercase().replace('-', "_");
+                    let key = |specific: &str, general: &str| {
+                        env(&format!("{specific}_{upper}")).or_else(|| env(general))
+                    };
+                    let access_key = key("WHARF_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID").ok_or_else(|| {
+                        anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)", r.name)
+                    })?;
+                    let secret_key = key("WHARF_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY").ok_or_else(|| {
+                        anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)", r.name)
+                    })?;
+                    peers.push(PeerConfig {
+                        name: r.name.clone(),
+                        s3: S3Settings {
+                            endpoint: endpoint.clone(),
+                            bucket: bucket.clone(),
+                            region: r
+                                .s3_region
+                                .clone()
+                                .unwrap_or_else(|| "us-east-1".to_owned()),
+                            access_key,
+                            secret_key,
+                            part_size,
+                        },
+                    });
+                }
+                Some(GeoConfig {
+                    region: own.name.clone(),
+                    advertise: advertise.map(|a| a.trim_end_matches('/').to_owned()),
+                    replicas,
+                    peers,
+                })
+            }
+        };
         let timeouts = file.upstream.unwrap_or_default();
         Ok(Config {
             listen,
@@ -415,6 +585,7 @@ impl Config {
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             tags_list_ttl: file.tags_list_ttl.unwrap_or(Duration::from_secs(30)),
             auth,
+            geo,
         })
     }
 
@@ -430,6 +601,15 @@ impl Config {
                 .collect(),
         )
         .expect("rules were validated in Config::load")
+    }
+}
+
+fn names(regions: &[RegionSpec]) -> String {
+    let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+    if names.is_empty() {
+        "none listed".to_owned()
+    } else {
+        names.join(", ")
     }
 }
 
@@ -578,6 +758,119 @@ mod tests {
         assert_eq!(c.rules.len(), 3);
         assert!(matches!(c.storage, Storage::S3(_)));
         assert_eq!(c.auth.unwrap().realm, "https://wharf.example.com/token");
+    }
+
+    const REGIONS: &str = r#"
+[[regions]]
+name = "eu"
+origins = ["http://eu-1:5000", "http://eu-2:5000"]
+s3_endpoint = "http://s3-eu:3900"
+bucket = "wharf-eu"
+s3_region = "garage"
+continents = ["EU"]
+lat = 50.1
+lon = 8.7
+
+[[regions]]
+name = "us"
+origin = "http://us-1:5000"
+s3_endpoint = "http://s3-us:3900"
+bucket = "wharf-us"
+continents = ["NA"]
+lat = 39.0
+lon = -77.5
+
+[[regions]]
+name = "ap"
+origin = "http://ap-1:5000"
+s3_endpoint = "http://s3-ap:3900"
+bucket = "wharf-ap"
+lat = 1.35
+lon = 103.8
+"#;
+
+    fn load_env(args: &[&str], file: &str) -> anyhow::Result<Config> {
+        let file: File = toml::from_str(file)?;
+        Config::from_parts(cli(args), file, |name| match name {
+            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" => Some("k".to_owned()),
+            "WHARF_S3_ACCESS_KEY_AP" => Some("ap-key".to_owned()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_region_entry_gives_the_store_replicas_and_nearest_peers() {
+        let c = load_env(
+            &[
+                "--listen",
+                "127.0.0.1:1",
+                "--rule",
+                "a=http://x",
+                "--advertise",
+                "http://eu-2:5000/",
+            ],
+            &format!("region = \"eu\"\n{REGIONS}"),
+        )
+        .unwrap();
+        let Storage::S3(s3) = &c.storage else {
+            panic!("the region's bucket is the store")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("wharf-eu", "garage")
+        );
+        let geo = c.geo.unwrap();
+        assert_eq!(geo.advertise.as_deref(), Some("http://eu-2:5000"));
+        assert_eq!(geo.replicas.len(), 2);
+        let peers: Vec<_> = geo.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(peers, ["us", "ap"], "nearest first from Frankfurt");
+        assert_eq!(
+            geo.peers[1].s3.access_key, "ap-key",
+            "per-region credentials win"
+        );
+        assert_eq!(geo.peers[0].s3.region, "us-east-1");
+    }
+
+    #[test]
+    fn region_settings_are_checked() {
+        let base = ["--listen", "127.0.0.1:1", "--rule", "a=http://x"];
+        let cases: &[(&[&str], String, &str)] = &[
+            (
+                &[],
+                format!("region = \"xx\"\n{REGIONS}"),
+                "region \"xx\" is not in the region list ([[regions]]: eu, us, ap)",
+            ),
+            (&[], REGIONS.to_owned(), "`region` is not"),
+            (
+                &[],
+                format!("region = \"eu\"\n{REGIONS}"),
+                "has 2 origins but advertise is not set",
+            ),
+            (
+                &["--advertise", "http://eu-3:5000"],
+                format!("region = \"eu\"\n{REGIONS}"),
+                "is not one of region \"eu\"'s origins",
+            ),
+            (
+                &["--advertise", "http://x:1", "--data", "/d"],
+                String::new(),
+                "advertise is set but no region",
+            ),
+            (
+                &["--region", "us"],
+                format!("{REGIONS}\n[[regions]]\nname = \"us\"\norigin = \"http://u\"\n"),
+                "listed twice",
+            ),
+        ];
+        for (extra, file, want) in cases {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            let err = load_env(&args, file).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{extra:?}: {err:?} should contain {want:?}"
+            );
+        }
     }
 
     #[test]

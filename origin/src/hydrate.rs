@@ -21,6 +21,12 @@
 //! client can never receive a complete body that later turns out to be
 //! wrong.
 //!
+//! The source is the nearest peer region's store when one has the blob
+//! ([`crate::geo`]), else the upstream: both go through the same loop, so a
+//! cross-region copy is verified exactly like an upstream fetch. A committed
+//! blob of a `replicate = true` rule is queued for the peer regions
+//! ([`crate::replicate`]).
+//!
 //! Memory is flat in blob size: the leader batches at most [`BATCH`] bytes,
 //! readers read [`READ_CHUNK`] at a time, and parts are streamed from the
 //! spool file to the store.
@@ -43,12 +49,16 @@ use wharf_core::{Digest, RepositoryName};
 
 use crate::coalesce::Flights;
 use crate::error::Error;
+use crate::geo::Geo;
 use crate::metrics;
+use crate::replicate::Replicator;
 use crate::store::{self, MultipartUpload, ObjectMeta, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The leader writes the spool file in batches of this many bytes.
 const BATCH: usize = 512 * 1024;
+/// A hydration's source body: the upstream's or a peer store's.
+type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 /// The uploader task of one hydration (see [`upload`]).
 type Uploader = tokio::task::JoinHandle<Result<(), StoreError>>;
 /// Readers read the spool file this many bytes at a time.
@@ -133,6 +143,8 @@ pub struct BlobRequest {
     pub canonical: RepositoryName,
     /// The blob.
     pub digest: Digest,
+    /// Queue the committed blob for the peer regions.
+    pub replicate: bool,
 }
 
 /// All blob hydrations of this process.
@@ -144,11 +156,18 @@ pub struct Blobs {
     cancel: CancellationToken,
     closing: AtomicBool,
     links: std::sync::Mutex<std::collections::HashSet<String>>,
+    geo: Option<Arc<Geo>>,
+    replicator: Option<Replicator>,
 }
 
 impl Blobs {
     /// Blob hydrations writing to `store`, spooling under `spool_dir`.
-    pub fn new(store: Store, spool_dir: PathBuf) -> io::Result<Self> {
+    pub fn new(
+        store: Store,
+        spool_dir: PathBuf,
+        geo: Option<Arc<Geo>>,
+        replicator: Option<Replicator>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&spool_dir)?;
         // Spool files of a previous process are garbage: their flights died
         // with it (and their uploads are aborted at start).
@@ -165,6 +184,8 @@ impl Blobs {
             cancel: CancellationToken::new(),
             closing: AtomicBool::new(false),
             links: std::sync::Mutex::new(std::collections::HashSet::new()),
+            geo,
+            replicator,
         })
     }
 
@@ -274,6 +295,11 @@ impl Blobs {
             Ok(Some(uploader)) => match uploader.await {
                 Ok(Ok(())) => {
                     self.link(&request.canonical, &request.digest);
+                    if request.replicate
+                        && let Some(r) = &self.replicator
+                    {
+                        r.enqueue(store::blob_key(&request.digest), request.digest.clone());
+                    }
                     tracing::info!(digest = %request.digest, registry, elapsed = ?started.elapsed(), "blob hydrated");
                     true
                 }
@@ -333,27 +359,60 @@ impl Blobs {
             registry: registry.clone(),
             source,
         };
-        let response = request
-            .upstream
-            .send(
-                Method::GET,
-                &request.upstream_repo,
-                &format!("blobs/{digest}"),
-                HeaderMap::new(),
-            )
-            .await
-            .map_err(|e| (upstream_error(e), None))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err((
-                Error::BlobUnknown {
-                    name: request.canonical.to_string(),
-                    digest: digest.clone(),
-                    registry,
-                },
-                None,
-            ));
-        }
-        let total = response.content_length();
+        // The nearest peer region that has the blob, else the upstream.
+        let peer = match &self.geo {
+            Some(geo) => geo.find(&key, Some(digest)).await,
+            None => None,
+        };
+        let (total, mut body, from): (Option<u64>, BodyStream, Option<String>) = match peer {
+            Some((peer, meta)) => match peer.store.get(&key, None).await {
+                Ok(Some((_, stream))) => {
+                    let stream = tokio_util::io::ReaderStream::with_capacity(
+                        stream.into_async_read(),
+                        BATCH,
+                    )
+                    .map(|r| r.map_err(|e| e.to_string()));
+                    (Some(meta.len), Box::pin(stream), Some(peer.name))
+                }
+                Ok(None) | Err(_) => {
+                    return Err((
+                        Error::Store(StoreError {
+                            op: "GetObject",
+                            key: format!("{} (peer region {})", key, peer.name),
+                            message: "the peer's copy vanished between HEAD and GET; retry".into(),
+                        }),
+                        None,
+                    ));
+                }
+            },
+            None => {
+                let response = request
+                    .upstream
+                    .send(
+                        Method::GET,
+                        &request.upstream_repo,
+                        &format!("blobs/{digest}"),
+                        HeaderMap::new(),
+                    )
+                    .await
+                    .map_err(|e| (upstream_error(e), None))?;
+                if response.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Err((
+                        Error::BlobUnknown {
+                            name: request.canonical.to_string(),
+                            digest: digest.clone(),
+                            registry,
+                        },
+                        None,
+                    ));
+                }
+                let total = response.content_length();
+                let stream = response
+                    .bytes_stream()
+                    .map(|r| r.map_err(|e| e.to_string()));
+                (total, Box::pin(stream), None)
+            }
+        };
         let spool_error = |e: io::Error| {
             Error::Store(StoreError {
                 op: "Spool",
@@ -370,7 +429,7 @@ impl Blobs {
         });
         let uploader = tokio::spawn(upload(
             self.store.clone(),
-            key,
+            key.clone(),
             hydration.spool.clone(),
             tx.subscribe(),
         ));
@@ -378,7 +437,6 @@ impl Blobs {
         let mut verifier = digest.verifier();
         let mut written = 0u64;
         let mut batch = BytesMut::with_capacity(BATCH);
-        let mut body = response.bytes_stream();
         loop {
             let next = tokio::select! {
                 _ = self.cancel.cancelled() => return Err((Error::ShuttingDown, Some(uploader))),
@@ -388,14 +446,23 @@ impl Blobs {
                 None => break,
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
-                    let source = UpstreamError::Body(format!(
-                        "after {} bytes: {e}",
-                        written + batch.len() as u64
-                    ));
-                    return Err((upstream_error(source), Some(uploader)));
+                    let at = written + batch.len() as u64;
+                    let err = match &from {
+                        None => {
+                            upstream_error(UpstreamError::Body(format!("after {at} bytes: {e}")))
+                        }
+                        Some(peer) => Error::Store(StoreError {
+                            op: "GetObject",
+                            key: format!("{key} (peer region {peer})"),
+                            message: format!("after {at} bytes: {e}"),
+                        }),
+                    };
+                    return Err((err, Some(uploader)));
                 }
             };
-            metrics::upstream_bytes(&registry, chunk.len() as u64);
+            if from.is_none() {
+                metrics::upstream_bytes(&registry, chunk.len() as u64);
+            }
             verifier.update(&chunk);
             batch.extend_from_slice(&chunk);
             if batch.len() >= BATCH {
@@ -418,6 +485,19 @@ impl Blobs {
             _ => None,
         };
         if let Some(got) = mismatch {
+            if let (Some(peer), Some(geo)) = (&from, &self.geo) {
+                metrics::integrity_failure(&format!("peer:{peer}"));
+                tracing::error!(digest = %digest, %got, peer, "peer region's copy failed verification; not stored, the next attempt goes upstream");
+                geo.distrust(digest);
+                return Err((
+                    Error::DigestMismatch {
+                        registry: format!("peer region {peer}"),
+                        want: digest.clone(),
+                        got,
+                    },
+                    Some(uploader),
+                ));
+            }
             metrics::integrity_failure(&registry);
             tracing::error!(digest = %digest, %got, registry, "upstream blob failed verification; not stored");
             let err = Error::DigestMismatch {
@@ -426,6 +506,9 @@ impl Blobs {
                 got,
             };
             return Err((err, Some(uploader)));
+        }
+        if let Some(peer) = &from {
+            tracing::info!(digest = %digest, peer, bytes = written, "blob copied from a peer region");
         }
         tx.send_modify(|p| p.phase = Phase::Verified);
         Ok(Some(uploader))

@@ -16,17 +16,23 @@
 //! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
 //! * [`store`] — the S3 bucket, and the embedded S3 server for `--data`.
 //! * [`auth`] — the edge's tokens and blob tickets, when a key is set.
+//! * [`geo`] — peer regions' stores (cross-region hydration);
+//!   [`replicate`] — eager copies to them; [`cluster`] — replicas of one
+//!   region sending each blob miss to its owner (rendezvous hashing).
 //! * [`metrics`] — every metric name; [`error`] — the one error type.
 
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod geo;
 pub mod handlers;
 pub mod hydrate;
 pub mod manifests;
 pub mod metrics;
+pub mod replicate;
 pub mod state;
 pub mod store;
 pub mod tags;
@@ -82,6 +88,7 @@ pub async fn run(
 
     let state = AppState::new(&config, store, metrics)?;
     let blobs = state.blobs.clone();
+    let replicator = state.replicator.clone();
     let router = app::app(state);
     tracing::info!(listen = %listener.local_addr()?, rules = config.rules.len(), "wharf origin serving");
 
@@ -101,6 +108,9 @@ pub async fn run(
         }
     }
     blobs.shutdown(grace).await;
+    if let Some(r) = replicator {
+        r.shutdown(grace).await;
+    }
     if let Some(embedded) = embedded {
         embedded.shutdown().await;
     }

@@ -34,6 +34,7 @@ use wharf_core::{
 
 use crate::error::Error;
 use crate::metrics;
+use crate::replicate::Replicator;
 use crate::store::{self, Store};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -99,6 +100,8 @@ pub struct ManifestRequest {
     pub canonical: RepositoryName,
     /// The rule's tag freshness.
     pub freshness: FreshnessPolicy,
+    /// Queue stored manifests for the peer regions.
+    pub replicate: bool,
 }
 
 type Flight = Shared<BoxFuture<'static, Result<(Manifest, CacheStatus), Arc<Error>>>>;
@@ -106,6 +109,7 @@ type Flight = Shared<BoxFuture<'static, Result<(Manifest, CacheStatus), Arc<Erro
 /// The manifest cache of this process.
 pub struct Manifests {
     store: Store,
+    replicator: Option<Replicator>,
     tags: Mutex<HashMap<String, TagRecord>>,
     flights: Mutex<HashMap<String, Flight>>,
 }
@@ -119,9 +123,10 @@ fn now_ms() -> u64 {
 
 impl Manifests {
     /// A manifest cache over `store`.
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, replicator: Option<Replicator>) -> Self {
         Self {
             store,
+            replicator,
             tags: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
         }
@@ -390,6 +395,13 @@ impl Manifests {
             .await
         {
             tracing::warn!(error = %e, "manifest served but not cached");
+        } else if req.replicate
+            && let Some(r) = &self.replicator
+        {
+            r.enqueue(
+                store::manifest_key(&manifest.digest),
+                manifest.digest.clone(),
+            );
         }
         Ok(manifest)
     }

@@ -17,7 +17,7 @@ pub const REQUESTS: &str = "wharf_requests_total";
 pub const UPSTREAM_REQUESTS: &str = "wharf_upstream_requests_total";
 /// Body bytes read from upstream registries, by `registry`.
 pub const UPSTREAM_BYTES: &str = "wharf_upstream_bytes_total";
-/// Body bytes sent to clients, by `source` (store, upstream).
+/// Body bytes sent to clients, by `source` (store, upstream, peer, replica).
 pub const SERVED_BYTES: &str = "wharf_served_bytes_total";
 /// Blobs or manifests whose bytes did not match their digest, by `registry`.
 pub const INTEGRITY_FAILURES: &str = "wharf_integrity_failures_total";
@@ -44,6 +44,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HYDRATION_SECONDS.to_owned()), &buckets)?
+        .set_buckets_for_metric(Matcher::Full(REPLICATION_LAG.to_owned()), &buckets)?
         .install_recorder()?;
     Ok(handle)
 }
@@ -107,4 +108,39 @@ pub const UPSTREAM_TOKEN_REQUESTS: &str = "wharf_upstream_token_requests_total";
 pub fn upstream_token_request(registry: &str, status: &str) {
     counter!(UPSTREAM_TOKEN_REQUESTS, "registry" => registry.to_owned(), "status" => status.to_owned())
         .increment(1);
+}
+
+/// Lookups of a blob or manifest in a peer region's store, by `region` and
+/// `result` (hit, miss, error).
+pub const PEER_FETCHES: &str = "wharf_peer_fetches_total";
+/// Blob misses sent to the owning replica of the region, by `result`
+/// (forwarded, owner_down).
+pub const FORWARDED: &str = "wharf_forwarded_total";
+/// Objects waiting to be replicated to peer regions.
+pub const REPLICATION_BACKLOG: &str = "wharf_replication_backlog";
+/// Seconds from a replication being queued to it being done, by `region`.
+pub const REPLICATION_LAG: &str = "wharf_replication_lag_seconds";
+/// Replications to peer regions, by `region` and `result` (copied, present,
+/// failed).
+pub const REPLICATIONS: &str = "wharf_replications_total";
+
+/// Counts one peer store lookup.
+pub fn peer_fetch(region: &str, result: &'static str) {
+    counter!(PEER_FETCHES, "region" => region.to_owned(), "result" => result).increment(1);
+}
+
+/// Counts one blob miss handed to (or not reaching) the owning replica.
+pub fn forwarded(result: &'static str) {
+    counter!(FORWARDED, "result" => result).increment(1);
+}
+
+/// Tracks the replication queue.
+pub fn replication_backlog(delta: f64) {
+    gauge!(REPLICATION_BACKLOG).increment(delta);
+}
+
+/// Records one finished replication to `region`.
+pub fn replication_done(region: &str, result: &'static str, lag_secs: f64) {
+    counter!(REPLICATIONS, "region" => region.to_owned(), "result" => result).increment(1);
+    histogram!(REPLICATION_LAG, "region" => region.to_owned()).record(lag_secs);
 }

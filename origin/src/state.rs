@@ -9,8 +9,10 @@ use wharf_core::{CacheRules, FreshnessPolicy, RepositoryName};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::Error;
+use crate::geo::Geo;
 use crate::hydrate::{BlobRequest, Blobs};
 use crate::manifests::{ManifestRequest, Manifests};
+use crate::replicate::Replicator;
 use crate::store::Store;
 use crate::tags::TagLists;
 use crate::upstream::Upstream;
@@ -23,6 +25,8 @@ pub struct RuleRuntime {
     pub freshness: FreshnessPolicy,
     /// Whether pulls need a token bound to the rule.
     pub private: bool,
+    /// Copy what the rule hydrates to the peer regions at once.
+    pub replicate: bool,
 }
 
 /// Shared state of the origin.
@@ -44,6 +48,12 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Token checking (absent: the origin is open).
     pub auth: Option<Arc<Auth>>,
+    /// Region, replicas and peer stores (absent: a single-region origin).
+    pub geo: Option<Arc<Geo>>,
+    /// Eager replication to the peer regions (when a rule asks for it).
+    pub replicator: Option<Replicator>,
+    /// Client for requests to the other replicas of this region.
+    pub replicas: reqwest::Client,
 }
 
 /// A request's repository resolved against the cache rules.
@@ -61,6 +71,8 @@ pub struct Target {
     pub prefix: String,
     /// Whether the rule is private.
     pub private: bool,
+    /// Whether the rule replicates eagerly.
+    pub replicate: bool,
 }
 
 impl Target {
@@ -71,6 +83,7 @@ impl Target {
             upstream_repo: self.upstream_repo.clone(),
             canonical: self.canonical.clone(),
             freshness: self.freshness,
+            replicate: self.replicate,
         }
     }
 
@@ -98,6 +111,7 @@ impl Target {
             upstream_repo: self.upstream_repo.clone(),
             canonical: self.canonical.clone(),
             digest,
+            replicate: self.replicate,
         }
     }
 }
@@ -123,14 +137,33 @@ impl AppState {
                 upstream: Arc::new(upstream),
                 freshness: rule.freshness,
                 private: rule.private,
+                replicate: rule.replicate,
             });
         }
-        let blobs = Blobs::new(store.clone(), config.spool_dir.clone())
-            .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?;
+        let geo = config.geo.as_ref().map(|g| Arc::new(Geo::new(g)));
+        let replicator = match &geo {
+            Some(geo) if !geo.peers.is_empty() && config.rules.iter().any(|r| r.replicate) => {
+                Some(Replicator::start(store.clone(), geo.peers.clone()))
+            }
+            _ => None,
+        };
+        let blobs = Blobs::new(
+            store.clone(),
+            config.spool_dir.clone(),
+            geo.clone(),
+            replicator.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?;
+        let replicas = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the replica client: {e}"))?;
         Ok(Self {
             rules: Arc::new(rules),
             runtimes: Arc::new(runtimes),
-            manifests: Arc::new(Manifests::new(store.clone())),
+            manifests: Arc::new(Manifests::new(store.clone(), replicator.clone())),
             blobs: Arc::new(blobs),
             tag_lists: Arc::new(TagLists::new(config.tags_list_ttl)),
             store,
@@ -139,6 +172,9 @@ impl AppState {
                 .auth
                 .as_ref()
                 .map(|a| Arc::new(Auth::new(a.key.clone(), a.service.clone(), a.realm.clone()))),
+            geo,
+            replicator,
+            replicas,
         })
     }
 
@@ -153,6 +189,7 @@ impl AppState {
             freshness: runtime.freshness,
             prefix: resolved.prefix,
             private: runtime.private,
+            replicate: runtime.replicate,
         })
     }
 }

@@ -33,6 +33,7 @@ fn state(spool: &std::path::Path) -> AppState {
             credentials: None,
             freshness: Default::default(),
             private: false,
+            replicate: false,
         }],
         upstream_timeouts: Timeouts {
             connect: Duration::from_secs(1),
@@ -42,6 +43,7 @@ fn state(spool: &std::path::Path) -> AppState {
         shutdown_grace: Duration::from_secs(1),
         tags_list_ttl: Duration::from_secs(1),
         auth: None,
+        geo: None,
     };
     AppState::new(&config, Store::new(&s3), None).unwrap()
 }

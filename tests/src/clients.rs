@@ -421,6 +421,51 @@ disabled_plugins = [
         self.digest_of(reference).await
     }
 
+    /// `ctr images pull` of `reference` (`host:port/repo:tag`, plain HTTP)
+    /// with a `hosts.toml` that adds `headers` to every request to that
+    /// host — how a node sends a fixed header (here the edge's test-only
+    /// location override) with every pull.
+    pub async fn pull_with_headers(
+        &self,
+        reference: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<String> {
+        let host = reference
+            .split('/')
+            .next()
+            .context("a reference starts with host:port")?;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let hosts = self
+            .base
+            .join(format!("certs.d-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let dir = hosts.join(host);
+        std::fs::create_dir_all(&dir)?;
+        let mut toml = format!(
+            "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n  [host.\"http://{host}\".header]\n"
+        );
+        for (k, v) in headers {
+            toml.push_str(&format!("    {k} = [{v:?}]\n"));
+        }
+        std::fs::write(dir.join("hosts.toml"), toml)?;
+        self.ctr(&args(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            &hosts.display().to_string(),
+            "--snapshotter",
+            "native",
+            reference,
+        ]))
+        .await?;
+        self.digest_of(reference).await
+    }
+
+    /// Removes the image record (so the next pull fetches again).
+    pub async fn remove(&self, reference: &str) -> Result<()> {
+        self.ctr(&args(&["images", "rm", reference])).await?;
+        Ok(())
+    }
+
     async fn digest_of(&self, reference: &str) -> Result<String> {
         let out = self.ctr(&args(&["images", "ls"])).await?;
         for line in out.lines().skip(1) {

@@ -96,12 +96,36 @@ pub struct EdgeRule {
 pub struct EdgeRegion {
     /// Name: `<name>.<global host>` is pinned to it.
     pub name: String,
-    /// The region's origin base URL.
-    pub origin: String,
+    /// The region's origin replicas' base URLs.
+    pub origins: Vec<String>,
     /// `http://localhost:PORT` of the region's store, if presigning.
     pub s3_endpoint: Option<String>,
     /// Cloudflare continent codes the global hostname sends here.
     pub continents: Vec<String>,
+    /// Coordinates of the region.
+    pub lat: Option<f64>,
+    /// Coordinates of the region.
+    pub lon: Option<f64>,
+    /// The region's bucket (default [`BUCKET`]).
+    pub bucket: Option<String>,
+    /// The store's signing region (default `us-east-1`).
+    pub s3_region: Option<String>,
+}
+
+impl EdgeRegion {
+    /// A region with one origin and no store.
+    pub fn new(name: &str, origin: &str, continents: &[&str]) -> Self {
+        EdgeRegion {
+            name: name.to_owned(),
+            origins: vec![origin.to_owned()],
+            s3_endpoint: None,
+            continents: continents.iter().map(|c| (*c).to_owned()).collect(),
+            lat: None,
+            lon: None,
+            bucket: None,
+            s3_region: None,
+        }
+    }
 }
 
 /// How to configure an [`Edge`].
@@ -115,6 +139,26 @@ pub struct EdgeOpts {
     pub tag_ttl: Duration,
     /// `WHARF_STALE_IF_ERROR`.
     pub stale_if_error: Duration,
+    /// Honour the test-only `X-Wharf-Test-Location` header.
+    pub test_location_header: bool,
+    /// Health thresholds: (fail after, recover after, probe interval seconds).
+    pub health: Option<(u32, u32, u64)>,
+    /// More `[vars]` (they override the defaults above).
+    pub extra_vars: Vec<(String, String)>,
+}
+
+impl Default for EdgeOpts {
+    fn default() -> Self {
+        EdgeOpts {
+            regions: Vec::new(),
+            rules: Vec::new(),
+            tag_ttl: Duration::from_secs(300),
+            stale_if_error: Duration::from_secs(3600),
+            test_location_header: false,
+            health: None,
+            extra_vars: Vec::new(),
+        }
+    }
 }
 
 /// One request as wrangler logged it.
@@ -151,12 +195,20 @@ impl Edge {
             .iter()
             .map(|r| {
                 let mut region = serde_json::json!({
-                    "name": r.name, "origin": r.origin, "continents": r.continents,
+                    "name": r.name, "origins": r.origins, "continents": r.continents,
                 });
                 if let Some(ep) = &r.s3_endpoint {
                     region["s3_endpoint"] = ep.clone().into();
-                    region["bucket"] = BUCKET.into();
-                    region["s3_region"] = "us-east-1".into();
+                    region["bucket"] = r.bucket.clone().unwrap_or_else(|| BUCKET.into()).into();
+                    region["s3_region"] = r
+                        .s3_region
+                        .clone()
+                        .unwrap_or_else(|| "us-east-1".into())
+                        .into();
+                }
+                if let (Some(lat), Some(lon)) = (r.lat, r.lon) {
+                    region["lat"] = lat.into();
+                    region["lon"] = lon.into();
                 }
                 region
             })
@@ -192,6 +244,26 @@ impl Edge {
             sk = toml_str(S3_SECRET_KEY),
             users = toml_str(&users.to_string()),
         );
+        let mut config = config;
+        let mut vars = String::new();
+        if opts.test_location_header {
+            vars.push_str("WHARF_TEST_LOCATION_HEADER = \"X-Wharf-Test-Location\"\n");
+        }
+        if let Some((fail, recover, interval)) = opts.health {
+            vars.push_str(&format!(
+                "WHARF_HEALTH_FAIL_AFTER = \"{fail}\"\nWHARF_HEALTH_RECOVER_AFTER = \"{recover}\"\nWHARF_HEALTH_PROBE_INTERVAL = \"{interval}s\"\n"
+            ));
+        }
+        for (k, v) in &opts.extra_vars {
+            // Later keys would be duplicates in TOML: drop the default first.
+            config = config
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{k} = ")))
+                .collect::<Vec<_>>()
+                .join("\n");
+            vars.push_str(&format!("{k} = {}\n", toml_str(v)));
+        }
+        let config = config.replacen("[vars]\n", &format!("[vars]\n{vars}"), 1);
         let config_path = base.join("wrangler.toml");
         std::fs::write(&config_path, config)?;
 
@@ -214,6 +286,7 @@ impl Edge {
                 .arg("--persist-to")
                 .arg(base.join("state"))
                 .arg("--show-interactive-dev-session=false")
+                .arg("--test-scheduled")
                 .arg("--log-level=info");
             for (k, v) in crate::process::sealed_env() {
                 cmd.env(k, v);
@@ -258,6 +331,21 @@ impl Edge {
             }
         }
         unreachable!()
+    }
+
+    /// Runs the Worker's `scheduled` handler once (what the cron trigger
+    /// does in production): `GET /__scheduled` under `--test-scheduled`.
+    pub async fn trigger_scheduled(&self) -> Result<()> {
+        let r = crate::http_client()
+            .get(format!("{}/__scheduled?cron=*+*+*+*+*", self.url()))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "/__scheduled answered {}",
+            r.status()
+        );
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -366,21 +454,15 @@ impl EdgeStack {
             &EdgeOpts {
                 regions: vec![
                     EdgeRegion {
-                        name: "eu".into(),
-                        origin: origin_proxy.url(),
                         s3_endpoint: Some(s3_endpoint.clone()),
-                        continents: vec!["EU".into()],
+                        ..EdgeRegion::new("eu", &origin_proxy.url(), &["EU"])
                     },
-                    EdgeRegion {
-                        name: "us".into(),
-                        origin: origin_proxy.url(),
-                        s3_endpoint: None,
-                        continents: vec!["NA".into()],
-                    },
+                    EdgeRegion::new("us", &origin_proxy.url(), &["NA"]),
                 ],
                 rules: vec![rule(RULE_PREFIX, false), rule(PRIVATE_PREFIX, true)],
                 tag_ttl,
                 stale_if_error: Duration::from_secs(3600),
+                ..EdgeOpts::default()
             },
         )
         .await?;

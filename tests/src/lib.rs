@@ -31,6 +31,8 @@
 pub mod cdn;
 pub mod clients;
 pub mod edge;
+pub mod garage;
+pub mod geo;
 pub mod images;
 pub mod origin;
 pub mod process;

@@ -32,6 +32,16 @@ pub struct OriginOpts {
     /// Use this external S3 endpoint (`--s3-endpoint URL --bucket wharf`,
     /// credentials in `env`) instead of the embedded store (`--data`).
     pub s3_endpoint: Option<String>,
+    /// The store is configured in `config_toml` (`[s3]` or the region
+    /// entry): pass neither `--data` nor `--s3-endpoint`.
+    pub external_store: bool,
+    /// Name of the origin's files in the test directory (`<name>-data`,
+    /// `<name>.log`, `<name>.toml`); default `origin`. Several origins per test
+    /// need distinct names.
+    pub name: Option<String>,
+    /// Listen on this port (chosen beforehand, e.g. because the region list
+    /// names every replica); default a free port.
+    pub port: Option<u16>,
 }
 
 /// A running origin; stopped (SIGTERM, then SIGKILL) on drop.
@@ -76,17 +86,21 @@ impl Origin {
     pub async fn start(dir: &TestDir, opts: OriginOpts) -> Result<Origin> {
         let config_path = match &opts.config_toml {
             Some(toml) => {
-                let p = dir.path().join("origin.toml");
+                let p = dir
+                    .path()
+                    .join(format!("{}.toml", opts.name.as_deref().unwrap_or("origin")));
                 std::fs::write(&p, toml)?;
                 Some(p)
             }
             None => None,
         };
+        let name = opts.name.clone().unwrap_or_else(|| "origin".to_owned());
+        let fixed_port = opts.port;
         let mut origin = Origin {
             daemon: None,
-            port: free_port(),
-            data: dir.sub("origin-data"),
-            log: dir.path().join("origin.log"),
+            port: fixed_port.unwrap_or_else(free_port),
+            data: dir.sub(&format!("{name}-data")),
+            log: dir.path().join(format!("{name}.log")),
             opts,
             config_path,
             starts: 0,
@@ -96,7 +110,11 @@ impl Origin {
         for attempt in 1..=3 {
             match origin.spawn_and_wait().await {
                 Ok(()) => return Ok(origin),
-                Err(e) if attempt < 3 && origin.log_tail(20).contains("in use") => {
+                Err(e)
+                    if attempt < 3
+                        && fixed_port.is_none()
+                        && origin.log_tail(20).contains("in use") =>
+                {
                     eprintln!(
                         "origin could not bind port {}: retrying ({e:#})",
                         origin.port
@@ -118,6 +136,9 @@ impl Origin {
                     .arg(endpoint)
                     .arg("--bucket")
                     .arg("wharf");
+                cmd.arg("--spool-dir").arg(self.data.join("spool"));
+            }
+            None if self.opts.external_store => {
                 cmd.arg("--spool-dir").arg(self.data.join("spool"));
             }
             None => {

@@ -6,7 +6,7 @@
 //! store, an in-flight download, or an upstream `HEAD`.
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use futures::TryStreamExt;
 use reqwest::Method;
@@ -14,6 +14,7 @@ use tokio_util::io::ReaderStream;
 use wharf_core::range::{ByteRange, RangeOutcome, parse_range};
 use wharf_core::{Digest, RepositoryName};
 
+use crate::cluster;
 use crate::error::{Error, Result};
 use crate::hydrate::{BlobSource, spool_stream};
 use crate::metrics;
@@ -28,10 +29,15 @@ pub async fn get(
     digest: Digest,
     ns: Option<&str>,
     headers: &HeaderMap,
+    uri: &Uri,
 ) -> Result<Response> {
     let target = state.resolve(name, ns)?;
     if head {
         return head_blob(state, &target, name, digest).await;
+    }
+    // Another replica of this region may own the miss.
+    if let Some(response) = cluster::forward_miss(state, &digest, uri, headers).await {
+        return Ok(response);
     }
     let range_header = headers
         .get(header::RANGE)

@@ -48,7 +48,7 @@ pub async fn registry(
             manifest::get(&state, head, &name, &reference, ns.as_deref(), &headers).await
         }
         ApiRequest::Blob { name, digest } => {
-            blob::get(&state, head, &name, digest, ns.as_deref(), &headers).await
+            blob::get(&state, head, &name, digest, ns.as_deref(), &headers, &uri).await
         }
         ApiRequest::TagsList { name, n, last } => {
             tags::get(&state, head, &name, n, last, ns.as_deref()).await

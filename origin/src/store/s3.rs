@@ -366,7 +366,6 @@ impl MultipartUpload {
         offset: u64,
         len: u64,
     ) -> Result<(), StoreError> {
-        let number = self.parts.len() as i32 + 1;
         let body = file_stream(path, offset, len)
             .await
             .map_err(|message| StoreError {
@@ -374,6 +373,18 @@ impl MultipartUpload {
                 key: self.key.clone(),
                 message,
             })?;
+        self.upload_part(body, len).await
+    }
+
+    /// Uploads the next part from memory (replication: one part at a time,
+    /// so memory is bounded by the part size).
+    pub async fn upload_part_bytes(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        let len = bytes.len() as u64;
+        self.upload_part(ByteStream::from(bytes), len).await
+    }
+
+    async fn upload_part(&mut self, body: ByteStream, len: u64) -> Result<(), StoreError> {
+        let number = self.parts.len() as i32 + 1;
         let out = self
             .store
             .client

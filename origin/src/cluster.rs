@@ -1,0 +1,105 @@
+//! Several replicas of one region behind one address, one fetch per blob.
+//!
+//! Every replica shares the region's bucket, so a stored blob is served by
+//! whichever replica the client reached. A **miss** is owned by one replica:
+//! the first of `rendezvous(digest, replicas)` (the core's highest-random-
+//! weight hashing over the region's `origins`). A replica that is not the
+//! owner forwards the request to it and streams the answer back, so
+//! concurrent misses on different replicas join the owner's single
+//! hydration. If the owner cannot be reached, the next replica in rendezvous
+//! order is tried, and finally this replica hydrates itself (correctness
+//! never depends on the owner being up; only the fetch count does).
+//!
+//! A forwarded request carries `X-Wharf-Forwarded` and is never forwarded
+//! again, so two replicas with different replica lists cannot loop.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, Response, StatusCode, Uri};
+use futures::TryStreamExt;
+use wharf_core::Digest;
+use wharf_core::region::rendezvous;
+
+use crate::metrics;
+use crate::state::AppState;
+use crate::store;
+
+/// Marks a request one replica forwarded to another (value: the sender).
+pub const FORWARDED_HEADER: &str = "x-wharf-forwarded";
+
+/// Request headers passed on to the owner.
+const PASSED: [&str; 4] = ["authorization", "range", "accept", "user-agent"];
+/// Response headers passed back to the client.
+const RETURNED: [&str; 8] = [
+    "content-type",
+    "content-length",
+    "content-range",
+    "accept-ranges",
+    "docker-content-digest",
+    "docker-distribution-api-version",
+    "x-wharf-cache",
+    "www-authenticate",
+];
+
+/// The owner's answer to a blob `GET` when this replica does not own the
+/// miss; `None` when this replica should serve it itself (single replica,
+/// already forwarded, stored, in flight here, it is the owner, or every
+/// replica before it in rendezvous order is down).
+pub async fn forward_miss(
+    state: &AppState,
+    digest: &Digest,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Response<Body>> {
+    let geo = state.geo.as_ref()?;
+    let me = geo.advertise.as_deref()?;
+    if geo.replicas.len() < 2 || headers.contains_key(FORWARDED_HEADER) {
+        return None;
+    }
+    if state.blobs.in_flight(digest).is_some() {
+        return None;
+    }
+    if let Ok(Some(_)) = state.store.head(&store::blob_key(digest)).await {
+        return None;
+    }
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    for i in rendezvous(&digest.to_string(), &geo.replicas) {
+        let owner = &geo.replicas[i];
+        if owner == me {
+            return None;
+        }
+        let mut request = state
+            .replicas
+            .get(format!("{owner}{path}"))
+            .header(FORWARDED_HEADER, me);
+        for name in PASSED {
+            if let Some(v) = headers.get(name) {
+                request = request.header(name, v.clone());
+            }
+        }
+        match request.send().await {
+            Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                metrics::forwarded("forwarded");
+                tracing::debug!(%digest, owner, "blob miss forwarded to its owner");
+                let mut response = Response::builder().status(r.status());
+                for name in RETURNED {
+                    if let Some(v) = r.headers().get(name) {
+                        response = response.header(HeaderName::from_static(name), v.clone());
+                    }
+                }
+                let body = r
+                    .bytes_stream()
+                    .inspect_ok(|chunk| metrics::served_bytes("replica", chunk.len() as u64));
+                return response.body(Body::from_stream(body)).ok();
+            }
+            Ok(r) => {
+                metrics::forwarded("owner_down");
+                tracing::warn!(%digest, owner, status = r.status().as_u16(), "owner replica unavailable; trying the next");
+            }
+            Err(e) => {
+                metrics::forwarded("owner_down");
+                tracing::warn!(%digest, owner, error = %e, "owner replica unreachable; trying the next");
+            }
+        }
+    }
+    None
+}

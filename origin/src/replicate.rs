@@ -1,0 +1,217 @@
+//! Eager replication: after a rule with `replicate = true` hydrates a blob
+//! (or stores a manifest), copy it to every peer region's store in the
+//! background, so the first pull there is already warm.
+//!
+//! A bounded queue feeds a few workers. Each copy streams the local object
+//! to the peer (one `PutObject` up to one part, else a multipart upload fed
+//! one part at a time: memory is bounded by the part size), hashes it on the
+//! way, and completes only when the digest matched — a peer never holds an
+//! unverified object. A peer that already has the object is skipped.
+//! Failures are retried with exponential backoff; what is still failing
+//! after the last attempt is logged and counted (a later pull in that region
+//! copies it on demand anyway). Queue depth and lag are metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wharf_core::Digest;
+
+use crate::geo::Peer;
+use crate::metrics;
+use crate::store::Store;
+
+/// Objects waiting beyond this are dropped (and counted as failed).
+const QUEUE: usize = 10_000;
+/// Concurrent copies.
+const WORKERS: usize = 4;
+/// Attempts per peer before giving up.
+const ATTEMPTS: u32 = 5;
+
+struct Job {
+    key: String,
+    digest: Digest,
+    queued: Instant,
+}
+
+/// The handle hydrations queue copies on.
+#[derive(Clone)]
+pub struct Replicator {
+    tx: mpsc::Sender<Job>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Replicator {
+    /// Starts the workers copying from `local` to `peers`.
+    pub fn start(local: Store, peers: Vec<Peer>) -> Self {
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WORKERS {
+            let (rx, local, peers, cancel) =
+                (rx.clone(), local.clone(), peers.clone(), cancel.clone());
+            tracker.spawn(async move {
+                loop {
+                    let job = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        job = async { rx.lock().await.recv().await } => job,
+                    };
+                    let Some(job) = job else { return };
+                    for peer in &peers {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = replicate(&local, peer, &job) => {}
+                        }
+                    }
+                    metrics::replication_backlog(-1.0);
+                }
+            });
+        }
+        tracker.close();
+        Self {
+            tx,
+            tracker,
+            cancel,
+        }
+    }
+
+    /// Gives queued copies up to `grace` to finish, then stops the workers
+    /// (an unfinished multipart upload is aborted at the peer's next start,
+    /// or by its lifecycle rules; nothing unverified is completed).
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = tokio::time::timeout(grace, async {
+            while !self.tx.is_closed() && self.tx.capacity() < QUEUE {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        self.cancel.cancel();
+        self.tracker.wait().await;
+    }
+
+    /// Queues `key` (whose content has `digest`) for every peer region.
+    pub fn enqueue(&self, key: String, digest: Digest) {
+        let job = Job {
+            key,
+            digest,
+            queued: Instant::now(),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => metrics::replication_backlog(1.0),
+            Err(e) => {
+                let job = match e {
+                    mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+                };
+                tracing::warn!(
+                    key = job.key,
+                    "replication queue full; the object is copied on demand instead"
+                );
+                metrics::replication_done("all", "failed", 0.0);
+            }
+        }
+    }
+}
+
+async fn replicate(local: &Store, peer: &Peer, job: &Job) {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=ATTEMPTS {
+        match copy(local, &peer.store, job).await {
+            Ok(result) => {
+                tracing::info!(key = job.key, peer = %peer.name, result, "replicated");
+                metrics::replication_done(&peer.name, result, job.queued.elapsed().as_secs_f64());
+                return;
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(key = job.key, peer = %peer.name, attempt, error = %e, "replication failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tracing::error!(key = job.key, peer = %peer.name, error = %e, "replication failed; giving up (pulls there copy on demand)");
+                metrics::replication_done(&peer.name, "failed", job.queued.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+/// Copies one object; `Ok("present")` when the peer already had it.
+async fn copy(local: &Store, peer: &Store, job: &Job) -> Result<&'static str, String> {
+    if peer
+        .head(&job.key)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok("present");
+    }
+    let Some((meta, body)) = local.get(&job.key, None).await.map_err(|e| e.to_string())? else {
+        return Err(format!("{} is no longer in the local store", job.key));
+    };
+    let content_type = meta
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let part = peer.part_size() as usize;
+    let mut reader = body.into_async_read();
+    let mut verifier = job.digest.verifier();
+    let mut buf = BytesMut::with_capacity(part.min(meta.len as usize + 1));
+    let mut upload = None;
+    let mut total = 0u64;
+    loop {
+        buf.reserve(256 * 1024);
+        let n = reader
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("reading {}: {e}", job.key))?;
+        if n > 0 {
+            verifier.update(&buf[buf.len() - n..]);
+            total += n as u64;
+        }
+        let done = n == 0;
+        while buf.len() >= part || (done && upload.is_some() && !buf.is_empty()) {
+            if upload.is_none() {
+                upload = Some(
+                    peer.multipart(&job.key, &content_type)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let chunk = buf.split_to(buf.len().min(part)).freeze();
+            if let Some(u) = upload.as_mut()
+                && let Err(e) = u.upload_part_bytes(chunk).await
+            {
+                if let Some(u) = upload.take() {
+                    let _ = u.abort().await;
+                }
+                return Err(e.to_string());
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    let got = verifier.finish();
+    if got != job.digest || total != meta.len {
+        if let Some(u) = upload {
+            let _ = u.abort().await;
+        }
+        return Err(format!(
+            "local copy of {} does not match its digest ({got}, {total} bytes); not replicated",
+            job.key
+        ));
+    }
+    match upload {
+        Some(u) => u.complete().await.map_err(|e| e.to_string())?,
+        None => peer
+            .put_bytes(&job.key, buf.freeze(), &content_type)
+            .await
+            .map_err(|e| e.to_string())?,
+    }
+    Ok("copied")
+}
