@@ -55,7 +55,17 @@ pub async fn get(
     }
     let exp = ctx.now_secs() + ctx.config.ticket_ttl.as_secs();
     let t = ticket::issue(&ctx.config.key, &resolved.canonical, digest, exp);
-    let url = ticket::blob_url(&ctx.region.origin, &resolved.canonical, digest, &t);
+    // The replica that owns the digest: concurrent misses from every
+    // location meet in its one hydration.
+    let digest_key = digest.to_string();
+    let owner = ctx
+        .region
+        .origins_for(&digest_key)
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .to_owned();
+    let url = ticket::blob_url(&owner, &resolved.canonical, digest, &t);
     Ok(redirect(ctx, &url, digest, "miss"))
 }
 

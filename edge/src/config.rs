@@ -4,7 +4,10 @@
 //! | name | kind | meaning |
 //! |---|---|---|
 //! | `WHARF_GLOBAL_HOST` | var | global hostname; also the token `service`/`aud` |
-//! | `WHARF_REGIONS` | var (JSON) | `[{name, origin, s3_endpoint?, bucket?, s3_region?, addressing?, continents?}]`; the first is the default |
+//! | `WHARF_REGIONS` | var (JSON) | the region list (`wharf_core::region::RegionSpec`): `[{name, origin \| origins, s3_endpoint?, public_s3_endpoint?, bucket?, s3_region?, addressing?, continents?, countries?, lat?, lon?}]`; the first is the default |
+//! | `WHARF_HEALTH_FAIL_AFTER`, `WHARF_HEALTH_RECOVER_AFTER` | var | consecutive failed / good observations that mark a region down / up (2, 2) |
+//! | `WHARF_HEALTH_PROBE_INTERVAL`, `WHARF_HEALTH_PROBE_TIMEOUT`, `WHARF_HEALTH_STALE_AFTER` | var | re-probe a region's `/readyz` when its record is older (10s); probe timeout (2s); ignore older records, fail open (5m) |
+//! | `WHARF_TEST_LOCATION_HEADER` | var | tests only: header that sets the client's location (`EU`, `EU/DE`, `AS@1.3,103.8`); refused unless the global host is local |
 //! | `WHARF_RULES` | var (JSON) | `[{prefix, upstream, private?, tag_ttl?, stale_if_error?}]`, as the origin's rules |
 //! | `WHARF_TAG_TTL`, `WHARF_STALE_IF_ERROR` | var | defaults for the rules (`30s`, `5m`, `2h`, `7d` or seconds) |
 //! | `WHARF_TOKEN_TTL`, `WHARF_TICKET_TTL`, `WHARF_PRESIGN_TTL`, `WHARF_PRESENCE_TTL`, `WHARF_ORIGIN_TIMEOUT` | var | lifetimes and timeouts |
@@ -24,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use wharf_core::sigv4::{Addressing, Credentials, S3Endpoint};
+use wharf_core::region::{self, HealthPolicy, RegionSpec};
 use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
@@ -51,18 +55,30 @@ pub struct S3Target {
     pub credentials: Credentials,
 }
 
-/// One region: its origin and, when set, its object store.
+/// One region: its origin replicas and, when set, its object store.
 #[derive(Debug, Clone)]
 pub struct Region {
     /// Short name, also the regional hostname's first label (`eu` → `eu.<global>`).
     pub name: String,
-    /// The origin's base URL, no trailing `/`.
-    pub origin: String,
+    /// The origin replicas' base URLs, no trailing `/`.
+    pub origins: Vec<String>,
     /// The regional bucket; without it every blob goes to the origin.
     pub s3: Option<S3Target>,
     /// Cloudflare continent codes (`EU`, `NA`, `AS`, …) this region serves on
     /// the global hostname.
     pub continents: Vec<String>,
+}
+
+impl Region {
+    /// The origin replicas in the order to try for `key` (a digest or
+    /// `repo:reference`): rendezvous order, so every location asks the
+    /// replica that owns the key first (it coalesces the miss).
+    pub fn origins_for(&self, key: &str) -> Vec<&str> {
+        wharf_core::region::rendezvous(key, &self.origins)
+            .into_iter()
+            .map(|i| self.origins[i].as_str())
+            .collect()
+    }
 }
 
 /// Per-rule settings beyond the core's [`RuleSpec`].
@@ -134,19 +150,17 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// Timeout of one origin request.
     pub origin_timeout: Duration,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegionVar {
-    name: String,
-    origin: String,
-    s3_endpoint: Option<String>,
-    bucket: Option<String>,
-    s3_region: Option<String>,
-    addressing: Option<String>,
-    #[serde(default)]
-    continents: Vec<String>,
+    /// The region list as written (locations, for nearest-region ranking),
+    /// same order as [`Config::regions`].
+    pub specs: Vec<RegionSpec>,
+    /// Health thresholds.
+    pub health: HealthPolicy,
+    /// A region's health is probed again when its record is this old.
+    pub probe_interval: Duration,
+    /// Timeout of one `/readyz` probe.
+    pub probe_timeout: Duration,
+    /// Test-only: a request header that overrides the client's location.
+    pub test_location_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -297,40 +311,15 @@ impl Config {
         let regions_json = src
             .json("WHARF_REGIONS")
             .ok_or_else(|| err("WHARF_REGIONS is not set (e.g. `[{\"name\":\"eu\",\"origin\":\"https://eu.origin.example.com\"}]`)"))?;
-        let region_vars: Vec<RegionVar> =
+        let specs: Vec<RegionSpec> =
             serde_json::from_str(&regions_json).map_err(|e| err(format!("WHARF_REGIONS: {e}")))?;
-        if region_vars.is_empty() {
-            return Err(err("WHARF_REGIONS is empty: configure at least one region"));
-        }
+        region::validate(&specs).map_err(|e| err(format!("WHARF_REGIONS: {}", e.0)))?;
         let mut regions: Vec<Region> = Vec::new();
-        for r in region_vars {
-            let label_ok = !r.name.is_empty()
-                && r.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !label_ok {
-                return Err(err(format!(
-                    "WHARF_REGIONS: region name {:?} must be a lowercase DNS label (it is the regional hostname's first label)",
-                    r.name
-                )));
-            }
-            if regions.iter().any(|x| x.name == r.name) {
-                return Err(err(format!(
-                    "WHARF_REGIONS: region {:?} is listed twice",
-                    r.name
-                )));
-            }
-            let origin = r.origin.trim_end_matches('/').to_owned();
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return Err(err(format!(
-                    "WHARF_REGIONS[{}].origin = {:?}: expected an http(s):// URL",
-                    r.name, r.origin
-                )));
-            }
-            let s3 = match r.s3_endpoint {
+        for r in &specs {
+            let s3 = match r.public_endpoint() {
                 None => None,
                 Some(ep) => {
-                    let endpoint = S3Endpoint::parse(&ep)
+                    let endpoint = S3Endpoint::parse(ep)
                         .map_err(|e| err(format!("WHARF_REGIONS[{}].s3_endpoint: {e}", r.name)))?;
                     let suffix = r.name.to_ascii_uppercase().replace('-', "_");
                     let cred = |base: &str| {
@@ -355,8 +344,8 @@ impl Config {
                     };
                     Some(S3Target {
                         endpoint,
-                        bucket: r.bucket.unwrap_or_else(|| "wharf".to_owned()),
-                        region: r.s3_region.unwrap_or_else(|| "us-east-1".to_owned()),
+                        bucket: r.bucket.clone().unwrap_or_else(|| "wharf".to_owned()),
+                        region: r.s3_region.clone().unwrap_or_else(|| "us-east-1".to_owned()),
                         addressing,
                         credentials: Credentials {
                             access_key,
@@ -367,8 +356,8 @@ impl Config {
                 }
             };
             regions.push(Region {
-                name: r.name,
-                origin,
+                name: r.name.clone(),
+                origins: r.origins(),
                 s3,
                 continents: r
                     .continents
@@ -376,6 +365,46 @@ impl Config {
                     .map(|c| c.to_ascii_uppercase())
                     .collect(),
             });
+        }
+
+        let count = |name: &str, default: u32| -> Result<u32, ConfigError> {
+            match src.text(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| err(format!("{name} = {v:?}: expected a count from 1 to 100"))),
+            }
+        };
+        let health = HealthPolicy {
+            fail_after: count("WHARF_HEALTH_FAIL_AFTER", 2)?,
+            recover_after: count("WHARF_HEALTH_RECOVER_AFTER", 2)?,
+            stale_after_ms: dur("WHARF_HEALTH_STALE_AFTER", Duration::from_secs(300))?.as_millis()
+                as u64,
+        };
+        let probe_interval = dur("WHARF_HEALTH_PROBE_INTERVAL", Duration::from_secs(10))?;
+        let probe_timeout = dur("WHARF_HEALTH_PROBE_TIMEOUT", Duration::from_secs(2))?;
+        if probe_interval.is_zero() || probe_timeout.is_zero() {
+            return Err(err(
+                "WHARF_HEALTH_PROBE_INTERVAL and WHARF_HEALTH_PROBE_TIMEOUT must be at least 1s",
+            ));
+        }
+        let test_location_header = src
+            .text("WHARF_TEST_LOCATION_HEADER")
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
+        if let Some(h) = &test_location_header {
+            let local = global_host == "localhost"
+                || global_host == "127.0.0.1"
+                || global_host.ends_with(".localhost")
+                || global_host.ends_with(".test");
+            if !local {
+                return Err(err(format!(
+                    "WHARF_TEST_LOCATION_HEADER = {h:?} lets clients choose their region; it is for tests only and refused unless WHARF_GLOBAL_HOST is localhost, 127.0.0.1, *.localhost or *.test (it is {global_host:?})"
+                )));
+            }
         }
 
         let mut users = HashMap::new();
@@ -426,6 +455,11 @@ impl Config {
             presign_ttl,
             presence_ttl: dur("WHARF_PRESENCE_TTL", Duration::from_secs(3600))?,
             origin_timeout: dur("WHARF_ORIGIN_TIMEOUT", Duration::from_secs(20))?,
+            specs,
+            health,
+            probe_interval,
+            probe_timeout,
+            test_location_header,
         })
     }
 
@@ -504,7 +538,7 @@ mod tests {
         assert_eq!(c.global_host, "registry.example.com");
         assert_eq!(c.regions.len(), 2);
         let eu = &c.regions[0];
-        assert_eq!(eu.origin, "https://eu-origin.example.com");
+        assert_eq!(eu.origins, vec!["https://eu-origin.example.com"]);
         assert_eq!(eu.continents, ["EU", "AF"]);
         let s3 = eu.s3.as_ref().unwrap();
         assert_eq!(
@@ -561,7 +595,19 @@ mod tests {
             (
                 "WHARF_REGIONS",
                 Some(r#"[{"name":"eu","origin":"x"}]"#),
-                "expected an http(s):// URL",
+                "must be an http:// or https:// URL",
+            ),
+            (
+                "WHARF_REGIONS",
+                Some(r#"[{"name":"eu","origins":[]}]"#),
+                "has no origin",
+            ),
+            ("WHARF_HEALTH_FAIL_AFTER", Some("0"), "count from 1 to 100"),
+            ("WHARF_HEALTH_PROBE_INTERVAL", Some("0s"), "at least 1s"),
+            (
+                "WHARF_TEST_LOCATION_HEADER",
+                Some("X-Wharf-Test-Location"),
+                "for tests only",
             ),
             (
                 "WHARF_REGIONS",

@@ -52,6 +52,16 @@ pub enum Error {
         /// What failed.
         cause: String,
     },
+    /// A regional hostname's region is down: no failover, say where to go.
+    #[error("region `{region}` is unavailable ({cause}); pull from `{global}` to be served by the nearest healthy region")]
+    RegionUnavailable {
+        /// Region name.
+        region: String,
+        /// Why it is considered down.
+        cause: String,
+        /// The global hostname.
+        global: String,
+    },
     /// The origin answered with an error; passed on with its code.
     #[error("{message}")]
     Origin {
@@ -94,9 +104,9 @@ impl Error {
             Error::Unauthenticated { .. } | Error::BadCredentials { .. } => ErrorCode::Unauthorized,
             Error::Token { source, .. } => source.code(),
             Error::TokenRequest(_) => ErrorCode::Unsupported,
-            Error::OriginUnreachable { .. } | Error::DigestMismatch { .. } => {
-                ErrorCode::Unavailable
-            }
+            Error::OriginUnreachable { .. }
+            | Error::RegionUnavailable { .. }
+            | Error::DigestMismatch { .. } => ErrorCode::Unavailable,
             Error::Origin { code, .. } => *code,
             Error::ManifestTooLarge(_) => ErrorCode::ManifestInvalid,
             Error::Config(_) | Error::Presign(_) | Error::Runtime(_) => ErrorCode::Unknown,

@@ -29,11 +29,7 @@ pub async fn get(
         .then_some(resolved.prefix.as_str());
     let token = origin::edge_token(&ctx.config, &resolved.canonical, private, ctx.now_secs());
     let bearer = format!("Bearer {token}");
-    let url = format!(
-        "{}{}",
-        ctx.region.origin,
-        request.upstream_path(&resolved.canonical)
-    );
+    let path = request.upstream_path(&resolved.canonical);
     let method = if ctx.method.is_head() {
         Method::Head
     } else {
@@ -42,10 +38,11 @@ pub async fn get(
     let accept = ctx
         .header("Accept")
         .unwrap_or_else(|| "application/json".into());
-    let mut r = origin::send(
-        &ctx.region.name,
+    let mut r = origin::send_to_region(
+        &ctx.region,
+        resolved.canonical.as_str(),
         method,
-        &url,
+        &path,
         &[("Authorization", &bearer), ("Accept", &accept)],
         ctx.config.origin_timeout,
     )

@@ -20,7 +20,9 @@
 //! * [`routes`] — the request context and dispatch, after the core parsed the
 //!   request; one module per operation: [`token`], [`manifest`], [`blob`],
 //!   [`forward`] (tags list, referrers).
-//! * [`config`] — `[vars]` and secrets; [`region`] — hostname → region;
+//! * [`config`] — `[vars]` and secrets; [`region`] — hostname + location +
+//!   health → region(s), with failover on the global hostname; [`health`] —
+//!   region health records, probes and the cron trigger;
 //!   [`origin`] — requests to the region's origin; [`store`] — the Cache API
 //!   and KV tiers; [`error`] — the one error type; [`log`] — JSON log lines.
 
@@ -28,6 +30,7 @@ pub mod blob;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod log;
 pub mod manifest;
 pub mod origin;
@@ -36,7 +39,7 @@ pub mod routes;
 pub mod store;
 pub mod token;
 
-use worker::{Context, Env, Request, Response, event};
+use worker::{Context, Env, Request, Response, ScheduleContext, ScheduledEvent, event};
 
 use crate::error::Error;
 
@@ -61,6 +64,13 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     };
     let _ = response.headers().set(API_VERSION.0, API_VERSION.1);
     Ok(response)
+}
+
+/// The cron trigger (`[triggers] crons` in `wrangler.toml`): probes every
+/// region's origins and publishes their health to KV.
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    routes::scheduled(&env).await;
 }
 
 /// The OCI error response for `e`: `{"errors":[{code, message}]}`, the status,

@@ -200,13 +200,14 @@ async fn fetch_from(
     accept: &str,
     now_ms: u64,
 ) -> Result<Entry, Error> {
-    let url = format!("{}/v2/{canonical}/manifests/{reference}", region.origin);
+    let path = format!("/v2/{canonical}/manifests/{reference}");
     let token = origin::edge_token(config, canonical, private_rule, now_ms / 1000);
     let bearer = format!("Bearer {token}");
-    let mut r = origin::send(
-        &region.name,
+    let mut r = origin::send_to_region(
+        region,
+        &format!("{canonical}:{reference}"),
         Method::Get,
-        &url,
+        &path,
         &[("Accept", accept), ("Authorization", &bearer)],
         config.origin_timeout,
     )
@@ -288,10 +289,7 @@ impl Revalidation {
 
     /// `HEAD` at the origin; `GET` only if the digest changed. Returns whether it moved.
     async fn check(&self) -> Result<bool, Error> {
-        let url = format!(
-            "{}/v2/{}/manifests/{}",
-            self.region.origin, self.canonical, self.tag
-        );
+        let path = format!("/v2/{}/manifests/{}", self.canonical, self.tag);
         let token = origin::edge_token(
             &self.config,
             &self.canonical,
@@ -300,10 +298,11 @@ impl Revalidation {
         );
         let bearer = format!("Bearer {token}");
         let accept = self.cached.media_type.clone();
-        let r = origin::send(
-            &self.region.name,
+        let r = origin::send_to_region(
+            &self.region,
+            &format!("{}:{}", self.canonical, self.tag),
             Method::Head,
-            &url,
+            &path,
             &[("Accept", ALL_MANIFEST_TYPES), ("Authorization", &bearer)],
             self.config.origin_timeout,
         )

@@ -1,16 +1,22 @@
-//! Which region serves a request, from the hostname the client used.
+//! Which region serves a request: the hostname decides whether it is pinned,
+//! the client's location and the regions' health decide where the global
+//! hostname goes.
 //!
-//! * `<region>.<global>` is pinned to that region and never fails over (as
-//!   ACR's regional endpoints: determinism over magic).
-//! * `<global>` picks the region whose `continents` contain Cloudflare's
-//!   `cf.continent` for the client, else the first (default) region.
-//! * Any other host (`*.workers.dev`, `127.0.0.1:8787` under `wrangler dev`)
-//!   is served by the default region.
+//! * `<region>.<global>` is **pinned** to that region and never fails over
+//!   (as ACR's regional endpoints: determinism over magic); when its region
+//!   is down it answers `503` naming the region.
+//! * `<global>` — and any other host (`*.workers.dev`, `127.0.0.1:8787` under
+//!   `wrangler dev`) — goes to the nearest **routable** region
+//!   (`wharf_core::region::rank` over continent, country and coordinates from
+//!   `request.cf`), and on to the next ones in that order if a request to
+//!   its origin fails.
 //!
-//! Pure: the caller passes the host and continent, so this is unit-tested.
-//! Health-aware failover on the global hostname is not done here yet.
+//! Pure: host, location and health are arguments, so this is unit-tested;
+//! the health records themselves live in [`crate::health`].
 
-use crate::config::{Config, Region};
+use wharf_core::region::{Health, Location, rank, route};
+
+use crate::config::Config;
 
 /// The host without a port, lowercase, without a trailing dot.
 pub fn hostname(host: &str) -> String {
@@ -23,93 +29,177 @@ pub fn hostname(host: &str) -> String {
     h.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// The region for a request to `host` from `continent`.
-pub fn select<'a>(config: &'a Config, host: &str, continent: Option<&str>) -> &'a Region {
+/// How a hostname maps to regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// The global hostname (or any unknown host): nearest healthy region.
+    Global,
+    /// A regional hostname: this region (index into `Config::regions`) only.
+    Regional(usize),
+}
+
+/// Classifies `host`.
+pub fn pin(config: &Config, host: &str) -> Pin {
     let name = hostname(host);
-    let default = &config.regions[0];
-    if name == config.global_host {
-        return continent
-            .and_then(|c| {
-                config
-                    .regions
-                    .iter()
-                    .find(|r| r.continents.iter().any(|x| x.eq_ignore_ascii_case(c)))
-            })
-            .unwrap_or(default);
-    }
     if let Some(label) = name
         .strip_suffix(config.global_host.as_str())
         .and_then(|s| s.strip_suffix('.'))
-        && let Some(region) = config.regions.iter().find(|r| r.name == label)
+        && let Some(i) = config.regions.iter().position(|r| r.name == label)
     {
-        return region;
+        return Pin::Regional(i);
     }
-    default
+    Pin::Global
+}
+
+/// The client's location: the test override when the configuration allows
+/// it and the request carries it, else Cloudflare's `cf` fields.
+pub fn location(
+    override_value: Option<&str>,
+    continent: Option<String>,
+    country: Option<String>,
+    coords: Option<(f32, f32)>,
+) -> Location {
+    if let Some(loc) = override_value.and_then(Location::parse) {
+        return loc;
+    }
+    Location {
+        continent,
+        country,
+        coords: coords.map(|(a, b)| (f64::from(a), f64::from(b))),
+    }
+}
+
+/// Regions to try for a request on the global hostname, in order: the
+/// routable ones nearest first; when none is routable, the nearest (fail
+/// open). `health[i]` is region `i`'s record, if any.
+pub fn candidates(config: &Config, at: &Location, health: &[Option<Health>], now_ms: u64) -> Vec<usize> {
+    let ranked = rank(&config.specs, at);
+    let healthy: Vec<usize> = ranked
+        .iter()
+        .copied()
+        .filter(|&i| {
+            health
+                .get(i)
+                .copied()
+                .flatten()
+                .is_none_or(|h| h.routable(now_ms, &config.health))
+        })
+        .collect();
+    if healthy.is_empty() {
+        route(&ranked, |_| None, now_ms, &config.health)
+            .into_iter()
+            .collect()
+    } else {
+        healthy
+    }
+}
+
+/// Whether region `i` may serve (pinned hostnames: no failover, but fail open).
+pub fn routable(config: &Config, health: &[Option<Health>], i: usize, now_ms: u64) -> bool {
+    health
+        .get(i)
+        .copied()
+        .flatten()
+        .is_none_or(|h| h.routable(now_ms, &config.health))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-    use wharf_core::token::SigningKey;
-    use wharf_core::{CacheRules, RuleSpec};
+    use crate::config::{Config, Source};
+    use std::collections::HashMap;
 
-    fn region(name: &str, continents: &[&str]) -> Region {
-        Region {
-            name: name.into(),
-            origin: format!("https://{name}-origin"),
-            s3: None,
-            continents: continents.iter().map(|s| s.to_string()).collect(),
+    struct Map(HashMap<&'static str, String>);
+    impl Source for Map {
+        fn text(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+        fn json(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
         }
     }
 
     fn config() -> Config {
-        Config {
-            global_host: "wharf.example.com".into(),
-            regions: vec![
-                region("eu", &["EU"]),
-                region("us", &["NA", "SA"]),
-                region("ap", &["AS", "OC"]),
-            ],
-            rules: CacheRules::new(vec![RuleSpec {
-                prefix: "docker.io".into(),
-                upstream: "https://registry-1.docker.io".into(),
-            }])
-            .unwrap(),
-            rule_opts: vec![],
-            key: SigningKey::new(vec![0u8; 32]).unwrap(),
-            users: Default::default(),
-            token_ttl: Duration::from_secs(300),
-            ticket_ttl: Duration::from_secs(60),
-            presign_ttl: Duration::from_secs(600),
-            presence_ttl: Duration::from_secs(3600),
-            origin_timeout: Duration::from_secs(10),
-        }
+        Config::parse(&Map(HashMap::from([
+            ("WHARF_GLOBAL_HOST", "wharf.example.com".to_owned()),
+            (
+                "WHARF_REGIONS",
+                r#"[{"name":"eu","origin":"https://eu","continents":["EU","AF"],"lat":50.1,"lon":8.7},
+                    {"name":"us","origins":["https://us1","https://us2"],"continents":["NA","SA"],"lat":39.0,"lon":-77.5},
+                    {"name":"ap","origin":"https://ap","continents":["AS","OC"],"lat":1.35,"lon":103.8}]"#
+                    .to_owned(),
+            ),
+            (
+                "WHARF_RULES",
+                r#"[{"prefix":"docker.io","upstream":"https://registry-1.docker.io"}]"#.to_owned(),
+            ),
+            ("WHARF_TOKEN_KEY", "k".repeat(32)),
+        ])))
+        .unwrap()
     }
 
     #[test]
-    fn hosts_map_to_regions() {
+    fn hosts_are_pinned_or_global() {
         let c = config();
         let cases = [
-            ("wharf.example.com", Some("NA"), "us"),
-            ("WHARF.example.com.", Some("AS"), "ap"),
-            ("wharf.example.com:443", Some("AF"), "eu"), // no region for Africa: default
-            ("wharf.example.com", None, "eu"),
-            ("us.wharf.example.com", Some("EU"), "us"), // regional: pinned, whatever the client's location
-            ("ap.wharf.example.com:8443", None, "ap"),
-            ("xx.wharf.example.com", Some("NA"), "eu"), // unknown region label: default
-            ("127.0.0.1:8787", Some("NA"), "eu"),
-            ("[::1]:8787", None, "eu"),
-            ("evilwharf.example.com", Some("NA"), "eu"),
+            ("wharf.example.com", Pin::Global),
+            ("WHARF.example.com.:443", Pin::Global),
+            ("us.wharf.example.com", Pin::Regional(1)),
+            ("ap.wharf.example.com:8443", Pin::Regional(2)),
+            ("xx.wharf.example.com", Pin::Global), // unknown label: served as global
+            ("127.0.0.1:8787", Pin::Global),
+            ("[::1]:8787", Pin::Global),
+            ("evilwharf.example.com", Pin::Global),
         ];
-        for (host, continent, want) in cases {
-            assert_eq!(
-                select(&c, host, continent).name,
-                want,
-                "{host} {continent:?}"
-            );
+        for (host, want) in cases {
+            assert_eq!(pin(&c, host), want, "{host}");
         }
         assert_eq!(hostname("[::1]:8787"), "::1");
         assert_eq!(hostname("Host"), "host");
+    }
+
+    #[test]
+    fn the_global_hostname_goes_to_the_nearest_healthy_region() {
+        let c = config();
+        let p = c.health;
+        let down = Health::unknown().observe(false, 1000, &p).observe(false, 1000, &p);
+        let up = Health::unknown().observe(true, 1000, &p);
+        let at = |s: &str| Location::parse(s).unwrap();
+        let none = [None, None, None];
+        assert_eq!(candidates(&c, &at("NA"), &none, 2000), vec![1, 0, 2]);
+        assert_eq!(candidates(&c, &at("AS"), &none, 2000), vec![2, 0, 1]);
+        assert_eq!(candidates(&c, &at(""), &none, 2000), vec![0, 1, 2]);
+        // ap down: Asian clients go to eu, then us.
+        let h = [Some(up), Some(up), Some(down)];
+        assert_eq!(candidates(&c, &at("AS"), &h, 2000), vec![0, 1]);
+        // Everything down: the nearest anyway (fail open).
+        let h = [Some(down), Some(down), Some(down)];
+        assert_eq!(candidates(&c, &at("AS"), &h, 2000), vec![2]);
+        // Stale records are ignored (fail open).
+        let h = [None, None, Some(down)];
+        let later = 1000 + p.stale_after_ms + 1;
+        assert_eq!(candidates(&c, &at("AS"), &h, later)[0], 2);
+        assert!(!routable(&c, &[None, None, Some(down)], 2, 2000));
+        assert!(routable(&c, &[None, None, None], 2, 2000));
+    }
+
+    #[test]
+    fn the_location_override_wins_only_when_parsable() {
+        let l = location(Some("AS/JP"), Some("EU".into()), None, Some((50.0, 8.0)));
+        assert_eq!(l.continent.as_deref(), Some("AS"));
+        assert_eq!(l.country.as_deref(), Some("JP"));
+        let l = location(Some("garbage!"), Some("EU".into()), None, Some((50.0, 8.0)));
+        assert_eq!(l.continent.as_deref(), Some("EU"));
+        assert_eq!(l.coords, Some((50.0, 8.0)));
+    }
+
+    #[test]
+    fn replicas_are_tried_in_rendezvous_order() {
+        let c = config();
+        let us = &c.regions[1];
+        let a = us.origins_for("sha256:aaaa");
+        assert_eq!(a.len(), 2);
+        assert_eq!(a, us.origins_for("sha256:aaaa"));
+        assert!(a.contains(&"https://us1") && a.contains(&"https://us2"));
     }
 }

@@ -12,7 +12,7 @@ use worker::{Context, Env, Headers, KvStore, Request, Response, ResponseBuilder}
 
 use crate::config::{Config, Region, Source};
 use crate::error::Error;
-use crate::{blob, forward, manifest, region, token};
+use crate::{blob, forward, health, manifest, region, token};
 
 /// The KV namespace binding.
 pub const KV_BINDING: &str = "WHARF_KV";
@@ -113,17 +113,29 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
         (Some(h), None) => h.to_owned(),
         (None, _) => config.global_host.clone(),
     };
-    let continent = req.cf().and_then(|cf| cf.continent());
-    let region = region::select(&config, &host, continent.as_deref()).clone();
+    let cf = req.cf();
+    let override_value = config
+        .test_location_header
+        .as_deref()
+        .and_then(|h| req.headers().get(h).ok().flatten());
+    let at = region::location(
+        override_value.as_deref(),
+        cf.as_ref().and_then(|c| c.continent()),
+        cf.as_ref().and_then(|c| c.country()),
+        cf.as_ref().and_then(|c| c.coordinates()),
+    );
+    let now_ms = worker::Date::now().as_millis();
+    let kv = env.kv(KV_BINDING).ok();
+    let pin = region::pin(&config, &host);
     let mut ctx = Ctx {
-        config,
+        config: config.clone(),
         env,
         wctx,
-        kv: env.kv(KV_BINDING).ok(),
-        now_ms: worker::Date::now().as_millis(),
+        kv,
+        now_ms,
         scheme: url.scheme().to_owned(),
         host,
-        region,
+        region: config.regions[0].clone(),
         headers: req.headers().clone(),
         method: ApiMethod::Get,
     };
@@ -132,15 +144,82 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
     }
     let (api_method, request, ns) = parse_request(&method, &path, url.query())?;
     ctx.method = api_method;
-    tracing::debug!(kind = request.kind(), region = %ctx.region.name, "request");
-    match request {
-        ApiRequest::Base => token::base(&ctx),
-        ApiRequest::Manifest { name, reference } => {
-            manifest::get(&ctx, &name, &reference, ns.as_deref()).await
-        }
-        ApiRequest::Blob { name, digest } => blob::get(&ctx, &name, &digest, ns.as_deref()).await,
-        ApiRequest::TagsList { ref name, .. } | ApiRequest::Referrers { ref name, .. } => {
-            forward::get(&ctx, name, &request, ns.as_deref()).await
+    if matches!(request, ApiRequest::Base) {
+        return token::base(&ctx);
+    }
+
+    // Where to serve it: the pinned region, or the nearest routable ones.
+    let health = health::load(ctx.kv.as_ref(), &config, now_ms).await;
+    let order = match pin {
+        region::Pin::Regional(i) => vec![i],
+        region::Pin::Global => region::candidates(&config, &at, &health, now_ms),
+    };
+    let stale = health::stale(&config, &health, &order, now_ms);
+    if !stale.is_empty() {
+        let (kv, config) = (ctx.kv.clone(), config.clone());
+        wctx.wait_until(async move { health::refresh(kv, config, stale, now_ms).await });
+    }
+    if let region::Pin::Regional(i) = pin
+        && !region::routable(&config, &health, i, now_ms)
+    {
+        return Err(Error::RegionUnavailable {
+            region: config.regions[i].name.clone(),
+            cause: "its origin is failing its health checks".into(),
+            global: config.global_host.clone(),
+        });
+    }
+    let mut last = None;
+    for (n, &i) in order.iter().enumerate() {
+        ctx.region = config.regions[i].clone();
+        tracing::debug!(kind = request.kind(), region = %ctx.region.name, "request");
+        match dispatch(&ctx, &request, ns.as_deref()).await {
+            Err(e @ Error::OriginUnreachable { .. }) => {
+                // The origin itself is down: count it, and (global hostname
+                // only) let the next region serve this very request.
+                health::record(ctx.kv.as_ref(), &config, i, false, now_ms, false).await;
+                if let region::Pin::Regional(_) = pin {
+                    return Err(Error::RegionUnavailable {
+                        region: ctx.region.name.clone(),
+                        cause: e.to_string(),
+                        global: config.global_host.clone(),
+                    });
+                }
+                if n + 1 < order.len() {
+                    tracing::warn!(region = %ctx.region.name, error = %e, "failing over to the next region");
+                }
+                last = Some(e);
+            }
+            Ok(response) => {
+                let _ = response.headers().set("X-Wharf-Region", &ctx.region.name);
+                return Ok(response);
+            }
+            Err(e) => return Err(e),
         }
     }
+    Err(last.unwrap_or_else(|| Error::Runtime("no region to serve the request".into())))
+}
+
+/// Applies a parsed request in the region chosen in `ctx`.
+async fn dispatch(ctx: &Ctx<'_>, request: &ApiRequest, ns: Option<&str>) -> Result<Response, Error> {
+    match request {
+        ApiRequest::Base => token::base(ctx),
+        ApiRequest::Manifest { name, reference } => manifest::get(ctx, name, reference, ns).await,
+        ApiRequest::Blob { name, digest } => blob::get(ctx, name, digest, ns).await,
+        ApiRequest::TagsList { name, .. } | ApiRequest::Referrers { name, .. } => {
+            forward::get(ctx, name, request, ns).await
+        }
+    }
+}
+
+/// The cron trigger: probe every region's origins and publish their health.
+pub async fn scheduled(env: &Env) {
+    let config = match Config::parse(&EnvSource(env)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "scheduled probe skipped: invalid configuration");
+            return;
+        }
+    };
+    let kv = env.kv(KV_BINDING).ok();
+    health::probe_all(kv.as_ref(), &config, worker::Date::now().as_millis()).await;
 }

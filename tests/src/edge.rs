@@ -455,9 +455,10 @@ impl EdgeStack {
                 regions: vec![
                     EdgeRegion {
                         s3_endpoint: Some(s3_endpoint.clone()),
-                        ..EdgeRegion::new("eu", &origin_proxy.url(), &["EU"])
+                        // `wrangler dev` reports continent NA for every request.
+                        ..EdgeRegion::new("eu", &origin_proxy.url(), &["EU", "NA"])
                     },
-                    EdgeRegion::new("us", &origin_proxy.url(), &["NA"]),
+                    EdgeRegion::new("us", &origin_proxy.url(), &["SA"]),
                 ],
                 rules: vec![rule(RULE_PREFIX, false), rule(PRIVATE_PREFIX, true)],
                 tag_ttl,

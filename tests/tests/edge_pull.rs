@@ -454,13 +454,13 @@ async fn tokens_work_on_every_hostname_and_regional_hostnames_are_pinned() {
     assert_eq!(region(&get_as(&es, &us, &path, Some(&t)).await), "us");
     assert_eq!(
         region(&get_as(&es, GLOBAL_HOST, &path, Some(&t)).await),
-        "us",
-        "wrangler dev reports continent NA"
+        "eu",
+        "wrangler dev reports continent NA, which the stack's eu lists"
     );
     assert_eq!(
         region(&get_as(&es, "127.0.0.1", &path, Some(&t)).await),
         "eu",
-        "unknown hosts: the default region"
+        "unknown hosts are served like the global hostname"
     );
 
     // Hydrate the layer, then: eu (has a store) presigns, us (none) sends the

@@ -158,7 +158,9 @@ async fn each_geography_is_served_by_its_region_and_regions_copy_from_each_other
         pushed.manifest_digest
     );
     s.upstream.reset_counts();
-    let ctr_us = Containerd::start(&s.dir).await.unwrap();
+    // A second node (its own content store), in America.
+    let us_dir = wharf_tests::TestDir::new("geo-serve-us-node").unwrap();
+    let ctr_us = Containerd::start(&us_dir).await.unwrap();
     assert_eq!(
         ctr_pull(&ctr_us, &s, "NA", "geo/shared").await,
         pushed.manifest_digest

@@ -1,0 +1,180 @@
+//! Region health at the edge: records, probes, and where they are kept.
+//!
+//! A region's record is the core's [`Health`] state machine (hysteresis:
+//! `WHARF_HEALTH_FAIL_AFTER` consecutive failures mark it down,
+//! `WHARF_HEALTH_RECOVER_AFTER` successes bring it back). Observations come
+//! from:
+//!
+//! * the cron trigger ([`probe_all`]): every origin replica's deep `/readyz`
+//!   (a region is up when one replica is ready);
+//! * live traffic: a request whose origin could not be reached records a
+//!   failure ([`record`]);
+//! * requests themselves: when a region's record is older than
+//!   `WHARF_HEALTH_PROBE_INTERVAL`, the request probes it in `wait_until`
+//!   ([`refresh`]), so detection takes seconds even though crons run at most
+//!   once a minute.
+//!
+//! Records live in this location's Cache API (visible at once here) and in
+//! KV under `health/<region>` (every location, eventually; written by the
+//! cron and whenever a region changes state). Reads take the newer of the
+//! two. No record, or one older than `WHARF_HEALTH_STALE_AFTER`, means
+//! "route normally" (fail open).
+
+use serde::{Deserialize, Serialize};
+use wharf_core::region::Health;
+use worker::{Cache, KvStore, Method};
+
+use crate::config::{Config, Region};
+use crate::origin;
+use crate::routes::response;
+use crate::store::CACHE_ORIGIN;
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    health: Health,
+}
+
+fn cache_url(region: &str) -> String {
+    format!("{CACHE_ORIGIN}/health/{region}")
+}
+
+fn kv_key(region: &str) -> String {
+    format!("health/{region}")
+}
+
+/// Every region's record (same order as `config.regions`).
+pub async fn load(kv: Option<&KvStore>, config: &Config, now_ms: u64) -> Vec<Option<Health>> {
+    let mut out = Vec::with_capacity(config.regions.len());
+    for r in &config.regions {
+        out.push(load_one(kv, config, &r.name, now_ms).await);
+    }
+    out
+}
+
+async fn load_one(kv: Option<&KvStore>, config: &Config, region: &str, now_ms: u64) -> Option<Health> {
+    let local = match Cache::default().get(cache_url(region).as_str(), false).await {
+        Ok(Some(mut r)) => r
+            .text()
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str::<Stored>(&t).ok())
+            .map(|s| s.health),
+        _ => None,
+    };
+    // A fresh local record is enough; otherwise ask KV too (the cron's and
+    // other locations' observations).
+    let fresh = |h: &Health| now_ms.saturating_sub(h.updated_ms) < config.probe_interval.as_millis() as u64;
+    if local.as_ref().is_some_and(fresh) {
+        return local;
+    }
+    let global = match kv {
+        Some(kv) => match kv.get(&kv_key(region)).text().await {
+            Ok(Some(t)) => serde_json::from_str::<Stored>(&t).ok().map(|s| s.health),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(region, error = %e, "KV read of a health record failed");
+                None
+            }
+        },
+        None => None,
+    };
+    match (local, global) {
+        (Some(a), Some(b)) => Some(a.newest(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Records one observation of region `idx` and stores the new record
+/// (KV too when `global` or when the region changed state). Returns it.
+pub async fn record(
+    kv: Option<&KvStore>,
+    config: &Config,
+    idx: usize,
+    ok: bool,
+    now_ms: u64,
+    global: bool,
+) -> Option<Health> {
+    let region = &config.regions.get(idx)?.name;
+    let before = load_one(kv, config, region, now_ms).await;
+    let after = before
+        .unwrap_or_else(Health::unknown)
+        .observe(ok, now_ms, &config.health);
+    let body = serde_json::to_string(&Stored { health: after }).ok()?;
+    let keep = (config.health.stale_after_ms / 1000).max(1);
+    let cache_control = format!("public, max-age={keep}");
+    let r = response(
+        200,
+        &[
+            ("Content-Type", "application/json"),
+            ("Cache-Control", &cache_control),
+        ],
+        body.clone().into_bytes(),
+    );
+    if let Err(e) = Cache::default().put(cache_url(region).as_str(), r).await {
+        tracing::warn!(region, error = %e, "Cache API write of a health record failed");
+    }
+    let changed = before.is_none_or(|b| b.up != after.up);
+    if changed {
+        tracing::warn!(region, up = after.up, fails = after.fails, "region health changed");
+    }
+    if (global || changed)
+        && let Some(kv) = kv
+    {
+        let put = kv
+            .put(&kv_key(region), body)
+            .map(|p| p.expiration_ttl(keep.max(60)));
+        if let Ok(p) = put
+            && let Err(e) = p.execute().await
+        {
+            tracing::warn!(region, error = %e, "KV write of a health record failed");
+        }
+    }
+    Some(after)
+}
+
+/// Probes one region: `GET /readyz` on its replicas until one is ready.
+pub async fn probe(config: &Config, region: &Region) -> bool {
+    for base in &region.origins {
+        let url = format!("{base}/readyz");
+        match origin::send(&region.name, Method::Get, &url, &[], config.probe_timeout).await {
+            Ok(r) if r.status_code() == 200 => return true,
+            Ok(r) => {
+                tracing::info!(region = %region.name, origin = %base, status = r.status_code(), "origin not ready")
+            }
+            Err(e) => tracing::info!(region = %region.name, origin = %base, error = %e, "origin probe failed"),
+        }
+    }
+    false
+}
+
+/// The cron trigger: probe every region and store the results everywhere.
+pub async fn probe_all(kv: Option<&KvStore>, config: &Config, now_ms: u64) {
+    for (i, r) in config.regions.iter().enumerate() {
+        let ok = probe(config, r).await;
+        record(kv, config, i, ok, now_ms, true).await;
+    }
+}
+
+/// Indices among `regions` whose record is missing or older than the probe
+/// interval: the request probes them in the background.
+pub fn stale(config: &Config, health: &[Option<Health>], regions: &[usize], now_ms: u64) -> Vec<usize> {
+    regions
+        .iter()
+        .copied()
+        .filter(|&i| {
+            health.get(i).copied().flatten().is_none_or(|h| {
+                now_ms.saturating_sub(h.updated_ms) >= config.probe_interval.as_millis() as u64
+            })
+        })
+        .collect()
+}
+
+/// Probes `regions` and records the results (run in `wait_until`).
+pub async fn refresh(kv: Option<KvStore>, config: std::rc::Rc<Config>, regions: Vec<usize>, now_ms: u64) {
+    for i in regions {
+        if let Some(r) = config.regions.get(i) {
+            let ok = probe(&config, r).await;
+            record(kv.as_ref(), &config, i, ok, now_ms, false).await;
+        }
+    }
+}
