@@ -55,3 +55,11 @@ if ! (cd "$edge_root" && npm ls --depth=0 >/dev/null 2>&1); then
     (cd "$edge_root" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 # --- end edge ---
+
+# --- garage ---
+# The distributed object store of the multi-region tests (issue 5), built
+# from crates.io once and cached (scripts/install-garage.sh says where and
+# what it costs). The tests find it through GARAGE_BIN or the same cache.
+scripts_dir="$(cd "$(dirname "$0")" && pwd)"
+"$scripts_dir/install-garage.sh" >/dev/null
+# --- end garage ---

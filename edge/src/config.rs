@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use wharf_core::sigv4::{Addressing, Credentials, S3Endpoint};
 use wharf_core::region::{self, HealthPolicy, RegionSpec};
+use wharf_core::sigv4::{Addressing, Credentials, S3Endpoint};
 use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
@@ -345,7 +345,10 @@ impl Config {
                     Some(S3Target {
                         endpoint,
                         bucket: r.bucket.clone().unwrap_or_else(|| "wharf".to_owned()),
-                        region: r.s3_region.clone().unwrap_or_else(|| "us-east-1".to_owned()),
+                        region: r
+                            .s3_region
+                            .clone()
+                            .unwrap_or_else(|| "us-east-1".to_owned()),
                         addressing,
                         credentials: Credentials {
                             access_key,

@@ -53,7 +53,9 @@ pub enum Error {
         cause: String,
     },
     /// A regional hostname's region is down: no failover, say where to go.
-    #[error("region `{region}` is unavailable ({cause}); pull from `{global}` to be served by the nearest healthy region")]
+    #[error(
+        "region `{region}` is unavailable ({cause}); pull from `{global}` to be served by the nearest healthy region"
+    )]
     RegionUnavailable {
         /// Region name.
         region: String,

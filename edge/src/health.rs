@@ -51,8 +51,16 @@ pub async fn load(kv: Option<&KvStore>, config: &Config, now_ms: u64) -> Vec<Opt
     out
 }
 
-async fn load_one(kv: Option<&KvStore>, config: &Config, region: &str, now_ms: u64) -> Option<Health> {
-    let local = match Cache::default().get(cache_url(region).as_str(), false).await {
+async fn load_one(
+    kv: Option<&KvStore>,
+    config: &Config,
+    region: &str,
+    now_ms: u64,
+) -> Option<Health> {
+    let local = match Cache::default()
+        .get(cache_url(region).as_str(), false)
+        .await
+    {
         Ok(Some(mut r)) => r
             .text()
             .await
@@ -63,7 +71,8 @@ async fn load_one(kv: Option<&KvStore>, config: &Config, region: &str, now_ms: u
     };
     // A fresh local record is enough; otherwise ask KV too (the cron's and
     // other locations' observations).
-    let fresh = |h: &Health| now_ms.saturating_sub(h.updated_ms) < config.probe_interval.as_millis() as u64;
+    let fresh =
+        |h: &Health| now_ms.saturating_sub(h.updated_ms) < config.probe_interval.as_millis() as u64;
     if local.as_ref().is_some_and(fresh) {
         return local;
     }
@@ -115,7 +124,12 @@ pub async fn record(
     }
     let changed = before.is_none_or(|b| b.up != after.up);
     if changed {
-        tracing::warn!(region, up = after.up, fails = after.fails, "region health changed");
+        tracing::warn!(
+            region,
+            up = after.up,
+            fails = after.fails,
+            "region health changed"
+        );
     }
     if (global || changed)
         && let Some(kv) = kv
@@ -141,7 +155,9 @@ pub async fn probe(config: &Config, region: &Region) -> bool {
             Ok(r) => {
                 tracing::info!(region = %region.name, origin = %base, status = r.status_code(), "origin not ready")
             }
-            Err(e) => tracing::info!(region = %region.name, origin = %base, error = %e, "origin probe failed"),
+            Err(e) => {
+                tracing::info!(region = %region.name, origin = %base, error = %e, "origin probe failed")
+            }
         }
     }
     false
@@ -157,7 +173,12 @@ pub async fn probe_all(kv: Option<&KvStore>, config: &Config, now_ms: u64) {
 
 /// Indices among `regions` whose record is missing or older than the probe
 /// interval: the request probes them in the background.
-pub fn stale(config: &Config, health: &[Option<Health>], regions: &[usize], now_ms: u64) -> Vec<usize> {
+pub fn stale(
+    config: &Config,
+    health: &[Option<Health>],
+    regions: &[usize],
+    now_ms: u64,
+) -> Vec<usize> {
     regions
         .iter()
         .copied()
@@ -170,7 +191,12 @@ pub fn stale(config: &Config, health: &[Option<Health>], regions: &[usize], now_
 }
 
 /// Probes `regions` and records the results (run in `wait_until`).
-pub async fn refresh(kv: Option<KvStore>, config: std::rc::Rc<Config>, regions: Vec<usize>, now_ms: u64) {
+pub async fn refresh(
+    kv: Option<KvStore>,
+    config: std::rc::Rc<Config>,
+    regions: Vec<usize>,
+    now_ms: u64,
+) {
     for i in regions {
         if let Some(r) = config.regions.get(i) {
             let ok = probe(&config, r).await;

@@ -72,7 +72,12 @@ pub fn location(
 /// Regions to try for a request on the global hostname, in order: the
 /// routable ones nearest first; when none is routable, the nearest (fail
 /// open). `health[i]` is region `i`'s record, if any.
-pub fn candidates(config: &Config, at: &Location, health: &[Option<Health>], now_ms: u64) -> Vec<usize> {
+pub fn candidates(
+    config: &Config,
+    at: &Location,
+    health: &[Option<Health>],
+    now_ms: u64,
+) -> Vec<usize> {
     let ranked = rank(&config.specs, at);
     let healthy: Vec<usize> = ranked
         .iter()
@@ -162,7 +167,9 @@ mod tests {
     fn the_global_hostname_goes_to_the_nearest_healthy_region() {
         let c = config();
         let p = c.health;
-        let down = Health::unknown().observe(false, 1000, &p).observe(false, 1000, &p);
+        let down = Health::unknown()
+            .observe(false, 1000, &p)
+            .observe(false, 1000, &p);
         let up = Health::unknown().observe(true, 1000, &p);
         let at = |s: &str| Location::parse(s).unwrap();
         let none = [None, None, None];

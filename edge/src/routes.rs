@@ -200,7 +200,11 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
 }
 
 /// Applies a parsed request in the region chosen in `ctx`.
-async fn dispatch(ctx: &Ctx<'_>, request: &ApiRequest, ns: Option<&str>) -> Result<Response, Error> {
+async fn dispatch(
+    ctx: &Ctx<'_>,
+    request: &ApiRequest,
+    ns: Option<&str>,
+) -> Result<Response, Error> {
     match request {
         ApiRequest::Base => token::base(ctx),
         ApiRequest::Manifest { name, reference } => manifest::get(ctx, name, reference, ns).await,

@@ -24,11 +24,14 @@ set -euo pipefail
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 garage_bin() {
-  local cache="${WHARF_TOOLS:-$HOME/.cache/wharf-tools}/garage/bin/garage"
-  if [[ -n "${GARAGE_BIN:-}" ]]; then echo "$GARAGE_BIN"
-  elif command -v garage >/dev/null 2>&1; then command -v garage
-  elif [[ -x "$cache" ]]; then echo "$cache"
-  elif [[ -x /work/tools/garage/bin/garage ]]; then echo /work/tools/garage/bin/garage
+  local c
+  if [[ -n "${GARAGE_BIN:-}" ]]; then echo "$GARAGE_BIN"; return; fi
+  for c in "${WHARF_TOOLS:-/nonexistent}/garage/bin/garage" \
+           "${CARGO_TARGET_DIR:-/nonexistent}/wharf-tools/garage/bin/garage" \
+           "$HOME/.cache/wharf-tools/garage/bin/garage"; do
+    if [[ -x "$c" ]]; then echo "$c"; return; fi
+  done
+  if command -v garage >/dev/null 2>&1; then command -v garage
   else
     echo "garage not found: run scripts/install-garage.sh (or set GARAGE_BIN)" >&2
     exit 3

@@ -90,6 +90,10 @@ struct File {
     rule: Vec<FileRule>,
     region: Option<String>,
     advertise: Option<String>,
+    /// This region's replicas as they reach each other (e.g. StatefulSet pod
+    /// names), when not the region entry's public `origins`.
+    #[serde(default)]
+    replicas: Vec<String>,
     /// The shared region list (`infra/regions.toml` has the same shape).
     #[serde(default)]
     regions: Vec<RegionSpec>,
@@ -253,19 +257,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => File::default(),
         };
-        if let Some(rel) = file.regions_file.take() {
-            let base = cli
-                .config
-                .as_deref()
-                .and_then(Path::parent)
-                .unwrap_or(Path::new("."));
-            let path = base.join(rel);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| anyhow::anyhow!("cannot read regions_file {}: {e}", path.display()))?;
-            let extra: RegionsFile = toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("regions_file {}: {e}", path.display()))?;
-            file.regions.extend(extra.regions);
-        }
+        include_regions_file(&mut file, cli.config.as_deref())?;
         Self::from_parts(cli, file, |name| std::env::var(name).ok())
     }
 
@@ -511,12 +503,19 @@ impl Config {
                 None
             }
             Some(own) => {
-                let replicas = own.origins();
+                let replicas = if file.replicas.is_empty() {
+                    own.origins()
+                } else {
+                    file.replicas
+                        .iter()
+                        .map(|r| r.trim_end_matches('/').to_owned())
+                        .collect()
+                };
                 if let Some(a) = &advertise {
                     let a = a.trim_end_matches('/');
                     if !replicas.iter().any(|r| r == a) {
                         anyhow::bail!(
-                            "advertise {a:?} is not one of region {:?}'s origins ({}): set it to this replica's URL exactly as listed",
+                            "advertise {a:?} is not one of region {:?}'s replicas ({}): set it to this replica's URL exactly as listed in `replicas` (or the region's `origins`)",
                             own.name,
                             replicas.join(", ")
                         );
@@ -602,6 +601,21 @@ impl Config {
         )
         .expect("rules were validated in Config::load")
     }
+}
+
+/// Appends the regions of `regions_file` (relative to the config file).
+fn include_regions_file(file: &mut File, config_path: Option<&Path>) -> anyhow::Result<()> {
+    let Some(rel) = file.regions_file.take() else {
+        return Ok(());
+    };
+    let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
+    let path = base.join(rel);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read regions_file {}: {e}", path.display()))?;
+    let extra: RegionsFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("regions_file {}: {e}", path.display()))?;
+    file.regions.extend(extra.regions);
+    Ok(())
 }
 
 fn names(regions: &[RegionSpec]) -> String {
@@ -746,7 +760,9 @@ mod tests {
 
     #[test]
     fn the_infra_example_config_is_valid() {
-        let file: File = toml::from_str(include_str!("../../infra/origin.example.toml")).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/origin.example.toml");
+        let mut file: File = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        include_regions_file(&mut file, Some(&path)).unwrap();
         let env = |name: &str| match name {
             "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "DOCKERHUB_TOKEN" => {
                 Some("x".to_owned())
@@ -758,6 +774,57 @@ mod tests {
         assert_eq!(c.rules.len(), 3);
         assert!(matches!(c.storage, Storage::S3(_)));
         assert_eq!(c.auth.unwrap().realm, "https://wharf.example.com/token");
+        let geo = c.geo.unwrap();
+        assert_eq!(geo.region, "eu");
+        assert_eq!(geo.replicas.len(), 2);
+        let peers: Vec<_> = geo.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(peers, ["us", "ap"]);
+    }
+
+    /// `infra/regions.toml` is the one region list: the edge's production
+    /// `WHARF_REGIONS` in `wrangler.toml` must say the same.
+    #[test]
+    fn the_edge_and_the_origins_share_one_region_list() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let infra: RegionsFile =
+            toml::from_str(&std::fs::read_to_string(root.join("infra/regions.toml")).unwrap())
+                .unwrap();
+        let wrangler: toml::Value =
+            toml::from_str(&std::fs::read_to_string(root.join("wrangler.toml")).unwrap()).unwrap();
+        let edge: Vec<RegionSpec> = wrangler["env"]["production"]["vars"]["WHARF_REGIONS"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let norm = |r: &RegionSpec| {
+            (
+                r.name.clone(),
+                r.origins(),
+                r.s3_endpoint.clone(),
+                r.public_endpoint().map(str::to_owned),
+                r.bucket.clone(),
+                r.s3_region.clone(),
+                r.continents.clone(),
+                r.countries.clone(),
+                r.lat.map(f64::to_bits),
+                r.lon.map(f64::to_bits),
+            )
+        };
+        let a: Vec<_> = infra.regions.iter().map(norm).collect();
+        let b: Vec<_> = edge.iter().map(norm).collect();
+        assert_eq!(
+            a, b,
+            "infra/regions.toml and wrangler.toml [env.production.vars] WHARF_REGIONS differ"
+        );
+        // The Kubernetes ConfigMap carries the same list, verbatim.
+        let k8s = std::fs::read_to_string(root.join("infra/k8s/origin.yaml")).unwrap();
+        let list = std::fs::read_to_string(root.join("infra/regions.toml")).unwrap();
+        let tables = &list[list.find("[[regions]]").unwrap()..];
+        for line in tables.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                k8s.contains(&format!("    {line}\n")),
+                "infra/k8s/origin.yaml's regions.toml lacks {line:?} (keep it equal to infra/regions.toml)"
+            );
+        }
     }
 
     const REGIONS: &str = r#"
@@ -849,7 +916,7 @@ lon = 103.8
             (
                 &["--advertise", "http://eu-3:5000"],
                 format!("region = \"eu\"\n{REGIONS}"),
-                "is not one of region \"eu\"'s origins",
+                "is not one of region \"eu\"'s replicas",
             ),
             (
                 &["--advertise", "http://x:1", "--data", "/d"],

@@ -2,9 +2,9 @@
 //! `infra/garage/cluster.sh` (the same script documents and scripts the
 //! real layout), on free ports, stopped on drop.
 //!
-//! The binary: `$GARAGE_BIN`, `garage` on `PATH`, or the cache that
-//! `scripts/install-garage.sh` fills (`$WHARF_TOOLS/garage/bin/garage`,
-//! default `~/.cache/wharf-tools`).
+//! The binary: `$GARAGE_BIN`, the cache that `scripts/install-garage.sh`
+//! fills (`$WHARF_TOOLS`, `$CARGO_TARGET_DIR/wharf-tools` or
+//! `~/.cache/wharf-tools`, then `garage/bin/garage`), or `garage` on `PATH`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,17 +30,20 @@ pub fn garage_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("GARAGE_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let tools = std::env::var_os("WHARF_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf-tools")));
+    // The caches scripts/install-garage.sh fills, in its order.
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(t) = tools {
-        candidates.push(t.join("garage/bin/garage"));
+    if let Some(t) = std::env::var_os("WHARF_TOOLS") {
+        candidates.push(PathBuf::from(t).join("garage/bin/garage"));
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(t).join("wharf-tools/garage/bin/garage"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(h).join(".cache/wharf-tools/garage/bin/garage"));
     }
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("garage")));
     }
-    candidates.push(PathBuf::from("/work/tools/garage/bin/garage"));
     candidates
         .into_iter()
         .find(|p| p.is_file())

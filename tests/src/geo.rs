@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::edge::{Edge, EdgeOpts, EdgeRegion, EdgeRule, GLOBAL_HOST, S3_ACCESS_KEY, TOKEN_KEY};
+use crate::edge::{Edge, EdgeOpts, EdgeRegion, EdgeRule, GLOBAL_HOST, TOKEN_KEY};
 use crate::garage::Garage;
 use crate::{Origin, OriginOpts, RULE_PREFIX, TestDir, Upstream, UpstreamAuth, free_port};
 
@@ -187,7 +187,6 @@ impl GeoStack {
                 })
                 .collect();
             let (ak, sk) = garage.credentials();
-            let _ = S3_ACCESS_KEY;
             Some(
                 Edge::start(
                     &dir,
@@ -250,6 +249,35 @@ impl GeoStack {
     /// `up/<repo>`.
     pub fn repo(&self, repo: &str) -> String {
         format!("{RULE_PREFIX}/{repo}")
+    }
+
+    /// A pull token for `repo` (as the edge would issue it), for talking to
+    /// the origins directly.
+    pub fn token(&self, repo: &str) -> String {
+        use wharf_core::token::{Access, Claims, SigningKey, issue};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let key =
+            SigningKey::new(TOKEN_KEY.as_bytes().to_vec()).expect("the test key is long enough");
+        issue(
+            &key,
+            &Claims {
+                iss: GLOBAL_HOST.into(),
+                sub: String::new(),
+                aud: GLOBAL_HOST.into(),
+                exp: now + 600,
+                nbf: now.saturating_sub(60),
+                iat: now,
+                access: vec![Access {
+                    resource_type: "repository".into(),
+                    name: repo.into(),
+                    actions: vec!["pull".into()],
+                }],
+                private_rules: Vec::new(),
+            },
+        )
     }
 }
 

@@ -315,3 +315,115 @@ async fn global_hostname_fails_over_and_regional_hostname_does_not() {
     let r = manifest_as(&s, &ap_host, "AS", &repo0, "v1").await;
     assert_eq!(r.status(), 200);
 }
+
+/// GET of `path` on `base` with a bearer token; the body's sha256 and length.
+async fn get_blob(base: &str, path: &str, token: &str) -> (u16, String, u64) {
+    let r = client()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap();
+    (status, wharf_tests::sha256_digest(&body), body.len() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner() {
+    let mut s = GeoStack::start(
+        "geo-replicate",
+        GeoOpts {
+            edge: false,
+            replicate: true,
+        },
+    )
+    .await
+    .unwrap();
+    let img = ImageSpec::docker(&[20_000_000, 300_000])
+        .push(&s.upstream, "geo/rep", "v1")
+        .await
+        .unwrap();
+    let repo = s.repo("geo/rep");
+    let token = s.token(&repo);
+
+    // Pulled once, in eu.
+    let eu_url = s.region("eu").replicas[0].url();
+    for (digest, size) in img.blobs() {
+        let (status, got, len) =
+            get_blob(&eu_url, &format!("/v2/{repo}/blobs/{digest}"), &token).await;
+        assert_eq!((status, got.as_str(), len), (200, digest.as_str(), size));
+    }
+
+    // Without any pull there, us and ap receive every blob, verified.
+    let want = img.blobs().len() as f64;
+    let eu = s.region("eu");
+    let started = Instant::now();
+    loop {
+        let us = eu
+            .metric(
+                "wharf_replications_total",
+                &[("region", "us"), ("result", "copied")],
+            )
+            .await;
+        let ap = eu
+            .metric(
+                "wharf_replications_total",
+                &[("region", "ap"), ("result", "copied")],
+            )
+            .await;
+        if us >= want && ap >= want {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "replication did not finish: us {us}, ap {ap} of {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(eu.metric("wharf_replication_backlog", &[]).await, 0.0);
+
+    // A pull in ap is served from its own bucket: no upstream, no peer copy.
+    s.upstream.reset_counts();
+    let ap = s.region("ap");
+    for (digest, size) in img.blobs() {
+        let (status, got, len) = get_blob(
+            &ap.replicas[0].url(),
+            &format!("/v2/{repo}/blobs/{digest}"),
+            &token,
+        )
+        .await;
+        assert_eq!((status, got.as_str(), len), (200, digest.as_str(), size));
+    }
+    assert_eq!(s.upstream.counts().get("GET", Kind::Blob), 0);
+    assert_eq!(
+        ap.metric("wharf_peer_fetches_total", &[("result", "hit")])
+            .await,
+        0.0
+    );
+
+    // eu's replicas: a new blob whose owner is down is still served, by the
+    // other replica, after the owner is found unreachable.
+    let other = ImageSpec::docker(&[500_000])
+        .push(&s.upstream, "geo/rep2", "v1")
+        .await
+        .unwrap();
+    let repo2 = s.repo("geo/rep2");
+    let token2 = s.token(&repo2);
+    let (layer, size) = other.blobs()[0].clone();
+    let replicas: Vec<String> = s.region("eu").replicas.iter().map(|r| r.url()).collect();
+    let owner = wharf_core::region::rendezvous(&layer, &replicas)[0];
+    let survivor = replicas[1 - owner].clone();
+    s.region_mut("eu").replicas[owner].stop();
+    let (status, got, len) =
+        get_blob(&survivor, &format!("/v2/{repo2}/blobs/{layer}"), &token2).await;
+    assert_eq!((status, got.as_str(), len), (200, layer.as_str(), size));
+    let down = s
+        .region("eu")
+        .metric("wharf_forwarded_total", &[("result", "owner_down")])
+        .await;
+    assert!(
+        down >= 1.0,
+        "the survivor did not notice the owner was down"
+    );
+}
