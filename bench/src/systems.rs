@@ -222,6 +222,20 @@ tag_ttl = "{ttl}ms"
         .map_err(|e| anyhow::anyhow!("presigning {key}: {e}"))
     }
 
+    /// The embedded store as clients reach it for presigned URLs
+    /// (`http://localhost:PORT`: Go clients then drop the edge's
+    /// Authorization header on the redirect, as between real hostnames),
+    /// its bucket, signing region and key pair.
+    pub fn store(&self) -> (String, &'static str, &'static str, &str, &str) {
+        (
+            self.s3_endpoint.replace("127.0.0.1", "localhost"),
+            BUCKET,
+            REGION,
+            &self.credentials.access_key,
+            &self.credentials.secret_key,
+        )
+    }
+
     /// The last lines of the origin's log.
     pub fn log_tail(&self, lines: usize) -> String {
         self.daemon.log_tail(lines)

@@ -63,8 +63,11 @@
 mod backend;
 mod layout;
 mod list;
+mod local;
 mod store;
 mod stream;
+
+pub use local::{LocalBucket, LocalObject};
 
 use std::fs::{self, File, TryLockError};
 use std::io;

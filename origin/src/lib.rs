@@ -67,7 +67,13 @@ pub async fn run(
         }
         Storage::S3(s3) => (None, s3.clone()),
     };
-    let store = Store::new(&settings);
+    let store = match &config.storage {
+        // This process embeds the store: read and commit on disk directly.
+        Storage::Embedded(e) => Store::new(&settings).with_local(
+            wharf_embedded_s3::LocalBucket::new(store::embedded::root(e), &e.bucket),
+        ),
+        Storage::S3(_) => Store::new(&settings),
+    };
     match store.check().await {
         Ok(()) => {
             let store = store.clone();

@@ -58,7 +58,8 @@ pub const RULE_PREFIX: &str = "up";
 pub const UPSTREAM_URL: &str = "{upstream}";
 
 /// A per-test directory: removed when the test passes, kept and printed when
-/// it fails so that logs and data can be inspected.
+/// it fails (or always with `WHARF_KEEP_TEST_DIRS=1`) so that logs and data
+/// can be inspected.
 pub struct TestDir {
     path: PathBuf,
     name: String,
@@ -94,12 +95,8 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "[{}] test failed: keeping {}",
-                self.name,
-                self.path.display()
-            );
+        if std::thread::panicking() || std::env::var_os("WHARF_KEEP_TEST_DIRS").is_some() {
+            eprintln!("[{}] keeping {}", self.name, self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }

@@ -382,6 +382,19 @@ async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(eu.metric("wharf_replication_backlog", &[]).await, 0.0);
+    // /readyz lists the peer regions' buckets (informational).
+    let ready: serde_json::Value = client()
+        .get(format!("{eu_url}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["region"], "eu");
+    for peer in ["us", "ap"] {
+        assert_eq!(ready["checks"]["peer_regions"][peer]["ok"], true, "{ready}");
+    }
 
     // A pull in ap is served from its own bucket: no upstream, no peer copy.
     s.upstream.reset_counts();

@@ -1,7 +1,8 @@
 //! `/healthz` (the process answers), `/readyz` (deep: the object store and
 //! each upstream's last result, as JSON) and `/metrics` (Prometheus text).
 //!
-//! Readiness fails only when the object store is unreachable: without it
+//! Peer regions' buckets are listed for operators but never affect
+//! readiness. Readiness fails only when the object store is unreachable: without it
 //! nothing can be served or cached. A failing upstream degrades the region
 //! (cold content errors, warm content is still served) but does not make it
 //! unready, so a load balancer keeps sending it warm traffic.
@@ -54,9 +55,26 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         (true, false) => "degraded",
         (true, true) => "ok",
     };
+    // Peer regions' buckets: informational only (a peer being down costs
+    // cross-region copies, never this region's readiness).
+    let mut peers = serde_json::Map::new();
+    if let Some(geo) = &state.geo {
+        let checks = geo.peers.iter().map(|p| async move {
+            let started = Instant::now();
+            let v = match tokio::time::timeout(Duration::from_secs(2), p.store.check()).await {
+                Ok(Ok(())) => json!({ "ok": true, "bucket": p.store.bucket(), "latency_ms": started.elapsed().as_millis() as u64 }),
+                Ok(Err(e)) => json!({ "ok": false, "bucket": p.store.bucket(), "error": e.to_string() }),
+                Err(_) => json!({ "ok": false, "bucket": p.store.bucket(), "error": "no answer within 2s" }),
+            };
+            (p.name.clone(), v)
+        });
+        peers.extend(futures::future::join_all(checks).await);
+    }
     let body = json!({
         "status": status,
-        "checks": { "store": store, "upstreams": upstreams },
+        "region": state.geo.as_ref().map(|g| g.region.clone()),
+        "replica": state.geo.as_ref().and_then(|g| g.advertise.clone()),
+        "checks": { "store": store, "upstreams": upstreams, "peer_regions": peers },
         "hydrations_in_flight": state.blobs.in_flight_count(),
     });
     let code = if store_ok {

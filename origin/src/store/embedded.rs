@@ -2,7 +2,11 @@
 //!
 //! `--data DIR` starts `wharf-embedded-s3` on a loopback port with a random
 //! key pair (or the configured one) and hands the origin ordinary
-//! [`S3Settings`] for it, so nothing else in the origin knows the difference.
+//! [`S3Settings`] for it. The origin also reads and commits blobs on disk
+//! directly ([`wharf_embedded_s3::LocalBucket`], through
+//! [`super::Store::with_local`]): same files, same atomic publish, no
+//! loopback HTTP or second copy of the bytes. Presigned URLs and other
+//! processes still use the S3 API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +33,11 @@ pub struct EmbeddedSettings {
     pub part_size: u64,
 }
 
+/// The store's root directory under `--data`.
+pub fn root(settings: &EmbeddedSettings) -> PathBuf {
+    settings.data.join("s3")
+}
+
 /// Starts the embedded server; returns it (to shut down later) and the
 /// settings the origin's S3 client uses.
 pub async fn start(settings: &EmbeddedSettings) -> anyhow::Result<(EmbeddedS3, S3Settings)> {
@@ -42,7 +51,7 @@ pub async fn start(settings: &EmbeddedSettings) -> anyhow::Result<(EmbeddedS3, S
         .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 40));
     let region = "us-east-1".to_owned();
     let server = EmbeddedS3::start(EmbeddedConfig {
-        root: settings.data.join("s3"),
+        root: root(settings),
         listen: settings.listen,
         access_key: access_key.clone(),
         secret_key: secret_key.clone(),

@@ -12,6 +12,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use wharf_embedded_s3::{LocalBucket, LocalObject};
 
 /// An object-store failure, with the operation and key it happened on.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,9 @@ pub struct Store {
     client: Client,
     bucket: String,
     part_size: u64,
+    /// The embedded store's files, when this process embeds it: reads and
+    /// commits go to disk directly (see [`wharf_embedded_s3::LocalBucket`]).
+    local: Option<LocalBucket>,
 }
 
 /// How to reach an S3-compatible store.
@@ -117,7 +121,34 @@ impl Store {
             client: Client::from_conf(config),
             bucket: settings.bucket.clone(),
             part_size: settings.part_size,
+            local: None,
         }
+    }
+
+    /// Reads and commits through `local` (the same bucket, on this
+    /// machine's disk) instead of the S3 API.
+    pub fn with_local(mut self, local: LocalBucket) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    /// The bucket on disk, when this process embeds the store.
+    pub fn local(&self) -> Option<&LocalBucket> {
+        self.local.as_ref()
+    }
+
+    async fn open_local(&self, key: &str) -> Option<Result<Option<LocalObject>, StoreError>> {
+        let local = self.local.clone()?;
+        let owned = key.to_owned();
+        let res = tokio::task::spawn_blocking(move || local.open(&owned))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        Some(res.map_err(|message| StoreError {
+            op: "Open",
+            key: key.to_owned(),
+            message,
+        }))
     }
 
     /// Multipart part size.
@@ -143,6 +174,14 @@ impl Store {
 
     /// Metadata of `key`, or `None` if it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        if let Some(found) = self.open_local(key).await {
+            return found.map(|o| {
+                o.map(|o| ObjectMeta {
+                    len: o.size,
+                    content_type: o.content_type,
+                })
+            });
+        }
         match self
             .client
             .head_object()
@@ -167,6 +206,32 @@ impl Store {
         key: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+        if let Some(found) = self.open_local(key).await {
+            let Some(o) = found? else { return Ok(None) };
+            let (start, len) = match range {
+                Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
+                Some(_) => {
+                    return Err(StoreError {
+                        op: "GetObject",
+                        key: key.to_owned(),
+                        message: format!("range outside the object's {} bytes", o.size),
+                    });
+                }
+                None => (0, o.size),
+            };
+            let body = file_stream(&o.path, start, len)
+                .await
+                .map_err(|message| StoreError {
+                    op: "GetObject",
+                    key: key.to_owned(),
+                    message,
+                })?;
+            let meta = ObjectMeta {
+                len,
+                content_type: o.content_type,
+            };
+            return Ok(Some((meta, body)));
+        }
         let mut request = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some((start, end)) = range {
             request = request.range(format!("bytes={start}-{end}"));
