@@ -491,19 +491,23 @@ impl Config {
     }
 }
 
+/// A [`Source`] over a map, for unit tests here and in other modules.
+#[cfg(test)]
+pub(crate) struct Map(pub HashMap<&'static str, String>);
+
+#[cfg(test)]
+impl Source for Map {
+    fn text(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn json(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Map(HashMap<&'static str, String>);
-    impl Source for Map {
-        fn text(&self, name: &str) -> Option<String> {
-            self.0.get(name).cloned()
-        }
-        fn json(&self, name: &str) -> Option<String> {
-            self.0.get(name).cloned()
-        }
-    }
 
     fn base() -> Map {
         Map(HashMap::from([

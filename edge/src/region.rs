@@ -111,18 +111,8 @@ pub fn routable(config: &Config, health: &[Option<Health>], i: usize, now_ms: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Source};
+    use crate::config::{Config, Map};
     use std::collections::HashMap;
-
-    struct Map(HashMap<&'static str, String>);
-    impl Source for Map {
-        fn text(&self, name: &str) -> Option<String> {
-            self.0.get(name).cloned()
-        }
-        fn json(&self, name: &str) -> Option<String> {
-            self.0.get(name).cloned()
-        }
-    }
 
     fn config() -> Config {
         Config::parse(&Map(HashMap::from([

@@ -408,17 +408,7 @@ disabled_plugins = [
                 "server = \"http://127.0.0.1:9\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
             ),
         )?;
-        self.ctr(&args(&[
-            "images",
-            "pull",
-            "--hosts-dir",
-            &hosts.display().to_string(),
-            "--snapshotter",
-            "native",
-            reference,
-        ]))
-        .await?;
-        self.digest_of(reference).await
+        self.pull_with_hosts_dir(&hosts, reference).await
     }
 
     /// `ctr images pull` of `reference` (`host:port/repo:tag`, plain HTTP)
@@ -447,6 +437,16 @@ disabled_plugins = [
             toml.push_str(&format!("    {k} = [{v:?}]\n"));
         }
         std::fs::write(dir.join("hosts.toml"), toml)?;
+        self.pull_with_hosts_dir(&hosts, reference).await
+    }
+
+    /// Removes the image record (so the next pull fetches again).
+    pub async fn remove(&self, reference: &str) -> Result<()> {
+        self.ctr(&args(&["images", "rm", reference])).await?;
+        Ok(())
+    }
+
+    async fn pull_with_hosts_dir(&self, hosts: &Path, reference: &str) -> Result<String> {
         self.ctr(&args(&[
             "images",
             "pull",
@@ -458,12 +458,6 @@ disabled_plugins = [
         ]))
         .await?;
         self.digest_of(reference).await
-    }
-
-    /// Removes the image record (so the next pull fetches again).
-    pub async fn remove(&self, reference: &str) -> Result<()> {
-        self.ctr(&args(&["images", "rm", reference])).await?;
-        Ok(())
     }
 
     async fn digest_of(&self, reference: &str) -> Result<String> {

@@ -170,6 +170,17 @@ pub fn http_client() -> reqwest::Client {
         .expect("building a reqwest client")
 }
 
+/// Like [`http_client`], but redirects are returned, not followed (to check
+/// where the edge and the origins send clients).
+pub fn no_redirect_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("building a reqwest client")
+}
+
 /// The usual test stack: one upstream registry (behind the counting proxy) and
 /// one origin with the rule `up=<upstream proxy URL>`.
 ///

@@ -14,19 +14,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
-use reqwest::redirect::Policy;
 use wharf_tests::clients::{Containerd, CopyOpts, Dockerd, Skopeo};
 use wharf_tests::edge::{EdgeStack, GLOBAL_HOST, PRIVATE_PREFIX, TOKEN_KEY, USER};
 use wharf_tests::{ImageSpec, Kind, RULE_PREFIX};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(Policy::none())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
+use wharf_tests::no_redirect_client as client;
 
 fn now() -> u64 {
     SystemTime::now()

@@ -15,20 +15,12 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use reqwest::redirect::Policy;
 use wharf_tests::clients::Containerd;
 use wharf_tests::edge::GLOBAL_HOST;
 use wharf_tests::geo::{GeoOpts, GeoStack, LOCATION_HEADER};
 use wharf_tests::{ImageSpec, Kind, PushedImage};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(Policy::none())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
+use wharf_tests::no_redirect_client as client;
 
 /// An anonymous pull token for `repo` from the edge.
 async fn token(s: &GeoStack, repo: &str) -> String {
