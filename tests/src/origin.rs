@@ -276,6 +276,27 @@ impl Origin {
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
         Ok(sum_metric(&self.metrics().await?, name, labels))
     }
+
+    /// Waits until at least `n` hydrations were committed to the store (the
+    /// commit completes just after the client received its last byte).
+    pub async fn wait_committed(&self, n: u64) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let committed = self
+                .metric(
+                    "wharf_hydration_duration_seconds_count",
+                    &[("outcome", "committed")],
+                )
+                .await?;
+            if committed >= n as f64 {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("{committed} of {n} hydrations were committed to the store after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Origin {

@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use futures::TryStreamExt;
 use reqwest::Method;
-use tokio_util::io::ReaderStream;
 use wharf_core::range::{ByteRange, RangeOutcome, parse_range};
 use wharf_core::{Digest, RepositoryName};
 
@@ -53,7 +52,7 @@ pub async fn get(
             let key = store::blob_key(&digest);
             let (_, body) = state
                 .store
-                .get(&key, range.map(|r| (r.start, r.end_inclusive)))
+                .get_stream(&key, range.map(|r| (r.start, r.end_inclusive)))
                 .await?
                 .ok_or_else(|| Error::BlobUnknown {
                     name: name.to_string(),
@@ -61,8 +60,8 @@ pub async fn get(
                     registry: target.upstream.registry().to_owned(),
                 })?;
             metrics::request("blob", "hit");
-            let stream = ReaderStream::with_capacity(body.into_async_read(), 256 * 1024)
-                .inspect_ok(|chunk| metrics::served_bytes("store", chunk.len() as u64));
+            let stream =
+                body.inspect_ok(|chunk| metrics::served_bytes("store", chunk.len() as u64));
             let mut response = Response::new(Body::from_stream(stream));
             set_length(&mut response, range, Some(meta.len));
             blob_headers(response.headers_mut(), &digest);

@@ -15,6 +15,6 @@
 pub mod embedded;
 mod s3;
 
-pub use s3::{MultipartUpload, ObjectMeta, S3Settings, Store, StoreError};
+pub use s3::{BodyStream, MultipartUpload, ObjectMeta, S3Settings, Store, StoreError};
 
 pub use wharf_core::keys::{blob_key, blob_link_key, manifest_key, tag_key};

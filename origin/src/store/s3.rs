@@ -62,6 +62,10 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
 }
 
+/// An object's bytes as a stream of chunks.
+pub type BodyStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static>>;
+
 /// The bucket every object of this region lives in.
 #[derive(Clone)]
 pub struct Store {
@@ -247,6 +251,41 @@ impl Store {
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => Ok(None),
             Err(e) => Err(StoreError::new("GetObject", key, e)),
         }
+    }
+
+    /// Like [`Store::get`], as a stream of chunks for an HTTP body: from the
+    /// embedded store's file directly when this process embeds it (no
+    /// loopback HTTP, no intermediate copies), else from the S3 response.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Option<(ObjectMeta, BodyStream)>, StoreError> {
+        if let Some(found) = self.open_local(key).await {
+            let Some(o) = found? else { return Ok(None) };
+            let (start, len) = match range {
+                Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
+                Some(_) => {
+                    return Err(StoreError {
+                        op: "GetObject",
+                        key: key.to_owned(),
+                        message: format!("range outside the object's {} bytes", o.size),
+                    });
+                }
+                None => (0, o.size),
+            };
+            let meta = ObjectMeta {
+                len,
+                content_type: o.content_type.clone(),
+            };
+            return Ok(Some((meta, Box::pin(o.into_stream(start, len)))));
+        }
+        let Some((meta, body)) = self.get(key, range).await? else {
+            return Ok(None);
+        };
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(body.into_async_read(), 256 * 1024);
+        Ok(Some((meta, Box::pin(stream))))
     }
 
     /// Reads a small object (manifest, record) whole.
