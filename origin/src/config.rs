@@ -495,9 +495,9 @@ impl Config {
         };
         let geo = match own_region {
             None => {
-                if advertise.is_some() {
+                if advertise.is_some() || !file.replicas.is_empty() {
                     anyhow::bail!(
-                        "advertise is set but no region: set region and [[regions]] (replicas are listed per region)"
+                        "advertise or replicas is set but no region: set region and [[regions]] (replicas belong to a region)"
                     );
                 }
                 None
@@ -921,7 +921,12 @@ lon = 103.8
             (
                 &["--advertise", "http://x:1", "--data", "/d"],
                 String::new(),
-                "advertise is set but no region",
+                "but no region",
+            ),
+            (
+                &["--data", "/d"],
+                "replicas = [\"http://a:1\"]".to_owned(),
+                "but no region",
             ),
             (
                 &["--region", "us"],
