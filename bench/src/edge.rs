@@ -108,21 +108,18 @@ fn gzip_len(path: &Path) -> Result<u64> {
     Ok(out.stdout.len() as u64)
 }
 
-/// Latencies of `n` sequential warm requests for the manifest `repo:v1` and
-/// for a redirect of `blob`: (manifest p50, p99, blob p50, p99).
-pub async fn request_times(
-    edge: &Edge,
-    repo: &str,
-    blob: &str,
-    n: usize,
-) -> Result<(Duration, Duration, Duration, Duration)> {
-    let client = reqwest::Client::builder()
+fn client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
         .no_proxy()
         .redirect(Policy::none())
         .pool_max_idle_per_host(1)
-        .build()?;
-    let token: serde_json::Value = client
-        .get(format!("{}/token", edge.url()))
+        .build()?)
+}
+
+/// A pull token for `repo` from the edge at `edge_url`.
+pub async fn token(edge_url: &str, repo: &str) -> Result<String> {
+    let token: serde_json::Value = client()?
+        .get(format!("{edge_url}/token"))
         .query(&[
             ("service", GLOBAL_HOST.to_owned()),
             ("scope", format!("repository:{repo}:pull")),
@@ -131,45 +128,46 @@ pub async fn request_times(
         .await?
         .json()
         .await?;
-    let token = token["token"]
+    Ok(token["token"]
         .as_str()
         .context("no token from the edge")?
-        .to_owned();
-    let times = |path: String, want: u16| {
-        let (client, token, url) = (
-            client.clone(),
-            token.clone(),
-            format!("{}{path}", edge.url()),
-        );
-        async move {
-            let mut t = Vec::with_capacity(n);
-            // One request first so both caches are warm.
-            for i in 0..=n {
-                let started = Instant::now();
-                let r = client
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .header(
-                        "Accept",
-                        "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
-                    )
-                    .send()
-                    .await?;
-                let status = r.status().as_u16();
-                r.bytes().await?;
-                if status != want {
-                    bail!("{url}: HTTP {status}, expected {want}");
-                }
-                if i > 0 {
-                    t.push(started.elapsed());
-                }
-            }
-            t.sort();
-            Ok::<_, anyhow::Error>(t)
+        .to_owned())
+}
+
+/// Wall times of `n` sequential requests for `url` from one keep-alive
+/// client (after one untimed request, so every cache is warm), sorted; each
+/// must answer `want`.
+pub async fn timed_requests(url: &str, token: &str, want: u16, n: usize) -> Result<Vec<Duration>> {
+    let client = client()?;
+    let mut t = Vec::with_capacity(n);
+    for i in 0..=n {
+        let started = Instant::now();
+        let r = client
+            .get(url)
+            .bearer_auth(token)
+            .header(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+            )
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        r.bytes().await?;
+        if status != want {
+            bail!("{url}: HTTP {status}, expected {want}");
         }
-    };
-    let m = times(format!("/v2/{repo}/manifests/v1"), 200).await?;
-    let b = times(format!("/v2/{repo}/blobs/{blob}"), 307).await?;
-    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
-    Ok((pct(&m, 0.5), pct(&m, 0.99), pct(&b, 0.5), pct(&b, 0.99)))
+        if i > 0 {
+            t.push(started.elapsed());
+        }
+    }
+    t.sort();
+    Ok(t)
+}
+
+/// The `p` quantile of sorted timings.
+pub fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
 }

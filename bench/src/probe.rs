@@ -12,6 +12,8 @@ use sha2::Digest as _;
 use wharf_tests::process::run_tool;
 use wharf_tests::require_tool;
 
+use crate::cpus::CpuSplit;
+
 const GIB: f64 = (1u64 << 30) as f64;
 
 // ---------------------------------------------------------------------------
@@ -59,6 +61,52 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// CPU seconds (utime + stime) of `root` and each of its descendants, with
+/// their command names, from `/proc/<pid>/stat`.
+pub fn tree_cpu(root: u32) -> Result<Vec<(String, f64)>> {
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // (pid, ppid, comm, cpu seconds) of every process.
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // The process may exit while we look.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(ppid), Some(utime), Some(stime)) = (num(1), num(11), num(12)) {
+            procs.push((pid, ppid as u32, comm, (utime + stime) as f64 / tck));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            procs
+                .iter()
+                .filter(|p| p.1 == parent && p.0 != parent)
+                .map(|p| p.0),
+        );
+        i += 1;
+    }
+    let found: Vec<_> = procs
+        .into_iter()
+        .filter(|p| tree.contains(&p.0))
+        .map(|p| (p.2, p.3))
+        .collect();
+    ensure!(!found.is_empty(), "process {root} is not running");
+    Ok(found)
+}
+
 /// Resets a process's peak RSS (`VmHWM`) to its current RSS
 /// (`echo 5 > /proc/<pid>/clear_refs`, Linux ≥ 4.0), so a phase's peak is
 /// its own and not an earlier phase's.
@@ -75,6 +123,7 @@ pub fn reset_peak_rss(pid: u32) -> Result<()> {
 /// measured. Each copy is removed after it is checked.
 pub struct Skopeo {
     bin: PathBuf,
+    cpus: CpuSplit,
     scratch: tempfile::TempDir,
     copies: u32,
 }
@@ -82,7 +131,7 @@ pub struct Skopeo {
 impl Skopeo {
     /// Finds skopeo and makes the scratch directory, which must hold
     /// `largest` bytes.
-    pub fn new(largest: u64) -> Result<Skopeo> {
+    pub fn new(largest: u64, cpus: &CpuSplit) -> Result<Skopeo> {
         let bin = require_tool("skopeo", "skopeo")?;
         let shm = Path::new("/dev/shm");
         let base = if shm.is_dir() && free_bytes(shm).unwrap_or(0) > largest * 2 {
@@ -99,6 +148,7 @@ impl Skopeo {
         )?;
         Ok(Skopeo {
             bin,
+            cpus: cpus.clone(),
             scratch,
             copies: 0,
         })
@@ -139,7 +189,8 @@ impl Skopeo {
             self.scratch.path().display().to_string(),
         )];
         let start = Instant::now();
-        run_tool(&self.bin, &args, &env, Duration::from_secs(1800)).await?;
+        let (bin, args) = self.cpus.client_command(&self.bin, args);
+        run_tool(&bin, &args, &env, Duration::from_secs(1800)).await?;
         let took = start.elapsed();
         let manifest = std::fs::read(dest.join("manifest.json"))
             .with_context(|| format!("reading {}/manifest.json", dest.display()))?;
@@ -169,7 +220,7 @@ fn free_bytes(path: &Path) -> Result<u64> {
 /// Downloads `url` with `curl -o /dev/null` `runs` times; returns the best
 /// throughput in bytes per second. Each download must be a 200 of exactly
 /// `size` bytes.
-pub async fn curl_throughput(url: &str, size: u64, runs: usize) -> Result<f64> {
+pub async fn curl_throughput(url: &str, size: u64, runs: usize, cpus: &CpuSplit) -> Result<f64> {
     let curl = require_tool("curl", "curl")?;
     let mut best = 0f64;
     for _ in 0..runs {
@@ -186,7 +237,8 @@ pub async fn curl_throughput(url: &str, size: u64, runs: usize) -> Result<f64> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let out = run_tool(&curl, &args, &[], Duration::from_secs(600)).await?;
+        let (bin, args) = cpus.client_command(&curl, args);
+        let out = run_tool(&bin, &args, &[], Duration::from_secs(600)).await?;
         let mut it = out.stdout.split_whitespace();
         let (code, got, secs) = (it.next(), it.next(), it.next());
         let code: u16 = code.unwrap_or("").parse().unwrap_or(0);

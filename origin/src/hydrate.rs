@@ -7,9 +7,17 @@
 //! leader task ([`Blobs::open`]); every concurrent request joins it through
 //! [`Flights`]. The leader reads the upstream body once and, in one loop,
 //! hashes it and appends it to a spool file; each append bumps a
-//! `watch` channel. Clients (the first one included) read the spool file as
-//! it grows, so any number of them cost one upstream GET, and a client that
-//! disconnects does not stop the download. A separate uploader task follows
+//! `watch` channel. Clients (the first one included) follow the spool as it
+//! grows, so any number of them cost one upstream GET, and a client that
+//! disconnects does not stop the download. The newest batches also stay in
+//! memory ([`Window`]): a client that keeps up with the upstream (the usual
+//! case) is handed the very buffers the leader wrote, so the tee costs one
+//! write of each byte and no read back; only a client that falls more than
+//! [`WINDOW`] bytes behind reads the spool file. The leader does not pace
+//! itself to the clients: reading ahead at upstream speed measured faster
+//! for skopeo's concurrent layer pulls (bench item 2: 1.05× direct against
+//! 1.40× when paced), though a slower client then reads back from the
+//! file. A separate uploader task follows
 //! the same channel and ships full parts of the spool file to a multipart
 //! upload; the object is completed (made visible) only after the whole body
 //! matched its digest and length. A mismatch or truncation marks the flight
@@ -28,20 +36,27 @@
 //! ([`crate::replicate`]).
 //!
 //! Memory is flat in blob size: the leader batches at most [`BATCH`] bytes,
-//! readers read [`READ_CHUNK`] at a time, and parts are streamed from the
-//! spool file to the store.
+//! a flight keeps at most [`WINDOW`] bytes in memory, readers read
+//! [`READ_CHUNK`] at a time, and parts are streamed from the spool file to
+//! the store.
+//!
+//! Spool I/O is plain `std::fs` in `spawn_blocking` (the leader `writev`s
+//! the received chunks as they are; a lagging reader reads into an
+//! unzeroed buffer) rather than `tokio::fs`, whose files copy every buffer
+//! into a buffer of their own before the system call.
 
+use std::collections::VecDeque;
 use std::io;
+use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +78,8 @@ type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + S
 type Uploader = tokio::task::JoinHandle<Result<(), StoreError>>;
 /// Readers read the spool file this many bytes at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// The newest bytes of a flight kept in memory for readers that keep up.
+const WINDOW: u64 = 2 * 1024 * 1024;
 const OCTET_STREAM: &str = "application/octet-stream";
 
 /// Where a hydration stands.
@@ -96,6 +113,50 @@ pub struct Hydration {
     digest: Digest,
     spool: PathBuf,
     progress: watch::Receiver<Progress>,
+    window: std::sync::Mutex<Window>,
+}
+
+/// The newest batches of a flight's spool, in memory: the bytes
+/// `[start, start + len)` of the blob, at most about [`WINDOW`] of them.
+/// Batches enter after they are in the spool file, so everything before
+/// `start` can be read from the file.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    len: u64,
+    batches: VecDeque<Bytes>,
+}
+
+impl Window {
+    /// Appends the batch that follows the window's last byte, dropping the
+    /// oldest batches beyond [`WINDOW`] bytes.
+    fn push(&mut self, batch: Bytes) {
+        self.len += batch.len() as u64;
+        self.batches.push_back(batch);
+        while self.len > WINDOW {
+            let Some(old) = self.batches.pop_front() else {
+                break;
+            };
+            self.start += old.len() as u64;
+            self.len -= old.len() as u64;
+        }
+    }
+
+    /// Up to `max` bytes at `pos` (never across a batch boundary), without
+    /// copying, if the window holds `pos`.
+    fn slice(&self, pos: u64, max: usize) -> Option<Bytes> {
+        let mut offset = pos.checked_sub(self.start)?;
+        for batch in &self.batches {
+            let len = batch.len() as u64;
+            if offset < len {
+                let from = offset as usize;
+                let to = from + max.min(batch.len() - from);
+                return Some(batch.slice(from..to));
+            }
+            offset -= len;
+        }
+        None
+    }
 }
 
 impl Hydration {
@@ -228,6 +289,7 @@ impl Blobs {
                 digest: request.digest.clone(),
                 spool,
                 progress: rx,
+                window: Default::default(),
             })
         });
         if let (true, Some(tx)) = (leader, sender) {
@@ -264,7 +326,7 @@ impl Blobs {
     fn link(&self, repo: &RepositoryName, digest: &Digest) {
         let key = store::blob_link_key(repo, digest);
         {
-            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            let mut links = lock(&self.links);
             if links.len() > 100_000 {
                 links.clear();
             }
@@ -420,9 +482,13 @@ impl Blobs {
                 message: e.to_string(),
             })
         };
-        let mut file = tokio::fs::File::create(&hydration.spool)
-            .await
-            .map_err(|e| (spool_error(e), None))?;
+        let file = {
+            let path = hydration.spool.clone();
+            blocking(move || std::fs::File::create(path))
+                .await
+                .map(Arc::new)
+                .map_err(|e| (spool_error(e), None))?
+        };
         tx.send_modify(|p| {
             p.total = total;
             p.phase = Phase::Streaming;
@@ -436,7 +502,8 @@ impl Blobs {
 
         let mut verifier = digest.verifier();
         let mut written = 0u64;
-        let mut batch = BytesMut::with_capacity(BATCH);
+        // The chunks received since the last write, written together.
+        let mut batch = Batch::default();
         loop {
             let next = tokio::select! {
                 _ = self.cancel.cancelled() => return Err((Error::ShuttingDown, Some(uploader))),
@@ -446,7 +513,7 @@ impl Blobs {
                 None => break,
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
-                    let at = written + batch.len() as u64;
+                    let at = written + batch.len as u64;
                     let err = match &from {
                         None => {
                             upstream_error(UpstreamError::Body(format!("after {at} bytes: {e}")))
@@ -464,16 +531,16 @@ impl Blobs {
                 metrics::upstream_bytes(&registry, chunk.len() as u64);
             }
             verifier.update(&chunk);
-            batch.extend_from_slice(&chunk);
-            if batch.len() >= BATCH {
-                written += flush(&mut file, &mut batch)
+            batch.push(chunk);
+            if batch.len >= BATCH {
+                written = append(&file, hydration, &mut batch, written)
                     .await
                     .map_err(|e| (spool_error(e), None))?;
                 tx.send_modify(|p| p.written = written);
             }
         }
-        if !batch.is_empty() {
-            written += flush(&mut file, &mut batch)
+        if batch.len > 0 {
+            written = append(&file, hydration, &mut batch, written)
                 .await
                 .map_err(|e| (spool_error(e), None))?;
             tx.send_modify(|p| p.written = written);
@@ -534,14 +601,74 @@ impl Blobs {
     }
 }
 
-async fn flush(file: &mut tokio::fs::File, batch: &mut BytesMut) -> io::Result<u64> {
-    file.write_all(batch).await?;
-    // tokio's File completes writes in the background; flush so the bytes
-    // are in the file before followers are told they are.
-    file.flush().await?;
-    let n = batch.len() as u64;
-    batch.clear();
-    Ok(n)
+/// Received chunks not yet in the spool file. They are written as they
+/// came (one `writev`) and then kept in the window as they are: no copy
+/// into a buffer of our own. A window of chunks pins at most the window plus
+/// one receive buffer of the HTTP client, since consecutive chunks share
+/// their buffers.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+}
+
+/// Appends `batch` to the spool file (whose length is `at`), then hands its
+/// chunks to the flight's window; returns the new spooled length.
+async fn append(
+    file: &Arc<std::fs::File>,
+    hydration: &Hydration,
+    batch: &mut Batch,
+    at: u64,
+) -> io::Result<u64> {
+    let chunks = std::mem::take(&mut batch.chunks);
+    let len = std::mem::take(&mut batch.len);
+    let f = file.clone();
+    let chunks = blocking(move || {
+        write_all_vectored(&f, &chunks)?;
+        Ok(chunks)
+    })
+    .await?;
+    let mut window = lock(&hydration.window);
+    for chunk in chunks {
+        window.push(chunk);
+    }
+    Ok(at + len as u64)
+}
+
+/// `writev` until every chunk is written (at the file's position: only the
+/// leader writes the spool).
+fn write_all_vectored(mut file: &std::fs::File, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Runs blocking file I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Follows the leader's progress and uploads full parts; completes the
@@ -674,7 +801,7 @@ pub fn spool_stream(
     struct Reader {
         hydration: Arc<Hydration>,
         rx: watch::Receiver<Progress>,
-        file: Option<tokio::fs::File>,
+        file: Option<Arc<std::fs::File>>,
         pos: u64,
         end: Option<u64>,
     }
@@ -707,7 +834,11 @@ pub fn spool_stream(
             let limit = r.end.map_or(servable, |end| end.min(servable));
             if r.pos < limit {
                 let want = (limit - r.pos).min(READ_CHUNK as u64) as usize;
-                let read = read_at(&mut r.file, &r.hydration.spool, r.pos, want).await;
+                let window = lock(&r.hydration.window).slice(r.pos, want);
+                let read = match window {
+                    Some(bytes) => Ok(bytes),
+                    None => read_at(&mut r.file, &r.hydration.spool, r.pos, want).await,
+                };
                 return match read {
                     Ok(bytes) if bytes.is_empty() => {
                         let e = io::Error::other("spool file is shorter than announced");
@@ -740,31 +871,77 @@ pub fn spool_stream(
     })
 }
 
+/// At most `want` bytes of the spool file at `pos` (the file may already
+/// hold bytes past what the reader is allowed to serve).
 async fn read_at(
-    file: &mut Option<tokio::fs::File>,
+    file: &mut Option<Arc<std::fs::File>>,
     path: &std::path::Path,
     pos: u64,
     want: usize,
 ) -> io::Result<Bytes> {
-    if file.is_none() {
-        let mut f = tokio::fs::File::open(path).await?;
-        f.seek(io::SeekFrom::Start(pos)).await?;
-        *file = Some(f);
-    }
-    let Some(f) = file.as_mut() else {
-        return Err(io::Error::other("spool file not open"));
-    };
-    // Exactly `want` bytes at most: the file may already hold bytes past
-    // what this reader is allowed to serve.
-    let mut buf = vec![0u8; want];
-    let mut filled = 0;
-    while filled < want {
-        let n = f.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            break;
+    let f = match file {
+        Some(f) => f.clone(),
+        None => {
+            let path = path.to_owned();
+            let f = Arc::new(blocking(move || std::fs::File::open(path)).await?);
+            *file = Some(f.clone());
+            f
         }
-        filled += n;
+    };
+    blocking(move || {
+        // `read_to_end` into reserved capacity reads straight into the
+        // buffer without zeroing it first.
+        let mut buf = Vec::with_capacity(want);
+        let mut f = &*f;
+        f.seek(io::SeekFrom::Start(pos))?;
+        f.take(want as u64).read_to_end(&mut buf)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(byte: u8, len: usize) -> Bytes {
+        Bytes::from(vec![byte; len])
     }
-    buf.truncate(filled);
-    Ok(Bytes::from(buf))
+
+    #[test]
+    fn window_serves_what_it_holds_without_crossing_batches() {
+        let mut w = Window::default();
+        assert!(w.slice(0, 10).is_none());
+        w.push(batch(1, 100));
+        w.push(batch(2, 50));
+        assert_eq!(w.slice(0, 1000).unwrap(), batch(1, 100));
+        assert_eq!(w.slice(90, 1000).unwrap(), batch(1, 10));
+        assert_eq!(w.slice(100, 20).unwrap(), batch(2, 20));
+        assert_eq!(w.slice(149, 20).unwrap(), batch(2, 1));
+        assert!(w.slice(150, 20).is_none());
+    }
+
+    #[test]
+    fn window_stays_bounded_and_forgets_the_oldest_bytes() {
+        let mut w = Window::default();
+        let size = (WINDOW / 4) as usize;
+        for i in 0..10u8 {
+            w.push(batch(i, size));
+            assert!(w.len <= WINDOW);
+        }
+        // 10 batches pushed, the last 4 kept: bytes before 6 × size are gone.
+        assert_eq!(w.start, 6 * size as u64);
+        assert!(w.slice(6 * size as u64 - 1, 1).is_none());
+        assert_eq!(w.slice(6 * size as u64, 1).unwrap(), batch(6, 1));
+        assert_eq!(w.slice(10 * size as u64 - 1, 5).unwrap(), batch(9, 1));
+    }
+
+    #[test]
+    fn window_larger_batch_than_the_window_is_still_dropped() {
+        let mut w = Window::default();
+        w.push(batch(1, WINDOW as usize + 1));
+        assert!(w.batches.is_empty());
+        assert_eq!(w.start, WINDOW + 1);
+        assert!(w.slice(0, 1).is_none());
+    }
 }

@@ -353,6 +353,11 @@ impl Edge {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The `wrangler dev` process (workerd runs as its child).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().and_then(Daemon::pid)
+    }
+
     /// `127.0.0.1:PORT`, as a registry host in image references.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)

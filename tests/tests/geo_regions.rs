@@ -61,7 +61,7 @@ async fn manifest_as(
         .bearer_auth(t)
         .send()
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("GET manifest {repo}:{reference} via {host} from {location}: {e:?}"))
 }
 
 /// The region that answered, from the edge's `X-Wharf-Region` header.
