@@ -406,9 +406,8 @@ pub fn machine_info() -> Vec<(String, String)> {
         ),
         (
             "nproc".into(),
-            std::thread::available_parallelism()
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
+            // All CPUs, not this process's share (the bench pins itself).
+            cmd("nproc", &["--all"]),
         ),
         (
             "CPU".into(),
