@@ -30,22 +30,36 @@ pub struct ProcSample {
     pub rss: u64,
 }
 
+/// What `/proc/<pid>/stat` says about a process.
+struct Stat {
+    comm: String,
+    ppid: u32,
+    /// utime + stime of all threads, seconds.
+    cpu_secs: f64,
+}
+
+/// Parses one `/proc/<pid>/stat` line (proc(5)): the command name is in
+/// parentheses (and may hold spaces); after it, ppid is field 4, utime 14
+/// and stime 15.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let (head, after) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(Stat {
+        comm,
+        ppid: u32::try_from(num(1)?).ok()?,
+        cpu_secs: (num(11)? + num(12)?) as f64 / tck,
+    })
+}
+
 /// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`.
 pub fn sample(pid: u32) -> Result<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name (which may hold spaces):
-    // state is field 3, utime 14, stime 15 (proc(5)).
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    ensure!(fields.len() > 13, "short /proc/{pid}/stat");
-    let utime: u64 = fields[11].parse()?;
-    let stime: u64 = fields[12].parse()?;
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = parse_stat(&stat).with_context(|| format!("malformed /proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |name: &str| -> Result<u64> {
         status
@@ -55,7 +69,7 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
             .with_context(|| format!("no {name} in /proc/{pid}/status"))
     };
     Ok(ProcSample {
-        cpu_secs: (utime + stime) as f64 / tck,
+        cpu_secs: stat.cpu_secs,
         hwm: kib("VmHWM:")? * 1024,
         rss: kib("VmRSS:")? * 1024,
     })
@@ -64,9 +78,6 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
 /// CPU seconds (utime + stime) of `root` and each of its descendants, with
 /// their command names, from `/proc/<pid>/stat`.
 pub fn tree_cpu(root: u32) -> Result<Vec<(String, f64)>> {
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // (pid, ppid, comm, cpu seconds) of every process.
     let mut procs = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -76,14 +87,8 @@ pub fn tree_cpu(root: u32) -> Result<Vec<(String, f64)>> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-        if let (Some(ppid), Some(utime), Some(stime)) = (num(1), num(11), num(12)) {
-            procs.push((pid, ppid as u32, comm, (utime + stime) as f64 / tck));
+        if let Some(stat) = parse_stat(&stat) {
+            procs.push((pid, stat));
         }
     }
     let mut tree = vec![root];
@@ -93,15 +98,15 @@ pub fn tree_cpu(root: u32) -> Result<Vec<(String, f64)>> {
         tree.extend(
             procs
                 .iter()
-                .filter(|p| p.1 == parent && p.0 != parent)
-                .map(|p| p.0),
+                .filter(|(pid, s)| s.ppid == parent && *pid != parent)
+                .map(|(pid, _)| *pid),
         );
         i += 1;
     }
     let found: Vec<_> = procs
         .into_iter()
-        .filter(|p| tree.contains(&p.0))
-        .map(|p| (p.2, p.3))
+        .filter(|(pid, _)| tree.contains(pid))
+        .map(|(_, s)| (s.comm, s.cpu_secs))
         .collect();
     ensure!(!found.is_empty(), "process {root} is not running");
     Ok(found)
@@ -445,4 +450,21 @@ pub fn machine_info() -> Vec<(String, String)> {
                 .join(" "),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_with_spaces_and_parentheses_in_the_name() {
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let line = "42 (tokio (rt) worker) S 7 42 42 0 -1 4194560 10 0 0 0 300 200 0 0 20 0 4 0";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.comm, "tokio (rt) worker");
+        assert_eq!(s.ppid, 7);
+        assert!((s.cpu_secs - 500.0 / tck).abs() < 1e-9);
+        assert!(parse_stat("42 (short) S 7").is_none());
+    }
 }

@@ -9,7 +9,7 @@
 //! hashes it and appends it to a spool file; each append bumps a
 //! `watch` channel. Clients (the first one included) follow the spool as it
 //! grows, so any number of them cost one upstream GET, and a client that
-//! disconnects does not stop the download. The newest batches also stay in
+//! disconnects does not stop the download. The newest chunks also stay in
 //! memory ([`Window`]): a client that keeps up with the upstream (the usual
 //! case) is handed the very buffers the leader wrote, so the tee costs one
 //! write of each byte and no read back; only a client that falls more than
@@ -116,25 +116,25 @@ pub struct Hydration {
     window: std::sync::Mutex<Window>,
 }
 
-/// The newest batches of a flight's spool, in memory: the bytes
+/// The newest received chunks of a flight, in memory: the bytes
 /// `[start, start + len)` of the blob, at most about [`WINDOW`] of them.
-/// Batches enter after they are in the spool file, so everything before
+/// Chunks enter after they are in the spool file, so everything before
 /// `start` can be read from the file.
 #[derive(Default)]
 struct Window {
     start: u64,
     len: u64,
-    batches: VecDeque<Bytes>,
+    chunks: VecDeque<Bytes>,
 }
 
 impl Window {
-    /// Appends the batch that follows the window's last byte, dropping the
-    /// oldest batches beyond [`WINDOW`] bytes.
-    fn push(&mut self, batch: Bytes) {
-        self.len += batch.len() as u64;
-        self.batches.push_back(batch);
+    /// Appends the chunk that follows the window's last byte, dropping the
+    /// oldest chunks beyond [`WINDOW`] bytes.
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len() as u64;
+        self.chunks.push_back(chunk);
         while self.len > WINDOW {
-            let Some(old) = self.batches.pop_front() else {
+            let Some(old) = self.chunks.pop_front() else {
                 break;
             };
             self.start += old.len() as u64;
@@ -142,16 +142,16 @@ impl Window {
         }
     }
 
-    /// Up to `max` bytes at `pos` (never across a batch boundary), without
+    /// Up to `max` bytes at `pos` (never across a chunk boundary), without
     /// copying, if the window holds `pos`.
     fn slice(&self, pos: u64, max: usize) -> Option<Bytes> {
         let mut offset = pos.checked_sub(self.start)?;
-        for batch in &self.batches {
-            let len = batch.len() as u64;
+        for chunk in &self.chunks {
+            let len = chunk.len() as u64;
             if offset < len {
                 let from = offset as usize;
-                let to = from + max.min(batch.len() - from);
-                return Some(batch.slice(from..to));
+                let to = from + max.min(chunk.len() - from);
+                return Some(chunk.slice(from..to));
             }
             offset -= len;
         }
@@ -904,20 +904,20 @@ async fn read_at(
 mod tests {
     use super::*;
 
-    fn batch(byte: u8, len: usize) -> Bytes {
+    fn chunk(byte: u8, len: usize) -> Bytes {
         Bytes::from(vec![byte; len])
     }
 
     #[test]
-    fn window_serves_what_it_holds_without_crossing_batches() {
+    fn window_serves_what_it_holds_without_crossing_chunks() {
         let mut w = Window::default();
         assert!(w.slice(0, 10).is_none());
-        w.push(batch(1, 100));
-        w.push(batch(2, 50));
-        assert_eq!(w.slice(0, 1000).unwrap(), batch(1, 100));
-        assert_eq!(w.slice(90, 1000).unwrap(), batch(1, 10));
-        assert_eq!(w.slice(100, 20).unwrap(), batch(2, 20));
-        assert_eq!(w.slice(149, 20).unwrap(), batch(2, 1));
+        w.push(chunk(1, 100));
+        w.push(chunk(2, 50));
+        assert_eq!(w.slice(0, 1000).unwrap(), chunk(1, 100));
+        assert_eq!(w.slice(90, 1000).unwrap(), chunk(1, 10));
+        assert_eq!(w.slice(100, 20).unwrap(), chunk(2, 20));
+        assert_eq!(w.slice(149, 20).unwrap(), chunk(2, 1));
         assert!(w.slice(150, 20).is_none());
     }
 
@@ -926,21 +926,21 @@ mod tests {
         let mut w = Window::default();
         let size = (WINDOW / 4) as usize;
         for i in 0..10u8 {
-            w.push(batch(i, size));
+            w.push(chunk(i, size));
             assert!(w.len <= WINDOW);
         }
-        // 10 batches pushed, the last 4 kept: bytes before 6 × size are gone.
+        // 10 chunks pushed, the last 4 kept: bytes before 6 × size are gone.
         assert_eq!(w.start, 6 * size as u64);
         assert!(w.slice(6 * size as u64 - 1, 1).is_none());
-        assert_eq!(w.slice(6 * size as u64, 1).unwrap(), batch(6, 1));
-        assert_eq!(w.slice(10 * size as u64 - 1, 5).unwrap(), batch(9, 1));
+        assert_eq!(w.slice(6 * size as u64, 1).unwrap(), chunk(6, 1));
+        assert_eq!(w.slice(10 * size as u64 - 1, 5).unwrap(), chunk(9, 1));
     }
 
     #[test]
-    fn window_larger_batch_than_the_window_is_still_dropped() {
+    fn window_drops_a_chunk_larger_than_itself() {
         let mut w = Window::default();
-        w.push(batch(1, WINDOW as usize + 1));
-        assert!(w.batches.is_empty());
+        w.push(chunk(1, WINDOW as usize + 1));
+        assert!(w.chunks.is_empty());
         assert_eq!(w.start, WINDOW + 1);
         assert!(w.slice(0, 1).is_none());
     }
