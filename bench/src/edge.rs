@@ -7,11 +7,13 @@
 //!   origin must serve 0 blob bytes (its `wharf_served_bytes_total` does not
 //!   move); the time is compared with Distribution's warm pull.
 //! * 7 — the bundle's compressed size (what `wrangler deploy` uploads), and
-//!   the Worker's time per warm manifest request and per blob redirect,
-//!   measured as request latency from a keep-alive client under `wrangler
-//!   dev` on this machine. That is wall time through workerd's local HTTP
-//!   stack, an upper bound on the Worker's CPU time (which only a deployed
-//!   Worker reports); it is what this machine can measure honestly.
+//!   the Worker's CPU time per warm manifest request and per blob redirect:
+//!   the CPU workerd spends (read from `/proc`) over sequential requests from
+//!   one keep-alive client, less the same for `/healthz`, which the Worker
+//!   answers before any routing (workerd's HTTP serving and wrangler's local
+//!   entry worker are the floor). Only a deployed Worker reports its own CPU
+//!   time; this is the closest this machine can measure honestly, and still
+//!   an upper bound (it includes the local KV and Cache API simulation).
 
 use std::path::Path;
 use std::process::Command;

@@ -300,6 +300,11 @@ impl Upstream {
         format!("http://{}", self.registry_addr)
     }
 
+    /// The registry process's pid, while it runs.
+    pub fn registry_pid(&self) -> Option<u32> {
+        self.registry.pid()
+    }
+
     /// The registry's own address (see [`Upstream::push_url`]).
     pub fn registry_addr(&self) -> SocketAddr {
         self.registry_addr
