@@ -931,7 +931,8 @@ impl EdgeTiming {
                 .sum()
         };
         // V8 compiles the Worker's hot paths in tiers over its first
-        // requests: those are not what a steady request costs.
+        // requests, and the first fills the caches: those are not what a
+        // steady request costs.
         let token = token.to_owned();
         let (u, t) = (url.clone(), token.clone());
         cpus.on_client(move || async move { edge::timed_requests(&u, &t, want, WARMUP).await })
@@ -941,7 +942,7 @@ impl EdgeTiming {
             .on_client(move || async move { edge::timed_requests(&url, &token, want, n).await })
             .await??;
         let after = probe::tree_cpu(wrangler)?;
-        let per = |only| (sum(&after, only) - sum(&before, only)).max(0.0) / (n + 1) as f64;
+        let per = |only| (sum(&after, only) - sum(&before, only)).max(0.0) / n.max(1) as f64;
         Ok(EdgeTiming {
             wall,
             workerd_cpu: per(Some("workerd")),

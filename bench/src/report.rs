@@ -113,7 +113,6 @@ impl Row {
     }
 }
 
-/// `(met, targets)`.
 /// Targets met, ties among them, and targets in all.
 pub fn score(rows: &[Row]) -> (usize, usize, usize) {
     let targets = rows.iter().filter(|r| r.verdict.is_target()).count();

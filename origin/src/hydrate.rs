@@ -777,17 +777,13 @@ async fn commit_local(
     // The digest is the content's name: a perfect ETag.
     let etag = key.rsplit('/').next().unwrap_or_default().to_owned();
     let k = key.clone();
-    tokio::task::spawn_blocking(move || {
-        local.publish_file(&k, &spool, written, OCTET_STREAM, &etag)
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()))
-    .map_err(|message| StoreError {
-        op: "Publish",
-        key,
-        message,
-    })
+    blocking(move || local.publish_file(&k, &spool, written, OCTET_STREAM, &etag))
+        .await
+        .map_err(|e| StoreError {
+            op: "Publish",
+            key,
+            message: e.to_string(),
+        })
 }
 
 /// The bytes `[start, end)` of a hydrating blob, as they arrive; `end` is
