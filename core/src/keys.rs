@@ -11,7 +11,13 @@
 //! | `blobs/sha256/<hex>` | blob bytes, written only after verification |
 //! | `manifests/sha256/<hex>` | manifest bytes, byte-exact, `Content-Type` = media type |
 //! | `tags/<repo>/_/<tag>` | tag record (JSON: digest, media type, fetch time) |
-//! | `links/<repo>/_/blobs/sha256/<hex>` | empty: `<repo>` refers to this blob |
+//! | `links/<repo>/_/blobs/sha256/<hex>` | empty: `<repo>`'s upstream served or confirmed this blob |
+//! | `links/<repo>/_/manifests/sha256/<hex>` | empty: the same for a manifest |
+//!
+//! Links decide who may read a content-addressed object: a digest is served
+//! for `<repo>` only when `<repo>` links it (see [`crate::access`]). They are
+//! written only after `<repo>`'s own upstream served or confirmed the digest,
+//! so a made-up name never creates one.
 
 use crate::{Digest, RepositoryName, Tag};
 
@@ -40,6 +46,16 @@ pub fn blob_link_key(repo: &RepositoryName, digest: &Digest) -> String {
     )
 }
 
+/// Key of the record that `repo` refers to manifest `digest`.
+pub fn manifest_link_key(repo: &RepositoryName, digest: &Digest) -> String {
+    format!(
+        "links/{}/_/manifests/{}/{}",
+        repo.as_str(),
+        digest.algorithm().as_str(),
+        digest.hex()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +71,13 @@ mod tests {
         assert_eq!(
             blob_link_key(&repo, &d),
             format!("links/docker.io/library/alpine/_/blobs/sha256/{}", d.hex())
+        );
+        assert_eq!(
+            manifest_link_key(&repo, &d),
+            format!(
+                "links/docker.io/library/alpine/_/manifests/sha256/{}",
+                d.hex()
+            )
         );
     }
 }

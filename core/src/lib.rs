@@ -17,6 +17,9 @@
 //! * [`token`] — Wharf's own registry bearer tokens (HS256 JWTs), challenges, `Authorization` parsing.
 //! * [`ticket`] — short-lived HMAC tickets that hand a blob miss from the edge to the origin.
 //! * [`pull_auth`] — the one ticket-or-token decision for a pull request (edge and origin).
+//! * [`access`] — whether a digest may be served through a repository (links, upstream confirmation).
+//! * [`keys`] — the object-store key layout (blobs, manifests, tags, repository links).
+//! * [`peer`] — the signed header with which one origin replica forwards a request to another.
 //! * [`utc`] — UTC calendar formatting of unix timestamps.
 //! * [`region`] — the region list, nearest-region ranking, health with hysteresis, rendezvous hashing of replicas.
 //!
@@ -32,6 +35,7 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod digest;
@@ -39,6 +43,7 @@ pub mod error;
 pub mod freshness;
 pub mod keys;
 pub mod media;
+pub mod peer;
 pub mod pull_auth;
 pub mod range;
 pub mod reference;

@@ -5,9 +5,10 @@
 //! Owns [`PullCheck`], [`check`], [`Grant`] and [`PullAuthError`].
 //!
 //! Key decisions:
-//! * A ticket is only accepted on a blob request, for exactly the name and
-//!   digest it binds; when one is present it decides alone (a bad ticket is
-//!   not retried as a token, so a refused ticket says why).
+//! * A ticket is only accepted on a blob request, for exactly the rule, name
+//!   and digest it binds, and never with `?ns=`; when one is present it
+//!   decides alone (a bad ticket is not retried as a token, so a refused
+//!   ticket says why).
 //! * A token must grant `pull` on the name in the request path, and, when the
 //!   resolved rule is private, carry that rule in `wharf_rules` (see
 //!   [`crate::token`] for why the name alone is not enough).
@@ -17,7 +18,7 @@
 use crate::digest::Digest;
 use crate::error::ErrorCode;
 use crate::reference::RepositoryName;
-use crate::ticket::{self, TicketError};
+use crate::ticket::{self, TicketError, TicketRule};
 use crate::token::{Claims, Scope, SigningKey, TokenError, bearer_challenge, parse_bearer, verify};
 
 /// What a pull request is checked against.
@@ -33,8 +34,10 @@ pub struct PullCheck<'a> {
     pub name: &'a RepositoryName,
     /// The digest, for blob requests (the only ones a ticket may authorise).
     pub blob: Option<&'a Digest>,
-    /// The resolved rule's prefix, when that rule is private.
-    pub private_rule: Option<&'a str>,
+    /// The rule the name resolved to.
+    pub rule: TicketRule<'a>,
+    /// Whether the request carries `?ns=`.
+    pub with_ns: bool,
 }
 
 /// Why a pull request was allowed.
@@ -91,7 +94,10 @@ pub fn check(
     query: Option<&str>,
 ) -> Result<Grant, PullAuthError> {
     if let (Some(digest), Some(t)) = (req.blob, ticket::from_query(query)) {
-        ticket::verify(req.key, &t, req.name, digest, req.now_secs)
+        if req.with_ns {
+            return Err(PullAuthError::Ticket(TicketError::WithNamespace));
+        }
+        ticket::verify(req.key, &t, req.rule, req.name, digest, req.now_secs)
             .map_err(PullAuthError::Ticket)?;
         return Ok(Grant::Ticket);
     }
@@ -106,12 +112,10 @@ pub fn check(
         &Scope::pull(req.name),
     )
     .map_err(PullAuthError::Token)?;
-    if let Some(rule) = req.private_rule
-        && !claims.allows_rule(rule)
-    {
+    if req.rule.private && !claims.allows_rule(req.rule.prefix) {
         return Err(PullAuthError::Token(TokenError::PrivateRule {
             name: req.name.to_string(),
-            rule: rule.to_owned(),
+            rule: req.rule.prefix.to_owned(),
         }));
     }
     Ok(Grant::Token(claims))
@@ -164,18 +168,25 @@ mod tests {
             now_secs: NOW,
             name: &repo,
             blob: None,
-            private_rule: None,
+            rule: TicketRule {
+                prefix: "up",
+                private: false,
+            },
+            with_ns: false,
         };
         let blob = PullCheck {
             blob: Some(&digest),
             ..base
         };
         let private = PullCheck {
-            private_rule: Some("up"),
+            rule: TicketRule {
+                prefix: "up",
+                private: true,
+            },
             ..base
         };
         let good = format!("Bearer {}", token("up/app", &[]));
-        let ticket = ticket::issue(&k, &repo, &digest, NOW + 30);
+        let ticket = ticket::issue(&k, base.rule, &repo, &digest, NOW + 30);
         let q = format!("wharf-ticket={ticket}");
 
         assert!(matches!(
@@ -183,6 +194,33 @@ mod tests {
             Ok(Grant::Token(_))
         ));
         assert_eq!(check(&blob, None, Some(&q)), Ok(Grant::Ticket));
+        // `?ns=` cannot ride on a ticket.
+        let with_ns = PullCheck {
+            with_ns: true,
+            ..blob
+        };
+        assert_eq!(
+            check(&with_ns, None, Some(&q)),
+            Err(PullAuthError::Ticket(TicketError::WithNamespace))
+        );
+        // Nor is a public rule's ticket valid where the rule is private, or
+        // on another rule.
+        for rule in [
+            TicketRule {
+                prefix: "up",
+                private: true,
+            },
+            TicketRule {
+                prefix: "up/app",
+                private: false,
+            },
+        ] {
+            let elsewhere = PullCheck { rule, ..blob };
+            assert_eq!(
+                check(&elsewhere, None, Some(&q)),
+                Err(PullAuthError::Ticket(TicketError::BadSignature))
+            );
+        }
         assert_eq!(check(&base, None, None), Err(PullAuthError::Missing));
         // Tickets only count on blobs.
         assert_eq!(check(&base, None, Some(&q)), Err(PullAuthError::Missing));

@@ -12,6 +12,13 @@
 //!   containerd mirror asking for `alpine?ns=docker.io` and a prefix client asking for
 //!   `docker.io/alpine` all land on `docker.io/library/alpine`, so they share one
 //!   cached copy.
+//! * A canonical name belongs to exactly one rule: the rule its longest
+//!   prefix selects. A resolution through `?ns=` or the Docker Hub fallback
+//!   whose canonical name another rule's prefix would select is refused
+//!   ([`RuleError::Aliased`]): otherwise `acme/app?ns=up` (rule `up`) and
+//!   `up/acme/app` (rule `up/acme`, perhaps private) would share every cache
+//!   key, ticket and link. Everything keyed by a canonical name therefore
+//!   identifies its rule (issue 12).
 //! * Docker Hub's implicit `library/` applies to single-component names on the
 //!   Docker Hub rule: prefix `docker.io`, or any rule whose upstream host is
 //!   `registry-1.docker.io`, `index.docker.io` or `docker.io`.
@@ -89,6 +96,19 @@ pub enum RuleError {
         /// The prefix.
         prefix: String,
     },
+    /// The name resolved (through `?ns=` or the Docker Hub fallback) to a
+    /// canonical name that belongs to another rule.
+    #[error(
+        "{requested} would be cached as `{canonical}`, which rule `{owner}` serves; pull `{canonical}` instead"
+    )]
+    Aliased {
+        /// What was asked for, e.g. ``repository `acme/app` with `?ns=up` ``.
+        requested: String,
+        /// The canonical name it would have had.
+        canonical: String,
+        /// The prefix of the rule that owns that canonical name.
+        owner: String,
+    },
     /// The upstream or canonical name would be invalid (in practice: longer than 255).
     #[error("repository `{name}` cannot be cached under this rule: {source}")]
     Name {
@@ -106,6 +126,7 @@ impl RuleError {
         match self {
             RuleError::NoRule { .. } | RuleError::EmptyRemainder { .. } => ErrorCode::NameUnknown,
             RuleError::Name { .. } => ErrorCode::NameInvalid,
+            RuleError::Aliased { .. } => ErrorCode::Denied,
             RuleError::InvalidPrefix { .. }
             | RuleError::InvalidUpstream { .. }
             | RuleError::DuplicatePrefix { .. } => ErrorCode::Unknown,
@@ -203,12 +224,38 @@ impl CacheRules {
                 .position(|r| r.prefix == ns)
                 .or_else(|| self.authorities.iter().position(|a| *a == lower))
                 .ok_or_else(|| self.no_rule(format!("namespace `{ns}` (from `?ns=`)")))?;
-            return self.build(idx, name.as_str());
+            return self.build(idx, name.as_str(), || {
+                format!("repository `{name}` with `?ns={ns}`")
+            });
         }
         let name_str = name.as_str();
+        let best = self.by_prefix(name_str);
+        if let Some((idx, rest)) = best {
+            if rest.is_empty() {
+                return Err(RuleError::EmptyRemainder {
+                    prefix: self.rules[idx].prefix.clone(),
+                });
+            }
+            return self.build(idx, rest, String::new);
+        }
+        if let Some(idx) = self
+            .rules
+            .iter()
+            .position(|r| r.prefix == DOCKER_HUB_PREFIX)
+        {
+            return self.build(idx, name_str, || {
+                format!("repository `{name_str}` (a bare Docker Hub name)")
+            });
+        }
+        Err(self.no_rule(format!("repository `{name_str}`")))
+    }
+
+    /// The rule with the longest prefix matching whole leading components of
+    /// `name`, and the rest of the name after it.
+    fn by_prefix<'n>(&self, name: &'n str) -> Option<(usize, &'n str)> {
         let mut best: Option<(usize, &str)> = None;
         for (idx, rule) in self.rules.iter().enumerate() {
-            let rest = match name_str.strip_prefix(rule.prefix.as_str()) {
+            let rest = match name.strip_prefix(rule.prefix.as_str()) {
                 Some("") => "",
                 Some(rest) => match rest.strip_prefix('/') {
                     Some(rest) => rest,
@@ -220,22 +267,7 @@ impl CacheRules {
                 best = Some((idx, rest));
             }
         }
-        if let Some((idx, rest)) = best {
-            if rest.is_empty() {
-                return Err(RuleError::EmptyRemainder {
-                    prefix: self.rules[idx].prefix.clone(),
-                });
-            }
-            return self.build(idx, rest);
-        }
-        if let Some(idx) = self
-            .rules
-            .iter()
-            .position(|r| r.prefix == DOCKER_HUB_PREFIX)
-        {
-            return self.build(idx, name_str);
-        }
-        Err(self.no_rule(format!("repository `{name_str}`")))
+        best
     }
 
     fn no_rule(&self, requested: String) -> RuleError {
@@ -262,7 +294,15 @@ impl CacheRules {
             )
     }
 
-    fn build(&self, idx: usize, repo: &str) -> Result<Resolved, RuleError> {
+    /// Builds the resolution of `repo` under rule `idx`, refusing a canonical
+    /// name that [`Self::by_prefix`] would give to another rule (`requested`
+    /// describes the request for that error).
+    fn build(
+        &self,
+        idx: usize,
+        repo: &str,
+        requested: impl FnOnce() -> String,
+    ) -> Result<Resolved, RuleError> {
         let rule = &self.rules[idx];
         let upstream_repo = if self.is_docker_hub(idx) && !repo.contains('/') {
             format!("library/{repo}")
@@ -276,6 +316,15 @@ impl CacheRules {
             })
         };
         let canonical = parse(format!("{}/{}", rule.prefix, upstream_repo))?;
+        if let Some((owner, _)) = self.by_prefix(canonical.as_str())
+            && owner != idx
+        {
+            return Err(RuleError::Aliased {
+                requested: requested(),
+                canonical: canonical.to_string(),
+                owner: self.rules[owner].prefix.clone(),
+            });
+        }
         let upstream_repo = parse(upstream_repo)?;
         Ok(Resolved {
             rule: idx,
@@ -620,6 +669,87 @@ mod tests {
             .resolve(&RepositoryName::parse("a").unwrap(), None)
             .unwrap_err();
         assert!(e.to_string().contains("configured prefixes: (none)"), "{e}");
+    }
+
+    #[test]
+    fn resolutions_that_alias_another_rules_names_are_refused() {
+        // `up` public and `up/acme` private: `acme/app?ns=up` must not become
+        // `up/acme/app`, the private rule's name (issue 12).
+        let rules = CacheRules::new(vec![
+            spec("up", "http://127.0.0.1:5000"),
+            spec("up/acme", "http://127.0.0.1:5001"),
+            spec("docker.io", "https://registry-1.docker.io"),
+            spec("docker.io/myorg", "http://127.0.0.1:5002"),
+        ])
+        .unwrap();
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            (
+                "acme/app",
+                Some("up"),
+                "`up/acme/app`, which rule `up/acme` serves",
+            ),
+            ("acme/app", Some("127.0.0.1:5000"), "rule `up/acme` serves"),
+            ("acme", Some("up"), "`up/acme`, which rule `up/acme` serves"),
+            // the bare-name fallback of Docker Hub
+            (
+                "myorg/app",
+                None,
+                "`docker.io/myorg/app`, which rule `docker.io/myorg`",
+            ),
+            (
+                "myorg/app",
+                Some("docker.io"),
+                "rule `docker.io/myorg` serves",
+            ),
+        ];
+        for (name, ns, msg) in cases {
+            let e = rules
+                .resolve(&RepositoryName::parse(name).unwrap(), *ns)
+                .unwrap_err();
+            assert!(matches!(e, RuleError::Aliased { .. }), "{name} {ns:?}: {e}");
+            assert!(
+                e.to_string().contains(msg),
+                "{name} {ns:?}: `{e}` lacks `{msg}`"
+            );
+            assert_eq!(e.code(), ErrorCode::Denied);
+        }
+        // The same names by their own prefix, and names that do not alias.
+        for (name, ns, rule) in [
+            ("up/acme/app", None, 1),
+            ("other/app", Some("up"), 0),
+            ("app", Some("up/acme"), 1),
+            ("docker.io/myorg/app", None, 3),
+            ("library/alpine", None, 2),
+        ] {
+            let r = rules
+                .resolve(&RepositoryName::parse(name).unwrap(), ns)
+                .unwrap();
+            assert_eq!(r.rule, rule, "{name} {ns:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever is asked, an accepted resolution's canonical name resolves
+        /// (without `?ns=`) to the same rule and upstream repository: a cache
+        /// key names its rule.
+        #[test]
+        fn canonical_names_identify_their_rule(
+            parts in proptest::collection::vec("(up|acme|app|x|library|docker.io|myorg)", 1..5),
+            ns in proptest::option::of("(up|up/acme|docker.io|docker.io/myorg|127.0.0.1:5000|127.0.0.1:5001)"),
+        ) {
+            let rules = CacheRules::new(vec![
+                spec("up", "http://127.0.0.1:5000"),
+                spec("up/acme", "http://127.0.0.1:5001"),
+                spec("docker.io", "https://registry-1.docker.io"),
+                spec("docker.io/myorg", "http://127.0.0.1:5002"),
+            ])
+            .unwrap();
+            let Ok(name) = RepositoryName::parse(&parts.join("/")) else { return Ok(()) };
+            if let Ok(r) = rules.resolve(&name, ns.as_deref()) {
+                let again = rules.resolve(&r.canonical, None).unwrap();
+                proptest::prop_assert_eq!(again, r);
+            }
+        }
     }
 
     #[test]

@@ -8,11 +8,18 @@
 //!
 //! Key decisions:
 //! * A ticket is `<exp>.<base64url(HMAC-SHA256)>` over
-//!   `wharf-ticket-v1\n<name>\n<digest>\n<exp>`: it binds the repository name
-//!   in the redirect path (the canonical `prefix/upstream-repo`, so the origin
-//!   resolves it to the same rule without `?ns=`), the digest and the expiry.
-//!   Changing any of them breaks the MAC. Only URL-safe characters, so it needs
-//!   no encoding in a query string.
+//!   `wharf-ticket-v2\n<rule>\n<private>\n<name>\n<digest>\n<exp>`: it binds
+//!   the rule the edge resolved the request to ([`TicketRule`]: its prefix and
+//!   whether it is private), the repository name in the redirect path (the
+//!   canonical `prefix/upstream-repo`), the digest and the expiry. Changing
+//!   any of them breaks the MAC, so a ticket is refused on another rule, and
+//!   on a rule the verifier considers private when the issuer did not (the
+//!   private-rule check applies to tickets as it does to tokens: the edge
+//!   issues a private rule's ticket only to a token that grants the rule).
+//!   Only URL-safe characters, so it needs no encoding in a query string.
+//! * A ticketed request never carries `?ns=` (the redirect has none, and the
+//!   canonical name resolves without it): [`crate::pull_auth`] refuses one
+//!   that does, so `ns` cannot change the rule a ticket was checked against.
 //! * Same [`SigningKey`] as tokens; the `wharf-ticket-v1` domain prefix keeps a
 //!   ticket MAC from ever being a valid JWT MAC (a JWT signing input starts
 //!   with `eyJ`) and vice versa.
@@ -50,11 +57,23 @@ pub enum TicketError {
         /// The verifier's time.
         now: u64,
     },
-    /// The MAC does not match this name, digest and expiry (or this key).
+    /// The MAC does not match this rule, name, digest and expiry (or this key).
     #[error(
-        "blob ticket is not valid for this repository and digest (forged, altered, or signed with another key)"
+        "blob ticket is not valid for this rule, repository and digest (forged, altered, replayed elsewhere, or signed with another key)"
     )]
     BadSignature,
+    /// A ticket on a request that also carries `?ns=`.
+    #[error("a blob ticket cannot be combined with `?ns=`; follow the redirect's URL as it is")]
+    WithNamespace,
+}
+
+/// The rule a ticket is issued for, as the issuer resolved it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TicketRule<'a> {
+    /// The rule's prefix.
+    pub prefix: &'a str,
+    /// Whether the rule is private.
+    pub private: bool,
 }
 
 impl TicketError {
@@ -63,32 +82,55 @@ impl TicketError {
     pub fn code(&self) -> ErrorCode {
         match self {
             TicketError::Expired { .. } => ErrorCode::Unauthorized,
-            TicketError::Malformed(_) | TicketError::BadSignature => ErrorCode::Denied,
+            TicketError::Malformed(_) | TicketError::BadSignature | TicketError::WithNamespace => {
+                ErrorCode::Denied
+            }
         }
     }
 }
 
 fn mac(
     key: &SigningKey,
+    rule: TicketRule<'_>,
     name: &RepositoryName,
     digest: &Digest,
     exp: u64,
 ) -> hmac::Hmac<sha2::Sha256> {
     let mut mac = key.mac();
-    mac.update(format!("wharf-ticket-v1\n{name}\n{digest}\n{exp}").as_bytes());
+    // Prefixes and names cannot contain `\n`, so the fields cannot run into
+    // each other.
+    let private = u8::from(rule.private);
+    mac.update(
+        format!(
+            "wharf-ticket-v2\n{}\n{private}\n{name}\n{digest}\n{exp}",
+            rule.prefix
+        )
+        .as_bytes(),
+    );
     mac
 }
 
-/// A ticket for `name`/`digest` valid until `expires_at` (unix seconds).
-pub fn issue(key: &SigningKey, name: &RepositoryName, digest: &Digest, expires_at: u64) -> String {
-    let tag = mac(key, name, digest, expires_at).finalize().into_bytes();
+/// A ticket for `name`/`digest` under `rule`, valid until `expires_at` (unix
+/// seconds).
+pub fn issue(
+    key: &SigningKey,
+    rule: TicketRule<'_>,
+    name: &RepositoryName,
+    digest: &Digest,
+    expires_at: u64,
+) -> String {
+    let tag = mac(key, rule, name, digest, expires_at)
+        .finalize()
+        .into_bytes();
     format!("{expires_at}.{}", URL_SAFE_NO_PAD.encode(tag))
 }
 
-/// Checks `ticket` for `name`/`digest` at `now` (unix seconds).
+/// Checks `ticket` for `name`/`digest` under `rule` (as the verifier resolved
+/// it) at `now` (unix seconds).
 pub fn verify(
     key: &SigningKey,
     ticket: &str,
+    rule: TicketRule<'_>,
     name: &RepositoryName,
     digest: &Digest,
     now: u64,
@@ -104,7 +146,7 @@ pub fn verify(
     let tag = URL_SAFE_NO_PAD
         .decode(tag)
         .map_err(|e| TicketError::Malformed(format!("mac is not base64url: {e}")))?;
-    mac(key, name, digest, exp)
+    mac(key, rule, name, digest, exp)
         .verify_slice(&tag)
         .map_err(|_| TicketError::BadSignature)?;
     if exp > now.saturating_add(MAX_LIFETIME_SECS + LEEWAY_SECS) {
@@ -151,45 +193,90 @@ mod tests {
     fn name(s: &str) -> RepositoryName {
         RepositoryName::parse(s).unwrap()
     }
+    const PUB: TicketRule<'static> = TicketRule {
+        prefix: "up",
+        private: false,
+    };
 
     #[test]
-    fn tickets_bind_name_digest_and_expiry() {
+    fn tickets_bind_rule_name_digest_and_expiry() {
         let (n, d) = (name("up/test/img"), Digest::sha256_of(b"layer"));
-        let t = issue(&key(), &n, &d, NOW + 60);
-        assert_eq!(verify(&key(), &t, &n, &d, NOW), Ok(()));
+        let t = issue(&key(), PUB, &n, &d, NOW + 60);
+        assert_eq!(verify(&key(), &t, PUB, &n, &d, NOW), Ok(()));
         let other = SigningKey::new(vec![1u8; 32]).unwrap();
         let (exp, tag) = t.split_once('.').unwrap();
         let cases: Vec<(&str, Result<(), TicketError>)> = vec![
-            ("other name", verify(&key(), &t, &name("up/other"), &d, NOW)),
+            (
+                "other name",
+                verify(&key(), &t, PUB, &name("up/other"), &d, NOW),
+            ),
             (
                 "other digest",
-                verify(&key(), &t, &n, &Digest::sha256_of(b"x"), NOW),
+                verify(&key(), &t, PUB, &n, &Digest::sha256_of(b"x"), NOW),
             ),
-            ("other key", verify(&other, &t, &n, &d, NOW)),
+            ("other key", verify(&other, &t, PUB, &n, &d, NOW)),
             (
                 "later expiry",
-                verify(&key(), &format!("{}.{tag}", NOW + 600), &n, &d, NOW),
+                verify(&key(), &format!("{}.{tag}", NOW + 600), PUB, &n, &d, NOW),
+            ),
+            (
+                "other rule",
+                verify(
+                    &key(),
+                    &t,
+                    TicketRule {
+                        prefix: "up/test",
+                        private: false,
+                    },
+                    &n,
+                    &d,
+                    NOW,
+                ),
+            ),
+            (
+                "rule private to the verifier, public to the issuer",
+                verify(
+                    &key(),
+                    &t,
+                    TicketRule {
+                        private: true,
+                        ..PUB
+                    },
+                    &n,
+                    &d,
+                    NOW,
+                ),
             ),
         ];
         for (what, got) in cases {
             assert_eq!(got, Err(TicketError::BadSignature), "{what}");
         }
+        let private = TicketRule {
+            private: true,
+            ..PUB
+        };
+        let pt = issue(&key(), private, &n, &d, NOW + 60);
+        assert_eq!(verify(&key(), &pt, private, &n, &d, NOW), Ok(()));
         assert_eq!(
-            verify(&key(), &t, &n, &d, NOW + 60 + LEEWAY_SECS),
+            verify(&key(), &pt, PUB, &n, &d, NOW),
+            Err(TicketError::BadSignature)
+        );
+        assert_eq!(
+            verify(&key(), &t, PUB, &n, &d, NOW + 60 + LEEWAY_SECS),
             Err(TicketError::Expired {
                 exp: NOW + 60,
                 now: NOW + 60 + LEEWAY_SECS
             })
         );
-        let long = issue(&key(), &n, &d, NOW + 2 * MAX_LIFETIME_SECS);
+        let long = issue(&key(), PUB, &n, &d, NOW + 2 * MAX_LIFETIME_SECS);
         assert!(matches!(
-            verify(&key(), &long, &n, &d, NOW),
+            verify(&key(), &long, PUB, &n, &d, NOW),
             Err(TicketError::Malformed(_))
         ));
         for junk in ["", "x", "1.!!", "-1.AAAA", &format!("+{exp}.{tag}")] {
             assert!(
                 matches!(
-                    verify(&key(), junk, &n, &d, NOW),
+                    verify(&key(), junk, PUB, &n, &d, NOW),
                     Err(TicketError::Malformed(_))
                 ),
                 "{junk}"
@@ -205,7 +292,7 @@ mod tests {
     #[test]
     fn urls_and_queries() {
         let (n, d) = (name("up/img"), Digest::sha256_of(b"x"));
-        let t = issue(&key(), &n, &d, NOW);
+        let t = issue(&key(), PUB, &n, &d, NOW);
         let url = blob_url("http://127.0.0.1:5000/", &n, &d, &t);
         assert_eq!(
             url,
@@ -224,7 +311,7 @@ mod tests {
     proptest! {
         #[test]
         fn verify_never_panics(ticket in "\\PC{0,100}", now in any::<u64>()) {
-            let _ = verify(&key(), &ticket, &name("a"), &Digest::sha256_of(b""), now);
+            let _ = verify(&key(), &ticket, PUB, &name("a"), &Digest::sha256_of(b""), now);
             let _ = from_query(Some(&ticket));
         }
     }

@@ -8,16 +8,24 @@
 //!   with a ticket valid for `WHARF_TICKET_TTL`: the origin streams the blob
 //!   while hydrating it, and the ticket stands in for the client's token.
 //!
-//! Presence is learned with one presigned `HEAD` on the bucket and remembered
-//! by this location for `WHARF_PRESENCE_TTL` (blobs are immutable and only
-//! appear in the bucket after verification), so a warm blob request makes no
-//! subrequest; absence is not remembered, so a blob is redirected to the
+//! A blob is redirected to the bucket only when it is there **and** linked
+//! to the requested repository (`links/<repo>/_/blobs/<digest>`, written by
+//! the origin once that repository's upstream served or confirmed it; see
+//! `wharf_core::access`): bytes stored for one repository are not handed to
+//! another by digest. An unlinked blob goes to the origin, which confirms it
+//! with the repository's upstream (then links it) or refuses it.
+//!
+//! Presence and link are learned with two presigned `HEAD`s on the bucket
+//! (concurrently) and remembered by this location for `WHARF_PRESENCE_TTL`
+//! (blobs are immutable, appear in the bucket only after verification, and
+//! links are never withdrawn for a kept blob), so a warm blob request makes
+//! no subrequest; absence is not remembered, so a blob is redirected to the
 //! bucket as soon as its hydration commits. A store that errors or does not
 //! answer in time counts as "absent": the origin can always serve.
 
 use std::time::Duration;
 
-use wharf_core::keys::blob_key;
+use wharf_core::keys::{blob_key, blob_link_key};
 use wharf_core::sigv4::{PresignRequest, presign};
 use wharf_core::{ApiMethod, Digest, RepositoryName, ticket};
 use worker::{Method, Response};
@@ -42,7 +50,7 @@ pub async fn get(
     let resolved = ctx.config.rules.resolve(name, ns)?;
     authorize(ctx, name, &resolved)?;
     if let Some(s3) = &ctx.region.s3
-        && present(ctx, s3, digest).await?
+        && present(ctx, s3, &resolved.canonical, digest).await?
     {
         let url = presigned(
             ctx,
@@ -54,7 +62,11 @@ pub async fn get(
         return Ok(redirect(ctx, &url, digest, "hit"));
     }
     let exp = ctx.now_secs() + ctx.config.ticket_ttl.as_secs();
-    let t = ticket::issue(&ctx.config.key, &resolved.canonical, digest, exp);
+    let rule = ticket::TicketRule {
+        prefix: &resolved.prefix,
+        private: ctx.config.rule(resolved.rule).private,
+    };
+    let t = ticket::issue(&ctx.config.key, rule, &resolved.canonical, digest, exp);
     // The replica that owns the digest: concurrent misses from every
     // location meet in its one hydration.
     let digest_key = digest.to_string();
@@ -76,12 +88,22 @@ fn presigned(
     digest: &Digest,
     ttl_secs: u64,
 ) -> Result<String, Error> {
+    presign_key(ctx, s3, method, &blob_key(digest), ttl_secs)
+}
+
+fn presign_key(
+    ctx: &Ctx<'_>,
+    s3: &S3Target,
+    method: ApiMethod,
+    key: &str,
+    ttl_secs: u64,
+) -> Result<String, Error> {
     Ok(presign(&PresignRequest {
         method,
         endpoint: &s3.endpoint,
         addressing: s3.addressing,
         bucket: &s3.bucket,
-        key: &blob_key(digest),
+        key,
         region: &s3.region,
         credentials: &s3.credentials,
         now_unix_secs: ctx.now_secs(),
@@ -89,29 +111,42 @@ fn presigned(
     })?)
 }
 
-/// Whether `digest` is in the region's bucket: this location's memory, else
-/// one presigned `HEAD`.
-async fn present(ctx: &Ctx<'_>, s3: &S3Target, digest: &Digest) -> Result<bool, Error> {
+/// Whether `digest` is in the region's bucket and linked to `name`: this
+/// location's memory, else two presigned `HEAD`s.
+async fn present(
+    ctx: &Ctx<'_>,
+    s3: &S3Target,
+    name: &RepositoryName,
+    digest: &Digest,
+) -> Result<bool, Error> {
     let region = ctx.region.name.as_str();
-    if store::blob_known_present(region, digest).await {
+    if store::blob_known_present(region, name, digest).await {
         return Ok(true);
     }
-    let url = presigned(ctx, s3, ApiMethod::Head, digest, 60)?;
-    match origin::send(region, Method::Head, &url, &[], PRESENCE_TIMEOUT).await {
-        Ok(r) if r.status_code() == 200 => {
-            store::remember_blob_present(region, digest, ctx.config.presence_ttl.as_secs()).await;
-            Ok(true)
-        }
-        Ok(r) if r.status_code() == 404 => Ok(false),
+    let blob = presign_key(ctx, s3, ApiMethod::Head, &blob_key(digest), 60)?;
+    let link = presign_key(ctx, s3, ApiMethod::Head, &blob_link_key(name, digest), 60)?;
+    let (blob, link) =
+        futures_util::future::join(head(region, &blob, digest), head(region, &link, digest)).await;
+    if blob && link {
+        store::remember_blob_present(region, name, digest, ctx.config.presence_ttl.as_secs()).await;
+    }
+    Ok(blob && link)
+}
+
+/// One presigned `HEAD` on the region's bucket: true on 200.
+async fn head(region: &str, url: &str, digest: &Digest) -> bool {
+    match origin::send(region, Method::Head, url, &[], PRESENCE_TIMEOUT).await {
+        Ok(r) if r.status_code() == 200 => true,
+        Ok(r) if r.status_code() == 404 => false,
         Ok(r) => {
             // 403: wrong credentials or clock skew — the operator must know,
             // the client is still served through the origin.
-            tracing::warn!(%digest, region, status = r.status_code(), "presence HEAD on the bucket failed; redirecting to the origin");
-            Ok(false)
+            tracing::warn!(%digest, region, status = r.status_code(), "HEAD on the bucket failed; redirecting to the origin");
+            false
         }
         Err(e) => {
             tracing::warn!(%digest, region, error = %e, "bucket unreachable; redirecting to the origin");
-            Ok(false)
+            false
         }
     }
 }

@@ -1,8 +1,10 @@
 //! `GET`/`HEAD /v2/<name>/manifests/<reference>`.
 //!
-//! * By digest: immutable. Served from the location's cache or KV; on a miss
-//!   fetched from the region's origin, checked against the digest, cached
-//!   "forever" (a year) in both tiers.
+//! * By digest: immutable. Served from the location's cache or KV, keyed per
+//!   canonical repository (a digest the origin served for one repository is
+//!   no answer for another); on a miss fetched from the region's origin
+//!   (which serves it only to a repository linked to it), checked against
+//!   the digest, cached "forever" (a year) in both tiers.
 //! * By tag: the core's [`FreshnessPolicy`] on the entry's fetch time.
 //!   `Fresh` → served, no origin request. `Revalidate` while still within
 //!   stale-if-error → served at once (`X-Wharf-Cache: stale`) while a
@@ -52,7 +54,7 @@ pub async fn get(
     let kv = ctx.kv.as_ref();
     match reference {
         Reference::Digest(digest) => {
-            let key = Key::Digest(digest);
+            let key = Key::Digest(&resolved.canonical, digest);
             if let Some((entry, tier)) = store::get(kv, &key).await {
                 if tier == Tier::Global {
                     store::put_location(&key, &entry, IMMUTABLE_SECS).await;
@@ -60,7 +62,7 @@ pub async fn get(
                 return Ok(serve(ctx, &entry, "hit"));
             }
             let entry = fetch(ctx, &resolved, reference, &accept).await?;
-            store_digest(ctx, &entry).await;
+            store_digest(ctx, &resolved.canonical, &entry).await;
             Ok(serve(ctx, &entry, "miss"))
         }
         Reference::Tag(tag) => get_tag(ctx, &resolved, tag, reference, &accept).await,
@@ -112,7 +114,7 @@ async fn get_tag(
         }
     }
     let entry = fetch(ctx, resolved, reference, accept).await?;
-    store_digest(ctx, &entry).await;
+    store_digest(ctx, &resolved.canonical, &entry).await;
     // A client that does not accept the cached media type (an old client and
     // an index) got its own negotiation: keep the tag entry for the others.
     let negotiated_down = cached
@@ -134,8 +136,8 @@ fn private_rule(ctx: &Ctx<'_>, resolved: &Resolved) -> Option<String> {
 
 /// Caches a manifest by digest: this location now, KV after the response
 /// (a KV write is a remote call; the client should not wait for it).
-async fn store_digest(ctx: &Ctx<'_>, entry: &Entry) {
-    let key = Key::Digest(&entry.digest);
+async fn store_digest(ctx: &Ctx<'_>, canonical: &RepositoryName, entry: &Entry) {
+    let key = Key::Digest(canonical, &entry.digest);
     store::put_location(&key, entry, IMMUTABLE_SECS).await;
     defer_global(ctx, &key, entry, IMMUTABLE_SECS);
 }
@@ -335,7 +337,7 @@ impl Revalidation {
                 self.now_ms,
             )
             .await?;
-            let key = Key::Digest(&entry.digest);
+            let key = Key::Digest(&self.canonical, &entry.digest);
             store::put_location(&key, &entry, IMMUTABLE_SECS).await;
             store::put_global(kv, &key.path(), &entry, IMMUTABLE_SECS).await;
             entry

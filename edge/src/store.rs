@@ -1,11 +1,17 @@
 //! The edge's two cache tiers.
 //!
 //! * **Cache API** (per location, no subrequest): manifests by digest, tag
-//!   entries, and "this blob is in region R's bucket" markers. Entries live
+//!   entries, and "this blob is in region R's bucket, linked to this
+//!   repository" markers. Entries live
 //!   under a synthetic origin ([`CACHE_ORIGIN`]) that no client can request,
 //!   keyed with the object-store key layout of `wharf_core::keys`.
 //! * **KV** (global, eventually consistent): manifests by digest and tag
 //!   entries, so a location that never saw a manifest still avoids the origin.
+//!
+//! Manifests by digest are keyed per repository (the core's link key,
+//! `links/<repo>/_/manifests/<digest>`), like everything else here: an entry
+//! exists because the origin served that digest for that repository, and is
+//! never an answer for another one (`wharf_core::access`).
 //!
 //! A tag entry holds the manifest bytes *and* its digest, media type and fetch
 //! time, so one lookup answers a tag pull. Freshness is decided by the core's
@@ -13,7 +19,7 @@
 //! entry may be served at all (TTL + stale-if-error).
 
 use serde::{Deserialize, Serialize};
-use wharf_core::keys::{blob_key, manifest_key, tag_key};
+use wharf_core::keys::{blob_link_key, manifest_link_key, tag_key};
 use wharf_core::{Digest, RepositoryName, Tag};
 use worker::{Cache, KvStore};
 
@@ -47,8 +53,8 @@ pub enum Tier {
 /// What is cached: a manifest by digest or a tag.
 #[derive(Clone, Debug)]
 pub enum Key<'a> {
-    /// Immutable.
-    Digest(&'a Digest),
+    /// Immutable: `canonical name`, digest.
+    Digest(&'a RepositoryName, &'a Digest),
     /// Mutable: `canonical name`, tag.
     Tag(&'a RepositoryName, &'a Tag),
 }
@@ -57,7 +63,7 @@ impl Key<'_> {
     /// The object-store-style key: KV key and Cache API path.
     pub fn path(&self) -> String {
         match self {
-            Key::Digest(d) => manifest_key(d),
+            Key::Digest(name, d) => manifest_link_key(name, d),
             Key::Tag(name, tag) => tag_key(name, tag),
         }
     }
@@ -164,26 +170,36 @@ pub async fn put_global(kv: Option<&KvStore>, path: &str, entry: &Entry, keep_se
     }
 }
 
-fn presence_url(region: &str, digest: &Digest) -> String {
-    format!("{CACHE_ORIGIN}/presence/{region}/{}", blob_key(digest))
+fn presence_url(region: &str, name: &RepositoryName, digest: &Digest) -> String {
+    format!(
+        "{CACHE_ORIGIN}/presence/{region}/{}",
+        blob_link_key(name, digest)
+    )
 }
 
-/// True if this location remembers that `digest` is in `region`'s bucket.
-pub async fn blob_known_present(region: &str, digest: &Digest) -> bool {
+/// True if this location remembers that `digest` is in `region`'s bucket
+/// and linked to `name`.
+pub async fn blob_known_present(region: &str, name: &RepositoryName, digest: &Digest) -> bool {
     matches!(
         Cache::default()
-            .get(presence_url(region, digest).as_str(), false)
+            .get(presence_url(region, name, digest).as_str(), false)
             .await,
         Ok(Some(_))
     )
 }
 
-/// Remembers for `keep_secs` that `digest` is in `region`'s bucket.
-pub async fn remember_blob_present(region: &str, digest: &Digest, keep_secs: u64) {
+/// Remembers for `keep_secs` that `digest` is in `region`'s bucket and
+/// linked to `name`.
+pub async fn remember_blob_present(
+    region: &str,
+    name: &RepositoryName,
+    digest: &Digest,
+    keep_secs: u64,
+) {
     let cache_control = format!("public, max-age={}", keep_secs.max(1));
     let r = response(200, &[("Cache-Control", &cache_control)], b"1".to_vec());
     if let Err(e) = Cache::default()
-        .put(presence_url(region, digest).as_str(), r)
+        .put(presence_url(region, name, digest).as_str(), r)
         .await
     {
         tracing::warn!(%digest, error = %e, "Cache API write failed");

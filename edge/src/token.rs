@@ -13,6 +13,7 @@
 //!   `error="insufficient_scope"`. Wrong credentials fail at once (`401`).
 
 use wharf_core::pull_auth::{Grant, PullAuthError, PullCheck, check};
+use wharf_core::ticket::TicketRule;
 use wharf_core::token::{
     Access, Claims, Scope, bearer_challenge, issue, parse_basic, parse_bearer, verify_unscoped,
 };
@@ -74,11 +75,11 @@ pub fn authorize(
         now_secs: ctx.now_secs(),
         name,
         blob: None,
-        private_rule: ctx
-            .config
-            .rule(resolved.rule)
-            .private
-            .then_some(resolved.prefix.as_str()),
+        rule: TicketRule {
+            prefix: &resolved.prefix,
+            private: ctx.config.rule(resolved.rule).private,
+        },
+        with_ns: false,
     };
     match check(&req, ctx.header("Authorization").as_deref(), None) {
         Ok(Grant::Token(claims)) => Ok(claims),

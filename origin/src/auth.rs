@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
 use wharf_core::pull_auth::{self, PullCheck};
+use wharf_core::ticket::TicketRule;
 use wharf_core::token::{self, SigningKey};
 use wharf_core::{ApiRequest, RepositoryName};
 
@@ -77,13 +78,14 @@ impl Auth {
         })
     }
 
-    /// A request for `name` (resolved to a rule whose prefix is
-    /// `private_rule` when private): its token or blob ticket.
+    /// A request for `name`, resolved to `rule` (`with_ns`: through
+    /// `?ns=`): its token or blob ticket.
     pub fn check(
         &self,
         request: &ApiRequest,
         name: &RepositoryName,
-        private_rule: Option<&str>,
+        rule: TicketRule<'_>,
+        with_ns: bool,
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<Grant, Error> {
@@ -97,7 +99,8 @@ impl Auth {
             now_secs: now_secs(),
             name,
             blob,
-            private_rule,
+            rule,
+            with_ns,
         };
         let authorization = headers
             .get(header::AUTHORIZATION)
@@ -170,7 +173,11 @@ mod tests {
         query: Option<&str>,
         h: &HeaderMap,
     ) -> Result<Grant, Error> {
-        auth().check(req, req.name().unwrap(), private, query, h)
+        let rule = TicketRule {
+            prefix: private.unwrap_or("docker.io"),
+            private: private.is_some(),
+        };
+        auth().check(req, req.name().unwrap(), rule, false, query, h)
     }
 
     fn manifest(name: &str) -> ApiRequest {
@@ -222,7 +229,11 @@ mod tests {
     fn blob_tickets_stand_in_for_tokens() {
         let name = RepositoryName::parse("docker.io/library/alpine").unwrap();
         let digest = Digest::sha256_of(b"layer");
-        let t = ticket::issue(&key(), &name, &digest, now_secs() + 60);
+        let rule = TicketRule {
+            prefix: "docker.io",
+            private: false,
+        };
+        let t = ticket::issue(&key(), rule, &name, &digest, now_secs() + 60);
         let req = ApiRequest::Blob {
             name: name.clone(),
             digest,

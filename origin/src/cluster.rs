@@ -10,8 +10,11 @@
 //! order is tried, and finally this replica hydrates itself (correctness
 //! never depends on the owner being up; only the fetch count does).
 //!
-//! A forwarded request carries `X-Wharf-Forwarded` and is never forwarded
-//! again, so two replicas with different replica lists cannot loop.
+//! A forwarded request carries `X-Wharf-Forwarded`, signed with the
+//! region's shared key (`wharf_core::peer`), and is never forwarded again, so
+//! two replicas with different replica lists cannot loop. A header that does
+//! not verify (a client's own) is ignored: the request is routed like any
+//! other, so no client can make a replica skip its owner.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, Response, StatusCode, Uri};
@@ -23,8 +26,30 @@ use crate::metrics;
 use crate::state::AppState;
 use crate::store;
 
-/// Marks a request one replica forwarded to another (value: the sender).
-pub const FORWARDED_HEADER: &str = "x-wharf-forwarded";
+/// Marks a request one replica forwarded to another (value: signed sender).
+pub const FORWARDED_HEADER: &str = wharf_core::peer::HEADER;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The sending replica, when `headers` carry a valid forwarded-request
+/// signature for this `GET` of `path` (path and query).
+pub fn forwarded_by<'h>(state: &AppState, headers: &'h HeaderMap, path: &str) -> Option<&'h str> {
+    let value = headers.get(FORWARDED_HEADER)?.to_str().ok()?;
+    let key = state.geo.as_ref()?.peer_key.as_ref()?;
+    match wharf_core::peer::verify(key, value, "GET", path, now_secs()) {
+        Ok(sender) => Some(sender),
+        Err(e) => {
+            metrics::forwarded("forged");
+            tracing::warn!(error = %e, "ignoring a forwarded-request header that does not verify");
+            None
+        }
+    }
+}
 
 /// Request headers passed on to the owner.
 const PASSED: [&str; 4] = ["authorization", "range", "accept", "user-agent"];
@@ -52,7 +77,9 @@ pub async fn forward_miss(
 ) -> Option<Response<Body>> {
     let geo = state.geo.as_ref()?;
     let me = geo.advertise.as_deref()?;
-    if geo.replicas.len() < 2 || headers.contains_key(FORWARDED_HEADER) {
+    let key = geo.peer_key.as_ref()?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    if geo.replicas.len() < 2 || forwarded_by(state, headers, path).is_some() {
         return None;
     }
     if state.blobs.in_flight(digest).is_some() {
@@ -61,16 +88,15 @@ pub async fn forward_miss(
     if let Ok(Some(_)) = state.store.head(&store::blob_key(digest)).await {
         return None;
     }
-    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     for i in rendezvous(&digest.to_string(), &geo.replicas) {
         let owner = &geo.replicas[i];
         if owner == me {
             return None;
         }
-        let mut request = state
-            .replicas
-            .get(format!("{owner}{path}"))
-            .header(FORWARDED_HEADER, me);
+        let mut request = state.replicas.get(format!("{owner}{path}")).header(
+            FORWARDED_HEADER,
+            wharf_core::peer::sign(key, me, "GET", path, now_secs()),
+        );
         for name in PASSED {
             if let Some(v) = headers.get(name) {
                 request = request.header(name, v.clone());

@@ -208,6 +208,9 @@ pub struct GeoConfig {
     pub advertise: Option<String>,
     /// Every replica of this region (including this one).
     pub replicas: Vec<String>,
+    /// Signs and checks requests forwarded between replicas (the token key;
+    /// required with more than one replica).
+    pub peer_key: Option<SigningKey>,
     /// Other regions with a store, nearest first.
     pub peers: Vec<PeerConfig>,
 }
@@ -562,10 +565,21 @@ impl Config {
                         },
                     });
                 }
+                // A forwarded request is served where it lands: only a peer
+                // may say so, with a signature (wharf_core::peer).
+                let peer_key = auth.as_ref().map(|a| a.key.clone());
+                if replicas.len() > 1 && peer_key.is_none() {
+                    anyhow::bail!(
+                        "region {:?} has {} replicas but no token key: replicas sign the requests they forward to each other with it; set WHARF_TOKEN_KEY (or auth.token_key and auth.service)",
+                        own.name,
+                        replicas.len()
+                    );
+                }
                 Some(GeoConfig {
                     region: own.name.clone(),
                     advertise: advertise.map(|a| a.trim_end_matches('/').to_owned()),
                     replicas,
+                    peer_key,
                     peers,
                 })
             }

@@ -42,6 +42,8 @@ pub struct Geo {
     pub advertise: Option<String>,
     /// The region's replicas (including this one).
     pub replicas: Vec<String>,
+    /// Signs and checks requests forwarded between replicas.
+    pub peer_key: Option<wharf_core::token::SigningKey>,
     /// Other regions' stores, nearest first.
     pub peers: Vec<Peer>,
     /// Digests whose peer copy failed verification: fetched upstream from now on.
@@ -55,6 +57,7 @@ impl Geo {
             region: config.region.clone(),
             advertise: config.advertise.clone(),
             replicas: config.replicas.clone(),
+            peer_key: config.peer_key.clone(),
             peers: config
                 .peers
                 .iter()

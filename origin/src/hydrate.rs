@@ -60,11 +60,13 @@ use reqwest::header::HeaderMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wharf_core::access::{DigestAccess, Held, digest_access};
 use wharf_core::{Digest, RepositoryName};
 
 use crate::coalesce::Flights;
 use crate::error::Error;
 use crate::geo::Geo;
+use crate::links::{self, Links};
 use crate::metrics;
 use crate::replicate::Replicator;
 use crate::store::{self, MultipartUpload, ObjectMeta, Store, StoreError};
@@ -111,6 +113,9 @@ pub struct Progress {
 /// One in-flight blob download, shared by every client that wants it.
 pub struct Hydration {
     digest: Digest,
+    /// The repository the download was started for: its upstream's answer
+    /// decides for every request through the same name.
+    canonical: RepositoryName,
     spool: PathBuf,
     progress: watch::Receiver<Progress>,
     window: std::sync::Mutex<Window>,
@@ -206,6 +211,9 @@ pub struct BlobRequest {
     pub digest: Digest,
     /// Queue the committed blob for the peer regions.
     pub replicate: bool,
+    /// Whether `canonical` is linked to the digest (else what is held for
+    /// other repositories is served only after its upstream confirms it).
+    pub linked: bool,
 }
 
 /// All blob hydrations of this process.
@@ -216,7 +224,7 @@ pub struct Blobs {
     tracker: TaskTracker,
     cancel: CancellationToken,
     closing: AtomicBool,
-    links: std::sync::Mutex<std::collections::HashSet<String>>,
+    links: Arc<Links>,
     geo: Option<Arc<Geo>>,
     replicator: Option<Replicator>,
 }
@@ -226,6 +234,7 @@ impl Blobs {
     pub fn new(
         store: Store,
         spool_dir: PathBuf,
+        links: Arc<Links>,
         geo: Option<Arc<Geo>>,
         replicator: Option<Replicator>,
     ) -> io::Result<Self> {
@@ -244,7 +253,7 @@ impl Blobs {
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
             closing: AtomicBool::new(false),
-            links: std::sync::Mutex::new(std::collections::HashSet::new()),
+            links,
             geo,
             replicator,
         })
@@ -261,12 +270,14 @@ impl Blobs {
     }
 
     /// Finds the blob in the store or joins (or starts) its hydration, and
-    /// waits until the upstream has answered.
+    /// waits until the upstream has answered. What is held for another
+    /// repository is served only once `request.canonical` is linked to it or
+    /// its upstream confirms it (`wharf_core::access`).
     pub async fn open(self: &Arc<Self>, request: BlobRequest) -> Result<BlobSource, Error> {
         let key = store::blob_key(&request.digest);
         match self.store.head(&key).await {
             Ok(Some(meta)) => {
-                self.link(&request.canonical, &request.digest);
+                self.gate(&request, Held::Stored).await?;
                 return Ok(BlobSource::Store(meta));
             }
             Ok(None) => {}
@@ -287,6 +298,7 @@ impl Blobs {
                     .join(format!("{}-{}", request.digest.hex(), uuid::Uuid::new_v4()));
             Arc::new(Hydration {
                 digest: request.digest.clone(),
+                canonical: request.canonical.clone(),
                 spool,
                 progress: rx,
                 window: Default::default(),
@@ -304,6 +316,12 @@ impl Blobs {
                     .spawn(async move { blobs.lead(request, flight, tx).await });
             }
         } else {
+            let held = if hydration.canonical == request.canonical {
+                Held::InFlightSameName
+            } else {
+                Held::InFlightOtherName
+            };
+            self.gate(&request, held).await?;
             metrics::coalesced("blob");
         }
         let mut rx = hydration.progress.clone();
@@ -322,24 +340,28 @@ impl Blobs {
         }
     }
 
-    /// Records (once per process) that `repo` refers to `digest`.
-    fn link(&self, repo: &RepositoryName, digest: &Digest) {
-        let key = store::blob_link_key(repo, digest);
-        {
-            let mut links = lock(&self.links);
-            if links.len() > 100_000 {
-                links.clear();
-            }
-            if !links.insert(key.clone()) {
-                return;
+    /// Serves what is `held` for `request` only as `wharf_core::access`
+    /// allows: linked, or confirmed by the repository's upstream now.
+    async fn gate(&self, request: &BlobRequest, held: Held) -> Result<(), Error> {
+        match digest_access(request.linked, held) {
+            DigestAccess::Serve | DigestAccess::Fetch => Ok(()),
+            DigestAccess::Confirm => {
+                self.links
+                    .confirm(
+                        links::Kind::Blob,
+                        &request.upstream,
+                        &request.upstream_repo,
+                        &request.canonical,
+                        &request.digest,
+                        || Error::BlobUnknown {
+                            name: request.canonical.to_string(),
+                            digest: request.digest.clone(),
+                            registry: request.upstream.registry().to_owned(),
+                        },
+                    )
+                    .await
             }
         }
-        let store = self.store.clone();
-        self.tracker.spawn(async move {
-            if let Err(e) = store.put_bytes(&key, Bytes::new(), OCTET_STREAM).await {
-                tracing::warn!(error = %e, "repository link not recorded");
-            }
-        });
     }
 
     /// The leader: fetch once, spool, verify, let the uploader commit.
@@ -356,7 +378,9 @@ impl Blobs {
         let committed = match outcome {
             Ok(Some(uploader)) => match uploader.await {
                 Ok(Ok(())) => {
-                    self.link(&request.canonical, &request.digest);
+                    self.links
+                        .record_now(links::Kind::Blob, &request.canonical, &request.digest)
+                        .await;
                     if request.replicate
                         && let Some(r) = &self.replicator
                     {
@@ -414,6 +438,9 @@ impl Blobs {
         // Re-check: a flight for this digest may have committed between the
         // caller's lookup and this flight's start.
         if let Ok(Some(meta)) = self.store.head(&key).await {
+            self.gate(request, Held::Stored)
+                .await
+                .map_err(|e| (e, None))?;
             tx.send_modify(|p| p.phase = Phase::InStore(meta));
             return Ok(None);
         }
@@ -426,6 +453,21 @@ impl Blobs {
             Some(geo) => geo.find(&key, Some(digest)).await,
             None => None,
         };
+        // A peer's copy is bytes held for some repository: readable through
+        // this one if the peer links it, else after the upstream confirms.
+        if let Some((peer, _)) = &peer
+            && !request.linked
+        {
+            let link = store::blob_link_key(&request.canonical, digest);
+            if let Ok(Some(_)) = peer.store.head(&link).await {
+                self.links
+                    .record(links::Kind::Blob, &request.canonical, digest);
+            } else {
+                self.gate(request, Held::Stored)
+                    .await
+                    .map_err(|e| (e, None))?;
+            }
+        }
         let (total, mut body, from): (Option<u64>, BodyStream, Option<String>) = match peer {
             Some((peer, meta)) => match peer.store.get(&key, None).await {
                 Ok(Some((_, stream))) => {

@@ -15,7 +15,8 @@
 //!   client while it is verified and uploaded; [`coalesce`] — the in-flight map.
 //! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
 //! * [`store`] — the S3 bucket, and the embedded S3 server for `--data`.
-//! * [`auth`] — the edge's tokens and blob tickets, when a key is set.
+//! * [`auth`] — the edge's tokens and blob tickets, when a key is set;
+//!   [`links`] — which repositories may read which digests.
 //! * [`geo`] — peer regions' stores (cross-region hydration);
 //!   [`replicate`] — eager copies to them; [`cluster`] — replicas of one
 //!   region sending each blob miss to its owner (rendezvous hashing).
@@ -30,6 +31,7 @@ pub mod error;
 pub mod geo;
 pub mod handlers;
 pub mod hydrate;
+pub mod links;
 pub mod manifests;
 pub mod metrics;
 pub mod replicate;

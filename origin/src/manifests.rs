@@ -33,6 +33,7 @@ use wharf_core::{
 };
 
 use crate::error::Error;
+use crate::links::{Kind, Links};
 use crate::metrics;
 use crate::replicate::Replicator;
 use crate::store::{self, Store};
@@ -109,6 +110,7 @@ type Flight = Shared<BoxFuture<'static, Result<(Manifest, CacheStatus), Arc<Erro
 /// The manifest cache of this process.
 pub struct Manifests {
     store: Store,
+    links: Arc<Links>,
     replicator: Option<Replicator>,
     tags: Mutex<HashMap<String, TagRecord>>,
     flights: Mutex<HashMap<String, Flight>>,
@@ -123,9 +125,10 @@ fn now_ms() -> u64 {
 
 impl Manifests {
     /// A manifest cache over `store`.
-    pub fn new(store: Store, replicator: Option<Replicator>) -> Self {
+    pub fn new(store: Store, links: Arc<Links>, replicator: Option<Replicator>) -> Self {
         Self {
             store,
+            links,
             replicator,
             tags: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
@@ -156,18 +159,40 @@ impl Manifests {
         .map_err(Error::Joined)
     }
 
-    /// Returns the manifest `digest`, from the store or the upstream.
+    /// Returns the manifest `digest`, from the store or the upstream. A
+    /// stored manifest is served for `req.canonical` only when that
+    /// repository is linked to it or its upstream confirms it
+    /// (`wharf_core::access`).
     pub async fn by_digest(
         self: &Arc<Self>,
         req: &ManifestRequest,
         digest: &Digest,
     ) -> Result<(Manifest, CacheStatus), Error> {
         if let Some(m) = self.load(digest).await {
+            if !self.links.has(Kind::Manifest, &req.canonical, digest).await {
+                self.links
+                    .confirm(
+                        Kind::Manifest,
+                        &req.upstream,
+                        &req.upstream_repo,
+                        &req.canonical,
+                        digest,
+                        || Error::ManifestUnknown {
+                            name: req.canonical.to_string(),
+                            reference: digest.to_string(),
+                            registry: req.upstream.registry().to_owned(),
+                        },
+                    )
+                    .await?;
+            }
             return Ok((m, CacheStatus::Hit));
         }
         let this = self.clone();
         let (req, want) = (req.clone(), digest.clone());
-        self.single(store::manifest_key(digest), async move {
+        // Per repository: a fetch through one name confirms nothing for
+        // another, so requests through two names do not share one.
+        let flight = format!("{}@{digest}", req.canonical);
+        self.single(flight, async move {
             this.fetch(&req, &want.to_string(), Some(&want))
                 .await
                 .map(|m| (m, CacheStatus::Miss))
@@ -385,6 +410,11 @@ impl Manifests {
             media_type: media_type.as_str().to_owned(),
             body,
         };
+        // The upstream served it through this name: the name may read it and
+        // what it refers to.
+        self.links
+            .record(Kind::Manifest, &req.canonical, &manifest.digest);
+        self.links.record_references(&req.canonical, &manifest.body);
         if let Err(e) = self
             .store
             .put_bytes(

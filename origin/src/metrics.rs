@@ -30,6 +30,10 @@ pub const HYDRATION_SECONDS: &str = "wharf_hydration_duration_seconds";
 pub const HYDRATIONS_IN_FLIGHT: &str = "wharf_hydrations_in_flight";
 /// Clients that joined an in-flight hydration instead of fetching upstream.
 pub const COALESCED: &str = "wharf_coalesced_requests_total";
+/// Digests held for one repository and asked for through another, by
+/// `result`: `confirmed` (the repository's upstream has it: linked and
+/// served) or `refused` (it does not: not served).
+pub const LINK_CHECKS: &str = "wharf_link_checks_total";
 /// Remaining upstream rate-limit budget last reported, by `registry`.
 pub const RATELIMIT_REMAINING: &str = "wharf_upstream_ratelimit_remaining";
 
@@ -47,6 +51,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(REPLICATION_LAG.to_owned()), &buckets)?
         .install_recorder()?;
     Ok(handle)
+}
+
+/// Counts one upstream confirmation of an unlinked digest.
+pub fn link_check(result: &'static str) {
+    counter!(LINK_CHECKS, "result" => result).increment(1);
 }
 
 /// Counts one answered request.

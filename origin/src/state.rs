@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::geo::Geo;
 use crate::hydrate::{BlobRequest, Blobs};
+use crate::links::Links;
 use crate::manifests::{ManifestRequest, Manifests};
 use crate::replicate::Replicator;
 use crate::store::Store;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub store: Store,
     /// Blob hydrations.
     pub blobs: Arc<Blobs>,
+    /// Which repositories may read which digests.
+    pub links: Arc<Links>,
     /// Manifest cache.
     pub manifests: Arc<Manifests>,
     /// `tags/list` cache.
@@ -104,14 +107,16 @@ impl Target {
             })
     }
 
-    /// The blob-service view of this target.
-    pub fn blob_request(&self, digest: wharf_core::Digest) -> BlobRequest {
+    /// The blob-service view of this target (`linked`: the canonical name
+    /// is known to refer to `digest`).
+    pub fn blob_request(&self, digest: wharf_core::Digest, linked: bool) -> BlobRequest {
         BlobRequest {
             upstream: self.upstream.clone(),
             upstream_repo: self.upstream_repo.clone(),
             canonical: self.canonical.clone(),
             digest,
             replicate: self.replicate,
+            linked,
         }
     }
 }
@@ -147,9 +152,11 @@ impl AppState {
             }
             _ => None,
         };
+        let links = Arc::new(Links::new(store.clone()));
         let blobs = Blobs::new(
             store.clone(),
             config.spool_dir.clone(),
+            links.clone(),
             geo.clone(),
             replicator.clone(),
         )
@@ -163,8 +170,13 @@ impl AppState {
         Ok(Self {
             rules: Arc::new(rules),
             runtimes: Arc::new(runtimes),
-            manifests: Arc::new(Manifests::new(store.clone(), replicator.clone())),
+            manifests: Arc::new(Manifests::new(
+                store.clone(),
+                links.clone(),
+                replicator.clone(),
+            )),
             blobs: Arc::new(blobs),
+            links,
             tag_lists: Arc::new(TagLists::new(config.tags_list_ttl)),
             store,
             metrics,

@@ -108,7 +108,11 @@ async fn origin_with_a_key_accepts_only_edge_tokens_and_tickets() {
     let (layer, _) = img.blobs().last().cloned().unwrap();
     let digest = Digest::parse(&layer).unwrap();
     let name = RepositoryName::parse(&repo).unwrap();
-    let t = ticket::issue(&key(), &name, &digest, now() + 60);
+    let rule = ticket::TicketRule {
+        prefix: "up",
+        private: false,
+    };
+    let t = ticket::issue(&key(), rule, &name, &digest, now() + 60);
     let url = format!(
         "{}/v2/{repo}/blobs/{layer}?{}={t}",
         s.base(),

@@ -4,6 +4,11 @@
 //! missing one joins (or starts) its hydration and streams from the spool
 //! as the bytes arrive. `HEAD` never starts a hydration: it answers from the
 //! store, an in-flight download, or an upstream `HEAD`.
+//!
+//! Either way a digest is served for the requested repository only when the
+//! repository is linked to it or its upstream confirms it
+//! (`wharf_core::access`): bytes held for one repository are not readable
+//! through another by knowing their digest.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -16,6 +21,7 @@ use wharf_core::{Digest, RepositoryName};
 use crate::cluster;
 use crate::error::{Error, Result};
 use crate::hydrate::{BlobSource, spool_stream};
+use crate::links;
 use crate::metrics;
 use crate::state::AppState;
 use crate::store;
@@ -31,8 +37,12 @@ pub async fn get(
     uri: &Uri,
 ) -> Result<Response> {
     let target = state.resolve(name, ns)?;
+    let linked = state
+        .links
+        .has(links::Kind::Blob, &target.canonical, &digest)
+        .await;
     if head {
-        return head_blob(state, &target, name, digest).await;
+        return head_blob(state, &target, name, digest, linked).await;
     }
     // Another replica of this region may own the miss.
     if let Some(response) = cluster::forward_miss(state, &digest, uri, headers).await {
@@ -44,7 +54,7 @@ pub async fn get(
         .map(str::to_owned);
     match state
         .blobs
-        .open(target.blob_request(digest.clone()))
+        .open(target.blob_request(digest.clone(), linked))
         .await?
     {
         BlobSource::Store(meta) => {
@@ -99,9 +109,16 @@ async fn head_blob(
     target: &crate::state::Target,
     name: &RepositoryName,
     digest: Digest,
+    linked: bool,
 ) -> Result<Response> {
     let registry = target.upstream.registry().to_owned();
-    let len = match state.store.head(&store::blob_key(&digest)).await {
+    // Unlinked: what is held does not count; the upstream `HEAD` below
+    // decides (and links on 200).
+    let held = match linked {
+        true => state.store.head(&store::blob_key(&digest)).await,
+        false => Ok(None),
+    };
+    let len = match held {
         Ok(Some(meta)) => {
             metrics::request("blob", "hit");
             Some(meta.len)
@@ -113,6 +130,7 @@ async fn head_blob(
         None => match state
             .blobs
             .in_flight(&digest)
+            .filter(|_| linked)
             .and_then(|h| h.progress().total)
         {
             Some(total) => {
@@ -123,13 +141,16 @@ async fn head_blob(
                 let response = target
                     .send(Method::HEAD, &format!("blobs/{digest}"), Default::default())
                     .await?;
-                if response.status() == reqwest::StatusCode::NOT_FOUND {
+                if !response.status().is_success() {
                     return Err(Error::BlobUnknown {
                         name: name.to_string(),
                         digest,
                         registry,
                     });
                 }
+                state
+                    .links
+                    .record(links::Kind::Blob, &target.canonical, &digest);
                 metrics::request("blob", "miss");
                 // Read the header: a HEAD response's body size hint is 0.
                 response

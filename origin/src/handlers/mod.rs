@@ -84,6 +84,10 @@ fn authorize(
         return auth.check_base(headers);
     };
     let target = state.resolve(name, ns)?;
-    let private = target.private.then_some(target.prefix.as_str());
-    auth.check(request, name, private, query, headers).map(drop)
+    let rule = wharf_core::ticket::TicketRule {
+        prefix: &target.prefix,
+        private: target.private,
+    };
+    auth.check(request, name, rule, ns.is_some(), query, headers)
+        .map(drop)
 }

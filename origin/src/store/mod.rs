@@ -17,4 +17,4 @@ mod s3;
 
 pub use s3::{BodyStream, MultipartUpload, ObjectMeta, S3Settings, Store, StoreError};
 
-pub use wharf_core::keys::{blob_key, blob_link_key, manifest_key, tag_key};
+pub use wharf_core::keys::{blob_key, blob_link_key, manifest_key, manifest_link_key, tag_key};
