@@ -94,7 +94,12 @@ impl Outcome {
         } else if let Some(loc) = &self.location {
             let _ = write!(s, " → {}", shorten(loc));
         } else if self.status == 200 && self.len > 0 {
-            let _ = write!(s, " ({} bytes, {})", self.len, short_digest(&self.body_digest));
+            let _ = write!(
+                s,
+                " ({} bytes, {})",
+                self.len,
+                short_digest(&self.body_digest)
+            );
         } else if self.status == 200 {
             s.push_str(" (empty body)");
         } else if !self.excerpt.is_empty() {
@@ -223,7 +228,11 @@ impl Probes {
 /// What a non-refusal amounted to.
 fn describe_leak(o: &Outcome) -> String {
     match (o.status, &o.location) {
-        (200, _) => format!("200 with {} bytes ({})", o.len, short_digest(&o.body_digest)),
+        (200, _) => format!(
+            "200 with {} bytes ({})",
+            o.len,
+            short_digest(&o.body_digest)
+        ),
         (300..=399, Some(loc)) => format!("{} redirect to {}", o.status, shorten(loc)),
         _ => o.summary(),
     }

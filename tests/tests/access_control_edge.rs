@@ -248,7 +248,9 @@ private = true
             (301 | 302 | 303 | 307 | 308, Some(location)) => {
                 p.record(probe, o.summary());
                 if location.starts_with(&self.s3_endpoint) {
-                    p.fail("307 to a presigned store URL for a blob this client may not read".into());
+                    p.fail(
+                        "307 to a presigned store URL for a blob this client may not read".into(),
+                    );
                 }
                 let client = no_redirect_client();
                 let req = if head {
@@ -257,7 +259,11 @@ private = true
                     client.get(&location)
                 };
                 let followed = Outcome::send(req).await;
-                p.refused(&format!("{probe} → following the redirect"), &followed, head);
+                p.refused(
+                    &format!("{probe} → following the redirect"),
+                    &followed,
+                    head,
+                );
                 if followed.served(secret) {
                     p.fail("served the private bytes".into());
                 }
@@ -382,8 +388,13 @@ async fn signed_in_user_pulls_a_private_image_through_the_edge() {
             Some(&t),
         )
         .await;
-    p.record("GET up/acme/app/blobs/<private layer>, signed in (warm)", o.summary());
-    p.expect(o.status == 307, || format!("expected a 307, got {}", o.summary()));
+    p.record(
+        "GET up/acme/app/blobs/<private layer>, signed in (warm)",
+        o.summary(),
+    );
+    p.expect(o.status == 307, || {
+        format!("expected a 307, got {}", o.summary())
+    });
     p.finish();
 }
 
@@ -395,7 +406,10 @@ async fn ns_alias_of_a_private_name_is_refused_at_the_edge() {
     let anon = f.token("acme/app", None).await;
     let md = f.private.manifest_digest.clone();
     let layer = f.private_layer().to_owned();
-    let (cold0, cold1) = (f.cold.layer_digests[0].clone(), f.cold.layer_digests[1].clone());
+    let (cold0, cold1) = (
+        f.cold.layer_digests[0].clone(),
+        f.cold.layer_digests[1].clone(),
+    );
     let b_host = f.b.host();
     let mut p = Probes::new("edge: ?ns= aliasing");
     for (probe, head, path) in [
@@ -558,7 +572,9 @@ async fn private_digests_are_not_served_through_other_repositories_at_the_edge()
             Err(e) => format!("{e:#}"),
         },
     );
-    p.expect(r.is_ok(), || "the public repository's layer was not served".into());
+    p.expect(r.is_ok(), || {
+        "the public repository's layer was not served".into()
+    });
     let a = f.a.counts();
     p.expect(a.get("GET", wharf_tests::Kind::Blob) == 0, || {
         format!("A was asked for the bytes again:\n{a}")
@@ -666,7 +682,10 @@ async fn tickets_from_edge_redirects_do_not_open_other_names_or_rules() {
     }
     f.reset();
     let o = Outcome::send(client.get(format!("{private}&ns=up"))).await;
-    p.record("private ticket up/acme/app@<cold layer> + &ns=up", o.summary());
+    p.record(
+        "private ticket up/acme/app@<cold layer> + &ns=up",
+        o.summary(),
+    );
     p.expect(o.is_oci_refusal(false) || o.served(&cold2), || {
         format!("neither refused nor the ticket's blob: {}", o.summary())
     });
@@ -674,7 +693,10 @@ async fn tickets_from_edge_redirects_do_not_open_other_names_or_rules() {
     let o = Outcome::send(client.get(&private)).await;
     p.record("the legitimate private ticket (control)", o.summary());
     p.expect(o.served(&cold2), || {
-        format!("a private ticket from the edge was not honoured: {}", o.summary())
+        format!(
+            "a private ticket from the edge was not honoured: {}",
+            o.summary()
+        )
     });
     p.finish();
 }

@@ -133,7 +133,10 @@ async fn forged_forwarding_headers_from_clients_are_not_trusted() {
         format!("{served}/32 served, {gets} upstream GET(s)"),
     );
     p.expect(served == 32 && gets == 1, || {
-        format!("the replicas do not coalesce even without a forged header:\n{}", upstream.counts())
+        format!(
+            "the replicas do not coalesce even without a forged header:\n{}",
+            upstream.counts()
+        )
     });
     let mut before = 0.0;
     for r in replicas {

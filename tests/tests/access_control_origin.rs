@@ -315,7 +315,11 @@ async fn signed_in_user_pulls_a_private_image_through_the_origin() {
     let path = "/v2/up/acme/app/manifests/v1";
     f.reset();
     let o = f.send(false, path, Some(&no_rule)).await;
-    p.refused("GET up/acme/app:v1, token without the private rule", &o, false);
+    p.refused(
+        "GET up/acme/app:v1, token without the private rule",
+        &o,
+        false,
+    );
     p.upstream_at_most("B", &f.b.counts(), 0);
     let o = f.send(false, path, None).await;
     p.refused("GET up/acme/app:v1, no token", &o, false);
@@ -457,7 +461,11 @@ async fn private_digests_are_not_served_through_other_repositories_at_the_origin
     get_manifest(&client, &base, "up/pub2", "v1").await.unwrap();
     f.reset();
     let o = f
-        .send(false, &format!("/v2/up/pub2/blobs/{}", f.shared), Some(&pub2))
+        .send(
+            false,
+            &format!("/v2/up/pub2/blobs/{}", f.shared),
+            Some(&pub2),
+        )
         .await;
     p.record(
         "GET up/pub2/blobs/<shared layer> (A has it in pub2)",
@@ -509,7 +517,10 @@ async fn tickets_are_bound_to_their_name_digest_and_rule_at_the_origin() {
     let private_layer = f.private_layer().to_owned();
     let pub_stored = f.public.layer_digests[0].clone();
     let pub_cold = f.public.layer_digests[1].clone();
-    let (cold0, cold1) = (f.cold.layer_digests[0].clone(), f.cold.layer_digests[1].clone());
+    let (cold0, cold1) = (
+        f.cold.layer_digests[0].clone(),
+        f.cold.layer_digests[1].clone(),
+    );
     let b_host = f.b.host();
     let q = ticket::QUERY_PARAM;
     let mut p = Probes::new("origin: tickets (d)");
@@ -518,7 +529,11 @@ async fn tickets_are_bound_to_their_name_digest_and_rule_at_the_origin() {
     let t_pub = mint_ticket("up/pub", &pub_stored, PUBLIC_PREFIX, false);
     f.reset();
     let o = f
-        .send(false, &format!("/v2/up/pub/blobs/{pub_stored}?{q}={t_pub}"), None)
+        .send(
+            false,
+            &format!("/v2/up/pub/blobs/{pub_stored}?{q}={t_pub}"),
+            None,
+        )
         .await;
     p.record("ticket up/pub@D on up/pub@D (control)", o.summary());
     p.expect(o.served(&pub_stored), || {
@@ -569,7 +584,11 @@ async fn tickets_are_bound_to_their_name_digest_and_rule_at_the_origin() {
         let t = mint_ticket("up/acme/app", &digest, PUBLIC_PREFIX, false);
         f.reset();
         let o = f
-            .send(false, &format!("/v2/up/acme/app/blobs/{digest}?{q}={t}"), None)
+            .send(
+                false,
+                &format!("/v2/up/acme/app/blobs/{digest}?{q}={t}"),
+                None,
+            )
             .await;
         p.refused(probe, &o, false);
         p.expect(!o.served(&digest), || "served the private bytes".into());
@@ -616,7 +635,11 @@ async fn tickets_are_bound_to_their_name_digest_and_rule_at_the_origin() {
     p.upstream_at_most("A (another rule's upstream)", &f.a.counts(), 0);
     f.reset();
     let o = f
-        .send(false, &format!("/v2/priv/app/blobs/{cold1}?{q}={t_priv}"), None)
+        .send(
+            false,
+            &format!("/v2/priv/app/blobs/{cold1}?{q}={t_priv}"),
+            None,
+        )
         .await;
     p.refused(
         "private ticket up/acme/app@D replayed on priv/app@D (other private rule)",
@@ -626,9 +649,16 @@ async fn tickets_are_bound_to_their_name_digest_and_rule_at_the_origin() {
     p.upstream_at_most("B", &f.b.counts(), 0);
     // Control: the private ticket on its own name and rule works.
     let o = f
-        .send(false, &format!("/v2/up/acme/app/blobs/{cold1}?{q}={t_priv}"), None)
+        .send(
+            false,
+            &format!("/v2/up/acme/app/blobs/{cold1}?{q}={t_priv}"),
+            None,
+        )
         .await;
-    p.record("private ticket on its own name and rule (control)", o.summary());
+    p.record(
+        "private ticket on its own name and rule (control)",
+        o.summary(),
+    );
     p.expect(o.served(&cold1), || {
         format!("a valid private ticket was not honoured: {}", o.summary())
     });
@@ -709,7 +739,9 @@ async fn anonymous_requests_do_not_join_a_private_download_in_flight() {
             o,
             *head,
         );
-        p.expect(!o.served(&big), || "joined and served the private bytes".into());
+        p.expect(!o.served(&big), || {
+            "joined and served the private bytes".into()
+        });
     }
     let pulled = pull.await.unwrap();
     p.record(
