@@ -238,7 +238,23 @@ impl ImageSpec {
         repo: &str,
         tag: &str,
     ) -> Result<PushedImage> {
-        let image = self.push_platform(upstream, repo, "amd64").await?;
+        self.push_with_shared(upstream, repo, tag, &[]).await
+    }
+
+    /// Like [`ImageSpec::push`], but the image's first layers are `shared`
+    /// (the very same bytes, so the same digests, in every image and on
+    /// every registry they are pushed to), followed by this spec's random
+    /// layers.
+    pub async fn push_with_shared<R: PushTarget + ?Sized>(
+        &self,
+        upstream: &R,
+        repo: &str,
+        tag: &str,
+        shared: &[&SharedLayer],
+    ) -> Result<PushedImage> {
+        let image = self
+            .push_platform_with(upstream, repo, "amd64", shared)
+            .await?;
         put_manifest(
             upstream,
             repo,
@@ -309,12 +325,35 @@ impl ImageSpec {
         repo: &str,
         arch: &str,
     ) -> Result<PushedImage> {
+        self.push_platform_with(upstream, repo, arch, &[]).await
+    }
+
+    /// [`ImageSpec::push_platform`] with `shared` layers in front.
+    async fn push_platform_with<R: PushTarget + ?Sized>(
+        &self,
+        upstream: &R,
+        repo: &str,
+        arch: &str,
+        shared: &[&SharedLayer],
+    ) -> Result<PushedImage> {
         let work = upstream.work_dir();
         std::fs::create_dir_all(&work)?;
         let mut layer_descs = Vec::new();
         let mut diff_ids = Vec::new();
         let mut layer_digests = Vec::new();
         let mut layer_sizes = Vec::new();
+        for layer in shared {
+            let l = &layer.0;
+            push_blob(upstream, repo, &l.digest, BlobBody::File(&l.path, l.size)).await?;
+            layer_descs.push(Descriptor::new(
+                self.format.layer(),
+                l.size,
+                parse_digest(&l.digest)?,
+            ));
+            diff_ids.push(l.diff_id.clone());
+            layer_digests.push(l.digest.clone());
+            layer_sizes.push(l.size);
+        }
         for &content in &self.layers {
             let dir = work.clone();
             let layer = tokio::task::spawn_blocking(move || make_layer(&dir, content)).await??;
@@ -336,7 +375,7 @@ impl ImageSpec {
             layer_sizes.push(layer.size);
         }
 
-        let history = (0..self.layers.len())
+        let history = (0..shared.len() + self.layers.len())
             .map(|i| {
                 HistoryBuilder::default()
                     .created("2024-01-01T00:00:00Z")
@@ -399,6 +438,38 @@ impl ImageSpec {
             layer_sizes,
             platform: format!("linux/{arch}"),
         })
+    }
+}
+
+/// A generated layer kept on disk (removed on drop) so that several images,
+/// on several registries, can carry the very same bytes: a layer shared by a
+/// public and a private image, as happens when both build on one base.
+pub struct SharedLayer(Layer);
+
+impl SharedLayer {
+    /// A random gzip tar layer holding `content` random bytes, written under
+    /// `dir`.
+    pub async fn generate(dir: &Path, content: u64) -> Result<SharedLayer> {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.to_owned();
+        let layer = tokio::task::spawn_blocking(move || make_layer(&dir, content)).await??;
+        Ok(SharedLayer(layer))
+    }
+
+    /// `sha256:…` of the compressed layer.
+    pub fn digest(&self) -> &str {
+        &self.0.digest
+    }
+
+    /// Compressed size.
+    pub fn size(&self) -> u64 {
+        self.0.size
+    }
+}
+
+impl Drop for SharedLayer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0.path);
     }
 }
 

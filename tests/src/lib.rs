@@ -15,6 +15,7 @@
 //! * [`clients`] — dockerd, containerd/`ctr`, podman, skopeo, each isolated in
 //!   the test's directory, plus a verifying plain-HTTP puller for herd tests.
 //! * [`process`] — child processes that die with the test, however it ends.
+//! * [`probes`] — access-control probes that report every leak at once.
 //! * [`Stack`] — upstream + origin with one rule, the common case.
 //!
 //! # Decisions
@@ -35,6 +36,7 @@ pub mod garage;
 pub mod geo;
 pub mod images;
 pub mod origin;
+pub mod probes;
 pub mod process;
 pub mod upstream;
 

@@ -238,8 +238,15 @@ impl Upstream {
     /// Starts Distribution with storage under `<test dir>/upstream`, the
     /// token server if `auth` asks for one, and the proxy in front.
     pub async fn start(dir: &TestDir, auth: UpstreamAuth) -> Result<Upstream> {
+        Upstream::start_in(dir, "upstream", auth).await
+    }
+
+    /// Like [`Upstream::start`], with storage, config and logs under
+    /// `<test dir>/<sub>`: several upstreams in one test (a public and a
+    /// private registry) each need their own.
+    pub async fn start_in(dir: &TestDir, sub: &str, auth: UpstreamAuth) -> Result<Upstream> {
         let bin = require_tool("docker-registry", "docker-registry")?;
-        let up_dir = dir.sub("upstream");
+        let up_dir = dir.sub(sub);
         let shared = Arc::new(Shared::default());
 
         let token = match auth {
