@@ -890,7 +890,10 @@ lon = 103.8
                 "--advertise",
                 "http://eu-2:5000/",
             ],
-            &format!("region = \"eu\"\n{REGIONS}"),
+            &format!(
+                "region = \"eu\"\n[auth]\ntoken_key = \"{}\"\nservice = \"wharf.test\"\n{REGIONS}",
+                "t".repeat(32)
+            ),
         )
         .unwrap();
         let Storage::S3(s3) = &c.storage else {
@@ -910,6 +913,27 @@ lon = 103.8
             "per-region credentials win"
         );
         assert_eq!(geo.peers[0].s3.region, "us-east-1");
+        assert!(geo.peer_key.is_some(), "replicas sign with the token key");
+        // Without a token key, replicas could not tell a peer from a client.
+        let e = Config::from_parts(
+            cli(&[
+                "--listen",
+                "127.0.0.1:1",
+                "--rule",
+                "a=http://x",
+                "--advertise",
+                "http://eu-2:5000/",
+            ]),
+            toml::from_str(&format!("region = \"eu\"\n{REGIONS}")).unwrap(),
+            |name| {
+                matches!(name, "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY").then(|| "k".into())
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("has 2 replicas but no token key"),
+            "{e}"
+        );
     }
 
     #[test]

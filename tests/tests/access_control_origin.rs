@@ -83,9 +83,12 @@ fn token(names: &[&str], private_rules: &[&str]) -> String {
 /// name, digest and expiry; once it also binds the rule, pass `rule` and
 /// `private` on (a one-line change).
 fn mint_ticket(name: &str, digest: &str, rule: &str, private: bool) -> String {
-    let _ = (rule, private);
     ticket::issue(
         &key(),
+        ticket::TicketRule {
+            prefix: rule,
+            private,
+        },
         &RepositoryName::parse(name).unwrap(),
         &Digest::parse(digest).unwrap(),
         now() + 60,
