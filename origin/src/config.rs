@@ -162,6 +162,8 @@ struct FileRule {
     private: bool,
     #[serde(default)]
     replicate: bool,
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
 }
 
 /// Where objects are kept.
@@ -188,6 +190,9 @@ pub struct Rule {
     pub private: bool,
     /// Copy what this rule hydrates to every peer region at once.
     pub replicate: bool,
+    /// Hosts the upstream may redirect to even on loopback or private
+    /// addresses (`cdn.example.net`, `*.cdn.example.net`, an address).
+    pub redirect_hosts: Vec<String>,
 }
 
 /// One other region whose store this origin reads (and replicates to).
@@ -424,6 +429,7 @@ impl Config {
                 },
                 private: r.private,
                 replicate: r.replicate,
+                redirect_hosts: r.redirect_hosts,
             });
         }
         for flag in &cli.rules {
@@ -440,6 +446,7 @@ impl Config {
                 },
                 private: false,
                 replicate: false,
+                redirect_hosts: Vec::new(),
             };
             // A flag overrides the file's rule with the same prefix, keeping
             // that rule's credentials.
