@@ -419,6 +419,11 @@ impl Config {
                     r.prefix
                 ),
             };
+            for host in &r.redirect_hosts {
+                wharf_core::egress::HostPattern::parse(host).map_err(|e| {
+                    anyhow::anyhow!("rule {} ({}): redirect_hosts: {e}", i + 1, r.prefix)
+                })?;
+            }
             rules.push(Rule {
                 prefix: r.prefix,
                 upstream: r.upstream,
@@ -690,6 +695,16 @@ mod tests {
     }
 
     #[test]
+    fn rules_take_a_redirect_allow_list() {
+        let c = load(
+            &["--listen", "127.0.0.1:5000", "--data", "/tmp/w"],
+            "[[rule]]\nprefix = \"corp\"\nupstream = \"https://registry.corp\"\nredirect_hosts = [\"cdn.corp\", \"*.cloudfront.net\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.rules[0].redirect_hosts, ["cdn.corp", "*.cloudfront.net"]);
+    }
+
+    #[test]
     fn invalid_configs_say_what_to_fix() {
         let cases: &[(&[&str], &str, &str)] = &[
             (
@@ -754,6 +769,11 @@ mod tests {
                 &["--listen", "127.0.0.1:1", "--data", "/d"],
                 "[[rule]]\nprefix = \"p\"\nupstream = \"http://x\"\nusername = \"u\"\npassword_env = \"NOPE\"\n",
                 "NOPE, which is not set",
+            ),
+            (
+                &["--listen", "127.0.0.1:1", "--data", "/d"],
+                "[[rule]]\nprefix = \"p\"\nupstream = \"https://x\"\nredirect_hosts = [\"https://cdn/\"]\n",
+                "redirect_hosts: `https://cdn/` is not a host name",
             ),
         ];
         for (args, file, want) in cases {

@@ -416,7 +416,7 @@ impl Upstream {
             });
         let err = match status {
             StatusCode::TOO_MANY_REQUESTS => {
-                let secs = retry_after.unwrap_or(60).min(3600);
+                let secs = rate_limit_secs(retry_after);
                 *self.blocked_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Instant::now() + Duration::from_secs(secs));
                 UpstreamError::RateLimited { retry_after: secs }
@@ -769,6 +769,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// How long a `429` blocks requests: `Retry-After` (default a minute),
+/// clamped to an hour, since the number is the upstream's.
+fn rate_limit_secs(retry_after: Option<u64>) -> u64 {
+    retry_after.unwrap_or(60).min(3600)
+}
+
 fn parse_retry_after(value: &HeaderValue) -> Option<u64> {
     let value = value.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -824,6 +830,17 @@ mod tests {
             Some(0)
         );
         assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+        // Hostile values parse without panicking and are clamped to an hour.
+        for v in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "-1",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            let secs = rate_limit_secs(parse_retry_after(&HeaderValue::from_static(v)));
+            assert!(secs <= 3600, "{v}");
+            let _ = Instant::now() + Duration::from_secs(secs);
+        }
     }
 
     #[test]
