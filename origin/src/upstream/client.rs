@@ -353,21 +353,18 @@ impl Upstream {
                 self.record(None, Some(err.to_string()));
                 return Err(err);
             }
-            Ok(Err(source)) if refusal_in(&source).is_some() => {
-                // The resolver refused every address of the host.
-                metrics::upstream_request(&self.registry, method.as_str(), "refused");
-                let refusal = refusal_in(&source).cloned().unwrap_or(Refusal::Invalid {
-                    target: redact(url),
-                    reason: "refused".into(),
-                });
-                let err = UpstreamError::Refused {
-                    what: "connection",
-                    refusal,
-                };
-                self.record(None, Some(err.to_string()));
-                return Err(err);
-            }
             Ok(Err(source)) => {
+                if let Some(refusal) = refusal_in(&source) {
+                    // The resolver refused every address of the host (and
+                    // logged and counted it).
+                    metrics::upstream_request(&self.registry, method.as_str(), "refused");
+                    let err = UpstreamError::Refused {
+                        what: "connection",
+                        refusal: refusal.clone(),
+                    };
+                    self.record(None, Some(err.to_string()));
+                    return Err(err);
+                }
                 metrics::upstream_request(&self.registry, method.as_str(), "error");
                 let err = UpstreamError::Unreachable {
                     url: redact(url),
