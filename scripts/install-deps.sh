@@ -13,6 +13,8 @@ command -v podman >/dev/null || need+=(podman)
 command -v curl >/dev/null || need+=(curl)
 # The benchmark's hashing reference (bench/, issue 6).
 command -v openssl >/dev/null || need+=(openssl)
+# `ip netns` for the hostile-upstream test's network namespace (issue 12).
+[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -290,8 +290,14 @@ pub struct TokenResponse {
     /// The bearer token (OAuth2 spelling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
-    /// Lifetime in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Lifetime in seconds, as sent (any JSON number is accepted: negative
+    /// reads as 0, fractions are cut, too large reads as `u64::MAX`; anything
+    /// else as absent). Use [`TokenResponse::lifetime_secs`], which clamps it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_seconds"
+    )]
     pub expires_in: Option<u64>,
     /// RFC 3339 issue time, as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,10 +314,39 @@ impl TokenResponse {
             .find(|t| !t.is_empty())
     }
 
-    /// `expires_in`, defaulting to and at least 60 seconds, per the Docker token spec.
+    /// `expires_in`, defaulting to and at least 60 seconds, per the Docker token
+    /// spec, and at most [`MAX_TOKEN_LIFETIME_SECS`]: the number comes from an
+    /// upstream and ends up added to a clock.
     pub fn lifetime_secs(&self) -> u64 {
-        self.expires_in.unwrap_or(60).max(60)
+        self.expires_in
+            .unwrap_or(60)
+            .clamp(60, MAX_TOKEN_LIFETIME_SECS)
     }
+}
+
+/// The longest an upstream token is believed to live (one day).
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 60 * 60;
+
+/// `expires_in` from any JSON value without failing the whole response.
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let number = match &value {
+        serde_json::Value::Number(n) => n.clone(),
+        serde_json::Value::String(s) => match s.trim().parse::<serde_json::Number>() {
+            Ok(n) => n,
+            Err(_) => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(
+        match (number.as_u64(), number.as_i64(), number.as_f64()) {
+            (Some(n), _, _) => n,
+            (None, Some(_), _) => 0,
+            // Saturating float-to-int: negative → 0, NaN → 0, huge → u64::MAX.
+            (None, None, Some(f)) => f as u64,
+            (None, None, None) => u64::MAX,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -454,6 +489,24 @@ mod tests {
                 60,
             ),
             (r#"{"expires_in":3600,"extra":true}"#, None, 3600),
+            // Numbers from an upstream are clamped, never trusted (issue 12).
+            (
+                r#"{"token":"t","expires_in":18446744073709551615}"#,
+                Some("t"),
+                86400,
+            ),
+            (r#"{"token":"t","expires_in":1e300}"#, Some("t"), 86400),
+            (
+                r#"{"token":"t","expires_in":99999999999999999999999}"#,
+                Some("t"),
+                86400,
+            ),
+            (r#"{"token":"t","expires_in":-5}"#, Some("t"), 60),
+            (r#"{"token":"t","expires_in":300.7}"#, Some("t"), 300),
+            (r#"{"token":"t","expires_in":"600"}"#, Some("t"), 600),
+            (r#"{"token":"t","expires_in":"soon"}"#, Some("t"), 60),
+            (r#"{"token":"t","expires_in":null}"#, Some("t"), 60),
+            (r#"{"token":"t","expires_in":[1]}"#, Some("t"), 60),
         ];
         for (json, bearer, lifetime) in cases {
             let t: TokenResponse = serde_json::from_str(json).unwrap();

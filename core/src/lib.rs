@@ -12,6 +12,7 @@
 //! * [`rules`] — cache rules: downstream prefix → upstream registry, canonical names.
 //! * [`freshness`] — when a cached tag is fresh, and when stale may be served.
 //! * [`auth`] — the pure parts of the upstream token dance.
+//! * [`egress`] — where a rule's upstream traffic may go: redirects, resolved addresses, token realms.
 //! * [`urlencode`] — percent-encoding helpers.
 //! * [`sigv4`] — SigV4 query-string presigning of S3 object URLs (the edge's blob redirects).
 //! * [`token`] — Wharf's own registry bearer tokens (HS256 JWTs), challenges, `Authorization` parsing.
@@ -39,6 +40,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod digest;
+pub mod egress;
 pub mod error;
 pub mod freshness;
 pub mod keys;

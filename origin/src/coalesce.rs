@@ -9,10 +9,19 @@
 //! leader re-checks the store before going upstream to close the remaining
 //! window. A plain `std::sync::Mutex` is enough: it is never held across an
 //! `.await` (mini-redis `db.rs` makes the same choice).
+//!
+//! [`SharedFlights`] is the same for work whose result is small and cloned to
+//! every caller (manifests, tag revalidations): the work runs in a detached
+//! task and its entry is removed by a drop guard the task owns, so however
+//! the task ends — result, error, panic, abort — the next caller starts
+//! afresh instead of joining a dead flight (issue 12).
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 /// Concurrent work in progress, by key.
 pub struct Flights<K, V> {
@@ -72,6 +81,105 @@ impl<K: Eq + Hash + Clone, V> Flights<K, V> {
     }
 }
 
+/// What a caller of a failed flight gets when the work ended without a
+/// result (it panicked or was aborted).
+pub type Lost<E> = fn() -> E;
+
+type SharedResult<T, E> = Shared<BoxFuture<'static, Result<T, Arc<E>>>>;
+type SharedMap<K, T, E> = Mutex<HashMap<K, (u64, SharedResult<T, E>)>>;
+
+/// Detached work shared by every concurrent caller with the same key.
+pub struct SharedFlights<K, T, E> {
+    map: Arc<SharedMap<K, T, E>>,
+    next_id: AtomicU64,
+    lost: Lost<E>,
+}
+
+impl<K, T, E> SharedFlights<K, T, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// No flights; a flight whose work ends without a result fails with `lost()`.
+    pub fn new(lost: Lost<E>) -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(0),
+            lost,
+        }
+    }
+
+    /// Joins the flight for `key`, or runs `work` as a new one in a detached
+    /// task (it completes even if every caller goes away). Returns the
+    /// shared result and whether this caller started the flight.
+    pub fn run(
+        &self,
+        key: K,
+        work: impl Future<Output = Result<T, E>> + Send + 'static,
+    ) -> (
+        impl Future<Output = Result<T, Arc<E>>> + Send + 'static,
+        bool,
+    ) {
+        let (flight, task) = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, flight)) = map.get(&key) {
+                return (flight.clone(), false);
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let lost = self.lost;
+            let flight = async move { rx.await.unwrap_or_else(|_| Err(Arc::new(lost()))) }
+                .boxed()
+                .shared();
+            map.insert(key.clone(), (id, flight.clone()));
+            let guard = Remove {
+                map: self.map.clone(),
+                key,
+                id,
+            };
+            let task = async move {
+                let result = work.await.map_err(Arc::new);
+                // Out of the map before the result is out: a caller that
+                // comes after the result starts afresh.
+                drop(guard);
+                let _ = tx.send(result);
+            };
+            (flight, task)
+        };
+        // Spawned outside the lock: a task dropped at once (runtime shutting
+        // down) drops its guard, which takes the lock.
+        tokio::spawn(task);
+        (flight, true)
+    }
+
+    /// Number of flights in progress.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no flight is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Removes a flight's entry when its task ends, however it ends.
+struct Remove<K: Eq + Hash, T, E> {
+    map: Arc<SharedMap<K, T, E>>,
+    key: K,
+    id: u64,
+}
+
+impl<K: Eq + Hash, T, E> Drop for Remove<K, T, E> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +206,73 @@ mod tests {
         let (new, _) = flights.join_or_start(&"k", || Arc::new(2));
         flights.finish(&"k", &old);
         assert!(Arc::ptr_eq(&flights.get(&"k").unwrap(), &new));
+    }
+
+    fn shared() -> SharedFlights<&'static str, u32, String> {
+        SharedFlights::new(|| "the work ended without a result".to_owned())
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_run() {
+        let flights = shared();
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+        let (a, leader_a) = flights.run("k", async move {
+            let _ = gate_rx.await;
+            Ok(7)
+        });
+        let (b, leader_b) = flights.run("k", async { Ok(8) });
+        assert!(leader_a && !leader_b);
+        gate_tx.send(()).unwrap();
+        assert_eq!(a.await.unwrap(), 7);
+        assert_eq!(b.await.unwrap(), 7);
+        assert!(flights.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flight_is_removed_and_the_next_call_runs_afresh() {
+        let flights = shared();
+        let (first, _) = flights.run("k", async {
+            if true {
+                panic!("hostile input");
+            }
+            Ok(1)
+        });
+        let err = first.await.unwrap_err();
+        assert_eq!(*err, "the work ended without a result");
+        assert!(flights.is_empty(), "a dead flight stayed in the map");
+        let (second, leader) = flights.run("k", async { Ok(2) });
+        assert!(leader);
+        assert_eq!(second.await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flight_is_removed_and_the_next_call_runs_afresh() {
+        let flights = shared();
+        let (first, _) = flights.run("k", async { Err("upstream down".to_owned()) });
+        assert_eq!(*first.await.unwrap_err(), "upstream down");
+        assert!(flights.is_empty());
+        let (second, leader) = flights.run("k", async { Ok(3) });
+        assert!(leader);
+        assert_eq!(second.await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_aborted_runtime_leaves_no_entry() {
+        let flights = Arc::new(shared());
+        let f = flights.clone();
+        // A runtime that is dropped while the work is pending cancels the task.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (_flight, leader) = f.run("k", futures::future::pending());
+                assert!(leader);
+                tokio::task::yield_now().await;
+            });
+        })
+        .join()
+        .unwrap();
+        assert!(flights.is_empty(), "a cancelled flight stayed in the map");
     }
 }

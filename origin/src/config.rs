@@ -162,6 +162,8 @@ struct FileRule {
     private: bool,
     #[serde(default)]
     replicate: bool,
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
 }
 
 /// Where objects are kept.
@@ -188,6 +190,9 @@ pub struct Rule {
     pub private: bool,
     /// Copy what this rule hydrates to every peer region at once.
     pub replicate: bool,
+    /// Hosts the upstream may redirect to even on loopback or private
+    /// addresses (`cdn.example.net`, `*.cdn.example.net`, an address).
+    pub redirect_hosts: Vec<String>,
 }
 
 /// One other region whose store this origin reads (and replicates to).
@@ -417,6 +422,11 @@ impl Config {
                     r.prefix
                 ),
             };
+            for host in &r.redirect_hosts {
+                wharf_core::egress::HostPattern::parse(host).map_err(|e| {
+                    anyhow::anyhow!("rule {} ({}): redirect_hosts: {e}", i + 1, r.prefix)
+                })?;
+            }
             rules.push(Rule {
                 prefix: r.prefix,
                 upstream: r.upstream,
@@ -427,6 +437,7 @@ impl Config {
                 },
                 private: r.private,
                 replicate: r.replicate,
+                redirect_hosts: r.redirect_hosts,
             });
         }
         for flag in &cli.rules {
@@ -443,6 +454,7 @@ impl Config {
                 },
                 private: false,
                 replicate: false,
+                redirect_hosts: Vec::new(),
             };
             // A flag overrides the file's rule with the same prefix, keeping
             // that rule's credentials.
@@ -697,6 +709,16 @@ mod tests {
     }
 
     #[test]
+    fn rules_take_a_redirect_allow_list() {
+        let c = load(
+            &["--listen", "127.0.0.1:5000", "--data", "/tmp/w"],
+            "[[rule]]\nprefix = \"corp\"\nupstream = \"https://registry.corp\"\nredirect_hosts = [\"cdn.corp\", \"*.cloudfront.net\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.rules[0].redirect_hosts, ["cdn.corp", "*.cloudfront.net"]);
+    }
+
+    #[test]
     fn invalid_configs_say_what_to_fix() {
         let cases: &[(&[&str], &str, &str)] = &[
             (
@@ -761,6 +783,11 @@ mod tests {
                 &["--listen", "127.0.0.1:1", "--data", "/d"],
                 "[[rule]]\nprefix = \"p\"\nupstream = \"http://x\"\nusername = \"u\"\npassword_env = \"NOPE\"\n",
                 "NOPE, which is not set",
+            ),
+            (
+                &["--listen", "127.0.0.1:1", "--data", "/d"],
+                "[[rule]]\nprefix = \"p\"\nupstream = \"https://x\"\nredirect_hosts = [\"https://cdn/\"]\n",
+                "redirect_hosts: `https://cdn/` is not a host name",
             ),
         ];
         for (args, file, want) in cases {

@@ -374,7 +374,14 @@ impl Blobs {
         let registry = request.upstream.registry().to_owned();
         let started = Instant::now();
         metrics::hydrations_in_flight(1.0);
-        let outcome = self.fetch_and_spool(&request, &hydration, &tx).await;
+        // Ends the flight when this function ends in any way, a panic included.
+        let guard = LeaderGuard {
+            flights: &self.flights,
+            hydration: hydration.clone(),
+            tx,
+        };
+        let tx = &guard.tx;
+        let outcome = self.fetch_and_spool(&request, &hydration, tx).await;
         let committed = match outcome {
             Ok(Some(uploader)) => match uploader.await {
                 Ok(Ok(())) => {
@@ -421,7 +428,7 @@ impl Blobs {
             started.elapsed().as_secs_f64(),
         );
         metrics::hydrations_in_flight(-1.0);
-        self.flights.finish(&request.digest, &hydration);
+        drop(guard);
     }
 
     /// Returns the uploader to wait for on success (`None` when the store
@@ -640,6 +647,35 @@ impl Blobs {
             self.cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
         }
+    }
+}
+
+/// Owned by a flight's leader: when the leader ends, however it ends (a
+/// panic or an abort included), the flight leaves [`Flights`] and, if it had
+/// not reached an outcome, is marked failed, so followers stop waiting and the
+/// next request for the digest starts afresh instead of joining a dead
+/// flight forever (issue 12).
+struct LeaderGuard<'a> {
+    flights: &'a Flights<Digest, Hydration>,
+    hydration: Arc<Hydration>,
+    tx: watch::Sender<Progress>,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        let done = matches!(
+            self.tx.borrow().phase,
+            Phase::Verified | Phase::InStore(_) | Phase::Failed(_)
+        );
+        if !done {
+            let err = Arc::new(Error::Store(StoreError {
+                op: "Hydrate",
+                key: store::blob_key(&self.hydration.digest),
+                message: "the download ended without a result; retry".into(),
+            }));
+            self.tx.send_modify(|p| p.phase = Phase::Failed(err));
+        }
+        self.flights.finish(&self.hydration.digest, &self.hydration);
     }
 }
 
@@ -972,6 +1008,40 @@ mod tests {
         assert!(w.slice(6 * size as u64 - 1, 1).is_none());
         assert_eq!(w.slice(6 * size as u64, 1).unwrap(), chunk(6, 1));
         assert_eq!(w.slice(10 * size as u64 - 1, 5).unwrap(), chunk(9, 1));
+    }
+
+    #[test]
+    fn a_leader_that_panics_ends_its_flight() {
+        let flights: Flights<Digest, Hydration> = Flights::default();
+        let digest = Digest::sha256_of(b"x");
+        let (tx, rx) = watch::channel(Progress {
+            written: 0,
+            total: None,
+            phase: Phase::Streaming,
+        });
+        let (hydration, leader) = flights.join_or_start(&digest, || {
+            Arc::new(Hydration {
+                digest: digest.clone(),
+                spool: std::env::temp_dir().join(format!("wharf-test-{}", uuid::Uuid::new_v4())),
+                progress: rx,
+                window: Default::default(),
+            })
+        });
+        assert!(leader);
+        let follower = hydration.progress.clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = LeaderGuard {
+                flights: &flights,
+                hydration: hydration.clone(),
+                tx,
+            };
+            panic!("hostile upstream");
+        }));
+        assert!(panicked.is_err());
+        assert!(flights.is_empty(), "a dead flight stayed in the map");
+        assert!(matches!(follower.borrow().phase, Phase::Failed(_)));
+        let (_, leader) = flights.join_or_start(&digest, || hydration.clone());
+        assert!(leader, "the next request starts afresh");
     }
 
     #[test]

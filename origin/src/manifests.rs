@@ -21,9 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -32,11 +30,14 @@ use wharf_core::{
     Digest, Freshness, FreshnessPolicy, MediaType, OnUpstreamError, RepositoryName, Tag,
 };
 
+use crate::coalesce::SharedFlights;
 use crate::error::Error;
 use crate::links::{Kind, Links};
 use crate::metrics;
 use crate::replicate::Replicator;
 use crate::store::{self, Store};
+/// Reads a bounded upstream body (also used for tag lists and referrers).
+pub use crate::upstream::read_limited;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Largest manifest accepted from an upstream (Distribution's limit).
@@ -105,15 +106,22 @@ pub struct ManifestRequest {
     pub replicate: bool,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<(Manifest, CacheStatus), Arc<Error>>>>;
-
 /// The manifest cache of this process.
 pub struct Manifests {
     store: Store,
     links: Arc<Links>,
     replicator: Option<Replicator>,
     tags: Mutex<HashMap<String, TagRecord>>,
-    flights: Mutex<HashMap<String, Flight>>,
+    flights: SharedFlights<String, (Manifest, CacheStatus), Error>,
+}
+
+/// The error of a manifest flight whose task ended without a result.
+fn lost_flight() -> Error {
+    Error::Store(store::StoreError {
+        op: "Manifest",
+        key: String::new(),
+        message: "the manifest task failed; retry".into(),
+    })
 }
 
 fn now_ms() -> u64 {
@@ -131,7 +139,7 @@ impl Manifests {
             links,
             replicator,
             tags: Mutex::new(HashMap::new()),
-            flights: Mutex::new(HashMap::new()),
+            flights: SharedFlights::new(lost_flight),
         }
     }
 
@@ -202,46 +210,17 @@ impl Manifests {
     }
 
     /// Runs `work` once per `key` at a time, in a detached task so that it
-    /// completes even if every waiting client goes away.
+    /// completes even if every waiting client goes away; however the task
+    /// ends (a panic included), its entry goes and the next call runs afresh.
     async fn single(
         self: &Arc<Self>,
         key: String,
         work: impl Future<Output = Result<(Manifest, CacheStatus), Error>> + Send + 'static,
     ) -> Result<(Manifest, CacheStatus), Arc<Error>> {
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            match flights.get(&key) {
-                Some(flight) => {
-                    metrics::coalesced("manifest");
-                    flight.clone()
-                }
-                None => {
-                    let this = self.clone();
-                    let k = key.clone();
-                    let task = tokio::spawn(async move {
-                        let result = work.await.map_err(Arc::new);
-                        this.flights
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&k);
-                        result
-                    });
-                    let flight = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(Arc::new(Error::Store(store::StoreError {
-                                op: "Manifest",
-                                key: String::new(),
-                                message: format!("manifest task failed: {e}"),
-                            })))
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    flights.insert(key, flight.clone());
-                    flight
-                }
-            }
-        };
+        let (flight, leader) = self.flights.run(key, work);
+        if !leader {
+            metrics::coalesced("manifest");
+        }
         flight.await
     }
 
@@ -519,28 +498,4 @@ fn accept() -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
     headers
-}
-
-/// Reads a response body of at most `limit` bytes.
-pub async fn read_limited(
-    response: reqwest::Response,
-    limit: usize,
-) -> Result<Bytes, UpstreamError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(UpstreamError::Body(format!(
-            "larger than the {limit}-byte limit"
-        )));
-    }
-    let mut body = BytesMut::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| UpstreamError::Body(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(UpstreamError::Body(format!(
-                "larger than the {limit}-byte limit"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }

@@ -119,6 +119,16 @@ pub fn upstream_token_request(registry: &str, status: &str) {
         .increment(1);
 }
 
+/// Redirects, token realms and resolved addresses an upstream pointed at and
+/// the rule's egress policy refused, by `registry` and `reason` (scheme,
+/// address, credentials, invalid).
+pub const UPSTREAM_REFUSED: &str = "wharf_upstream_refused_total";
+
+/// Counts one refused upstream target.
+pub fn upstream_refused(registry: &str, reason: &'static str) {
+    counter!(UPSTREAM_REFUSED, "registry" => registry.to_owned(), "reason" => reason).increment(1);
+}
+
 /// Lookups of a blob or manifest in a peer region's store, by `region` and
 /// `result` (hit, miss, error).
 pub const PEER_FETCHES: &str = "wharf_peer_fetches_total";

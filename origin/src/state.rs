@@ -136,6 +136,7 @@ impl AppState {
                 &rule.upstream,
                 rule.credentials.clone(),
                 config.upstream_timeouts,
+                &rule.redirect_hosts,
             )
             .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?;
             runtimes.push(RuleRuntime {

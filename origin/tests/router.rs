@@ -34,6 +34,7 @@ fn state(spool: &std::path::Path) -> AppState {
             freshness: Default::default(),
             private: false,
             replicate: false,
+            redirect_hosts: Vec::new(),
         }],
         upstream_timeouts: Timeouts {
             connect: Duration::from_secs(1),

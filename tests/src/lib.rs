@@ -16,6 +16,8 @@
 //!   the test's directory, plus a verifying plain-HTTP puller for herd tests.
 //! * [`process`] — child processes that die with the test, however it ends.
 //! * [`probes`] — access-control probes that report every leak at once.
+//! * [`hostile`] — a hostile upstream (redirects to loopback, huge bodies,
+//!   absurd numbers), optionally inside a network namespace of its own.
 //! * [`Stack`] — upstream + origin with one rule, the common case.
 //!
 //! # Decisions
@@ -34,6 +36,7 @@ pub mod clients;
 pub mod edge;
 pub mod garage;
 pub mod geo;
+pub mod hostile;
 pub mod images;
 pub mod origin;
 pub mod probes;

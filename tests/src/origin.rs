@@ -230,6 +230,11 @@ impl Origin {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().and_then(|d| d.pid())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data

@@ -99,7 +99,11 @@ impl TokenCache {
     /// lifetime, at least 5 s) so that it never expires in flight.
     pub fn put(&self, scope: &str, token: String, lifetime: Duration, now: Instant) {
         let margin = (lifetime / 10).max(Duration::from_secs(5));
-        let expires = now + lifetime.saturating_sub(margin);
+        // `lifetime` is clamped by the caller, but an `Instant` overflow
+        // panics: never add an upstream's number to a clock unchecked.
+        let Some(expires) = now.checked_add(lifetime.saturating_sub(margin)) else {
+            return;
+        };
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         // Bound the cache: one entry per repository pulled, dropped when stale.
         if tokens.len() > 4096 {
@@ -137,6 +141,16 @@ mod tests {
             None
         );
         assert_eq!(cache.token("repository:b:pull", now), None);
+    }
+
+    #[test]
+    fn absurd_lifetimes_do_not_overflow_the_clock() {
+        let cache = TokenCache::default();
+        let now = Instant::now();
+        cache.put("s", "t".into(), Duration::from_secs(u64::MAX), now);
+        cache.put("s", "t".into(), Duration::MAX, now);
+        // Not cached (it could not be dated), and no panic.
+        assert_eq!(cache.token("s", now), None);
     }
 
     #[test]

@@ -6,19 +6,36 @@
 //! never be forwarded to another origin, so `Authorization` is only re-sent
 //! when the redirect stays on the same scheme, host and port.
 //!
+//! What an upstream says is not trusted (issue 12). Every redirect target and
+//! token realm goes through the rule's [`EgressPolicy`] (scheme, address
+//! class, allow-list) before it is requested, and every host name is
+//! resolved by [`GuardedResolver`], which drops the addresses the policy
+//! refuses, so a name that resolves (or rebinds) to loopback or the private
+//! network is refused as well. A refusal is an [`UpstreamError::Refused`],
+//! logged and counted in `wharf_upstream_refused_total`. Bodies read into
+//! memory are bounded ([`read_limited`], error bodies to
+//! [`MAX_ERROR_BODY_BYTES`], token answers to [`MAX_TOKEN_BODY_BYTES`]) in
+//! size and in time ([`SMALL_BODY_DEADLINE`]), and numbers (`expires_in`,
+//! `Retry-After`) are clamped before they touch a clock.
+//!
 //! A `429` records a "blocked until" instant from `Retry-After`; until then
 //! requests fail fast with [`UpstreamError::RateLimited`] without spending
 //! more of the upstream's budget, and callers fall back to stale content.
 
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use wharf_core::RepositoryName;
 use wharf_core::auth::{
     Challenge, TokenResponse, parse_www_authenticate, pull_scope, token_request_query,
 };
+use wharf_core::egress::{Classes, EgressPolicy, Refusal, classify};
 
 use super::auth::{BearerRealm, Credentials, Scheme, TokenCache};
 use crate::metrics;
@@ -78,6 +95,14 @@ pub enum UpstreamError {
     /// The response body broke off or stalled.
     #[error("response body failed: {0}")]
     Body(String),
+    /// The upstream pointed somewhere the rule's egress policy forbids.
+    #[error("refused {what}: {refusal}")]
+    Refused {
+        /// What was refused: "redirect", "token realm", "connection".
+        what: &'static str,
+        /// Why.
+        refusal: Refusal,
+    },
 }
 
 impl UpstreamError {
@@ -127,11 +152,24 @@ pub struct UpstreamHealth {
     pub ratelimit_remaining: Option<u64>,
 }
 
+/// Error bodies (4xx/5xx) are read up to this many bytes, for the message;
+/// the rest is never read (the connection is dropped).
+pub const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+/// Largest token-server answer accepted.
+pub const MAX_TOKEN_BODY_BYTES: usize = 1 << 20;
+/// Longest time spent reading a bounded body (error, token, manifest, tag
+/// list, referrers), however slowly it trickles in.
+pub const SMALL_BODY_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A client for one upstream registry (one cache rule).
 pub struct Upstream {
     registry: String,
     base: Url,
     http: reqwest::Client,
+    egress: Arc<EgressPolicy>,
+    /// The address classes the upstream is in ([`Classes`] bits): its
+    /// literal, then whatever its host name resolved to.
+    learned: Arc<AtomicU8>,
     credentials: Option<Credentials>,
     tokens: TokenCache,
     blocked_until: Mutex<Option<Instant>>,
@@ -143,16 +181,29 @@ const MAX_REDIRECTS: usize = 5;
 
 impl Upstream {
     /// A client for the registry at `base` (e.g. `https://registry-1.docker.io`),
-    /// labelled `registry` in metrics and logs.
+    /// labelled `registry` in metrics and logs; redirects may also go to
+    /// `redirect_hosts` (the rule's allow-list) wherever they resolve.
     pub fn new(
         registry: &str,
         base: &str,
         credentials: Option<Credentials>,
         timeouts: Timeouts,
+        redirect_hosts: &[String],
     ) -> anyhow::Result<Self> {
         let base = Url::parse(base)?;
+        let egress = Arc::new(
+            EgressPolicy::new(base.as_str(), redirect_hosts).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let learned = Arc::new(AtomicU8::new(egress.upstream_classes().bits()));
+        let resolver = GuardedResolver {
+            registry: registry.to_owned(),
+            egress: egress.clone(),
+            learned: learned.clone(),
+            trusted: proxy_hosts(),
+        };
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(resolver))
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.idle_read)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -162,6 +213,8 @@ impl Upstream {
             registry: registry.to_owned(),
             base,
             http,
+            egress,
+            learned,
             credentials,
             tokens: TokenCache::default(),
             blocked_until: Mutex::new(None),
@@ -245,6 +298,11 @@ impl Upstream {
                 url = url.join(location).map_err(|e| {
                     UpstreamError::Redirect(format!("bad Location {location:?}: {e}"))
                 })?;
+                // The URL as the HTTP client will use it (hosts normalised:
+                // `0x7f.1` is already 127.0.0.1 here).
+                self.egress
+                    .check_redirect(url.as_str(), self.learned())
+                    .map_err(|refusal| self.refused("redirect", refusal))?;
                 continue;
             }
             if status == StatusCode::UNAUTHORIZED && same_origin && !retried_auth {
@@ -296,6 +354,17 @@ impl Upstream {
                 return Err(err);
             }
             Ok(Err(source)) => {
+                if let Some(refusal) = refusal_in(&source) {
+                    // The resolver refused every address of the host (and
+                    // logged and counted it).
+                    metrics::upstream_request(&self.registry, method.as_str(), "refused");
+                    let err = UpstreamError::Refused {
+                        what: "connection",
+                        refusal: refusal.clone(),
+                    };
+                    self.record(None, Some(err.to_string()));
+                    return Err(err);
+                }
                 metrics::upstream_request(&self.registry, method.as_str(), "error");
                 let err = UpstreamError::Unreachable {
                     url: redact(url),
@@ -332,7 +401,9 @@ impl Upstream {
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(parse_retry_after);
-        let body = response.bytes().await.unwrap_or_default();
+        // Only the start of an error body is read: a hostile or broken
+        // upstream may send gigabytes; dropping the rest drops the connection.
+        let body = read_prefix(response, MAX_ERROR_BODY_BYTES).await;
         let message = wharf_core::error::parse_error_body(&body)
             .map(|(code, message)| format!("{code}: {message}"))
             .unwrap_or_else(|| {
@@ -342,7 +413,7 @@ impl Upstream {
             });
         let err = match status {
             StatusCode::TOO_MANY_REQUESTS => {
-                let secs = retry_after.unwrap_or(60).min(3600);
+                let secs = rate_limit_secs(retry_after);
                 *self.blocked_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Instant::now() + Duration::from_secs(secs));
                 UpstreamError::RateLimited { retry_after: secs }
@@ -433,6 +504,15 @@ impl Upstream {
         };
         let mut url =
             Url::parse(&realm.realm).map_err(|e| token_error(format!("bad realm: {e}")))?;
+        // The realm is named by the upstream: checked like a redirect, and
+        // the rule's credentials go only where the policy says they may.
+        let check = self
+            .egress
+            .check_realm(url.as_str(), self.learned())
+            .map_err(|refusal| self.refused("token realm", refusal))?;
+        if self.credentials.is_some() && !check.credentials {
+            return Err(self.refused("token realm", check.credentials_refusal()));
+        }
         url.set_query(Some(&token_request_query(realm.service.as_deref(), scope)));
         let mut request = self.http.get(url.clone());
         if let Some(credentials) = &self.credentials {
@@ -441,14 +521,18 @@ impl Upstream {
         let response = tokio::time::timeout(self.timeouts.response, request.send())
             .await
             .map_err(|_| token_error(format!("no answer within {:?}", self.timeouts.response)))?
-            .map_err(|e| token_error(e.to_string()))?;
+            .map_err(|e| match refusal_in(&e) {
+                // Logged and counted by the resolver already.
+                Some(refusal) => UpstreamError::Refused {
+                    what: "token realm",
+                    refusal: refusal.clone(),
+                },
+                None => token_error(root_cause(&e)),
+            })?;
         let status = response.status();
         metrics::upstream_token_request(&self.registry, status.as_str());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| token_error(e.to_string()))?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let body = read_prefix(response, MAX_ERROR_BODY_BYTES).await;
             let message = wharf_core::error::parse_error_body(&body)
                 .map(|(code, message)| format!("{code}: {message}"))
                 .unwrap_or_else(|| format!("token server answered {status}"));
@@ -460,13 +544,29 @@ impl Upstream {
         if !status.is_success() {
             return Err(token_error(format!("answered {status}")));
         }
+        let body = read_limited(response, MAX_TOKEN_BODY_BYTES)
+            .await
+            .map_err(|e| token_error(e.to_string()))?;
         let parsed: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| token_error(format!("bad token JSON: {e}")))?;
         let token = parsed
             .bearer()
             .ok_or_else(|| token_error("response has no token".into()))?
             .to_owned();
+        // Clamped in the core to [60 s, 1 day]: `expires_in` may be 2^64 − 1.
         Ok((token, Duration::from_secs(parsed.lifetime_secs())))
+    }
+
+    /// What is known of the upstream's address classes.
+    fn learned(&self) -> Classes {
+        Classes::from_bits(self.learned.load(Ordering::Relaxed))
+    }
+
+    /// Logs and counts a refusal, and turns it into the request's error.
+    fn refused(&self, what: &'static str, refusal: Refusal) -> UpstreamError {
+        metrics::upstream_refused(&self.registry, refusal.reason());
+        tracing::warn!(registry = %self.registry, what, %refusal, "upstream pointed somewhere the rule does not allow; refused");
+        UpstreamError::Refused { what, refusal }
     }
 
     fn record(&self, status: Option<u16>, error: Option<String>) {
@@ -512,6 +612,164 @@ fn redact(url: &Url) -> String {
     let mut url = url.clone();
     url.set_query(None);
     url.to_string()
+}
+
+/// The egress refusal somewhere in an HTTP client error's chain (put there
+/// by [`GuardedResolver`]).
+fn refusal_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refusal> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(refused) = e.downcast_ref::<ResolveRefused>() {
+            return Some(&refused.0);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Reads a response body of at most `limit` bytes, within
+/// [`SMALL_BODY_DEADLINE`]; a longer one is an error (an announced length
+/// over the limit is refused before any byte is read) and is never buffered
+/// past the limit.
+pub async fn read_limited(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
+    let too_large = || UpstreamError::Body(format!("larger than the {limit}-byte limit"));
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut body = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| UpstreamError::Body(root_cause(&e)))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(SMALL_BODY_DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Body(format!(
+                "not complete within {SMALL_BODY_DEADLINE:?}"
+            )))
+        })
+}
+
+/// The first `limit` bytes of a body (all of it when shorter), read within
+/// [`SMALL_BODY_DEADLINE`]; errors end the read with what arrived.
+async fn read_prefix(response: reqwest::Response, limit: usize) -> Bytes {
+    let mut body = BytesMut::new();
+    let read = async {
+        let mut stream = response.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let room = limit - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(SMALL_BODY_DEADLINE, read).await;
+    body.freeze()
+}
+
+/// The hosts of the proxies the HTTP client takes from the environment:
+/// operator-configured, so resolved without the egress check.
+fn proxy_hosts() -> Vec<String> {
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .iter()
+    .filter_map(|var| std::env::var(var).ok())
+    .filter_map(|v| Url::parse(&v).ok())
+    .filter_map(|u| u.host_str().map(str::to_owned))
+    .collect()
+}
+
+/// A resolver refusal, carried through the HTTP client's error chain.
+#[derive(Debug)]
+struct ResolveRefused(Refusal);
+
+impl std::fmt::Display for ResolveRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ResolveRefused {}
+
+/// The DNS resolver of one upstream's HTTP client: resolves with the
+/// system resolver, then keeps only the addresses the rule's
+/// [`EgressPolicy`] allows for that host. The connection is made to one of
+/// the addresses checked here, so DNS rebinding between a check and the
+/// connect cannot happen. Resolving the upstream's own host name teaches
+/// the policy which classes the upstream is in.
+struct GuardedResolver {
+    registry: String,
+    egress: Arc<EgressPolicy>,
+    learned: Arc<AtomicU8>,
+    trusted: Vec<String>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let egress = self.egress.clone();
+        let learned = self.learned.clone();
+        let trusted = self.trusted.iter().any(|t| t.eq_ignore_ascii_case(&host));
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if trusted {
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
+            if egress.is_upstream_host(&host) {
+                let classes = addrs
+                    .iter()
+                    .fold(Classes::EMPTY, |c, a| c.with(classify(a.ip())));
+                learned.fetch_or(classes.bits(), Ordering::Relaxed);
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
+            let known = Classes::from_bits(learned.load(Ordering::Relaxed));
+            let mut refusal = None;
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| match egress.check_address(&host, a.ip(), known) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        refusal.get_or_insert(r);
+                        false
+                    }
+                })
+                .collect();
+            match (allowed.is_empty(), refusal) {
+                (true, Some(refusal)) => {
+                    metrics::upstream_refused(&registry, refusal.reason());
+                    tracing::warn!(registry, host, %refusal, "host resolves only to addresses the rule does not allow; refused");
+                    Err(Box::new(ResolveRefused(refusal))
+                        as Box<dyn std::error::Error + Send + Sync>)
+                }
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// How long a `429` blocks requests: `Retry-After` (default a minute),
+/// clamped to an hour, since the number is the upstream's.
+fn rate_limit_secs(retry_after: Option<u64>) -> u64 {
+    retry_after.unwrap_or(60).min(3600)
 }
 
 fn parse_retry_after(value: &HeaderValue) -> Option<u64> {
@@ -569,6 +827,17 @@ mod tests {
             Some(0)
         );
         assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+        // Hostile values parse without panicking and are clamped to an hour.
+        for v in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "-1",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            let secs = rate_limit_secs(parse_retry_after(&HeaderValue::from_static(v)));
+            assert!(secs <= 3600, "{v}");
+            let _ = Instant::now() + Duration::from_secs(secs);
+        }
     }
 
     #[test]
@@ -579,6 +848,51 @@ mod tests {
             HeaderValue::from_static("76;w=21600"),
         );
         assert_eq!(ratelimit_remaining(&h), Some(76));
+    }
+
+    fn resolver(upstream: &str, allow: &[&str]) -> GuardedResolver {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        let egress = Arc::new(EgressPolicy::new(upstream, &allow).unwrap());
+        GuardedResolver {
+            registry: "test".into(),
+            learned: Arc::new(AtomicU8::new(egress.upstream_classes().bits())),
+            egress,
+            trusted: Vec::new(),
+        }
+    }
+
+    async fn resolve(r: &GuardedResolver, host: &str) -> Result<Vec<SocketAddr>, String> {
+        use reqwest::dns::Resolve;
+        match r.resolve(host.parse().unwrap()).await {
+            Ok(addrs) => Ok(addrs.collect()),
+            Err(e) => Err(refusal_in(&*e).map_or_else(|| e.to_string(), |r| r.to_string())),
+        }
+    }
+
+    // `localhost` comes from /etc/hosts: no traffic, no DNS server needed.
+    #[tokio::test]
+    async fn names_resolving_to_loopback_are_refused_unless_the_upstream_is_there() {
+        let err = resolve(&resolver("https://registry.example", &[]), "localhost")
+            .await
+            .unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        let ok = resolve(&resolver("http://127.0.0.1:5000", &[]), "localhost").await;
+        assert!(ok.is_ok_and(|a| !a.is_empty()));
+        let ok = resolve(
+            &resolver("https://registry.example", &["localhost"]),
+            "localhost",
+        )
+        .await;
+        assert!(ok.is_ok_and(|a| !a.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn the_upstream_host_is_trusted_and_teaches_its_classes() {
+        let r = resolver("http://localhost:5000", &[]);
+        r.learned.store(0, Ordering::Relaxed);
+        assert!(resolve(&r, "localhost").await.is_ok());
+        let learned = Classes::from_bits(r.learned.load(Ordering::Relaxed));
+        assert!(learned.contains(wharf_core::egress::AddressClass::Loopback));
     }
 
     #[test]
