@@ -1022,6 +1022,7 @@ mod tests {
         let (hydration, leader) = flights.join_or_start(&digest, || {
             Arc::new(Hydration {
                 digest: digest.clone(),
+                canonical: RepositoryName::parse("up/app").unwrap(),
                 spool: std::env::temp_dir().join(format!("wharf-test-{}", uuid::Uuid::new_v4())),
                 progress: rx,
                 window: Default::default(),
