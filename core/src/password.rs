@@ -115,10 +115,14 @@ impl StoredPassword {
         let (Some(iterations), Some(salt), Some(hash), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(PasswordError::Malformed("expected four `$`-separated fields"));
+            return Err(PasswordError::Malformed(
+                "expected four `$`-separated fields",
+            ));
         };
         if iterations.is_empty() || !iterations.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(PasswordError::Malformed("the iteration count is not a number"));
+            return Err(PasswordError::Malformed(
+                "the iteration count is not a number",
+            ));
         }
         let n: u64 = iterations
             .parse()
@@ -215,7 +219,10 @@ mod tests {
         let salt = STANDARD_NO_PAD.encode([1u8; 16]);
         let cases: &[(String, PasswordError)] = &[
             ("hunter2".into(), PasswordError::Retired),
-            (format!("sha256:{}", "ab".repeat(32)), PasswordError::Retired),
+            (
+                format!("sha256:{}", "ab".repeat(32)),
+                PasswordError::Retired,
+            ),
             ("".into(), PasswordError::Retired),
             (
                 format!("{ALGORITHM}$100000${salt}"),

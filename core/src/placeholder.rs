@@ -50,7 +50,12 @@ mod tests {
         for p in PLACEHOLDERS {
             assert!(is_placeholder(p), "{p}");
         }
-        for v in [" REPLACE-ME ", "replace-me-2", "ChangeMe123", "REPLACE_ME_TOO"] {
+        for v in [
+            " REPLACE-ME ",
+            "replace-me-2",
+            "ChangeMe123",
+            "REPLACE_ME_TOO",
+        ] {
             assert!(is_placeholder(v), "{v}");
         }
         for v in [

@@ -86,8 +86,7 @@ impl ThrottlePolicy {
         };
         let doublings = (over - 1).min(63);
         self.base_delay_ms
-            .checked_mul(1u64 << doublings)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << doublings)
             .min(self.max_delay_ms)
     }
 
@@ -174,20 +173,47 @@ mod tests {
             (&[], Verdict::Allow),
             (&[None, None], Verdict::Allow),
             (&[f(3, now)], Verdict::Allow),
-            (&[f(4, now)], Verdict::Delay { retry_after_secs: 1 }),
+            (
+                &[f(4, now)],
+                Verdict::Delay {
+                    retry_after_secs: 1,
+                },
+            ),
             (&[f(4, now - 1_000)], Verdict::Allow),
-            (&[f(6, now - 1_500)], Verdict::Delay { retry_after_secs: 3 }),
-            (&[f(6, now - 3_999)], Verdict::Delay { retry_after_secs: 1 }),
+            (
+                &[f(6, now - 1_500)],
+                Verdict::Delay {
+                    retry_after_secs: 3,
+                },
+            ),
+            (
+                &[f(6, now - 3_999)],
+                Verdict::Delay {
+                    retry_after_secs: 1,
+                },
+            ),
             // The stricter key wins.
             (
                 &[f(4, now), f(8, now - 10_000)],
-                Verdict::Delay { retry_after_secs: 6 },
+                Verdict::Delay {
+                    retry_after_secs: 6,
+                },
             ),
-            (&[f(40, now)], Verdict::Delay { retry_after_secs: 60 }),
+            (
+                &[f(40, now)],
+                Verdict::Delay {
+                    retry_after_secs: 60,
+                },
+            ),
             // Forgotten after the window of silence.
             (&[f(40, now - 600_000)], Verdict::Allow),
             // A failure "in the future" (skew) counts as now.
-            (&[f(4, now + 50_000)], Verdict::Delay { retry_after_secs: 1 }),
+            (
+                &[f(4, now + 50_000)],
+                Verdict::Delay {
+                    retry_after_secs: 1,
+                },
+            ),
         ];
         for (records, want) in cases {
             assert_eq!(check(&P, records, now), *want, "{records:?}");
@@ -197,11 +223,29 @@ mod tests {
     #[test]
     fn recording_counts_within_the_window_and_restarts_after_it() {
         let r = Failures::record(None, &P, 1_000);
-        assert_eq!(r, Failures { count: 1, last_ms: 1_000 });
+        assert_eq!(
+            r,
+            Failures {
+                count: 1,
+                last_ms: 1_000
+            }
+        );
         let r = Failures::record(Some(r), &P, 2_000);
-        assert_eq!(r, Failures { count: 2, last_ms: 2_000 });
+        assert_eq!(
+            r,
+            Failures {
+                count: 2,
+                last_ms: 2_000
+            }
+        );
         let r = Failures::record(Some(r), &P, 2_000 + 600_000);
-        assert_eq!(r, Failures { count: 1, last_ms: 602_000 });
+        assert_eq!(
+            r,
+            Failures {
+                count: 1,
+                last_ms: 602_000
+            }
+        );
         let r = Failures::record(f(u32::MAX, 5), &P, 6);
         assert_eq!(r.count, u32::MAX);
         assert_eq!(Failures::keep_secs(&P), 600);

@@ -793,7 +793,10 @@ async fn the_read_only_key_reads_objects_and_may_not_write_delete_or_list() {
     let ro = client(&srv.s3.endpoint(), RO_AK, RO_SK);
 
     assert_eq!(get(&ro, "blobs/sha256:ro", None).await, body);
-    assert_eq!(get(&ro, "blobs/sha256:ro", Some("bytes=1-2")).await, &body[1..3]);
+    assert_eq!(
+        get(&ro, "blobs/sha256:ro", Some("bytes=1-2")).await,
+        &body[1..3]
+    );
     let head = ro
         .head_object()
         .bucket(BUCKET)
@@ -906,7 +909,10 @@ async fn the_read_only_key_reads_objects_and_may_not_write_delete_or_list() {
         "ListObjectsV2",
         ro.list_objects_v2().bucket(BUCKET).send().await,
     );
-    denied("CreateBucket", ro.create_bucket().bucket("evil").send().await);
+    denied(
+        "CreateBucket",
+        ro.create_bucket().bucket("evil").send().await,
+    );
     // A presigned PUT with the read-only key is refused too.
     let url = ro
         .put_object()
@@ -980,16 +986,26 @@ async fn slow_and_idle_connections_are_cut_after_the_header_read_timeout() {
     }
 
     // Half a request line.
-    let mut half = tokio::net::TcpStream::connect(s3.local_addr()).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(s3.local_addr())
+        .await
+        .unwrap();
     half.write_all(b"GET /blobs/k HT").await.unwrap();
     // Nothing at all.
-    let mut silent = tokio::net::TcpStream::connect(s3.local_addr()).await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(s3.local_addr())
+        .await
+        .unwrap();
     // One complete request, then idle on the kept-alive connection.
-    let mut idle = tokio::net::TcpStream::connect(s3.local_addr()).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(s3.local_addr())
+        .await
+        .unwrap();
     idle.write_all(b"GET /blobs/k HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    for (name, conn) in [("half", &mut half), ("silent", &mut silent), ("idle", &mut idle)] {
+    for (name, conn) in [
+        ("half", &mut half),
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+    ] {
         let (took, got) = closed_after(conn).await;
         assert!(
             took <= timeout + Duration::from_secs(3),

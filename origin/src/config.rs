@@ -19,8 +19,8 @@ use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
-use wharf_embedded_s3::KeyPair;
 use crate::upstream::{Credentials, Timeouts};
+use wharf_embedded_s3::KeyPair;
 
 /// Command-line flags. Each also reads an environment variable.
 #[derive(Parser, Debug, Default)]
@@ -355,8 +355,12 @@ impl Config {
             ),
             (Some(dir), None) => {
                 let embedded = file.embedded.unwrap_or_default();
-                let read_only = match (embedded.read_only_access_key, embedded.read_only_secret_key) {
-                    (Some(access_key), Some(secret_key)) => Some(KeyPair { access_key, secret_key }),
+                let read_only = match (embedded.read_only_access_key, embedded.read_only_secret_key)
+                {
+                    (Some(access_key), Some(secret_key)) => Some(KeyPair {
+                        access_key,
+                        secret_key,
+                    }),
                     (None, None) => None,
                     _ => anyhow::bail!(
                         "embedded.read_only_access_key and embedded.read_only_secret_key go together: set both (the edge presigns with them) or neither"
@@ -603,8 +607,14 @@ impl Config {
                     let secret_key = key("WHARF_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY").ok_or_else(|| {
                         anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)", r.name)
                     })?;
-                    reject_placeholder(&format!("WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)"), &access_key)?;
-                    reject_placeholder(&format!("WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)"), &secret_key)?;
+                    reject_placeholder(
+                        &format!("WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)"),
+                        &access_key,
+                    )?;
+                    reject_placeholder(
+                        &format!("WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)"),
+                        &secret_key,
+                    )?;
                     peers.push(PeerConfig {
                         name: r.name.clone(),
                         s3: S3Settings {
@@ -1025,7 +1035,10 @@ lon = 103.8
         let unquote = |v: &str| v.trim().trim_matches('"').trim_matches('\'').to_owned();
 
         let dev = std::fs::read_to_string(root.join(".dev.vars.example")).unwrap();
-        for line in dev.lines().filter(|l| !l.starts_with('#') && l.contains('=')) {
+        for line in dev
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+        {
             let (name, value) = line.split_once('=').unwrap();
             let value = unquote(value);
             if name == "WHARF_USERS" {
@@ -1080,12 +1093,7 @@ lon = 103.8
 
     #[test]
     fn placeholder_secrets_are_refused_naming_the_setting() {
-        let base = [
-            "--listen",
-            "127.0.0.1:1",
-            "--rule",
-            "a=http://x",
-        ];
+        let base = ["--listen", "127.0.0.1:1", "--rule", "a=http://x"];
         let env = |token: &'static str, aws: &'static str| {
             move |name: &str| match name {
                 "WHARF_TOKEN_KEY" => Some(token.to_owned()),
@@ -1095,7 +1103,14 @@ lon = 103.8
         };
         let good = "0123456789abcdef0123456789abcdef-real";
         let auth = "[auth]\nservice = \"w\"\n";
-        let cases: &[(&[&str], String, (&'static str, &'static str), &str)] = &[
+        // (extra flags, config file, (token key, AWS keys), what the error says)
+        type Case = (
+            &'static [&'static str],
+            String,
+            (&'static str, &'static str),
+            &'static str,
+        );
+        let cases: &[Case] = &[
             (
                 &["--data", "/d"],
                 auth.into(),
@@ -1122,7 +1137,9 @@ lon = 103.8
             ),
             (
                 &["--data", "/d"],
-                format!("{auth}[embedded]\nread_only_access_key = \"ro\"\nread_only_secret_key = \"replace-me-read-only-secret-key\"\n"),
+                format!(
+                    "{auth}[embedded]\nread_only_access_key = \"ro\"\nread_only_secret_key = \"replace-me-read-only-secret-key\"\n"
+                ),
                 (good, good),
                 "embedded.read_only_secret_key",
             ),
@@ -1134,7 +1151,9 @@ lon = 103.8
             ),
             (
                 &["--data", "/d"],
-                format!("{auth}[[rule]]\nprefix = \"p\"\nupstream = \"http://x\"\nusername = \"u\"\npassword = \"changeme\"\n"),
+                format!(
+                    "{auth}[[rule]]\nprefix = \"p\"\nupstream = \"http://x\"\nusername = \"u\"\npassword = \"changeme\"\n"
+                ),
                 (good, good),
                 "rule 1 (p): password",
             ),
@@ -1146,7 +1165,9 @@ lon = 103.8
             ),
             (
                 &["--data", "/d"],
-                format!("{auth}[embedded]\naccess_key = \"same\"\nread_only_access_key = \"same\"\nread_only_secret_key = \"s\"\n"),
+                format!(
+                    "{auth}[embedded]\naccess_key = \"same\"\nread_only_access_key = \"same\"\nread_only_secret_key = \"s\"\n"
+                ),
                 (good, good),
                 "must be a key of its own",
             ),
@@ -1159,7 +1180,10 @@ lon = 103.8
             let err = Config::from_parts(Cli::try_parse_from(args).unwrap(), file, env(token, aws))
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains(want), "{extra:?}: {err:?} should contain {want:?}");
+            assert!(
+                err.contains(want),
+                "{extra:?}: {err:?} should contain {want:?}"
+            );
         }
         // The same settings with real values load.
         let file: File = toml::from_str(&format!(
@@ -1169,7 +1193,8 @@ lon = 103.8
         let mut args = vec!["wharf-origin"];
         args.extend_from_slice(&base);
         args.extend_from_slice(&["--data", "/d"]);
-        let c = Config::from_parts(Cli::try_parse_from(args).unwrap(), file, env(good, good)).unwrap();
+        let c =
+            Config::from_parts(Cli::try_parse_from(args).unwrap(), file, env(good, good)).unwrap();
         let Storage::Embedded(e) = c.storage else {
             panic!("embedded")
         };

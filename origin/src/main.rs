@@ -80,7 +80,10 @@ fn hash_password(iterations: u32) -> ExitCode {
     rand::rng().fill_bytes(&mut salt);
     let stored = StoredPassword::new(password.as_bytes(), &salt, iterations);
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "{stored}").and_then(|()| out.flush()).is_err() {
+    if writeln!(out, "{stored}")
+        .and_then(|()| out.flush())
+        .is_err()
+    {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

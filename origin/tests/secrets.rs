@@ -43,7 +43,9 @@ fn a_placeholder_secret_stops_the_origin_with_status_2() {
         "--rule",
         "docker.io=http://127.0.0.1:9",
     ];
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (config file, environment, what stderr says)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             "[auth]\nservice = \"wharf.test\"\n",
             &[("WHARF_TOKEN_KEY", "REPLACE-ME-WITH-32-OR-MORE-RANDOM-BYTES")],
@@ -72,7 +74,10 @@ fn a_placeholder_secret_stops_the_origin_with_status_2() {
         let out = run(&args, env, "");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
-        assert!(stderr.contains(want), "{file}: {stderr:?} should contain {want:?}");
+        assert!(
+            stderr.contains(want),
+            "{file}: {stderr:?} should contain {want:?}"
+        );
         assert!(
             !data.join("s3").exists(),
             "{file}: nothing may start before the configuration is valid"
@@ -83,7 +88,11 @@ fn a_placeholder_secret_stops_the_origin_with_status_2() {
 #[test]
 fn hash_password_prints_a_stored_form_that_verifies() {
     let out = run(&["hash-password"], &[], "correct horse battery staple\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).unwrap();
     let stored = StoredPassword::parse(line.trim_end()).unwrap();
     assert_eq!(stored.iterations, wharf_core::password::DEFAULT_ITERATIONS);
@@ -92,14 +101,22 @@ fn hash_password_prints_a_stored_form_that_verifies() {
     assert!(!stored.verify(b"correct horse battery staple\n"));
 
     // Salted: the same password twice gives two different stored forms.
-    let again = run(&["hash-password", "--iterations", "10000"], &[], "correct horse battery staple");
+    let again = run(
+        &["hash-password", "--iterations", "10000"],
+        &[],
+        "correct horse battery staple",
+    );
     let again = String::from_utf8(again.stdout).unwrap();
     assert!(again.starts_with("pbkdf2-sha256$10000$"), "{again}");
     assert_ne!(again, line);
 
     for (args, stdin, want) in [
         (&["hash-password"][..], "\n", "empty password"),
-        (&["hash-password", "--iterations", "200000"][..], "pw\n", "expected 10000 to 100000"),
+        (
+            &["hash-password", "--iterations", "200000"][..],
+            "pw\n",
+            "expected 10000 to 100000",
+        ),
     ] {
         let out = run(args, &[], stdin);
         assert_eq!(out.status.code(), Some(2));

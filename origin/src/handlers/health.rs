@@ -91,7 +91,11 @@ async fn check_store(
             json!({ "ok": false, "error": "the object store is unavailable" })
         }
         Err(_) => {
-            tracing::warn!(bucket = store.bucket(), peer, "readiness: {what} did not answer within 2s");
+            tracing::warn!(
+                bucket = store.bucket(),
+                peer,
+                "readiness: {what} did not answer within 2s"
+            );
             json!({ "ok": false, "error": "no answer within 2s" })
         }
     }
