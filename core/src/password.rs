@@ -15,10 +15,12 @@
 //! * **100 000 iterations** ([`DEFAULT_ITERATIONS`] = [`MAX_ITERATIONS`]):
 //!   workerd refuses PBKDF2 above 100 000 iterations ("iteration counts above
 //!   100000 are not supported"), so a higher count could never be checked at
-//!   the edge. Measured under `wrangler dev` on this project's machine: a
-//!   `/token` with Basic auth costs about 25 ms more wall time than an
-//!   anonymous one (see `tests/tests/edge_signin.rs`); Cloudflare's paid plan
-//!   allows 30 s of CPU per request, the free plan 10 ms, where a lower
+//!   the edge. Measured under `wrangler dev` on this project's 2-core
+//!   machine (shared with builds): a `/token` with Basic auth takes 13–22 ms
+//!   more wall time than an anonymous one (mean of 10, two runs;
+//!   `tests/tests/edge_signin.rs` prints it), i.e. about 15–20 ms of CPU.
+//!   Cloudflare's paid plan allows 30 s of CPU per request, so this is
+//!   cheap there; the free plan's 10 ms is exceeded, where a lower
 //!   `--iterations` (≥ [`MIN_ITERATIONS`]) is the operator's trade-off.
 //!   OWASP asks for 600 000 for PBKDF2-SHA256; the per-client throttle on
 //!   `/token` ([`crate::signin`]) makes up for part of the gap online, and the

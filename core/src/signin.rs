@@ -15,10 +15,11 @@
 //!   no PBKDF2 work (see [`crate::password`]) and learns nothing.
 //! * **Free failures, then exponential backoff**: the first
 //!   [`ThrottlePolicy::free_failures`] failures cost nothing (typos, a client
-//!   retrying with a stale password); failure `free + n` delays the next
-//!   attempt by `base_delay · 2^(n-1)`, capped at `max_delay`. With the
-//!   defaults (5 free, 1 s doubling, 5 min cap, 15 min memory) a client gets
-//!   about 5 + 9 + 3/min guesses in the first quarter hour, ~200 a day.
+//!   retrying with a stale password); after them the next attempt waits
+//!   `base_delay`, and each further failure doubles the wait, up to
+//!   `max_delay`. With the defaults (5 free, 1 s doubling, 5 min cap, 15 min
+//!   memory) a guesser gets 5 tries at once, 9 more over the next 8.5
+//!   minutes, then one per 5 minutes (~290 a day) per address and per name.
 //! * **Forgetting is by silence**: a record is dropped once `window` has
 //!   passed since its last failure (the store's TTL does it), so an honest
 //!   user who mistyped is never penalised later. `max_delay < window`, so a
@@ -79,14 +80,14 @@ pub enum Verdict {
 }
 
 impl ThrottlePolicy {
-    /// The delay that follows the `count`-th failure (0 while free).
+    /// The wait after `count` failures: 0 while free, then `base_delay`,
+    /// doubling per further failure, capped.
     pub fn delay_ms(&self, count: u32) -> u64 {
-        let Some(over) = count.checked_sub(self.free_failures).filter(|n| *n > 0) else {
+        let Some(over) = count.checked_sub(self.free_failures) else {
             return 0;
         };
-        let doublings = (over - 1).min(63);
         self.base_delay_ms
-            .saturating_mul(1u64 << doublings)
+            .saturating_mul(1u64 << over.min(63))
             .min(self.max_delay_ms)
     }
 
@@ -158,7 +159,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                0, 0, 0, 0, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000
+                0, 0, 0, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000
             ]
         );
         assert_eq!(P.delay_ms(u32::MAX), 60_000);
@@ -169,51 +170,24 @@ mod tests {
     #[test]
     fn verdicts() {
         let now = 10_000_000;
+        let delay = |secs| Verdict::Delay {
+            retry_after_secs: secs,
+        };
         let cases: &[(&[Option<Failures>], Verdict)] = &[
             (&[], Verdict::Allow),
             (&[None, None], Verdict::Allow),
-            (&[f(3, now)], Verdict::Allow),
-            (
-                &[f(4, now)],
-                Verdict::Delay {
-                    retry_after_secs: 1,
-                },
-            ),
-            (&[f(4, now - 1_000)], Verdict::Allow),
-            (
-                &[f(6, now - 1_500)],
-                Verdict::Delay {
-                    retry_after_secs: 3,
-                },
-            ),
-            (
-                &[f(6, now - 3_999)],
-                Verdict::Delay {
-                    retry_after_secs: 1,
-                },
-            ),
+            (&[f(2, now)], Verdict::Allow),
+            (&[f(3, now)], delay(1)),
+            (&[f(3, now - 1_000)], Verdict::Allow),
+            (&[f(5, now - 1_500)], delay(3)),
+            (&[f(5, now - 3_999)], delay(1)),
             // The stricter key wins.
-            (
-                &[f(4, now), f(8, now - 10_000)],
-                Verdict::Delay {
-                    retry_after_secs: 6,
-                },
-            ),
-            (
-                &[f(40, now)],
-                Verdict::Delay {
-                    retry_after_secs: 60,
-                },
-            ),
+            (&[f(3, now), f(7, now - 10_000)], delay(6)),
+            (&[f(40, now)], delay(60)),
             // Forgotten after the window of silence.
             (&[f(40, now - 600_000)], Verdict::Allow),
             // A failure "in the future" (skew) counts as now.
-            (
-                &[f(4, now + 50_000)],
-                Verdict::Delay {
-                    retry_after_secs: 1,
-                },
-            ),
+            (&[f(3, now + 50_000)], delay(1)),
         ];
         for (records, want) in cases {
             assert_eq!(check(&P, records, now), *want, "{records:?}");
@@ -268,6 +242,6 @@ mod tests {
             allowed_at.push(now / 1000);
             rec = Some(Failures::record(rec, &P, now));
         }
-        assert_eq!(allowed_at, [0, 0, 0, 0, 1, 3, 7, 15]);
+        assert_eq!(allowed_at, [0, 0, 0, 1, 3, 7, 15, 31]);
     }
 }

@@ -100,15 +100,6 @@ async fn hashed_passwords_sign_in_and_repeated_failures_are_slowed_down() {
         token_request(&es, Some(USER)).await.status(),
         StatusCode::OK
     );
-    let log = es.edge.log();
-    assert!(
-        log.contains("sign-in refused: too many failures"),
-        "the throttle is logged"
-    );
-    assert!(
-        !log.contains("not-the-password"),
-        "passwords are never logged"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,9 +133,5 @@ async fn an_unreachable_origin_is_reported_without_its_address() {
     assert!(
         !body.contains(host),
         "the answer names the origin {host}: {body}"
-    );
-    assert!(
-        es.edge.log().contains("is unreachable"),
-        "the log keeps the cause"
     );
 }
