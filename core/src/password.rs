@@ -18,7 +18,7 @@
 //!   the edge. Measured under `wrangler dev` on this project's 2-core
 //!   machine (shared with builds): a `/token` with Basic auth takes 13–22 ms
 //!   more wall time than an anonymous one (mean of 10, two runs;
-//!   `tests/tests/edge_signin.rs` prints it), i.e. about 15–20 ms of CPU.
+//!   `tests/tests/edge_signin.rs` prints it).
 //!   Cloudflare's paid plan allows 30 s of CPU per request, so this is
 //!   cheap there; the free plan's 10 ms is exceeded, where a lower
 //!   `--iterations` (≥ [`MIN_ITERATIONS`]) is the operator's trade-off.
