@@ -15,13 +15,37 @@ cd "$(dirname "$0")/.."
 
 data="${WHARF_DATA:-$PWD/.wharf-data}"
 mkdir -p "$data"
-[ -f .dev.vars ] || cp .dev.vars.example .dev.vars
-# The origin shares the edge's development secrets.
-set -a; . ./.dev.vars; set +a
 
 scripts/install-deps.sh
 cargo build --release -p wharf-origin
 edge/build.sh
+
+# Development secrets, random per checkout (the origin and the edge refuse the
+# placeholders of .dev.vars.example). A .dev.vars from an earlier version
+# (copied from the example) is set aside and replaced.
+if [ -f .dev.vars ] && grep -qiE 'replace-me|dev-only-token-key|"wharfdev"' .dev.vars; then
+    mv .dev.vars .dev.vars.old
+    echo "dev.sh: .dev.vars held example secrets; moved to .dev.vars.old, writing fresh ones"
+fi
+if [ ! -f .dev.vars ]; then
+    hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+    password="$(hex 12)"
+    user_hash="$(printf %s "$password" | target/release/wharf-origin hash-password)"
+    umask 077
+    cat > .dev.vars <<VARS
+# Written by scripts/dev.sh (random development secrets; see .dev.vars.example).
+WHARF_TOKEN_KEY="$(hex 32)"
+WHARF_S3_ACCESS_KEY="WHARFRO$(hex 8)"
+WHARF_S3_SECRET_KEY="$(hex 24)"
+WHARF_USERS='{"dev":"$user_hash"}'
+VARS
+    printf 'dev\t%s\n' "$password" > "$data/dev-user"
+    echo "dev.sh: wrote .dev.vars; user \"dev\" (private rules) has password $password (also in $data/dev-user)"
+fi
+# The origin shares the edge's development secrets: the token key, and the
+# read-only store key the edge presigns with. Its own read/write store key is
+# random per start (not set below).
+set -a; . ./.dev.vars; set +a
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -54,8 +78,8 @@ data = "$data"
 
 [embedded]
 listen = "127.0.0.1:9000"
-access_key = "$WHARF_S3_ACCESS_KEY"
-secret_key = "$WHARF_S3_SECRET_KEY"
+read_only_access_key = "$WHARF_S3_ACCESS_KEY"
+read_only_secret_key = "$WHARF_S3_SECRET_KEY"
 
 [auth]
 service = "localhost"

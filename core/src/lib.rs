@@ -23,6 +23,9 @@
 //! * [`peer`] — the signed header with which one origin replica forwards a request to another.
 //! * [`utc`] — UTC calendar formatting of unix timestamps.
 //! * [`region`] — the region list, nearest-region ranking, health with hysteresis, rendezvous hashing of replicas.
+//! * [`password`] — the stored form of users' passwords (PBKDF2-SHA256) and its constant-time check.
+//! * [`signin`] — throttling repeated failed sign-ins (exponential backoff per client and user).
+//! * [`placeholder`] — the shipped placeholder secrets that must never be used.
 //!
 //! # Key decision
 //!
@@ -30,7 +33,7 @@
 //! unix milliseconds or [`std::time::Duration`] (`SystemTime::now` panics on
 //! wasm32), so every decision is a pure function that both deployables apply
 //! identically and that table tests pin down. Dependencies are kept to
-//! serde/serde_json/sha2/hex/thiserror/hmac/base64 because this crate ships in the Worker's wasm
+//! serde/serde_json/sha2/hex/thiserror/hmac/base64/pbkdf2 because this crate ships in the Worker's wasm
 //! bundle; grammars and URL handling are hand-written instead of pulling in
 //! `regex` or `url`.
 
@@ -45,12 +48,15 @@ pub mod error;
 pub mod freshness;
 pub mod keys;
 pub mod media;
+pub mod password;
 pub mod peer;
+pub mod placeholder;
 pub mod pull_auth;
 pub mod range;
 pub mod reference;
 pub mod region;
 pub mod rules;
+pub mod signin;
 pub mod sigv4;
 pub mod ticket;
 pub mod token;

@@ -12,9 +12,15 @@
 //! | `WHARF_TAG_TTL`, `WHARF_STALE_IF_ERROR` | var | defaults for the rules (`30s`, `5m`, `2h`, `7d` or seconds) |
 //! | `WHARF_TOKEN_TTL`, `WHARF_TICKET_TTL`, `WHARF_PRESIGN_TTL`, `WHARF_PRESENCE_TTL`, `WHARF_ORIGIN_TIMEOUT` | var | lifetimes and timeouts |
 //! | `WHARF_TOKEN_KEY` | secret | HMAC key (≥ 32 bytes) for tokens and tickets, shared with the origins |
-//! | `WHARF_S3_ACCESS_KEY`, `WHARF_S3_SECRET_KEY` | secret | presigning credentials; `…_<REGION>` overrides per region |
-//! | `WHARF_USERS` | secret (JSON) | `{"user": "password" \| "sha256:<hex>" \| {password, rules?}}` for private rules |
+//! | `WHARF_S3_ACCESS_KEY`, `WHARF_S3_SECRET_KEY` | secret | presigning credentials, a read-only key pair (GET/HEAD objects); `…_<REGION>` overrides per region |
+//! | `WHARF_USERS` | secret (JSON) | `{"user": "<stored form>" \| {password: "<stored form>", rules?}}` for private rules; the stored form is `pbkdf2-sha256$<iterations>$<salt>$<hash>` from `wharf-origin hash-password` ([`wharf_core::password`]) |
 //! | `WHARF_KV` | KV binding | manifests and tag records across locations (optional) |
+//!
+//! Secrets that are placeholders shipped in the repository
+//! ([`wharf_core::placeholder`]) are refused, as the origin refuses them.
+//! Plain passwords and unsalted `sha256:` hashes (earlier versions) are
+//! refused with the command that prints the stored form: see
+//! [`wharf_core::password`] for why.
 //!
 //! Key decision: parsing is a pure function of a name → value lookup
 //! ([`Config::parse`]), so every validation is unit-tested natively; only
@@ -25,7 +31,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
+use wharf_core::password::StoredPassword;
+use wharf_core::placeholder::is_placeholder;
 use wharf_core::region::{self, HealthPolicy, RegionSpec};
 use wharf_core::sigv4::{Addressing, Credentials, S3Endpoint};
 use wharf_core::token::SigningKey;
@@ -93,8 +100,8 @@ pub struct RuleOpts {
 /// A user allowed to pull private rules.
 #[derive(Clone)]
 pub struct User {
-    /// sha256 of the password.
-    password_sha256: [u8; 32],
+    /// The stored password (PBKDF2-SHA256).
+    pub password: StoredPassword,
     /// Private rule prefixes the user may pull; `None` = all.
     pub rules: Option<Vec<String>>,
 }
@@ -108,15 +115,6 @@ impl std::fmt::Debug for User {
 }
 
 impl User {
-    /// Constant-time password check (compares sha256 digests).
-    pub fn password_matches(&self, password: &str) -> bool {
-        let got: [u8; 32] = Sha256::digest(password.as_bytes()).into();
-        got.iter()
-            .zip(self.password_sha256.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-
     /// True if the user may pull the private rule `prefix`.
     pub fn may_pull(&self, prefix: &str) -> bool {
         self.rules
@@ -218,18 +216,23 @@ fn duration_var(name: &str, v: &DurationVar) -> Result<Duration, ConfigError> {
     }
 }
 
-fn password_hash(p: &str) -> Result<[u8; 32], ConfigError> {
-    if let Some(hexed) = p.strip_prefix("sha256:") {
-        let bytes = hex::decode(hexed)
-            .map_err(|_| err("WHARF_USERS: a `sha256:` password must be 64 hex characters"))?;
-        return bytes
-            .try_into()
-            .map_err(|_| err("WHARF_USERS: a `sha256:` password must be 64 hex characters"));
+fn stored_password(user: &str, p: &str) -> Result<StoredPassword, ConfigError> {
+    if is_placeholder(p) {
+        return Err(err(format!(
+            "WHARF_USERS[{user}]: the password is the placeholder {p:?}: store the output of `printf %s \"$PASSWORD\" | wharf-origin hash-password`"
+        )));
     }
-    if p.is_empty() {
-        return Err(err("WHARF_USERS: empty password"));
+    StoredPassword::parse(p).map_err(|e| err(format!("WHARF_USERS[{user}]: the password {e}")))
+}
+
+/// Refuses a secret that is a placeholder shipped in the repository.
+fn real_secret(name: &str, value: String) -> Result<String, ConfigError> {
+    if is_placeholder(&value) {
+        return Err(err(format!(
+            "secret {name} is {value:?}, a placeholder shipped in .dev.vars.example or infra/: set a secret of your own"
+        )));
     }
-    Ok(Sha256::digest(p.as_bytes()).into())
+    Ok(value)
 }
 
 /// Where [`Config::parse`] reads values from. `json` returns the JSON text of
@@ -305,6 +308,7 @@ impl Config {
         let key = src
             .text("WHARF_TOKEN_KEY")
             .ok_or_else(|| err("secret WHARF_TOKEN_KEY is not set (`wrangler secret put WHARF_TOKEN_KEY`, the same key as the origins')"))?;
+        let key = real_secret("WHARF_TOKEN_KEY", key)?;
         let key =
             SigningKey::new(key.into_bytes()).map_err(|e| err(format!("WHARF_TOKEN_KEY: {e}")))?;
 
@@ -332,6 +336,14 @@ impl Config {
                     let secret_key = cred("WHARF_S3_SECRET_KEY").ok_or_else(|| {
                         err(format!("region {}: secret WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_{suffix}) is not set", r.name))
                     })?;
+                    let access_key = real_secret(
+                        &format!("WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_{suffix})"),
+                        access_key,
+                    )?;
+                    let secret_key = real_secret(
+                        &format!("WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_{suffix})"),
+                        secret_key,
+                    )?;
                     let addressing = match r.addressing.as_deref() {
                         None | Some("path") => Addressing::Path,
                         Some("virtual-hosted") | Some("virtual") => Addressing::VirtualHosted,
@@ -414,7 +426,7 @@ impl Config {
         if let Some(text) = src.json("WHARF_USERS") {
             let vars: HashMap<String, UserVar> = serde_json::from_str(&text).map_err(|e| {
                 err(format!(
-                    "WHARF_USERS: {e} (expected {{\"user\": \"password\"}})"
+                    "WHARF_USERS: {e} (expected {{\"user\": \"<output of wharf-origin hash-password>\"}})"
                 ))
             })?;
             for (name, v) in vars {
@@ -422,13 +434,8 @@ impl Config {
                     UserVar::Password(p) => (p, None),
                     UserVar::Full { password, rules } => (password, rules),
                 };
-                users.insert(
-                    name,
-                    User {
-                        password_sha256: password_hash(&password)?,
-                        rules,
-                    },
-                );
+                let password = stored_password(&name, &password)?;
+                users.insert(name, User { password, rules });
             }
         }
 
@@ -531,8 +538,9 @@ mod tests {
             (
                 "WHARF_USERS",
                 format!(
-                    r#"{{"alice":"pw","bob":{{"password":"sha256:{}","rules":["other"]}}}}"#,
-                    hex::encode(Sha256::digest(b"secret"))
+                    r#"{{"alice":"{}","bob":{{"password":"{}","rules":["other"]}}}}"#,
+                    StoredPassword::new(b"pw", b"alice-salt", 10_000),
+                    StoredPassword::new(b"secret", b"bob-salt", 10_000),
                 ),
             ),
             ("WHARF_TAG_TTL", "2m".to_owned()),
@@ -564,13 +572,13 @@ mod tests {
         assert_eq!(c.rule(1).freshness.stale_if_error, Duration::from_secs(60));
         assert!(!c.rule(0).private && c.rule(1).private);
         assert_eq!(c.private_prefixes().collect::<Vec<_>>(), ["private"]);
-        assert!(c.users["alice"].password_matches("pw"));
-        assert!(!c.users["alice"].password_matches("pw2"));
-        assert!(c.users["bob"].password_matches("secret"));
+        assert!(c.users["alice"].password.verify(b"pw"));
+        assert!(!c.users["alice"].password.verify(b"pw2"));
+        assert!(c.users["bob"].password.verify(b"secret"));
         assert!(c.users["alice"].may_pull("private"));
         assert!(!c.users["bob"].may_pull("private"));
         assert_eq!(c.token_ttl, Duration::from_secs(300));
-        assert!(!format!("{:?}", c.users["alice"]).contains("password_sha256"));
+        assert!(!format!("{:?}", c.users["alice"]).contains("hash"));
     }
 
     #[test]
@@ -631,7 +639,38 @@ mod tests {
                 None,
                 "WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_EU)",
             ),
-            ("WHARF_USERS", Some(r#"{"a":"sha256:zz"}"#), "64 hex"),
+            (
+                "WHARF_USERS",
+                Some(r#"{"a":"sha256:zz"}"#),
+                "WHARF_USERS[a]: the password is a plain password or an unsalted sha256: hash, which are no longer accepted; store the output of `wharf-origin hash-password`",
+            ),
+            (
+                "WHARF_USERS",
+                Some(r#"{"a":"hunter2"}"#),
+                "WHARF_USERS[a]: the password is a plain password",
+            ),
+            (
+                "WHARF_USERS",
+                Some(
+                    r#"{"a":"pbkdf2-sha256$600000$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#,
+                ),
+                "has 600000 iterations; expected 10000 to 100000",
+            ),
+            (
+                "WHARF_USERS",
+                Some(r#"{"dev":"replace-me-with-the-output-of-wharf-origin-hash-password"}"#),
+                "WHARF_USERS[dev]: the password is the placeholder",
+            ),
+            (
+                "WHARF_TOKEN_KEY",
+                Some("dev-only-token-key-0123456789abcdef0123456789"),
+                "secret WHARF_TOKEN_KEY is \"dev-only-token-key",
+            ),
+            (
+                "WHARF_S3_SECRET_KEY_EU",
+                Some("replace-me-read-only-secret-key"),
+                "WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_EU) is",
+            ),
             ("WHARF_TOKEN_TTL", Some("10s"), "at least 60s"),
             ("WHARF_TICKET_TTL", Some("2h"), "1s to 1h"),
             ("WHARF_ORIGIN_TIMEOUT", Some("soon"), "WHARF_ORIGIN_TIMEOUT"),

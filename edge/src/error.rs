@@ -2,6 +2,10 @@
 //! [`Error`]; `lib.rs` turns it into an OCI error response once, with
 //! [`wharf_core::render_error`] and the code's status (plus a
 //! `WWW-Authenticate` challenge where the client should authenticate).
+//!
+//! The body carries [`Error::public_message`], the log the full `Display`:
+//! clients never read origin addresses, fetch errors, configuration details
+//! or runtime error text, only what failed and what to do.
 
 use wharf_core::sigv4::SigV4Error;
 use wharf_core::token::TokenError;
@@ -37,6 +41,13 @@ pub enum Error {
     BadCredentials {
         /// The user name sent.
         user: String,
+    },
+    /// Too many failed sign-ins from this client or for this user name
+    /// ([`wharf_core::signin`]); the password was not checked.
+    #[error("too many failed sign-ins; retry after {retry_after_secs} s")]
+    SignInThrottled {
+        /// Seconds until the next attempt is looked at.
+        retry_after_secs: u64,
     },
     /// A `/token` request the edge does not serve (e.g. a refresh-token grant).
     #[error("{0}")]
@@ -104,6 +115,7 @@ impl Error {
             Error::Api(e) => e.code(),
             Error::Rule(e) => e.code(),
             Error::Unauthenticated { .. } | Error::BadCredentials { .. } => ErrorCode::Unauthorized,
+            Error::SignInThrottled { .. } => ErrorCode::TooManyRequests,
             Error::Token { source, .. } => source.code(),
             Error::TokenRequest(_) => ErrorCode::Unsupported,
             Error::OriginUnreachable { .. }
@@ -120,6 +132,35 @@ impl Error {
         match self {
             Error::Origin { status, .. } => *status,
             other => other.code().status(),
+        }
+    }
+
+    /// `Retry-After` seconds, when the client must wait.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::SignInThrottled { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The message the client reads. Causes that name origins, carry fetch
+    /// or runtime error text, or describe the configuration stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::OriginUnreachable { region, .. } => {
+                format!("the origin of region `{region}` is unreachable; retry later")
+            }
+            Error::RegionUnavailable { region, global, .. } => format!(
+                "region `{region}` is unavailable; pull from `{global}` to be served by the nearest healthy region"
+            ),
+            Error::Config(_) => {
+                "the edge is misconfigured; its operator's logs name the setting to fix".to_owned()
+            }
+            Error::Presign(_) => {
+                "the edge cannot build the blob's URL; its operator's logs say why".to_owned()
+            }
+            Error::Runtime(_) => "the edge failed to answer; retry later".to_owned(),
+            other => other.to_string(),
         }
     }
 
@@ -148,6 +189,40 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Public answers keep the cause out (issue 12); the log has it.
+    #[test]
+    fn public_messages_hide_causes() {
+        let cases = [
+            Error::OriginUnreachable {
+                region: "eu".into(),
+                cause: "connect ECONNREFUSED 10.1.2.3:5000".into(),
+            },
+            Error::RegionUnavailable {
+                region: "eu".into(),
+                cause: "the origin of region `eu` is unreachable: 10.1.2.3:5000".into(),
+                global: "wharf.example.com".into(),
+            },
+            Error::Runtime("KV GET wharf-kv-namespace failed: 10.1.2.3".into()),
+            Error::Config(ConfigError("WHARF_S3_SECRET_KEY 10.1.2.3".into())),
+        ];
+        for e in cases {
+            let public = e.public_message();
+            assert!(!public.contains("10.1.2.3"), "{public}");
+            assert!(e.to_string().contains("10.1.2.3"), "{e}");
+            assert!(
+                public.contains("retry later")
+                    || public.contains("pull from")
+                    || public.contains("logs"),
+                "{public}"
+            );
+        }
+        let e = Error::SignInThrottled {
+            retry_after_secs: 4,
+        };
+        assert_eq!((e.status(), e.retry_after()), (429, Some(4)));
+        assert_eq!(e.code(), ErrorCode::TooManyRequests);
+    }
 
     #[test]
     fn codes_and_statuses() {

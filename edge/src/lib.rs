@@ -18,7 +18,8 @@
 //! * this file — events only: `start` (logging, panic hook) and `fetch`
 //!   (route, then map the one [`error::Error`] to an OCI response, once).
 //! * [`routes`] — the request context and dispatch, after the core parsed the
-//!   request; one module per operation: [`token`], [`manifest`], [`blob`],
+//!   request; one module per operation: [`token`] (with [`signin`]: the
+//!   password check and the failed-sign-in throttle), [`manifest`], [`blob`],
 //!   [`forward`] (tags list, referrers).
 //! * [`config`] — `[vars]` and secrets; [`region`] — hostname + location +
 //!   health → region(s), with failover on the global hostname; [`health`] —
@@ -36,6 +37,7 @@ pub mod manifest;
 pub mod origin;
 pub mod region;
 pub mod routes;
+pub mod signin;
 pub mod store;
 pub mod token;
 
@@ -73,14 +75,20 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     routes::scheduled(&env).await;
 }
 
-/// The OCI error response for `e`: `{"errors":[{code, message}]}`, the status,
-/// and a challenge when the client should authenticate.
+/// The OCI error response for `e`: `{"errors":[{code, message}]}` with the
+/// public message (the log line above has the full cause), the status, a
+/// challenge when the client should authenticate, `Retry-After` when it must
+/// wait.
 pub fn error_response(e: &Error) -> Response {
-    let body = wharf_core::render_error(e.code(), &e.to_string(), None);
+    let body = wharf_core::render_error(e.code(), &e.public_message(), None);
     let challenge = e.challenge();
+    let retry_after = e.retry_after().map(|s| s.to_string());
     let mut headers = vec![("Content-Type", "application/json; charset=utf-8")];
     if let Some(c) = &challenge {
         headers.push(("WWW-Authenticate", c.as_str()));
+    }
+    if let Some(s) = &retry_after {
+        headers.push(("Retry-After", s.as_str()));
     }
     routes::response(e.status(), &headers, body.into_bytes())
 }

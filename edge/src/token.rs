@@ -10,7 +10,10 @@
 //!   private rules only to a user allowed to pull them. Like Docker Hub, a scope
 //!   that is not granted is left out of the token rather than failing the token
 //!   request; the registry request then answers `401` with
-//!   `error="insufficient_scope"`. Wrong credentials fail at once (`401`).
+//!   `error="insufficient_scope"`. Wrong credentials fail at once (`401`);
+//!   after repeated failures from one client or for one user, attempts are
+//!   refused with `429` and `Retry-After` before the password is checked
+//!   ([`crate::signin`]).
 
 use wharf_core::pull_auth::{Grant, PullAuthError, PullCheck, check};
 use wharf_core::ticket::TicketRule;
@@ -25,6 +28,7 @@ use worker::{Method, Request, Response};
 use crate::config::User;
 use crate::error::Error;
 use crate::routes::{Ctx, response};
+use crate::signin;
 
 /// Largest `/token` POST body read (an OAuth2 form is a few hundred bytes).
 const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -167,10 +171,7 @@ pub async fn handle(
 
     let user: Option<(String, &User)> = match &credentials {
         None => None,
-        Some((name, password)) => match ctx.config.users.get(name) {
-            Some(u) if u.password_matches(password) => Some((name.clone(), u)),
-            _ => return Err(Error::BadCredentials { user: name.clone() }),
-        },
+        Some((name, password)) => Some((name.clone(), signin::sign_in(ctx, name, password).await?)),
     };
 
     let (access, private_rules) = grant(ctx, user.as_ref().map(|(_, u)| *u), &params.scopes);

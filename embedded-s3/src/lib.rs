@@ -19,6 +19,16 @@
 //!
 //! # Key decisions
 //!
+//! * **Two keys: read/write and read-only.** The origin writes with the
+//!   first; the edge presigns with the second, which may only `GetObject`
+//!   and `HeadObject` (everything else answers `AccessDenied`), so a
+//!   presigning key that leaks cannot write, delete or list the store.
+//! * **Header-read and idle timeouts** ([`EmbeddedConfig::header_read_timeout`]):
+//!   presigned URLs point the internet at this server, so a client that opens
+//!   connections and sends nothing (or half a request line) is cut off. It is
+//!   one timer: hyper starts it whenever the connection waits for a request
+//!   head, which covers an idle keep-alive connection too. HTTP/1 only: no
+//!   S3 client needs h2c, and h2 would need timers of its own.
 //! * **Own backend, not `s3s-fs`.** s3s-fs streams files in 4 KiB reads
 //!   (~160 MB/s), writes objects in place (a crash or a concurrent PUT leaves
 //!   a torn object visible) and keeps metadata in a separate file. Here reads
@@ -75,11 +85,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{S3Result, s3_error};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -107,6 +119,59 @@ pub struct EmbeddedConfig {
     pub region: String,
     /// Buckets created at start if missing.
     pub buckets: Vec<String>,
+    /// A second key that may only read objects (`GetObject`, `HeadObject`):
+    /// the edge presigns with it.
+    pub read_only: Option<KeyPair>,
+    /// How long a connection may take to send a request's head, and how long
+    /// it may sit idle between requests ([`DEFAULT_HEADER_READ_TIMEOUT`]).
+    pub header_read_timeout: Duration,
+}
+
+/// An access key and its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    /// The access key id.
+    pub access_key: String,
+    /// The secret key.
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default of [`EmbeddedConfig::header_read_timeout`]: long enough for a
+/// slow client on a bad link, short enough that idle sockets do not pile up.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The operations the read-only key may perform.
+const READ_ONLY_OPS: &[&str] = &["GetObject", "HeadObject"];
+
+/// Signed requests only; the read-only key only reads objects.
+struct KeyAccess {
+    read_only_key: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl S3Access for KeyAccess {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let Some(creds) = cx.credentials() else {
+            return Err(s3_error!(AccessDenied, "Signature is required"));
+        };
+        if self.read_only_key.as_deref() == Some(creds.access_key.as_str())
+            && !READ_ONLY_OPS.contains(&cx.s3_op().name())
+        {
+            return Err(s3_error!(
+                AccessDenied,
+                "This key is read-only: it may only GET and HEAD objects"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why the server could not start.
@@ -130,6 +195,9 @@ pub enum EmbeddedError {
     /// Empty credentials.
     #[error("access key and secret key must not be empty")]
     MissingCredentials,
+    /// The read-only key is the read/write key.
+    #[error("the read-only access key must differ from the read/write one")]
+    SameKeys,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError {
@@ -150,8 +218,21 @@ impl EmbeddedS3 {
     /// Prepares `cfg.root`, binds `cfg.listen`, and spawns the accept loop on
     /// the current tokio runtime.
     pub async fn start(cfg: EmbeddedConfig) -> Result<EmbeddedS3, EmbeddedError> {
-        if cfg.access_key.is_empty() || cfg.secret_key.is_empty() {
+        if cfg.access_key.is_empty()
+            || cfg.secret_key.is_empty()
+            || cfg
+                .read_only
+                .as_ref()
+                .is_some_and(|k| k.access_key.is_empty() || k.secret_key.is_empty())
+        {
             return Err(EmbeddedError::MissingCredentials);
+        }
+        if cfg
+            .read_only
+            .as_ref()
+            .is_some_and(|k| k.access_key == cfg.access_key)
+        {
+            return Err(EmbeddedError::SameKeys);
         }
         if let Some(bad) = cfg.buckets.iter().find(|b| !valid_bucket_name(b)) {
             return Err(EmbeddedError::InvalidBucket(bad.clone()));
@@ -169,14 +250,24 @@ impl EmbeddedS3 {
             .map_err(io_err("reading the bound address"))?;
 
         let mut builder = S3ServiceBuilder::new(FsBackend::new(layout.clone(), cfg.region));
-        builder.set_auth(SimpleAuth::from_single(
-            cfg.access_key,
-            cfg.secret_key.as_str(),
-        ));
+        let mut auth = SimpleAuth::from_single(cfg.access_key, cfg.secret_key.as_str());
+        if let Some(ro) = &cfg.read_only {
+            auth.register(ro.access_key.clone(), ro.secret_key.as_str().into());
+        }
+        builder.set_auth(auth);
+        builder.set_access(KeyAccess {
+            read_only_key: cfg.read_only.map(|k| k.access_key),
+        });
         let service = builder.build();
 
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, service, cancel.clone(), lock));
+        let task = tokio::spawn(serve(
+            listener,
+            service,
+            cancel.clone(),
+            lock,
+            cfg.header_read_timeout,
+        ));
         tracing::info!(endpoint = %format!("http://{addr}"), root = %layout.root().display(), "embedded S3 started");
         Ok(EmbeddedS3 {
             addr,
@@ -241,9 +332,19 @@ fn prepare(layout: Layout, buckets: &[String]) -> Result<(File, Layout), Embedde
     Ok((lock, layout))
 }
 
-async fn serve(listener: TcpListener, service: S3Service, cancel: CancellationToken, lock: File) {
+async fn serve(
+    listener: TcpListener,
+    service: S3Service,
+    cancel: CancellationToken,
+    lock: File,
+    header_read_timeout: Duration,
+) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

@@ -10,10 +10,12 @@ use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use wharf_embedded_s3::{EmbeddedConfig, EmbeddedError, EmbeddedS3};
+use wharf_embedded_s3::{EmbeddedConfig, EmbeddedError, EmbeddedS3, KeyPair};
 
 const AK: &str = "wharf-test-ak";
 const SK: &str = "wharf-test-secret";
+const RO_AK: &str = "wharf-test-read-only";
+const RO_SK: &str = "wharf-test-read-only-secret";
 const BUCKET: &str = "blobs";
 const MIB: usize = 1024 * 1024;
 
@@ -31,6 +33,11 @@ fn config(root: &std::path::Path) -> EmbeddedConfig {
         secret_key: SK.into(),
         region: "us-east-1".into(),
         buckets: vec![BUCKET.into()],
+        read_only: Some(KeyPair {
+            access_key: RO_AK.into(),
+            secret_key: RO_SK.into(),
+        }),
+        header_read_timeout: wharf_embedded_s3::DEFAULT_HEADER_READ_TIMEOUT,
     }
 }
 
@@ -774,6 +781,244 @@ async fn wrong_credentials_and_unsigned_requests_get_403() {
         .unwrap();
     assert_eq!(resp.status(), 403);
     assert_eq!(get(&srv.client, "k", None).await, b"v");
+}
+
+/// The edge presigns with the read-only key (issue 12): it reads objects
+/// and nothing else.
+#[tokio::test]
+async fn the_read_only_key_reads_objects_and_may_not_write_delete_or_list() {
+    let srv = start().await;
+    let body = data(3000, 9);
+    put(&srv.client, "blobs/sha256:ro", body.clone()).await;
+    let ro = client(&srv.s3.endpoint(), RO_AK, RO_SK);
+
+    assert_eq!(get(&ro, "blobs/sha256:ro", None).await, body);
+    assert_eq!(
+        get(&ro, "blobs/sha256:ro", Some("bytes=1-2")).await,
+        &body[1..3]
+    );
+    let head = ro
+        .head_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:ro")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(3000));
+    // Presigned GET and HEAD, as the edge hands them out.
+    let presign = PresigningConfig::expires_in(Duration::from_secs(60)).unwrap();
+    let url = ro
+        .get_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:ro")
+        .presigned(presign.clone())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let resp = http.get(url.uri()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[..]);
+    let url = ro
+        .head_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:ro")
+        .presigned(presign.clone())
+        .await
+        .unwrap();
+    assert_eq!(http.head(url.uri()).send().await.unwrap().status(), 200);
+
+    fn denied<E: aws_sdk_s3::error::ProvideErrorMetadata>(
+        what: &str,
+        r: Result<impl std::fmt::Debug, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    ) {
+        let err = r.expect_err(what);
+        assert_eq!(
+            (status(&err), code(&err).as_str()),
+            (403, "AccessDenied"),
+            "{what}"
+        );
+    }
+    denied(
+        "PutObject",
+        ro.put_object()
+            .bucket(BUCKET)
+            .key("blobs/sha256:evil")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await,
+    );
+    denied(
+        "DeleteObject",
+        ro.delete_object()
+            .bucket(BUCKET)
+            .key("blobs/sha256:ro")
+            .send()
+            .await,
+    );
+    denied(
+        "CopyObject",
+        ro.copy_object()
+            .bucket(BUCKET)
+            .key("blobs/sha256:copy")
+            .copy_source(format!("{BUCKET}/blobs/sha256:ro"))
+            .send()
+            .await,
+    );
+    denied(
+        "CreateMultipartUpload",
+        ro.create_multipart_upload()
+            .bucket(BUCKET)
+            .key("blobs/sha256:mp")
+            .send()
+            .await,
+    );
+    let upload = srv
+        .client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("blobs/sha256:mp")
+        .send()
+        .await
+        .unwrap();
+    let upload_id = upload.upload_id().unwrap();
+    denied(
+        "UploadPart",
+        ro.upload_part()
+            .bucket(BUCKET)
+            .key("blobs/sha256:mp")
+            .upload_id(upload_id)
+            .part_number(1)
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await,
+    );
+    denied(
+        "AbortMultipartUpload",
+        ro.abort_multipart_upload()
+            .bucket(BUCKET)
+            .key("blobs/sha256:mp")
+            .upload_id(upload_id)
+            .send()
+            .await,
+    );
+    denied(
+        "ListMultipartUploads",
+        ro.list_multipart_uploads().bucket(BUCKET).send().await,
+    );
+    denied(
+        "ListObjectsV2",
+        ro.list_objects_v2().bucket(BUCKET).send().await,
+    );
+    denied(
+        "CreateBucket",
+        ro.create_bucket().bucket("evil").send().await,
+    );
+    // A presigned PUT with the read-only key is refused too.
+    let url = ro
+        .put_object()
+        .bucket(BUCKET)
+        .key("blobs/sha256:evil")
+        .presigned(presign)
+        .await
+        .unwrap();
+    let resp = http.put(url.uri()).body("evil").send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("AccessDenied"));
+
+    // Nothing was written or deleted.
+    assert_eq!(get(&srv.client, "blobs/sha256:ro", None).await, body);
+    let listed = srv
+        .client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["blobs/sha256:ro"]);
+}
+
+#[tokio::test]
+async fn the_read_only_key_must_differ_from_the_read_write_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.read_only = Some(KeyPair {
+        access_key: AK.into(),
+        secret_key: "other".into(),
+    });
+    let err = EmbeddedS3::start(cfg).await.unwrap_err();
+    assert!(matches!(err, EmbeddedError::SameKeys), "{err}");
+}
+
+/// Presigned URLs point the internet at this server: a client that sends
+/// half a request line, or nothing at all, or idles after a request, is
+/// disconnected once the header-read timeout passes (issue 12).
+#[tokio::test]
+async fn slow_and_idle_connections_are_cut_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_secs(1);
+    let s3 = EmbeddedS3::start(EmbeddedConfig {
+        header_read_timeout: timeout,
+        ..config(dir.path())
+    })
+    .await
+    .unwrap();
+    put(&client(&s3.endpoint(), AK, SK), "k", b"v".to_vec()).await;
+
+    /// Waits for the server to close the connection; returns the time taken
+    /// and whatever it sent before closing.
+    async fn closed_after(conn: &mut tokio::net::TcpStream) -> (Duration, Vec<u8>) {
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .expect("the server should close the connection within 10 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return (started.elapsed(), got);
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    // Half a request line.
+    let mut half = tokio::net::TcpStream::connect(s3.local_addr())
+        .await
+        .unwrap();
+    half.write_all(b"GET /blobs/k HT").await.unwrap();
+    // Nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(s3.local_addr())
+        .await
+        .unwrap();
+    // One complete request, then idle on the kept-alive connection.
+    let mut idle = tokio::net::TcpStream::connect(s3.local_addr())
+        .await
+        .unwrap();
+    idle.write_all(b"GET /blobs/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for (name, conn) in [
+        ("half", &mut half),
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+    ] {
+        let (took, got) = closed_after(conn).await;
+        assert!(
+            took <= timeout + Duration::from_secs(3),
+            "{name}: closed after {took:?}"
+        );
+        if name == "idle" {
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+        }
+    }
+    // The server still serves.
+    assert_eq!(get(&client(&s3.endpoint(), AK, SK), "k", None).await, b"v");
+    s3.shutdown().await;
 }
 
 #[tokio::test]

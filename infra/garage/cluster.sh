@@ -10,10 +10,12 @@
 #
 # `start` writes DIR/nodeN/garage.toml (sqlite metadata, replication factor 3,
 # zone dcN), starts the daemons, connects them, applies a layout with one
-# node per zone, imports one access key, creates the buckets (default
+# node per zone, imports two access keys (read/write for the origins,
+# read-only for the edge's presigned URLs), creates the buckets (default
 # wharf-eu,wharf-us,wharf-ap) and writes DIR/env, a shell-sourceable file:
 #   GARAGE_S3_ENDPOINT_1..3  http://127.0.0.1:PORT (node N's S3 API)
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION=garage
+#   WHARF_S3_ACCESS_KEY, WHARF_S3_SECRET_KEY  the read-only key (the edge's)
 #   GARAGE_BUCKETS           the buckets, comma-separated
 # Ports: node N uses P+10(N-1) (RPC), +1 (S3), +2 (admin); default P=3900.
 #
@@ -21,7 +23,7 @@
 # scripts/install-garage.sh fills.
 set -euo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 garage_bin() {
   local c
@@ -121,6 +123,9 @@ EOF
   key_id="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   key_secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   g 1 key import --yes -n wharf "$key_id" "$key_secret" >/dev/null
+  ro_id="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  ro_secret="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  g 1 key import --yes -n wharf-edge "$ro_id" "$ro_secret" >/dev/null
   IFS=, read -ra bl <<<"$buckets"
   for b in "${bl[@]}"; do
     # Retried: right after the layout change a write can miss its quorum.
@@ -129,6 +134,7 @@ EOF
       sleep 0.2
     done
     g 1 bucket allow --read --write --owner "$b" --key "$key_id" >/dev/null
+    g 1 bucket allow --read "$b" --key "$ro_id" >/dev/null
   done
   {
     for n in $(seq 1 $NODES); do
@@ -137,6 +143,8 @@ EOF
     echo "AWS_ACCESS_KEY_ID=$key_id"
     echo "AWS_SECRET_ACCESS_KEY=$key_secret"
     echo "AWS_REGION=garage"
+    echo "WHARF_S3_ACCESS_KEY=$ro_id"
+    echo "WHARF_S3_SECRET_KEY=$ro_secret"
     echo "GARAGE_BUCKETS=$buckets"
   } >"$dir/env"
   echo "garage cluster up: $dir/env"

@@ -2,7 +2,10 @@
 //! and flags (in increasing precedence), validated before anything starts.
 //!
 //! Every validation error names the setting and what would be accepted, so an
-//! operator can fix the file without reading the source.
+//! operator can fix the file without reading the source. A secret that is
+//! still a placeholder shipped in `infra/` or `.dev.vars.example`
+//! ([`wharf_core::placeholder`]) is such an error: the process exits with
+//! status 2 rather than run with a key anyone can read.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,7 @@ use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
 use crate::upstream::{Credentials, Timeouts};
+use wharf_embedded_s3::KeyPair;
 
 /// Command-line flags. Each also reads an environment variable.
 #[derive(Parser, Debug, Default)]
@@ -64,6 +68,21 @@ pub struct Cli {
     /// (replicas route blob misses to one owner by rendezvous hashing).
     #[arg(long, env = "WHARF_ADVERTISE", value_name = "URL")]
     pub advertise: Option<String>,
+    /// A command other than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands beside serving (the default).
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Read a password from standard input (one line) and print its stored
+    /// form for the edge's WHARF_USERS (`pbkdf2-sha256$<iterations>$<salt>$<hash>`).
+    HashPassword {
+        /// PBKDF2 iterations (10000 to 100000, the Workers runtime's limit).
+        #[arg(long, default_value_t = wharf_core::password::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
 }
 
 /// The configuration file's shape. Every field is optional: flags may supply it.
@@ -133,6 +152,9 @@ struct FileEmbedded {
     bucket: Option<String>,
     access_key: Option<String>,
     secret_key: Option<String>,
+    /// The key pair the edge presigns with: GET/HEAD objects only.
+    read_only_access_key: Option<String>,
+    read_only_secret_key: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -341,7 +363,39 @@ impl Config {
             ),
             (Some(dir), None) => {
                 let embedded = file.embedded.unwrap_or_default();
+                let read_only = match (embedded.read_only_access_key, embedded.read_only_secret_key)
+                {
+                    (Some(access_key), Some(secret_key)) => Some(KeyPair {
+                        access_key,
+                        secret_key,
+                    }),
+                    (None, None) => None,
+                    _ => anyhow::bail!(
+                        "embedded.read_only_access_key and embedded.read_only_secret_key go together: set both (the edge presigns with them) or neither"
+                    ),
+                };
+                if let (Some(ro), Some(rw)) = (&read_only, &embedded.access_key)
+                    && ro.access_key == *rw
+                {
+                    anyhow::bail!(
+                        "embedded.read_only_access_key equals embedded.access_key: the read-only key must be a key of its own"
+                    );
+                }
+                let mut secrets = vec![
+                    ("embedded.access_key", embedded.access_key.as_deref()),
+                    ("embedded.secret_key", embedded.secret_key.as_deref()),
+                ];
+                if let Some(k) = &read_only {
+                    secrets.push(("embedded.read_only_access_key", Some(&k.access_key)));
+                    secrets.push(("embedded.read_only_secret_key", Some(&k.secret_key)));
+                }
+                for (setting, value) in secrets {
+                    if let Some(v) = value {
+                        reject_placeholder(setting, v)?;
+                    }
+                }
                 Storage::Embedded(EmbeddedSettings {
+                    read_only,
                     data: dir.clone(),
                     listen: embedded
                         .listen
@@ -374,6 +428,8 @@ impl Config {
                 let secret_key = env("AWS_SECRET_ACCESS_KEY").or(file_s3.secret_key).ok_or_else(|| {
                     anyhow::anyhow!("external store needs credentials: set AWS_SECRET_ACCESS_KEY (or s3.secret_key)")
                 })?;
+                reject_placeholder("AWS_ACCESS_KEY_ID (or s3.access_key)", &access_key)?;
+                reject_placeholder("AWS_SECRET_ACCESS_KEY (or s3.secret_key)", &secret_key)?;
                 let region = cli
                     .s3_region
                     .or(file_s3.region)
@@ -413,6 +469,9 @@ impl Config {
                 })?),
                 (None, None) => None,
             };
+            if let Some(p) = &password {
+                reject_placeholder(&format!("rule {} ({}): password", i + 1, r.prefix), p)?;
+            }
             let credentials = match (r.username, password) {
                 (Some(username), Some(password)) => Some(Credentials { username, password }),
                 (None, None) => None,
@@ -493,6 +552,7 @@ impl Config {
                 None
             }
             Some(key) => {
+                reject_placeholder("WHARF_TOKEN_KEY (or auth.token_key)", &key)?;
                 let key = SigningKey::new(key.into_bytes())
                     .map_err(|e| anyhow::anyhow!("auth.token_key: {e}"))?;
                 let service = file_auth.service.ok_or_else(|| {
@@ -562,6 +622,14 @@ impl Config {
                     let secret_key = key("WHARF_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY").ok_or_else(|| {
                         anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)", r.name)
                     })?;
+                    reject_placeholder(
+                        &format!("WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)"),
+                        &access_key,
+                    )?;
+                    reject_placeholder(
+                        &format!("WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)"),
+                        &secret_key,
+                    )?;
                     peers.push(PeerConfig {
                         name: r.name.clone(),
                         s3: S3Settings {
@@ -627,6 +695,17 @@ impl Config {
         )
         .expect("rules were validated in Config::load")
     }
+}
+
+/// Refuses a secret that is a placeholder shipped in `infra/` or
+/// `.dev.vars.example`; names the setting.
+fn reject_placeholder(setting: &str, value: &str) -> anyhow::Result<()> {
+    if wharf_core::placeholder::is_placeholder(value) {
+        anyhow::bail!(
+            "{setting} is {value:?}, a placeholder shipped in infra/ or .dev.vars.example: set a secret of your own (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    Ok(())
 }
 
 /// Appends the regions of `regions_file` (relative to the config file).
@@ -1008,6 +1087,183 @@ lon = 103.8
                 "{extra:?}: {err:?} should contain {want:?}"
             );
         }
+    }
+
+    /// Every secret value shipped in `.dev.vars.example` and in `infra/`
+    /// (Kubernetes Secrets, anything marked REPLACE-ME) is in the one list
+    /// of placeholders, so the check below cannot fall behind the files.
+    #[test]
+    fn every_shipped_placeholder_is_listed() {
+        use wharf_core::placeholder::PLACEHOLDERS;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut found: Vec<(String, String)> = Vec::new();
+        let unquote = |v: &str| v.trim().trim_matches('"').trim_matches('\'').to_owned();
+
+        let dev = std::fs::read_to_string(root.join(".dev.vars.example")).unwrap();
+        for line in dev
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+        {
+            let (name, value) = line.split_once('=').unwrap();
+            let value = unquote(value);
+            if name == "WHARF_USERS" {
+                let users: std::collections::HashMap<String, String> =
+                    serde_json::from_str(&value).unwrap();
+                found.extend(users.into_values().map(|v| (name.to_owned(), v)));
+            } else {
+                found.push((name.to_owned(), value));
+            }
+        }
+        assert!(found.len() >= 4, ".dev.vars.example: {found:?}");
+
+        let mut files = vec![root.join("infra")];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut in_secret_data = false;
+            for line in text.lines() {
+                let t = line.trim();
+                if t.starts_with("kind:") || t == "---" {
+                    in_secret_data = false;
+                }
+                if t == "stringData:" && text.contains("kind: Secret") {
+                    in_secret_data = true;
+                    continue;
+                }
+                if t.starts_with('#') {
+                    continue;
+                }
+                if let Some((name, value)) = t.split_once(['=', ':']) {
+                    let value = unquote(value);
+                    if in_secret_data || value.to_ascii_lowercase().contains("replace-me") {
+                        found.push((format!("{}: {name}", path.display()), value));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.iter().any(|(_, v)| v == "REPLACE-ME"),
+            "infra/k8s/origin.yaml's Secret was not read: {found:?}"
+        );
+        for (where_, value) in &found {
+            assert!(
+                PLACEHOLDERS.contains(&value.as_str()),
+                "{where_} = {value:?} is a shipped placeholder missing from wharf_core::placeholder::PLACEHOLDERS"
+            );
+        }
+    }
+
+    #[test]
+    fn placeholder_secrets_are_refused_naming_the_setting() {
+        let base = ["--listen", "127.0.0.1:1", "--rule", "a=http://x"];
+        let env = |token: &'static str, aws: &'static str| {
+            move |name: &str| match name {
+                "WHARF_TOKEN_KEY" => Some(token.to_owned()),
+                "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" => Some(aws.to_owned()),
+                _ => None,
+            }
+        };
+        let good = "0123456789abcdef0123456789abcdef-real";
+        let auth = "[auth]\nservice = \"w\"\n";
+        // (extra flags, config file, (token key, AWS keys), what the error says)
+        type Case = (
+            &'static [&'static str],
+            String,
+            (&'static str, &'static str),
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            (
+                &["--data", "/d"],
+                auth.into(),
+                ("dev-only-token-key-0123456789abcdef0123456789", good),
+                "WHARF_TOKEN_KEY (or auth.token_key) is \"dev-only-token-key",
+            ),
+            (
+                &["--data", "/d"],
+                auth.into(),
+                ("REPLACE-ME-WITH-32-OR-MORE-RANDOM-BYTES", good),
+                "WHARF_TOKEN_KEY (or auth.token_key)",
+            ),
+            (
+                &["--data", "/d"],
+                format!("{auth}[embedded]\naccess_key = \"wharfdev\"\nsecret_key = \"{good}\"\n"),
+                (good, good),
+                "embedded.access_key is \"wharfdev\"",
+            ),
+            (
+                &["--data", "/d"],
+                format!("{auth}[embedded]\nsecret_key = \"wharfdev-secret-key-0123456789\"\n"),
+                (good, good),
+                "embedded.secret_key",
+            ),
+            (
+                &["--data", "/d"],
+                format!(
+                    "{auth}[embedded]\nread_only_access_key = \"ro\"\nread_only_secret_key = \"replace-me-read-only-secret-key\"\n"
+                ),
+                (good, good),
+                "embedded.read_only_secret_key",
+            ),
+            (
+                &["--s3-endpoint", "http://s3", "--bucket", "wharf"],
+                auth.into(),
+                (good, "REPLACE-ME"),
+                "AWS_ACCESS_KEY_ID (or s3.access_key) is \"REPLACE-ME\"",
+            ),
+            (
+                &["--data", "/d"],
+                format!(
+                    "{auth}[[rule]]\nprefix = \"p\"\nupstream = \"http://x\"\nusername = \"u\"\npassword = \"changeme\"\n"
+                ),
+                (good, good),
+                "rule 1 (p): password",
+            ),
+            (
+                &["--data", "/d"],
+                format!("{auth}[embedded]\nread_only_access_key = \"ro\"\n"),
+                (good, good),
+                "go together",
+            ),
+            (
+                &["--data", "/d"],
+                format!(
+                    "{auth}[embedded]\naccess_key = \"same\"\nread_only_access_key = \"same\"\nread_only_secret_key = \"s\"\n"
+                ),
+                (good, good),
+                "must be a key of its own",
+            ),
+        ];
+        for (extra, file, (token, aws), want) in cases {
+            let mut args = vec!["wharf-origin"];
+            args.extend_from_slice(&base);
+            args.extend_from_slice(extra);
+            let file: File = toml::from_str(file).unwrap();
+            let err = Config::from_parts(Cli::try_parse_from(args).unwrap(), file, env(token, aws))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(want),
+                "{extra:?}: {err:?} should contain {want:?}"
+            );
+        }
+        // The same settings with real values load.
+        let file: File = toml::from_str(&format!(
+            "{auth}[embedded]\naccess_key = \"rw\"\nsecret_key = \"{good}\"\nread_only_access_key = \"ro\"\nread_only_secret_key = \"{good}-ro\"\n"
+        ))
+        .unwrap();
+        let mut args = vec!["wharf-origin"];
+        args.extend_from_slice(&base);
+        args.extend_from_slice(&["--data", "/d"]);
+        let c =
+            Config::from_parts(Cli::try_parse_from(args).unwrap(), file, env(good, good)).unwrap();
+        let Storage::Embedded(e) = c.storage else {
+            panic!("embedded")
+        };
+        assert_eq!(e.read_only.unwrap().access_key, "ro");
     }
 
     #[test]

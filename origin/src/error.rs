@@ -9,6 +9,13 @@
 //! Errors that happen after the first body byte cannot be rendered (the status
 //! line is gone): streaming bodies abort the connection instead, never append
 //! JSON to a half-sent blob.
+//!
+//! What a client reads ([`Error::public_message`]) is not what the log reads
+//! (`Display`): the body never carries the object store's bucket, keys or
+//! endpoint, an upstream's URL or address, or text an upstream or the store
+//! sent. It says what failed, in the client's terms (the rule prefix it
+//! pulled through), and what to do; the full cause goes to the request's log
+//! line through [`LoggedError`].
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -140,6 +147,38 @@ impl Error {
         }
     }
 
+    /// The message a client reads: actionable, and free of the store's and
+    /// upstreams' details (bucket, keys, endpoints, addresses, their error
+    /// text), which only the log gets.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Upstream { registry, source } => match source {
+                UpstreamError::Unreachable { .. } => {
+                    format!("upstream {registry} is unreachable; retry later")
+                }
+                UpstreamError::Timeout { .. } => {
+                    format!("no response from upstream {registry} in time; retry later")
+                }
+                UpstreamError::RateLimited { retry_after } => format!(
+                    "upstream {registry} is rate limiting the cache; retry after {retry_after} s"
+                ),
+                UpstreamError::Unauthorized { status, .. } => format!(
+                    "upstream {registry} refused access ({status}); the cache's operator should check the rule's credentials"
+                ),
+                UpstreamError::Status { status, .. } => {
+                    format!("upstream {registry} answered HTTP {status}; retry later")
+                }
+                _ => format!("upstream {registry} failed; retry later"),
+            },
+            Error::DigestMismatch { registry, want, .. } => format!(
+                "upstream {registry} sent content that does not match {want}; nothing was cached, retry later"
+            ),
+            Error::Store(_) => "the object store is unavailable; retry later".to_owned(),
+            Error::Joined(inner) => inner.public_message(),
+            other => other.to_string(),
+        }
+    }
+
     /// Seconds the client should wait before retrying, when known.
     fn retry_after(&self) -> Option<u64> {
         match self {
@@ -160,7 +199,7 @@ impl IntoResponse for Error {
         let status =
             StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = self.to_string();
-        let body = render_error(code, &message, None);
+        let body = render_error(code, &self.public_message(), None);
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -1,12 +1,24 @@
-//! `wharf-origin`: flags → configuration → [`wharf_origin::run`].
+//! `wharf-origin`: flags → configuration → [`wharf_origin::run`]; or
+//! `wharf-origin hash-password`, which prints a password's stored form for
+//! the edge's `WHARF_USERS`.
+//!
+//! Exit status: 0 after a clean stop, 1 when serving fails, 2 for a
+//! configuration error (a placeholder secret included) or bad input.
 
+use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
+use rand::RngCore;
 use tracing_subscriber::EnvFilter;
-use wharf_origin::config::{Cli, Config};
+use wharf_core::password::{MAX_ITERATIONS, MIN_ITERATIONS, SALT_LEN, StoredPassword};
+use wharf_origin::config::{Cli, Command, Config};
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::HashPassword { iterations }) = cli.command {
+        return hash_password(iterations);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("WHARF_LOG_FORMAT").is_ok_and(|v| v == "json");
     if json {
@@ -17,7 +29,7 @@ fn main() -> ExitCode {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let config = match Config::load(Cli::parse()) {
+    let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("wharf-origin: configuration error: {e:#}");
@@ -41,6 +53,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads one line (the password) from stdin, prints its stored form.
+fn hash_password(iterations: u32) -> ExitCode {
+    if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+        eprintln!(
+            "wharf-origin hash-password: --iterations {iterations}: expected {MIN_ITERATIONS} to {MAX_ITERATIONS} (the Workers runtime refuses more)"
+        );
+        return ExitCode::from(2);
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("wharf-origin hash-password: cannot read the password from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!(
+            "wharf-origin hash-password: empty password; pipe it in: `printf %s \"$PW\" | wharf-origin hash-password`"
+        );
+        return ExitCode::from(2);
+    }
+    let mut salt = [0u8; SALT_LEN];
+    rand::rng().fill_bytes(&mut salt);
+    let stored = StoredPassword::new(password.as_bytes(), &salt, iterations);
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{stored}")
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

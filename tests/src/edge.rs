@@ -7,7 +7,8 @@
 //!   secrets, and runs `node_modules/.bin/wrangler dev --local` on free ports
 //!   with its state under the test directory.
 //! * [`EdgeStack`] is the usual arrangement: upstream registry, origin (its
-//!   embedded S3 on a known port with known keys), a counting proxy in front
+//!   embedded S3 on a known port with known keys; the edge presigns with the
+//!   read-only pair), a counting proxy in front
 //!   of the origin (so tests count what reached the origin, and can take the
 //!   origin down), and the edge, configured with one public rule (`up/…`) and
 //!   one private rule (`priv/…`), both pulling from the upstream.
@@ -34,15 +35,20 @@ use crate::{
 
 /// The token key shared by the edge and the origin in tests.
 pub const TOKEN_KEY: &str = "wharf-tests-token-key-0123456789abcdef";
-/// The embedded store's access key in tests.
+/// The embedded store's access key in tests (read/write: the origin's).
 pub const S3_ACCESS_KEY: &str = "wharftests";
 /// Its secret key.
 pub const S3_SECRET_KEY: &str = "wharf-tests-secret-key-0123456789";
+/// The embedded store's read-only access key: the edge presigns with it.
+pub const S3_READ_ONLY_ACCESS_KEY: &str = "wharftests-edge";
+/// Its secret key.
+pub const S3_READ_ONLY_SECRET_KEY: &str = "wharf-tests-read-only-secret-0123456789";
 /// The origin's bucket.
 pub const BUCKET: &str = "wharf";
 /// The private rule's prefix in [`EdgeStack`].
 pub const PRIVATE_PREFIX: &str = "priv";
-/// The user allowed to pull the private rule.
+/// The user allowed to pull the private rule; the edge stores the password
+/// as `wharf-origin hash-password` prints it ([`hash_password`]).
 pub const USER: (&str, &str) = ("alice", "alice-password");
 /// The edge's global hostname (the token service).
 pub const GLOBAL_HOST: &str = "wharf.test";
@@ -78,6 +84,32 @@ pub fn edge_bundle() -> Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// The stored form of `password` for `WHARF_USERS`, printed by the real
+/// `wharf-origin hash-password` (PBKDF2-SHA256, 100 000 iterations).
+pub fn hash_password(password: &str) -> Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(crate::origin::origin_bin()?)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running wharf-origin hash-password")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(password.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "wharf-origin hash-password failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim_end().to_owned())
 }
 
 /// One cache rule as the edge sees it.
@@ -218,7 +250,7 @@ impl Edge {
             .iter()
             .map(|r| serde_json::json!({"prefix": r.prefix, "upstream": r.upstream, "private": r.private}))
             .collect();
-        let users = serde_json::json!({ USER.0: USER.1 });
+        let users = serde_json::json!({ USER.0: hash_password(USER.1)? });
         let config = format!(
             "name = \"wharf-edge-test\"\nmain = {main}\ncompatibility_date = \"2026-04-01\"\n\n\
              [vars]\n\
@@ -240,8 +272,8 @@ impl Edge {
             ttl = opts.tag_ttl.as_secs(),
             stale = opts.stale_if_error.as_secs(),
             key = toml_str(TOKEN_KEY),
-            ak = toml_str(S3_ACCESS_KEY),
-            sk = toml_str(S3_SECRET_KEY),
+            ak = toml_str(S3_READ_ONLY_ACCESS_KEY),
+            sk = toml_str(S3_READ_ONLY_SECRET_KEY),
             users = toml_str(&users.to_string()),
         );
         let mut config = config;
@@ -435,6 +467,7 @@ impl EdgeStack {
             tag_ttl: Some(tag_ttl),
             config_toml: Some(format!(
                 "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\nbucket = \"{BUCKET}\"\n\
+                 read_only_access_key = \"{S3_READ_ONLY_ACCESS_KEY}\"\nread_only_secret_key = \"{S3_READ_ONLY_SECRET_KEY}\"\n\
                  [auth]\ntoken_key = \"{TOKEN_KEY}\"\nservice = \"{GLOBAL_HOST}\"\n\
                  [[rule]]\nprefix = \"{PRIVATE_PREFIX}\"\nupstream = \"{UPSTREAM_URL}\"\nprivate = true\n"
             )),

@@ -115,6 +115,14 @@ impl Garage {
         )
     }
 
+    /// The read-only key (GET/HEAD objects) the edge presigns with.
+    pub fn read_only_credentials(&self) -> (String, String) {
+        (
+            self.env["WHARF_S3_ACCESS_KEY"].clone(),
+            self.env["WHARF_S3_SECRET_KEY"].clone(),
+        )
+    }
+
     /// `AWS_*` variables for a process using the cluster.
     pub fn env(&self) -> Vec<(String, String)> {
         let (ak, sk) = self.credentials();

@@ -186,7 +186,8 @@ impl GeoStack {
                     s3_region: Some("garage".into()),
                 })
                 .collect();
-            let (ak, sk) = garage.credentials();
+            // The edge presigns with the read-only key, as in production.
+            let (ak, sk) = garage.read_only_credentials();
             Some(
                 Edge::start(
                     &dir,

@@ -6,6 +6,11 @@
 //! nothing can be served or cached. A failing upstream degrades the region
 //! (cold content errors, warm content is still served) but does not make it
 //! unready, so a load balancer keeps sending it warm traffic.
+//!
+//! `/readyz` is reachable by anyone who can reach the origin (the edge probes
+//! it), so it says *whether* each dependency works, never *what* it is:
+//! no bucket names, endpoints, paths or error text from the store or an
+//! upstream. Those go to the log (a `warn` line per failing check).
 
 use std::time::{Duration, Instant};
 
@@ -24,18 +29,7 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let started = Instant::now();
-    let store = match tokio::time::timeout(Duration::from_secs(2), state.store.check()).await {
-        Ok(Ok(())) => {
-            json!({ "ok": true, "bucket": state.store.bucket(), "latency_ms": started.elapsed().as_millis() as u64 })
-        }
-        Ok(Err(e)) => {
-            json!({ "ok": false, "bucket": state.store.bucket(), "error": e.to_string() })
-        }
-        Err(_) => {
-            json!({ "ok": false, "bucket": state.store.bucket(), "error": "no answer within 2s" })
-        }
-    };
+    let store = check_store(&state.store, "this region's object store", None).await;
     let store_ok = store["ok"].as_bool().unwrap_or(false);
     let upstreams: serde_json::Map<String, serde_json::Value> = state
         .runtimes
@@ -43,7 +37,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .map(|r| {
             (
                 r.upstream.registry().to_owned(),
-                serde_json::to_value(r.upstream.health()).unwrap_or_default(),
+                public_upstream_health(r.upstream.health()),
             )
         })
         .collect();
@@ -60,12 +54,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut peers = serde_json::Map::new();
     if let Some(geo) = &state.geo {
         let checks = geo.peers.iter().map(|p| async move {
-            let started = Instant::now();
-            let v = match tokio::time::timeout(Duration::from_secs(2), p.store.check()).await {
-                Ok(Ok(())) => json!({ "ok": true, "bucket": p.store.bucket(), "latency_ms": started.elapsed().as_millis() as u64 }),
-                Ok(Err(e)) => json!({ "ok": false, "bucket": p.store.bucket(), "error": e.to_string() }),
-                Err(_) => json!({ "ok": false, "bucket": p.store.bucket(), "error": "no answer within 2s" }),
-            };
+            let v = check_store(&p.store, "a peer region's object store", Some(&p.name)).await;
             (p.name.clone(), v)
         });
         peers.extend(futures::future::join_all(checks).await);
@@ -83,6 +72,44 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// One store check as published: `ok` and latency, or `ok: false` with a
+/// generic reason; the store's own error (bucket, endpoint, text) is logged.
+async fn check_store(
+    store: &crate::store::Store,
+    what: &str,
+    peer: Option<&str>,
+) -> serde_json::Value {
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(2), store.check()).await {
+        Ok(Ok(())) => {
+            json!({ "ok": true, "latency_ms": started.elapsed().as_millis() as u64 })
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(bucket = store.bucket(), peer, error = %e, "readiness: {what} failed its check");
+            json!({ "ok": false, "error": "the object store is unavailable" })
+        }
+        Err(_) => {
+            tracing::warn!(
+                bucket = store.bucket(),
+                peer,
+                "readiness: {what} did not answer within 2s"
+            );
+            json!({ "ok": false, "error": "no answer within 2s" })
+        }
+    }
+}
+
+/// An upstream's health without its last error's text (which names URLs
+/// and carries what the upstream said); the text is in the log already.
+fn public_upstream_health(h: crate::upstream::UpstreamHealth) -> serde_json::Value {
+    json!({
+        "ok": h.ok,
+        "status": h.status,
+        "at": h.at,
+        "ratelimit_remaining": h.ratelimit_remaining,
+    })
 }
 
 /// `GET /metrics`.

@@ -7,12 +7,16 @@
 //! [`super::Store::with_local`]): same files, same atomic publish, no
 //! loopback HTTP or second copy of the bytes. Presigned URLs and other
 //! processes still use the S3 API.
+//!
+//! A second, read-only key pair (`[embedded] read_only_access_key` /
+//! `read_only_secret_key`) is what the edge presigns with: it can only GET
+//! and HEAD objects.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use rand::distr::{Alphanumeric, SampleString};
-use wharf_embedded_s3::{EmbeddedConfig, EmbeddedS3};
+use wharf_embedded_s3::{DEFAULT_HEADER_READ_TIMEOUT, EmbeddedConfig, EmbeddedS3, KeyPair};
 
 use super::S3Settings;
 
@@ -27,6 +31,8 @@ pub struct EmbeddedSettings {
     pub access_key: Option<String>,
     /// Secret key; random when not configured.
     pub secret_key: Option<String>,
+    /// The read-only key pair for presigning, when configured.
+    pub read_only: Option<KeyPair>,
     /// Bucket name.
     pub bucket: String,
     /// Multipart part size for the origin's uploads.
@@ -57,6 +63,8 @@ pub async fn start(settings: &EmbeddedSettings) -> anyhow::Result<(EmbeddedS3, S
         secret_key: secret_key.clone(),
         region: region.clone(),
         buckets: vec![settings.bucket.clone()],
+        read_only: settings.read_only.clone(),
+        header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
     })
     .await
     .map_err(|e| {
