@@ -131,7 +131,10 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Api(e) => e.code(),
-            Error::Rule(_) | Error::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
+            // The core's table: NAME_UNKNOWN, NAME_INVALID, or DENIED for
+            // a name that would alias another rule's (same as the edge).
+            Error::Rule(e) => e.code(),
+            Error::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
             Error::ManifestUnknown { .. } | Error::NotAcceptable { .. } => {
                 ErrorCode::ManifestUnknown
             }
