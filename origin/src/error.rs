@@ -33,7 +33,9 @@ pub enum Error {
     /// The method/path/query did not parse as a pull-API request.
     #[error(transparent)]
     Api(#[from] ApiError),
-    /// No cache rule maps the requested repository to an upstream.
+    /// No cache rule maps the requested repository to an upstream, or the
+    /// name would alias another rule's (its own code: `NAME_UNKNOWN`,
+    /// `NAME_INVALID` or `DENIED`, as at the edge).
     #[error(transparent)]
     Rule(#[from] RuleError),
     /// The upstream (and the cache) do not know this manifest.
@@ -131,7 +133,8 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Api(e) => e.code(),
-            Error::Rule(_) | Error::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
+            Error::Rule(e) => e.code(),
+            Error::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
             Error::ManifestUnknown { .. } | Error::NotAcceptable { .. } => {
                 ErrorCode::ManifestUnknown
             }
