@@ -139,6 +139,11 @@ mod tests {
     }
 
     fn token(repo: &str, rules: &[&str]) -> String {
+        token_for(&[repo], rules)
+    }
+
+    /// A token granting pull on each of `repos`, and the private `rules`.
+    fn token_for(repos: &[&str], rules: &[&str]) -> String {
         issue(
             &key(),
             &Claims {
@@ -148,11 +153,14 @@ mod tests {
                 exp: NOW + 60,
                 nbf: NOW,
                 iat: NOW,
-                access: vec![Access {
-                    resource_type: "repository".into(),
-                    name: repo.into(),
-                    actions: vec!["pull".into()],
-                }],
+                access: repos
+                    .iter()
+                    .map(|repo| Access {
+                        resource_type: "repository".into(),
+                        name: (*repo).into(),
+                        actions: vec!["pull".into()],
+                    })
+                    .collect(),
                 private_rules: rules.iter().map(|r| r.to_string()).collect(),
             },
         )
@@ -458,24 +466,9 @@ mod tests {
                 format!("wharf-ticket={t}")
             });
             let authorization = token_spec.as_ref().map(|(repos, granted)| {
-                let claims = Claims {
-                    iss: SERVICE.into(),
-                    sub: "u".into(),
-                    aud: SERVICE.into(),
-                    exp: NOW + 60,
-                    nbf: NOW,
-                    iat: NOW,
-                    access: repos
-                        .iter()
-                        .map(|r| Access {
-                            resource_type: "repository".into(),
-                            name: r.clone().unwrap_or_else(|| name.clone()),
-                            actions: vec!["pull".into()],
-                        })
-                        .collect(),
-                    private_rules: granted.iter().map(|&i| RULES[i].0.to_owned()).collect(),
-                };
-                format!("Bearer {}", issue(&k, &claims))
+                let repos: Vec<&str> = repos.iter().map(|r| r.as_deref().unwrap_or(&name)).collect();
+                let granted: Vec<&str> = granted.iter().map(|&i| RULES[i].0).collect();
+                format!("Bearer {}", token_for(&repos, &granted))
             });
             let req = PullCheck {
                 key: &k,
