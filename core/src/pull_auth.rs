@@ -125,6 +125,7 @@ pub fn check(
 mod tests {
     use super::*;
     use crate::token::{Access, issue};
+    use proptest::prelude::*;
 
     const NOW: u64 = 1_700_000_000;
     const SERVICE: &str = "wharf.example.com";
@@ -138,6 +139,11 @@ mod tests {
     }
 
     fn token(repo: &str, rules: &[&str]) -> String {
+        token_for(&[repo], rules)
+    }
+
+    /// A token granting pull on each of `repos`, and the private `rules`.
+    fn token_for(repos: &[&str], rules: &[&str]) -> String {
         issue(
             &key(),
             &Claims {
@@ -147,11 +153,14 @@ mod tests {
                 exp: NOW + 60,
                 nbf: NOW,
                 iat: NOW,
-                access: vec![Access {
-                    resource_type: "repository".into(),
-                    name: repo.into(),
-                    actions: vec!["pull".into()],
-                }],
+                access: repos
+                    .iter()
+                    .map(|repo| Access {
+                        resource_type: "repository".into(),
+                        name: (*repo).into(),
+                        actions: vec!["pull".into()],
+                    })
+                    .collect(),
                 private_rules: rules.iter().map(|r| r.to_string()).collect(),
             },
         )
@@ -258,5 +267,239 @@ mod tests {
             e.challenge("https://h/token", SERVICE, &repo).unwrap(),
             r#"Bearer realm="https://h/token",service="wharf.example.com",scope="repository:up/app:pull",error="insufficient_scope""#
         );
+    }
+
+    /// The rules of the property test: a public rule with a private rule
+    /// nested under it, twice (once on the Docker Hub prefix, whose bare-name
+    /// fallback and `library/` make more names land on it).
+    const RULES: [(&str, &str, bool); 4] = [
+        ("up", "http://127.0.0.1:5000", false),
+        ("up/acme", "http://127.0.0.1:5001", true),
+        ("docker.io", "https://registry-1.docker.io", false),
+        ("docker.io/myorg", "http://127.0.0.1:5002", true),
+    ];
+    /// `host[:port]` of each rule's upstream, as `?ns=` names it.
+    const AUTHORITIES: [&str; 4] = [
+        "127.0.0.1:5000",
+        "127.0.0.1:5001",
+        "registry-1.docker.io",
+        "127.0.0.1:5002",
+    ];
+
+    /// The rule whose prefix is the longest whole-component prefix of
+    /// `name`, and the rest of the name.
+    fn model_owner(name: &str) -> Option<(usize, &str)> {
+        let mut best: Option<(usize, &str)> = None;
+        for (i, (prefix, _, _)) in RULES.iter().enumerate() {
+            let rest = if name == *prefix {
+                ""
+            } else if let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
+                rest
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(b, _)| prefix.len() > RULES[b].0.len()) {
+                best = Some((i, rest));
+            }
+        }
+        best
+    }
+
+    /// The resolution, written out from the README rather than from
+    /// `rules.rs`: Some((rule, canonical)) when the name resolves and its
+    /// canonical name is its own rule's, None otherwise (no rule, a bare
+    /// prefix, or an alias of another rule's name).
+    fn model_resolve(name: &str, ns: Option<&str>) -> Option<(usize, String)> {
+        let ns = ns.map(str::trim).filter(|s| !s.is_empty());
+        let (rule, repo) = match ns {
+            Some(ns) => {
+                let rule = RULES
+                    .iter()
+                    .position(|r| r.0 == ns)
+                    .or_else(|| AUTHORITIES.iter().position(|a| *a == ns))?;
+                (rule, name)
+            }
+            None => match model_owner(name) {
+                Some((_, "")) => return None,
+                Some(found) => found,
+                None => (2, name),
+            },
+        };
+        let hub = RULES[rule].0 == "docker.io" || AUTHORITIES[rule] == "registry-1.docker.io";
+        let repo = if hub && !repo.contains('/') {
+            format!("library/{repo}")
+        } else {
+            repo.to_owned()
+        };
+        let canonical = format!("{}/{repo}", RULES[rule].0);
+        (model_owner(&canonical).map(|(owner, _)| owner) == Some(rule)).then_some((rule, canonical))
+    }
+
+    fn arb_name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            proptest::sample::select(vec!["up", "acme", "app", "library", "docker.io", "myorg"]),
+            1..5,
+        )
+        .prop_map(|parts| parts.join("/"))
+    }
+
+    fn arb_ns() -> impl Strategy<Value = Option<&'static str>> {
+        proptest::option::of(proptest::sample::select(vec![
+            "up",
+            "up/acme",
+            "acme",
+            "docker.io",
+            "docker.io/myorg",
+            "127.0.0.1:5000",
+            "127.0.0.1:5001",
+            "127.0.0.1:5002",
+            "registry-1.docker.io",
+            "127.0.0.1:9",
+            " ",
+        ]))
+    }
+
+    /// Something a ticket or token is issued for: the request's own value
+    /// (`None`) or a random one, so that both exact matches and replays
+    /// elsewhere are frequent.
+    fn own_or<T: std::fmt::Debug + Clone>(
+        other: impl Strategy<Value = T>,
+    ) -> impl Strategy<Value = Option<T>> {
+        proptest::option::weighted(0.5, other)
+    }
+
+    /// A ticket: (rule index or the request's resolved rule, private flag or
+    /// the rule's, name or the path's, digest index or the request's, expiry
+    /// offset from now).
+    type TicketSpec = (
+        Option<usize>,
+        Option<bool>,
+        Option<String>,
+        Option<usize>,
+        i64,
+    );
+
+    fn arb_ticket() -> impl Strategy<Value = Option<TicketSpec>> {
+        proptest::option::of((
+            own_or(0..RULES.len()),
+            own_or(any::<bool>()),
+            own_or(arb_name()),
+            own_or(0..2usize),
+            proptest::sample::select(vec![
+                30i64,
+                -(crate::token::LEEWAY_SECS as i64) - 1,
+                2 * ticket::MAX_LIFETIME_SECS as i64,
+            ]),
+        ))
+    }
+
+    /// A token: repository names it grants pull on (each the path's own
+    /// name or another), and private rules (indices into [`RULES`]).
+    fn arb_token() -> impl Strategy<Value = Option<(Vec<Option<String>>, Vec<usize>)>> {
+        proptest::option::of((
+            proptest::collection::vec(own_or(arb_name()), 0..3),
+            proptest::collection::vec(0..RULES.len(), 0..3),
+        ))
+    }
+
+    proptest! {
+        /// The whole decision a pull request goes through (resolution, then
+        /// ticket or token) against a model of it: allowed iff the name
+        /// resolves without aliasing another rule's names, and either (on a
+        /// blob with a ticket) the ticket binds exactly the resolved rule and
+        /// its privacy, the path's name and the digest, unexpired, with no
+        /// `?ns=`; or (no ticket, or not a blob) a token grants pull on the
+        /// path's name and, on a private rule, that rule.
+        #[test]
+        fn pull_decision_matches_the_model(
+            name in arb_name(),
+            ns in arb_ns(),
+            blob in proptest::option::of(0..2usize),
+            ticket_spec in arb_ticket(),
+            token_spec in arb_token(),
+        ) {
+            let k = key();
+            let rules = crate::rules::CacheRules::new(
+                RULES
+                    .iter()
+                    .map(|(prefix, upstream, _)| crate::rules::RuleSpec {
+                        prefix: (*prefix).into(),
+                        upstream: (*upstream).into(),
+                    })
+                    .collect(),
+            )
+            .unwrap();
+            let digests = [Digest::sha256_of(b"one"), Digest::sha256_of(b"two")];
+            let path = RepositoryName::parse(&name).unwrap();
+            let resolved = rules.resolve(&path, ns);
+            let expected_resolution = model_resolve(&name, ns);
+            prop_assert_eq!(
+                resolved.as_ref().ok().map(|r| (r.rule, r.canonical.to_string())),
+                expected_resolution.clone(),
+                "resolution of {} ?ns={:?}: {:?}", name, ns, resolved
+            );
+            // Refused resolutions are not an authorisation question; an
+            // alias is refused as DENIED, the rest as unknown names.
+            let Ok(resolved) = resolved else {
+                let e = resolved.unwrap_err();
+                let aliased = matches!(e, crate::rules::RuleError::Aliased { .. });
+                prop_assert_eq!(e.code() == ErrorCode::Denied, aliased);
+                return Ok(());
+            };
+            let rule_private = RULES[resolved.rule].2;
+            let rule = TicketRule { prefix: &resolved.prefix, private: rule_private };
+
+            let query = ticket_spec.as_ref().map(|(t_rule, t_private, t_name, t_digest, exp)| {
+                let t_rule = t_rule.unwrap_or(resolved.rule);
+                let t_name = RepositoryName::parse(t_name.as_deref().unwrap_or(&name)).unwrap();
+                let t_digest = &digests[t_digest.or(blob).unwrap_or(0)];
+                let t = ticket::issue(
+                    &k,
+                    TicketRule {
+                        prefix: RULES[t_rule].0,
+                        private: t_private.unwrap_or(RULES[t_rule].2),
+                    },
+                    &t_name,
+                    t_digest,
+                    NOW.saturating_add_signed(*exp),
+                );
+                format!("wharf-ticket={t}")
+            });
+            let authorization = token_spec.as_ref().map(|(repos, granted)| {
+                let repos: Vec<&str> = repos.iter().map(|r| r.as_deref().unwrap_or(&name)).collect();
+                let granted: Vec<&str> = granted.iter().map(|&i| RULES[i].0).collect();
+                format!("Bearer {}", token_for(&repos, &granted))
+            });
+            let req = PullCheck {
+                key: &k,
+                service: SERVICE,
+                now_secs: NOW,
+                name: &path,
+                blob: blob.map(|i| &digests[i]),
+                rule,
+                with_ns: ns.is_some(),
+            };
+            let got = check(&req, authorization.as_deref(), query.as_deref());
+
+            let expected = match (blob, &ticket_spec) {
+                (Some(b), Some((t_rule, t_private, t_name, t_digest, exp))) => {
+                    let t_rule = t_rule.unwrap_or(resolved.rule);
+                    ns.is_none()
+                        && RULES[t_rule].0 == resolved.prefix
+                        && t_private.unwrap_or(RULES[t_rule].2) == rule_private
+                        && t_name.as_deref().unwrap_or(&name) == name
+                        && t_digest.unwrap_or(b) == b
+                        && *exp == 30
+                }
+                _ => token_spec.as_ref().is_some_and(|(repos, granted)| {
+                    repos.iter().any(|r| r.as_deref().unwrap_or(&name) == name)
+                        && (!rule_private || granted.iter().any(|&i| RULES[i].0 == resolved.prefix))
+                }),
+            };
+            prop_assert_eq!(got.is_ok(), expected, "{:?}", got);
+            if let Ok(grant) = got {
+                prop_assert_eq!(matches!(grant, Grant::Ticket), blob.is_some() && ticket_spec.is_some());
+            }
+        }
     }
 }

@@ -671,17 +671,23 @@ mod tests {
         assert!(e.to_string().contains("configured prefixes: (none)"), "{e}");
     }
 
-    #[test]
-    fn resolutions_that_alias_another_rules_names_are_refused() {
-        // `up` public and `up/acme` private: `acme/app?ns=up` must not become
-        // `up/acme/app`, the private rule's name (issue 12).
-        let rules = CacheRules::new(vec![
+    /// Rules nested under others: `up/acme` under `up`, `docker.io/myorg`
+    /// under Docker Hub.
+    fn nested() -> CacheRules {
+        CacheRules::new(vec![
             spec("up", "http://127.0.0.1:5000"),
             spec("up/acme", "http://127.0.0.1:5001"),
             spec("docker.io", "https://registry-1.docker.io"),
             spec("docker.io/myorg", "http://127.0.0.1:5002"),
         ])
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn resolutions_that_alias_another_rules_names_are_refused() {
+        // `up` public and `up/acme` private: `acme/app?ns=up` must not become
+        // `up/acme/app`, the private rule's name (issue 12).
+        let rules = nested();
         let cases: &[(&str, Option<&str>, &str)] = &[
             (
                 "acme/app",
@@ -737,13 +743,7 @@ mod tests {
             parts in proptest::collection::vec("(up|acme|app|x|library|docker.io|myorg)", 1..5),
             ns in proptest::option::of("(up|up/acme|docker.io|docker.io/myorg|127.0.0.1:5000|127.0.0.1:5001)"),
         ) {
-            let rules = CacheRules::new(vec![
-                spec("up", "http://127.0.0.1:5000"),
-                spec("up/acme", "http://127.0.0.1:5001"),
-                spec("docker.io", "https://registry-1.docker.io"),
-                spec("docker.io/myorg", "http://127.0.0.1:5002"),
-            ])
-            .unwrap();
+            let rules = nested();
             let Ok(name) = RepositoryName::parse(&parts.join("/")) else { return Ok(()) };
             if let Ok(r) = rules.resolve(&name, ns.as_deref()) {
                 let again = rules.resolve(&r.canonical, None).unwrap();

@@ -20,7 +20,7 @@
 //! * A ticketed request never carries `?ns=` (the redirect has none, and the
 //!   canonical name resolves without it): [`crate::pull_auth`] refuses one
 //!   that does, so `ns` cannot change the rule a ticket was checked against.
-//! * Same [`SigningKey`] as tokens; the `wharf-ticket-v1` domain prefix keeps a
+//! * Same [`SigningKey`] as tokens; the `wharf-ticket-v2` domain prefix keeps a
 //!   ticket MAC from ever being a valid JWT MAC (a JWT signing input starts
 //!   with `eyJ`) and vice versa.
 //! * A ticket valid for more than [`MAX_LIFETIME_SECS`] is refused even with a

@@ -39,7 +39,9 @@ pub struct Auth {
     realm: String,
 }
 
-fn now_secs() -> u64 {
+/// Now, unix seconds, for tokens, tickets and forwarded-request signatures
+/// (0 if the clock is before 1970).
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

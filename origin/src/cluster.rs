@@ -22,19 +22,13 @@ use futures::TryStreamExt;
 use wharf_core::Digest;
 use wharf_core::region::rendezvous;
 
+use crate::auth::now_secs;
 use crate::metrics;
 use crate::state::AppState;
 use crate::store;
 
 /// Marks a request one replica forwarded to another (value: signed sender).
 pub const FORWARDED_HEADER: &str = wharf_core::peer::HEADER;
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// The sending replica, when `headers` carry a valid forwarded-request
 /// signature for this `GET` of `path` (path and query).

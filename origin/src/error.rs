@@ -33,7 +33,9 @@ pub enum Error {
     /// The method/path/query did not parse as a pull-API request.
     #[error(transparent)]
     Api(#[from] ApiError),
-    /// No cache rule maps the requested repository to an upstream.
+    /// No cache rule maps the requested repository to an upstream, or the
+    /// name would alias another rule's (its own code: `NAME_UNKNOWN`,
+    /// `NAME_INVALID` or `DENIED`, as at the edge).
     #[error(transparent)]
     Rule(#[from] RuleError),
     /// The upstream (and the cache) do not know this manifest.

@@ -349,9 +349,12 @@ impl Blobs {
                 self.links
                     .confirm(
                         links::Kind::Blob,
-                        &request.upstream,
-                        &request.upstream_repo,
-                        &request.canonical,
+                        links::Through {
+                            upstream: &request.upstream,
+                            upstream_repo: &request.upstream_repo,
+                            repo: &request.canonical,
+                            replicate: request.replicate,
+                        },
                         &request.digest,
                         || Error::BlobUnknown {
                             name: request.canonical.to_string(),
@@ -386,7 +389,12 @@ impl Blobs {
             Ok(Some(uploader)) => match uploader.await {
                 Ok(Ok(())) => {
                     self.links
-                        .record_now(links::Kind::Blob, &request.canonical, &request.digest)
+                        .record_now(
+                            links::Kind::Blob,
+                            &request.canonical,
+                            &request.digest,
+                            request.replicate,
+                        )
                         .await;
                     if request.replicate
                         && let Some(r) = &self.replicator
@@ -467,8 +475,12 @@ impl Blobs {
         {
             let link = store::blob_link_key(&request.canonical, digest);
             if let Ok(Some(_)) = peer.store.head(&link).await {
-                self.links
-                    .record(links::Kind::Blob, &request.canonical, digest);
+                self.links.record(
+                    links::Kind::Blob,
+                    &request.canonical,
+                    digest,
+                    request.replicate,
+                );
             } else {
                 self.gate(request, Held::Stored)
                     .await

@@ -13,6 +13,12 @@
 //! one and the old one is dropped) — a bounded, approximately
 //! least-recently-used cache without a dependency. A record not in memory
 //! costs one store `HEAD`.
+//!
+//! Replication: a link recorded for a rule with `replicate = true` is
+//! copied to the peer regions like the bytes it links (through the same
+//! [`Replicator`] queue, verified against the empty object's digest), so a
+//! peer region that received the bytes also knows which repositories may
+//! read them, and its first pull costs no upstream `HEAD`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -25,6 +31,7 @@ use wharf_core::{Digest, RepositoryName};
 
 use crate::error::Error;
 use crate::metrics;
+use crate::replicate::Replicator;
 use crate::store::{self, Store};
 use crate::upstream::Upstream;
 
@@ -88,20 +95,44 @@ impl Generations {
     }
 }
 
+/// A repository as its rule resolved it: whose upstream confirms a link
+/// ([`Links::confirm`]) and where the link goes.
+#[derive(Clone, Copy)]
+pub struct Through<'a> {
+    /// The rule's upstream.
+    pub upstream: &'a Upstream,
+    /// The repository's name there.
+    pub upstream_repo: &'a RepositoryName,
+    /// The canonical name: the repository the link is for.
+    pub repo: &'a RepositoryName,
+    /// The rule's `replicate` setting (the link goes to the peer regions).
+    pub replicate: bool,
+}
+
 /// The link records of one region's bucket.
 pub struct Links {
     store: Store,
     known: Mutex<Generations>,
     writes: TaskTracker,
+    replicator: Option<Replicator>,
 }
 
 impl Links {
-    /// Links kept in `store`.
-    pub fn new(store: Store) -> Self {
+    /// Links kept in `store`; those of replicated rules are also queued on
+    /// `replicator` (when there are peer regions).
+    pub fn new(store: Store, replicator: Option<Replicator>) -> Self {
         Self {
             store,
             known: Mutex::default(),
             writes: TaskTracker::new(),
+            replicator,
+        }
+    }
+
+    /// Queues a written link for the peer regions when its rule replicates.
+    fn replicate(replicator: Option<&Replicator>, replicate: bool, key: String) {
+        if replicate && let Some(r) = replicator {
+            r.enqueue(key, Digest::sha256_of(b""));
         }
     }
 
@@ -131,26 +162,35 @@ impl Links {
 
     /// Records that `repo`'s upstream served or confirmed `digest`: in
     /// memory now, in the store in the background (a lost write costs one
-    /// upstream `HEAD` later, never a wrong answer).
-    pub fn record(&self, kind: Kind, repo: &RepositoryName, digest: &Digest) {
+    /// upstream `HEAD` later, never a wrong answer). `replicate`: the
+    /// rule's `replicate` setting.
+    pub fn record(&self, kind: Kind, repo: &RepositoryName, digest: &Digest, replicate: bool) {
         let key = kind.key(repo, digest);
         if !self.known().insert(key.clone()) {
             return;
         }
         let store = self.store.clone();
+        let replicator = self.replicator.clone();
         self.writes.spawn(async move {
-            if let Err(e) = store
+            match store
                 .put_bytes(&key, Bytes::new(), "application/octet-stream")
                 .await
             {
-                tracing::warn!(error = %e, "repository link not recorded");
+                Ok(()) => Self::replicate(replicator.as_ref(), replicate, key),
+                Err(e) => tracing::warn!(error = %e, "repository link not recorded"),
             }
         });
     }
 
     /// Records the link and waits until the store has it (the edge may
     /// look for it as soon as the caller reports the blob committed).
-    pub async fn record_now(&self, kind: Kind, repo: &RepositoryName, digest: &Digest) {
+    pub async fn record_now(
+        &self,
+        kind: Kind,
+        repo: &RepositoryName,
+        digest: &Digest,
+        replicate: bool,
+    ) {
         let key = kind.key(repo, digest);
         match self
             .store
@@ -158,7 +198,8 @@ impl Links {
             .await
         {
             Ok(()) => {
-                self.known().insert(key);
+                self.known().insert(key.clone());
+                Self::replicate(self.replicator.as_ref(), replicate, key);
             }
             Err(e) => tracing::warn!(error = %e, "repository link not recorded"),
         }
@@ -166,27 +207,31 @@ impl Links {
 
     /// Records the digests a manifest that `repo`'s upstream served refers
     /// to (see `wharf_core::access::references`).
-    pub fn record_references(&self, repo: &RepositoryName, body: &[u8]) {
+    pub fn record_references(&self, repo: &RepositoryName, body: &[u8], replicate: bool) {
         for reference in wharf_core::access::references(body) {
             match reference {
-                Reference::Blob(d) => self.record(Kind::Blob, repo, &d),
-                Reference::Manifest(d) => self.record(Kind::Manifest, repo, &d),
+                Reference::Blob(d) => self.record(Kind::Blob, repo, &d, replicate),
+                Reference::Manifest(d) => self.record(Kind::Manifest, repo, &d, replicate),
             }
         }
     }
 
-    /// Asks `repo`'s upstream whether it has `digest` (one `HEAD`): 200
+    /// Asks `through`'s upstream whether it has `digest` (one `HEAD`): 200
     /// records the link; 404 is `not_found`; anything else is the upstream's
     /// error (fail closed).
     pub async fn confirm(
         &self,
         kind: Kind,
-        upstream: &Upstream,
-        upstream_repo: &RepositoryName,
-        repo: &RepositoryName,
+        through: Through<'_>,
         digest: &Digest,
         not_found: impl FnOnce() -> Error,
     ) -> Result<(), Error> {
+        let Through {
+            upstream,
+            upstream_repo,
+            repo,
+            replicate,
+        } = through;
         let response = upstream
             .send(
                 Method::HEAD,
@@ -201,7 +246,7 @@ impl Links {
             })?;
         if response.status().is_success() {
             metrics::link_check("confirmed");
-            self.record(kind, repo, digest);
+            self.record(kind, repo, digest, replicate);
             Ok(())
         } else {
             metrics::link_check("refused");

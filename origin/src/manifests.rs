@@ -32,7 +32,7 @@ use wharf_core::{
 
 use crate::coalesce::SharedFlights;
 use crate::error::Error;
-use crate::links::{Kind, Links};
+use crate::links::{Kind, Links, Through};
 use crate::metrics;
 use crate::replicate::Replicator;
 use crate::store::{self, Store};
@@ -181,9 +181,12 @@ impl Manifests {
                 self.links
                     .confirm(
                         Kind::Manifest,
-                        &req.upstream,
-                        &req.upstream_repo,
-                        &req.canonical,
+                        Through {
+                            upstream: &req.upstream,
+                            upstream_repo: &req.upstream_repo,
+                            repo: &req.canonical,
+                            replicate: req.replicate,
+                        },
                         digest,
                         || Error::ManifestUnknown {
                             name: req.canonical.to_string(),
@@ -391,9 +394,14 @@ impl Manifests {
         };
         // The upstream served it through this name: the name may read it and
         // what it refers to.
+        self.links.record(
+            Kind::Manifest,
+            &req.canonical,
+            &manifest.digest,
+            req.replicate,
+        );
         self.links
-            .record(Kind::Manifest, &req.canonical, &manifest.digest);
-        self.links.record_references(&req.canonical, &manifest.body);
+            .record_references(&req.canonical, &manifest.body, req.replicate);
         if let Err(e) = self
             .store
             .put_bytes(

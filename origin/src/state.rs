@@ -153,7 +153,7 @@ impl AppState {
             }
             _ => None,
         };
-        let links = Arc::new(Links::new(store.clone()));
+        let links = Arc::new(Links::new(store.clone(), replicator.clone()));
         let blobs = Blobs::new(
             store.clone(),
             config.spool_dir.clone(),

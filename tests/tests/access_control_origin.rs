@@ -381,12 +381,37 @@ async fn ns_alias_of_a_private_name_is_refused_at_the_origin() {
             format!("/v2/acme/app/blobs/{layer}?ns={b_host}"),
             false,
         ),
+        (
+            "GET acme/app/tags/list?ns=up".into(),
+            "/v2/acme/app/tags/list?ns=up".into(),
+            false,
+        ),
+        (
+            "GET acme/app/tags/list?ns=<B host:port>".into(),
+            format!("/v2/acme/app/tags/list?ns={b_host}"),
+            false,
+        ),
+        (
+            "GET acme/app/referrers/<private manifest digest>?ns=up".into(),
+            format!("/v2/acme/app/referrers/{md}?ns=up"),
+            false,
+        ),
     ];
     let mut p = Probes::new("origin: ?ns= aliasing (b)");
     for (probe, path, head) in probes {
         f.reset();
         let o = f.send(head, &path, Some(&anon)).await;
         p.refused(&probe, &o, head);
+        // `?ns=up` aliases the private rule's names: the resolution itself
+        // is refused, before any token or store check, as at the edge.
+        // (`?ns=<B host:port>` resolves to `up/acme` itself: the token lacks
+        // that private rule.)
+        if path.ends_with("?ns=up") {
+            p.expect(
+                o.status == 403 && (head || o.code.as_deref() == Some("DENIED")),
+                || "not the aliasing refusal (403 DENIED)".into(),
+            );
+        }
         if o.served(md) || o.served(layer) {
             p.fail("served the private bytes".into());
         }

@@ -347,8 +347,9 @@ async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner(
         assert_eq!((status, got.as_str(), len), (200, digest.as_str(), size));
     }
 
-    // Without any pull there, us and ap receive every blob, verified.
-    let want = img.blobs().len() as f64;
+    // Without any pull there, us and ap receive every blob, verified, and
+    // the repository's link to it.
+    let want = 2.0 * img.blobs().len() as f64;
     let eu = s.region("eu");
     let started = Instant::now();
     loop {
@@ -364,7 +365,7 @@ async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner(
                 &[("region", "ap"), ("result", "copied")],
             )
             .await;
-        if us >= want && ap >= want {
+        if us >= want && ap >= want && eu.metric("wharf_replication_backlog", &[]).await == 0.0 {
             break;
         }
         assert!(
@@ -388,7 +389,8 @@ async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner(
         assert_eq!(ready["checks"]["peer_regions"][peer]["ok"], true, "{ready}");
     }
 
-    // A pull in ap is served from its own bucket: no upstream, no peer copy.
+    // A pull in ap is served from its own bucket: no upstream (not even a
+    // `HEAD` to confirm the repository's link), no peer copy.
     s.upstream.reset_counts();
     let ap = s.region("ap");
     for (digest, size) in img.blobs() {
@@ -400,7 +402,9 @@ async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner(
         .await;
         assert_eq!((status, got.as_str(), len), (200, digest.as_str(), size));
     }
-    assert_eq!(s.upstream.counts().get("GET", Kind::Blob), 0);
+    let counts = s.upstream.counts();
+    assert_eq!(counts.get("GET", Kind::Blob), 0, "{counts}");
+    assert_eq!(counts.get("HEAD", Kind::Blob), 0, "{counts}");
     assert_eq!(
         ap.metric("wharf_peer_fetches_total", &[("result", "hit")])
             .await,

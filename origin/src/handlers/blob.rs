@@ -148,9 +148,12 @@ async fn head_blob(
                         registry,
                     });
                 }
-                state
-                    .links
-                    .record(links::Kind::Blob, &target.canonical, &digest);
+                state.links.record(
+                    links::Kind::Blob,
+                    &target.canonical,
+                    &digest,
+                    target.replicate,
+                );
                 metrics::request("blob", "miss");
                 // Read the header: a HEAD response's body size hint is 0.
                 response
