@@ -211,18 +211,27 @@ impl CacheRules {
     ///
     /// 1. `ns` given (and non-empty): the rule whose prefix equals it, else the rule
     ///    whose upstream `host[:port]` equals it (containerd sends the registry host,
-    ///    e.g. `registry.example.com:5000`); the whole `name` is the upstream repo.
+    ///    e.g. `registry.example.com:5000`; of several, the shortest prefix); the
+    ///    whole `name` is the upstream repo.
     /// 2. the rule with the longest prefix matching whole leading components.
     /// 3. the `docker.io` rule, treating `name` as a bare Docker Hub name.
     /// 4. [`RuleError::NoRule`].
     pub fn resolve(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Resolved, RuleError> {
         if let Some(ns) = ns.map(str::trim).filter(|s| !s.is_empty()) {
             let lower = ns.to_ascii_lowercase();
+            // Several rules may share an upstream (a public `docker.io` and a
+            // private `docker.io/myorg` with the org's credentials): `ns`
+            // naming that host picks the most general one, the shortest
+            // prefix, never a more specific rule by configuration order.
             let idx = self
                 .rules
                 .iter()
                 .position(|r| r.prefix == ns)
-                .or_else(|| self.authorities.iter().position(|a| *a == lower))
+                .or_else(|| {
+                    (0..self.rules.len())
+                        .filter(|&i| self.authorities[i] == lower)
+                        .min_by_key(|&i| self.rules[i].prefix.len())
+                })
                 .ok_or_else(|| self.no_rule(format!("namespace `{ns}` (from `?ns=`)")))?;
             return self.build(idx, name.as_str(), || {
                 format!("repository `{name}` with `?ns={ns}`")
@@ -732,6 +741,26 @@ mod tests {
                 .unwrap();
             assert_eq!(r.rule, rule, "{name} {ns:?}");
         }
+    }
+
+    #[test]
+    fn ns_naming_a_shared_upstream_picks_the_most_general_rule() {
+        // The private rule comes first in the configuration on purpose.
+        let rules = CacheRules::new(vec![
+            spec("docker.io/myorg", "https://registry-1.docker.io"),
+            spec("docker.io", "https://registry-1.docker.io"),
+        ])
+        .unwrap();
+        let r = rules
+            .resolve(
+                &RepositoryName::parse("alpine").unwrap(),
+                Some("registry-1.docker.io"),
+            )
+            .unwrap();
+        assert_eq!(
+            (r.rule, r.canonical.as_str()),
+            (1, "docker.io/library/alpine")
+        );
     }
 
     proptest::proptest! {

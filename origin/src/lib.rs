@@ -96,6 +96,7 @@ pub async fn run(
 
     let state = AppState::new(&config, store, metrics)?;
     let blobs = state.blobs.clone();
+    let links = state.links.clone();
     let replicator = state.replicator.clone();
     let router = app::app(state);
     tracing::info!(listen = %listener.local_addr()?, rules = config.rules.len(), "wharf origin serving");
@@ -116,6 +117,12 @@ pub async fn run(
         }
     }
     blobs.shutdown(grace).await;
+    // Link records written in the background (and queued for the peers)
+    // before the replicator and the store stop; a lost one would only cost
+    // an upstream HEAD later.
+    if tokio::time::timeout(grace, links.flush()).await.is_err() {
+        tracing::warn!("link records still being written after the shutdown grace");
+    }
     if let Some(r) = replicator {
         r.shutdown(grace).await;
     }
