@@ -9,10 +9,108 @@
 //!   "before/after" record of the fix) and every failed expectation; at the
 //!   end [`Probes::finish`] prints the table and fails the test with the whole
 //!   list, not just the first leak.
+//! * [`Upstreams`] is the scene both the origin and the edge probes run in:
+//!   a public and a private Distribution upstream with their images, and the
+//!   origin's rules over them.
 
 use std::fmt::Write as _;
 
+use anyhow::Result;
+
+use crate::images::SharedLayer;
 use crate::upstream::Counts;
+use crate::{ImageSpec, PushedImage, TestDir, Upstream, UpstreamAuth};
+
+/// B's own (upstream) credentials, known only to the origin's private rules.
+pub const B_USER: (&str, &str) = ("corp", "corp-upstream-password");
+/// The public rule (→ A).
+pub const PUBLIC_PREFIX: &str = "up";
+/// The private rule nested under it on purpose (→ B).
+pub const PRIVATE_PREFIX: &str = "up/acme";
+
+/// Two real Distribution upstreams: A (public, anonymous) and B (private:
+/// token auth, credentials only in the origin's rules), with the images the
+/// probes ask for. Fields drop in declaration order.
+pub struct Upstreams {
+    /// The public upstream.
+    pub a: Upstream,
+    /// The private upstream.
+    pub b: Upstream,
+    /// B `app:v1` (`up/acme/app:v1`, `priv/app:v1`): layers [shared, private-only…].
+    pub private: PushedImage,
+    /// B `app:v2`: never pulled, so its blobs are cold.
+    pub cold: PushedImage,
+    /// A `pub:v1`.
+    pub public: PushedImage,
+    /// A `pub2:v1`: layers [shared].
+    pub pub2: PushedImage,
+    /// The layer in both `acme/app:v1` (B) and `pub2:v1` (A).
+    pub shared: String,
+}
+
+impl Upstreams {
+    /// Starts both upstreams under `dir` and pushes the images; the private
+    /// and public images' own layers have these content sizes.
+    pub async fn start(
+        dir: &TestDir,
+        private_layers: &[u64],
+        public_layers: &[u64],
+    ) -> Result<Self> {
+        let a = Upstream::start_in(dir, "upstream-a", UpstreamAuth::Anonymous).await?;
+        let users = vec![(B_USER.0.to_owned(), B_USER.1.to_owned())];
+        let b = Upstream::start_in(dir, "upstream-b", UpstreamAuth::Token { users }).await?;
+        let shared = SharedLayer::generate(&dir.sub("layers"), 20_000).await?;
+        let private = ImageSpec::docker(private_layers)
+            .push_with_shared(&b, "app", "v1", &[&shared])
+            .await?;
+        let cold = ImageSpec::docker(&[3000, 3100, 3200, 3300])
+            .push(&b, "app", "v2")
+            .await?;
+        let public = ImageSpec::docker(public_layers)
+            .push(&a, "pub", "v1")
+            .await?;
+        let pub2 = ImageSpec::docker(&[])
+            .push_with_shared(&a, "pub2", "v1", &[&shared])
+            .await?;
+        Ok(Upstreams {
+            a,
+            b,
+            private,
+            cold,
+            public,
+            pub2,
+            shared: shared.digest().to_owned(),
+        })
+    }
+
+    /// The origin's `[[rule]]` tables: `up` → A (public), `up/acme` → B
+    /// (private), `priv` → B (private).
+    pub fn rules_toml(&self) -> String {
+        let (au, bu) = (self.a.url(), self.b.url());
+        let (bn, bp) = B_USER;
+        format!(
+            r#"
+[[rule]]
+prefix = "{PUBLIC_PREFIX}"
+upstream = "{au}"
+
+[[rule]]
+prefix = "{PRIVATE_PREFIX}"
+upstream = "{bu}"
+username = "{bn}"
+password = "{bp}"
+private = true
+
+[[rule]]
+prefix = "priv"
+upstream = "{bu}"
+username = "{bn}"
+password = "{bp}"
+private = true
+"#
+        )
+    }
+}
 
 /// One answer to a probe.
 #[derive(Clone, Debug)]

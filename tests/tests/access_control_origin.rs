@@ -22,19 +22,14 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use wharf_core::token::{Access, Claims, SigningKey, issue};
 use wharf_core::{Digest, RepositoryName, ticket};
 use wharf_tests::clients::{fetch_blob, get_manifest};
-use wharf_tests::images::{ALL_MANIFEST_TYPES, SharedLayer};
-use wharf_tests::probes::{Outcome, Probes, short_digest};
-use wharf_tests::{
-    Fault, ImageSpec, Kind, Origin, OriginOpts, PushedImage, TestDir, Upstream, UpstreamAuth,
-    http_client, wait_until,
+use wharf_tests::images::ALL_MANIFEST_TYPES;
+use wharf_tests::probes::{
+    Outcome, PRIVATE_PREFIX, PUBLIC_PREFIX, Probes, Upstreams, short_digest,
 };
+use wharf_tests::{Fault, Kind, Origin, OriginOpts, TestDir, http_client, wait_until};
 
 const KEY: &str = "access-control-origin-test-key-0123456789";
 const SERVICE: &str = "wharf.test";
-/// B's own (upstream) credentials, known only to the origin's private rules.
-const B_USER: (&str, &str) = ("corp", "corp-upstream-password");
-const PUBLIC_PREFIX: &str = "up";
-const PRIVATE_PREFIX: &str = "up/acme";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -98,77 +93,27 @@ fn mint_ticket(name: &str, digest: &str, rule: &str, private: bool) -> String {
 /// Fields drop in declaration order: origin, upstreams, then the directory.
 struct Fixture {
     origin: Origin,
-    a: Upstream,
-    b: Upstream,
-    /// B `app:v1` (`up/acme/app:v1`, `priv/app:v1`): layers [shared, private-only…].
-    private: PushedImage,
-    /// B `app:v2`: never pulled, so its blobs are cold.
-    cold: PushedImage,
-    /// A `pub:v1`.
-    public: PushedImage,
-    /// A `pub2:v1`: layers [shared].
-    pub2: PushedImage,
-    /// The layer in both `acme/app:v1` (B) and `pub2:v1` (A).
-    shared: String,
+    up: Upstreams,
     _dir: TestDir,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Upstreams;
+    fn deref(&self) -> &Upstreams {
+        &self.up
+    }
 }
 
 impl Fixture {
     /// The private image's own layers have these content sizes.
     async fn start(name: &str, private_layers: &[u64]) -> Fixture {
         let dir = TestDir::new(name).unwrap();
-        let a = Upstream::start_in(&dir, "upstream-a", UpstreamAuth::Anonymous)
+        let up = Upstreams::start(&dir, private_layers, &[4000, 4100])
             .await
             .unwrap();
-        let users = vec![(B_USER.0.to_owned(), B_USER.1.to_owned())];
-        let b = Upstream::start_in(&dir, "upstream-b", UpstreamAuth::Token { users })
-            .await
-            .unwrap();
-        let shared = SharedLayer::generate(&dir.sub("layers"), 20_000)
-            .await
-            .unwrap();
-        let private = ImageSpec::docker(private_layers)
-            .push_with_shared(&b, "app", "v1", &[&shared])
-            .await
-            .unwrap();
-        let cold = ImageSpec::docker(&[3000, 3100, 3200, 3300])
-            .push(&b, "app", "v2")
-            .await
-            .unwrap();
-        let public = ImageSpec::docker(&[4000, 4100])
-            .push(&a, "pub", "v1")
-            .await
-            .unwrap();
-        let pub2 = ImageSpec::docker(&[])
-            .push_with_shared(&a, "pub2", "v1", &[&shared])
-            .await
-            .unwrap();
-        let (au, bu) = (a.url(), b.url());
-        let (bn, bp) = B_USER;
         let config = format!(
-            r#"
-[auth]
-token_key = "{KEY}"
-service = "{SERVICE}"
-
-[[rule]]
-prefix = "{PUBLIC_PREFIX}"
-upstream = "{au}"
-
-[[rule]]
-prefix = "{PRIVATE_PREFIX}"
-upstream = "{bu}"
-username = "{bn}"
-password = "{bp}"
-private = true
-
-[[rule]]
-prefix = "priv"
-upstream = "{bu}"
-username = "{bn}"
-password = "{bp}"
-private = true
-"#
+            "[auth]\ntoken_key = \"{KEY}\"\nservice = \"{SERVICE}\"\n{}",
+            up.rules_toml()
         );
         let origin = Origin::start(
             &dir,
@@ -181,13 +126,7 @@ private = true
         .unwrap();
         Fixture {
             origin,
-            a,
-            b,
-            private,
-            cold,
-            public,
-            pub2,
-            shared: shared.digest().to_owned(),
+            up,
             _dir: dir,
         }
     }
