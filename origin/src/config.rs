@@ -884,14 +884,16 @@ mod tests {
         let mut file: File = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         include_regions_file(&mut file, Some(&path)).unwrap();
         let env = |name: &str| match name {
-            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "DOCKERHUB_TOKEN" => {
-                Some("x".to_owned())
-            }
+            "AWS_ACCESS_KEY_ID"
+            | "AWS_SECRET_ACCESS_KEY"
+            | "DOCKERHUB_TOKEN"
+            | "CORP_REGISTRY_TOKEN" => Some("x".to_owned()),
             "WHARF_TOKEN_KEY" => Some("k".repeat(32)),
             _ => None,
         };
         let c = Config::from_parts(cli(&[]), file, env).unwrap();
-        assert_eq!(c.rules.len(), 3);
+        assert_eq!(c.rules.len(), 4);
+        assert!(c.rules[3].private);
         assert!(matches!(c.storage, Storage::S3(_)));
         assert_eq!(c.auth.unwrap().realm, "https://wharf.example.com/token");
         let geo = c.geo.unwrap();
