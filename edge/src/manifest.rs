@@ -15,9 +15,10 @@
 //! * Bytes are kept exact and accepted by the core's
 //!   [`accept_manifest`](wharf_core::media::accept_manifest), as at the origin:
 //!   `Docker-Content-Digest` is the digest of what is served, verified in the
-//!   algorithm of the requested (or origin-claimed) digest, else sha256. The client's `Accept` is forwarded on a miss; a cached manifest
-//!   whose media type the client does not accept is fetched again (and not
-//!   stored under the tag, which keeps what other clients negotiated).
+//!   algorithm of the requested (or origin-claimed) digest, else sha256.
+//!   The client's `Accept` is forwarded on a miss; a cached manifest whose
+//!   media type the client does not accept is fetched again (and not stored
+//!   under the tag, which keeps what other clients negotiated).
 
 use std::rc::Rc;
 
