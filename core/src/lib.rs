@@ -6,8 +6,10 @@
 //! * [`api`] — parse, then apply: method + path + query → typed [`ApiRequest`].
 //! * [`mod@reference`], [`mod@digest`] — repository names, tags, references and digests
 //!   (distribution-spec / image-spec grammars), incremental digest verification.
-//! * [`media`] — manifest media types, `Accept` negotiation, body sniffing.
+//! * [`media`] — manifest media types, `Accept` negotiation, body sniffing, and
+//!   [`media::accept_manifest`], the one decision whether fetched manifest bytes are kept.
 //! * [`range`] — `Range` header on blobs.
+//! * [`headers`] — names of the registry and Wharf headers both deployables use.
 //! * [`error`] — the one OCI error-code table and the one error-body renderer.
 //! * [`rules`] — cache rules: downstream prefix → upstream registry, canonical names.
 //! * [`freshness`] — when a cached tag is fresh, and when stale may be served.
@@ -46,6 +48,7 @@ pub mod digest;
 pub mod egress;
 pub mod error;
 pub mod freshness;
+pub mod headers;
 pub mod keys;
 pub mod media;
 pub mod password;

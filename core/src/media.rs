@@ -2,18 +2,32 @@
 //!
 //! Owns [`MediaType`], the [`MANIFEST_ACCEPT`] value the cache sends upstream,
 //! [`accepts`] (does this client take that manifest?) and [`detect`] (what is this
-//! manifest body?).
+//! manifest body?), and [`accept_manifest`]: whether manifest bytes fetched from
+//! an upstream (origin) or from the origin (edge) may be kept and served, under
+//! which digest and media type.
 //!
 //! Key decision: the cache always asks upstream for *every* manifest type it can
 //! store, so one cached object serves all clients; negotiation happens on the way
 //! out with [`accepts`]. A client that sends no `Accept` at all is treated as
 //! accepting anything — old clients do that, and refusing them would break pulls
 //! that work against Docker Hub directly.
+//!
+//! Key decision for acceptance: one rule on both sides, so the edge and the origin
+//! never disagree about the same bytes. The bounded read stays at each side's I/O
+//! (it must stop early without buffering more than [`MAX_MANIFEST_BYTES`]); the
+//! decision is here. Bytes are verified with the algorithm of the digest they are
+//! expected to have (sha256 or sha512): the requested digest if the request named
+//! one, else the sender's `Docker-Content-Digest`; a mismatch is never kept. With
+//! neither, the manifest is known by its sha256. The media type is the
+//! `Content-Type` when that names a manifest type, else sniffed from the body,
+//! else OCI manifest (the OCI spec allows a manifest without `mediaType`).
 
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+
+use crate::digest::Digest;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -157,6 +171,121 @@ pub fn detect(body: &[u8]) -> Option<MediaType> {
     None
 }
 
+/// The largest manifest accepted, in bytes (4 MiB: Distribution's limit and
+/// the distribution spec's recommendation).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// A manifest body that may be kept and served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The body's digest: in the algorithm of the digest it was checked
+    /// against, else sha256.
+    pub digest: Digest,
+    /// The media type to store and serve as `Content-Type`.
+    pub media_type: MediaType,
+}
+
+/// Which claim about a manifest's digest its bytes failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DigestClaim {
+    /// The digest the request named.
+    Requested,
+    /// The sender's `Docker-Content-Digest` header.
+    Header,
+}
+
+impl fmt::Display for DigestClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DigestClaim::Requested => "requested digest",
+            DigestClaim::Header => "Docker-Content-Digest header",
+        })
+    }
+}
+
+/// Why fetched manifest bytes are refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// The body (or its declared length) is above [`MAX_MANIFEST_BYTES`].
+    #[error(
+        "manifest is {size} bytes; manifests above 4 MiB ({MAX_MANIFEST_BYTES} bytes) are not accepted"
+    )]
+    TooLarge {
+        /// The body's (or declared) length in bytes.
+        size: u64,
+    },
+    /// The bytes do not hash to the digest they should have.
+    #[error("manifest bytes hash to {got}, not the {claim} {expected}; not cached, not served")]
+    DigestMismatch {
+        /// The digest the bytes should have.
+        expected: Digest,
+        /// What they hash to, in the same algorithm.
+        got: Digest,
+        /// Where `expected` came from.
+        claim: DigestClaim,
+    },
+}
+
+/// Refuses a manifest length above [`MAX_MANIFEST_BYTES`]: for a declared
+/// `Content-Length`, before reading the body.
+pub fn check_manifest_size(len: u64) -> Result<(), ManifestError> {
+    if len > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge { size: len });
+    }
+    Ok(())
+}
+
+/// Whether a fetched manifest may be kept and served, and as what.
+///
+/// * `body` — the bytes as received (already bounded by the reader);
+/// * `content_type` — the response's `Content-Type`, if any;
+/// * `want` — the digest the request named (a pull by digest);
+/// * `header_digest` — the sender's parsed `Docker-Content-Digest`, if any.
+///
+/// `want` wins over `header_digest`: a pull by digest must get those bytes,
+/// whatever the sender claims. See the module docs for the media-type rule.
+pub fn accept_manifest(
+    body: &[u8],
+    content_type: Option<&str>,
+    want: Option<&Digest>,
+    header_digest: Option<&Digest>,
+) -> Result<Accepted, ManifestError> {
+    check_manifest_size(body.len() as u64)?;
+    let expected = match (want, header_digest) {
+        (Some(d), _) => Some((d, DigestClaim::Requested)),
+        (None, Some(d)) => Some((d, DigestClaim::Header)),
+        (None, None) => None,
+    };
+    let digest = match expected {
+        Some((expected, claim)) => {
+            let mut verifier = expected.verifier();
+            verifier.update(body);
+            let got = verifier.finish();
+            if &got != expected {
+                return Err(ManifestError::DigestMismatch {
+                    expected: expected.clone(),
+                    got,
+                    claim,
+                });
+            }
+            got
+        }
+        None => Digest::sha256_of(body),
+    };
+    let media_type = manifest_media_type(content_type, body);
+    Ok(Accepted { digest, media_type })
+}
+
+/// A manifest's media type: `content_type` when it names one of the four
+/// manifest types, else sniffed with [`detect`], else OCI manifest. Also for
+/// manifests read back from the object store.
+pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> MediaType {
+    match content_type.map(MediaType::parse) {
+        Some(m) if m.is_manifest_type() => m,
+        _ => detect(body).unwrap_or(MediaType::OciManifest),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +395,208 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(detect(body.as_bytes()), *want, "{body}");
         }
+    }
+
+    fn sha512_of(bytes: &[u8]) -> Digest {
+        let mut v = crate::digest::DigestVerifier::new(crate::DigestAlgorithm::Sha512);
+        v.update(bytes);
+        v.finish()
+    }
+
+    #[test]
+    fn accept_manifest_table() {
+        let oci = br#"{"schemaVersion":2,"config":{},"layers":[]}"#.as_slice();
+        let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#.as_slice();
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#.as_slice();
+        let schema1 = br#"{"schemaVersion":1,"name":"x","tag":"1","fsLayers":[]}"#.as_slice();
+        let other = b"other bytes".as_slice();
+        let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
+        let at_limit = vec![b' '; MAX_MANIFEST_BYTES as usize];
+        let s256 = Digest::sha256_of;
+        let wrong = s256(other);
+        type Want = Result<(Digest, MediaType), ManifestError>;
+        let mismatch = |expected: &Digest, got: Digest, claim| -> Want {
+            Err(ManifestError::DigestMismatch {
+                expected: expected.clone(),
+                got,
+                claim,
+            })
+        };
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &str,
+            &[u8],
+            Option<&str>,
+            Option<Digest>,
+            Option<Digest>,
+            Want,
+        )> = vec![
+            (
+                "no claims: sha256, media from content type",
+                docker,
+                Some(DOCKER_MANIFEST),
+                None,
+                None,
+                Ok((s256(docker), DockerManifest)),
+            ),
+            (
+                "requested digest matches",
+                oci,
+                Some(OCI_MANIFEST),
+                Some(s256(oci)),
+                None,
+                Ok((s256(oci), OciManifest)),
+            ),
+            (
+                "header digest matches",
+                index,
+                Some(OCI_INDEX),
+                None,
+                Some(s256(index)),
+                Ok((s256(index), OciIndex)),
+            ),
+            (
+                "requested digest mismatch",
+                oci,
+                Some(OCI_MANIFEST),
+                Some(wrong.clone()),
+                None,
+                mismatch(&wrong, s256(oci), DigestClaim::Requested),
+            ),
+            (
+                "header digest mismatch",
+                oci,
+                Some(OCI_MANIFEST),
+                None,
+                Some(wrong.clone()),
+                mismatch(&wrong, s256(oci), DigestClaim::Header),
+            ),
+            (
+                "requested wins over a wrong header",
+                oci,
+                Some(OCI_MANIFEST),
+                Some(s256(oci)),
+                Some(wrong.clone()),
+                Ok((s256(oci), OciManifest)),
+            ),
+            (
+                "requested checked even when the header agrees with the bytes",
+                oci,
+                None,
+                Some(wrong.clone()),
+                Some(s256(oci)),
+                mismatch(&wrong, s256(oci), DigestClaim::Requested),
+            ),
+            (
+                "sha512 requested: verified and kept in sha512",
+                oci,
+                Some(OCI_MANIFEST),
+                Some(sha512_of(oci)),
+                None,
+                Ok((sha512_of(oci), OciManifest)),
+            ),
+            (
+                "sha512 header mismatch",
+                oci,
+                Some(OCI_MANIFEST),
+                None,
+                Some(sha512_of(other)),
+                mismatch(&sha512_of(other), sha512_of(oci), DigestClaim::Header),
+            ),
+            (
+                "no content type: sniffed",
+                index,
+                None,
+                None,
+                None,
+                Ok((s256(index), OciIndex)),
+            ),
+            (
+                "empty content type: sniffed",
+                docker,
+                Some(""),
+                None,
+                None,
+                Ok((s256(docker), DockerManifest)),
+            ),
+            (
+                "content type with parameters",
+                oci,
+                Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+                None,
+                None,
+                Ok((s256(oci), OciManifest)),
+            ),
+            (
+                "non-manifest content type: sniffed",
+                index,
+                Some("application/json"),
+                None,
+                None,
+                Ok((s256(index), OciIndex)),
+            ),
+            (
+                "content type wins over the body",
+                docker,
+                Some(OCI_INDEX),
+                None,
+                None,
+                Ok((s256(docker), OciIndex)),
+            ),
+            (
+                "unsniffable: OCI manifest",
+                other,
+                Some("text/plain"),
+                None,
+                None,
+                Ok((s256(other), OciManifest)),
+            ),
+            (
+                "schema1 under its own type: OCI manifest fallback",
+                schema1,
+                Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                None,
+                None,
+                Ok((s256(schema1), OciManifest)),
+            ),
+            (
+                "exactly 4 MiB",
+                &at_limit,
+                None,
+                None,
+                None,
+                Ok((s256(&at_limit), OciManifest)),
+            ),
+            (
+                "over 4 MiB, before any digest check",
+                &big,
+                Some(OCI_MANIFEST),
+                Some(wrong.clone()),
+                None,
+                Err(ManifestError::TooLarge {
+                    size: MAX_MANIFEST_BYTES + 1,
+                }),
+            ),
+        ];
+        for (what, body, ct, want, header, expected) in cases {
+            let got = accept_manifest(body, ct, want.as_ref(), header.as_ref())
+                .map(|a| (a.digest, a.media_type));
+            assert_eq!(got, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn manifest_size_and_errors_are_actionable() {
+        assert!(check_manifest_size(MAX_MANIFEST_BYTES).is_ok());
+        let e = check_manifest_size(MAX_MANIFEST_BYTES + 1).unwrap_err();
+        assert!(e.to_string().contains("above 4 MiB"), "{e}");
+        let oci = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        let wrong = Digest::sha256_of(b"x");
+        let e = accept_manifest(oci, None, None, Some(&wrong)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&wrong.to_string()) && msg.contains("Docker-Content-Digest"),
+            "{msg}"
+        );
     }
 }

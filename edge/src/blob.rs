@@ -25,6 +25,7 @@
 
 use std::time::Duration;
 
+use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_REGION};
 use wharf_core::keys::{blob_key, blob_link_key};
 use wharf_core::sigv4::{PresignRequest, presign};
 use wharf_core::{ApiMethod, Digest, RepositoryName, ticket};
@@ -158,10 +159,10 @@ fn redirect(ctx: &Ctx<'_>, location: &str, digest: &Digest, cache: &str) -> Resp
         307,
         &[
             ("Location", location),
-            ("Docker-Content-Digest", digest.as_str()),
+            (DOCKER_CONTENT_DIGEST, digest.as_str()),
             ("Cache-Control", "no-store"),
-            ("X-Wharf-Cache", cache),
-            ("X-Wharf-Region", ctx.region.name.as_str()),
+            (X_WHARF_CACHE, cache),
+            (X_WHARF_REGION, ctx.region.name.as_str()),
         ],
         Vec::new(),
     )

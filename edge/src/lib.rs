@@ -46,7 +46,10 @@ use worker::{Context, Env, Request, Response, ScheduleContext, ScheduledEvent, e
 use crate::error::Error;
 
 /// Registry API version header, on every response (clients check it on `/v2/`).
-pub const API_VERSION: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
+pub const API_VERSION: (&str, &str) = (
+    wharf_core::headers::DOCKER_DISTRIBUTION_API_VERSION,
+    wharf_core::headers::API_VERSION_VALUE,
+);
 
 #[event(start)]
 fn start() {

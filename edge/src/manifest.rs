@@ -12,15 +12,21 @@
 //!   `wait_until`; so a stale tag is served whether or not the origin is up.
 //!   Beyond stale-if-error → fetched synchronously, and an unreachable origin
 //!   is an error.
-//! * Bytes are kept exact; `Docker-Content-Digest` is the sha256 of what is
-//!   served. The client's `Accept` is forwarded on a miss; a cached manifest
-//!   whose media type the client does not accept is fetched again (and not
-//!   stored under the tag, which keeps what other clients negotiated).
+//! * Bytes are kept exact and accepted by the core's
+//!   [`accept_manifest`](wharf_core::media::accept_manifest), as at the origin:
+//!   `Docker-Content-Digest` is the digest of what is served, verified in the
+//!   algorithm of the requested (or origin-claimed) digest, else sha256.
+//!   The client's `Accept` is forwarded on a miss; a cached manifest whose
+//!   media type the client does not accept is fetched again (and not stored
+//!   under the tag, which keeps what other clients negotiated).
 
 use std::rc::Rc;
 
 use wharf_core::freshness::{Freshness, OnUpstreamError};
-use wharf_core::media::{MediaType, accepts, detect};
+use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_REGION};
+use wharf_core::media::{
+    Accepted, ManifestError, MediaType, accept_manifest, accepts, check_manifest_size,
+};
 use wharf_core::{Digest, Reference, RepositoryName, Resolved, Tag};
 use worker::{KvStore, Method, Response};
 
@@ -31,8 +37,6 @@ use crate::routes::{Ctx, response};
 use crate::store::{self, Entry, Key, Tier};
 use crate::token::authorize;
 
-/// The largest manifest served (the OCI distribution spec's recommended limit).
-pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 /// How long digest-addressed manifests stay in the tiers.
 const IMMUTABLE_SECS: u64 = 365 * 24 * 3600;
 /// What the edge accepts when it revalidates on its own (no client Accept).
@@ -154,11 +158,11 @@ fn serve(ctx: &Ctx<'_>, entry: &Entry, cache: &str) -> Response {
     let etag = format!("\"{digest}\"");
     let headers = [
         ("Content-Type", entry.media_type.as_str()),
-        ("Docker-Content-Digest", digest.as_str()),
+        (DOCKER_CONTENT_DIGEST, digest.as_str()),
         ("Content-Length", len.as_str()),
         ("ETag", etag.as_str()),
-        ("X-Wharf-Cache", cache),
-        ("X-Wharf-Region", ctx.region.name.as_str()),
+        (X_WHARF_CACHE, cache),
+        (X_WHARF_REGION, ctx.region.name.as_str()),
     ];
     tracing::info!(digest = %digest, cache, region = %ctx.region.name, "manifest");
     let body = if ctx.method.is_head() {
@@ -223,45 +227,40 @@ async fn fetch_from(
         .ok()
         .flatten()
         .and_then(|l| l.parse::<u64>().ok());
-    if let Some(len) = declared_len.filter(|l| *l > MAX_MANIFEST_BYTES) {
-        return Err(Error::ManifestTooLarge(len));
+    if let Some(len) = declared_len {
+        check_manifest_size(len).map_err(manifest_error)?;
     }
     let body = r.bytes().await.map_err(|e| Error::OriginUnreachable {
         region: region.name.clone(),
         cause: format!("reading the manifest body: {e}"),
     })?;
-    if body.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(Error::ManifestTooLarge(body.len() as u64));
-    }
-    let digest = Digest::sha256_of(&body);
-    let claimed = r
-        .headers()
-        .get("Docker-Content-Digest")
-        .ok()
-        .flatten()
-        .and_then(|d| Digest::parse(&d).ok());
-    let expected = reference.as_digest().cloned().or(claimed);
-    if let Some(expected) = expected {
-        // Only sha256 is computed here; another algorithm is trusted to the
-        // origin, which verified it.
-        if expected.algorithm() == digest.algorithm() && expected != digest {
-            return Err(Error::DigestMismatch { digest: expected });
-        }
-    }
-    let media_type = r
-        .headers()
-        .get("Content-Type")
-        .ok()
-        .flatten()
-        .filter(|t| !t.is_empty())
-        .or_else(|| detect(&body).map(|m| m.as_str().to_owned()))
-        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned());
+    let header = |name: &str| r.headers().get(name).ok().flatten();
+    let claimed = header(DOCKER_CONTENT_DIGEST).and_then(|d| Digest::parse(&d).ok());
+    let content_type = header("Content-Type");
+    let Accepted { digest, media_type } = accept_manifest(
+        &body,
+        content_type.as_deref(),
+        reference.as_digest(),
+        claimed.as_ref(),
+    )
+    .map_err(manifest_error)?;
+    let media_type = media_type.as_str().to_owned();
     Ok(Entry {
         body,
         digest,
         media_type,
         fetched_at_ms: now_ms,
     })
+}
+
+/// The core's refusal as the edge's error (and OCI code).
+fn manifest_error(e: ManifestError) -> Error {
+    match e {
+        ManifestError::TooLarge { size } => Error::ManifestTooLarge(size),
+        ManifestError::DigestMismatch { expected, .. } => {
+            Error::DigestMismatch { digest: expected }
+        }
+    }
 }
 
 /// A background revalidation of a stale tag.
@@ -314,7 +313,7 @@ impl Revalidation {
         }
         let current = r
             .headers()
-            .get("Docker-Content-Digest")
+            .get(DOCKER_CONTENT_DIGEST)
             .ok()
             .flatten()
             .and_then(|d| Digest::parse(&d).ok());

@@ -7,6 +7,7 @@
 
 use std::rc::Rc;
 
+use wharf_core::headers::X_WHARF_REGION;
 use wharf_core::{ApiMethod, ApiRequest, parse_request};
 use worker::{Context, Env, Headers, KvStore, Request, Response, ResponseBuilder};
 
@@ -190,7 +191,7 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
                 last = Some(e);
             }
             Ok(response) => {
-                let _ = response.headers().set("X-Wharf-Region", &ctx.region.name);
+                let _ = response.headers().set(X_WHARF_REGION, &ctx.region.name);
                 return Ok(response);
             }
             Err(e) => return Err(e),

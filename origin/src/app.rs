@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
 use tower_http::trace::TraceLayer;
+use wharf_core::headers::{X_WHARF_REGION, X_WHARF_REPLICA};
 
 use crate::error::LoggedError;
 use crate::handlers;
@@ -48,10 +49,10 @@ async fn stamp(State(state): State<AppState>, request: Request, next: Next) -> R
     if let Some(geo) = &state.geo {
         let h = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&geo.region) {
-            h.insert("x-wharf-region", v);
+            h.insert(X_WHARF_REGION, v);
         }
         if let Some(Ok(v)) = geo.advertise.as_deref().map(HeaderValue::from_str) {
-            h.insert("x-wharf-replica", v);
+            h.insert(X_WHARF_REPLICA, v);
         }
     }
     response

@@ -20,6 +20,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, Response, StatusCode, Uri};
 use futures::TryStreamExt;
 use wharf_core::Digest;
+use wharf_core::headers;
 use wharf_core::region::rendezvous;
 
 use crate::auth::now_secs;
@@ -28,7 +29,7 @@ use crate::state::AppState;
 use crate::store;
 
 /// Marks a request one replica forwarded to another (value: signed sender).
-pub const FORWARDED_HEADER: &str = wharf_core::peer::HEADER;
+pub const FORWARDED_HEADER: &str = headers::X_WHARF_FORWARDED;
 
 /// The sending replica, when `headers` carry a valid forwarded-request
 /// signature for this `GET` of `path` (path and query).
@@ -53,9 +54,9 @@ const RETURNED: [&str; 8] = [
     "content-length",
     "content-range",
     "accept-ranges",
-    "docker-content-digest",
-    "docker-distribution-api-version",
-    "x-wharf-cache",
+    headers::DOCKER_CONTENT_DIGEST,
+    headers::DOCKER_DISTRIBUTION_API_VERSION,
+    headers::X_WHARF_CACHE,
     "www-authenticate",
 ];
 

@@ -25,10 +25,12 @@ use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
-use wharf_core::media::{MANIFEST_ACCEPT, detect};
-use wharf_core::{
-    Digest, Freshness, FreshnessPolicy, MediaType, OnUpstreamError, RepositoryName, Tag,
+use wharf_core::headers::DOCKER_CONTENT_DIGEST;
+use wharf_core::media::{
+    Accepted, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, accept_manifest,
+    manifest_media_type,
 };
+use wharf_core::{Digest, Freshness, FreshnessPolicy, OnUpstreamError, RepositoryName, Tag};
 
 use crate::coalesce::SharedFlights;
 use crate::error::Error;
@@ -39,9 +41,6 @@ use crate::store::{self, Store};
 /// Reads a bounded upstream body (also used for tag lists and referrers).
 pub use crate::upstream::read_limited;
 use crate::upstream::{Upstream, UpstreamError};
-
-/// Largest manifest accepted from an upstream (Distribution's limit).
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 /// What the cache knows about a tag.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -262,7 +261,7 @@ impl Manifests {
             Ok(response) => {
                 let upstream_digest = response
                     .headers()
-                    .get("docker-content-digest")
+                    .get(DOCKER_CONTENT_DIGEST)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| Digest::parse(v).ok());
                 if upstream_digest.as_ref() == Some(&record.digest)
@@ -351,41 +350,39 @@ impl Manifests {
         }
         let header_digest = response
             .headers()
-            .get("docker-content-digest")
+            .get(DOCKER_CONTENT_DIGEST)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v).ok());
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(MediaType::parse);
-        let body = read_limited(response, MAX_MANIFEST_BYTES)
+            .map(str::to_owned);
+        let body = read_limited(response, MAX_MANIFEST_BYTES as usize)
             .await
             .map_err(upstream_error)?;
-        let media_type = match content_type {
-            Some(m) if m.is_manifest_type() => m,
-            _ => detect(&body).unwrap_or(MediaType::OciManifest),
-        };
-        // Verify against what was asked for (by digest) or what the upstream
-        // claimed (by tag); a mismatch is never cached.
-        let check = want.or(header_digest.as_ref());
-        let digest = match check {
-            Some(expected) => {
-                let mut verifier = expected.verifier();
-                verifier.update(&body);
-                let got = verifier.finish();
-                if &got != expected {
-                    metrics::integrity_failure(&registry);
-                    tracing::error!(repo = %req.canonical, reference, %expected, %got, "upstream manifest failed verification");
-                    return Err(Error::DigestMismatch {
-                        registry,
-                        want: expected.clone(),
-                        got: got.to_string(),
-                    });
-                }
-                got
+        // The core decides: size, digest (what was asked for, else what the
+        // upstream claimed; a mismatch is never cached), media type.
+        let Accepted { digest, media_type } = match accept_manifest(
+            &body,
+            content_type.as_deref(),
+            want,
+            header_digest.as_ref(),
+        ) {
+            Ok(accepted) => accepted,
+            Err(ManifestError::DigestMismatch { expected, got, .. }) => {
+                metrics::integrity_failure(&registry);
+                tracing::error!(repo = %req.canonical, reference, %expected, %got, "upstream manifest failed verification");
+                return Err(Error::DigestMismatch {
+                    registry,
+                    want: expected,
+                    got: got.to_string(),
+                });
             }
-            None => Digest::sha256_of(&body),
+            // `read_limited` already refuses these; same error if it did not.
+            Err(e @ ManifestError::TooLarge { .. }) => {
+                return Err(upstream_error(UpstreamError::Body(e.to_string())));
+            }
         };
         let manifest = Manifest {
             digest,
@@ -427,11 +424,9 @@ impl Manifests {
     async fn load(&self, digest: &Digest) -> Option<Manifest> {
         match self.store.get_bytes(&store::manifest_key(digest)).await {
             Ok(Some((meta, body))) => {
-                let media_type = meta
-                    .content_type
-                    .filter(|t| MediaType::parse(t).is_manifest_type())
-                    .or_else(|| detect(&body).map(|m| m.as_str().to_owned()))
-                    .unwrap_or_else(|| MediaType::OciManifest.as_str().to_owned());
+                let media_type = manifest_media_type(meta.content_type.as_deref(), &body)
+                    .as_str()
+                    .to_owned();
                 Some(Manifest {
                     digest: digest.clone(),
                     media_type,

@@ -86,6 +86,9 @@ pub enum Fault {
     CorruptBlob(String),
     /// Send half of this blob's body, then abort the connection.
     TruncateBlob(String),
+    /// Flip one byte of every manifest `GET` body (same length, and the
+    /// registry's `Docker-Content-Digest` no longer matches).
+    CorruptManifests,
     /// Answer every request with this status and an OCI error body.
     Status(u16),
     /// Answer blob GETs with `307` to `<this base URL><path>` (a "CDN" on
@@ -718,6 +721,13 @@ impl ProxyCtx {
         };
         let body: ProxyBody = match &fault {
             Fault::CorruptBlob(d) if faulty_blob(d) => corrupt(body),
+            Fault::CorruptManifests
+                if method == Method::GET
+                    && kind == Kind::Manifest
+                    && parts.status == StatusCode::OK =>
+            {
+                corrupt(body)
+            }
             Fault::SlowBlobs(rate) if method == Method::GET && kind == Kind::Blob => {
                 throttle(body, *rate)
             }

@@ -2,8 +2,10 @@
 //! way from the upstream) fails the client's pull, is counted in
 //! `wharf_integrity_failures_total`, and is never stored: once the upstream
 //! is healthy again the origin fetches it anew and serves the right bytes.
+//! The same holds for a manifest, by tag (checked against the upstream's
+//! `Docker-Content-Digest`) and by digest (checked against the one asked for).
 
-use wharf_tests::clients::{CopyOpts, Skopeo, fetch_blob};
+use wharf_tests::clients::{CopyOpts, Skopeo, fetch_blob, get_manifest, oci_error_of};
 use wharf_tests::{Fault, ImageSpec, Kind, Stack, http_client};
 
 async fn bad_blob_is_never_stored(name: &str, fault: fn(String) -> Fault, counts_integrity: bool) {
@@ -78,4 +80,55 @@ async fn truncated_blob_fails_the_pull_and_is_never_stored() {
     // A cut-short body is an upstream failure rather than a digest
     // mismatch, so the integrity counter is not required to move.
     bad_blob_is_never_stored("truncated-blob", Fault::TruncateBlob, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_manifest_is_refused_counted_and_never_stored() {
+    let s = Stack::start("corrupt-manifest").await.unwrap();
+    let img = ImageSpec::docker(&[2000])
+        .push(&s.upstream, "team/app", "v1")
+        .await
+        .unwrap();
+    let client = http_client();
+    let repo = s.repo("team/app");
+
+    s.upstream.set_fault(Fault::CorruptManifests);
+    for reference in ["v1", img.manifest_digest.as_str()] {
+        let before = s
+            .origin
+            .metric("wharf_integrity_failures_total", &[])
+            .await
+            .unwrap_or(0.0);
+        let err = get_manifest(&client, &s.base(), &repo, reference)
+            .await
+            .unwrap_err();
+        let oci = oci_error_of(&err).expect("an OCI error");
+        assert_eq!(
+            (oci.status, oci.code.as_str()),
+            (503, "UNAVAILABLE"),
+            "{oci}"
+        );
+        assert!(oci.message.contains("does not match"), "{oci}");
+        let after = s
+            .origin
+            .metric("wharf_integrity_failures_total", &[])
+            .await
+            .unwrap();
+        assert!(
+            after > before,
+            "{reference}: wharf_integrity_failures_total {before} -> {after}"
+        );
+    }
+
+    // Healthy again: nothing was stored, so both are fetched anew, intact.
+    s.upstream.set_fault(Fault::None);
+    for reference in ["v1", img.manifest_digest.as_str()] {
+        let (_, _, headers) = get_manifest(&client, &s.base(), &repo, reference)
+            .await
+            .unwrap();
+        assert_eq!(
+            headers["docker-content-digest"].to_str().unwrap(),
+            img.manifest_digest
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use wharf_core::headers::{API_VERSION_VALUE, DOCKER_DISTRIBUTION_API_VERSION};
 
 use crate::metrics;
 
@@ -15,8 +16,8 @@ pub fn get() -> Response {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
+        DOCKER_DISTRIBUTION_API_VERSION,
+        HeaderValue::from_static(API_VERSION_VALUE),
     );
     response
 }

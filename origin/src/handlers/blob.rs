@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use futures::TryStreamExt;
 use reqwest::Method;
+use wharf_core::headers::DOCKER_CONTENT_DIGEST;
 use wharf_core::range::{ByteRange, RangeOutcome, parse_range};
 use wharf_core::{Digest, RepositoryName};
 
@@ -214,7 +215,7 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        h.insert("docker-content-digest", v.clone());
+        h.insert(DOCKER_CONTENT_DIGEST, v.clone());
         if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
             h.insert(header::ETAG, etag);
         }

@@ -8,6 +8,7 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE};
 use wharf_core::media::accepts;
 use wharf_core::{MediaType, Reference, RepositoryName};
 
@@ -62,11 +63,11 @@ pub async fn get(
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Ok(v) = HeaderValue::from_str(&manifest.digest.to_string()) {
-        h.insert("docker-content-digest", v.clone());
+        h.insert(DOCKER_CONTENT_DIGEST, v.clone());
         if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", manifest.digest)) {
             h.insert(header::ETAG, etag);
         }
     }
-    h.insert("x-wharf-cache", HeaderValue::from_static(status.as_str()));
+    h.insert(X_WHARF_CACHE, HeaderValue::from_static(status.as_str()));
     Ok(response)
 }

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use reqwest::Method;
 use wharf_core::RepositoryName;
+use wharf_core::headers::X_WHARF_CACHE;
 
 use crate::error::{Error, Result};
 use crate::manifests::read_limited;
@@ -66,7 +67,7 @@ pub async fn get(
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert("x-wharf-cache", HeaderValue::from_static(result));
+    h.insert(X_WHARF_CACHE, HeaderValue::from_static(result));
     if let Some(link) = list
         .link
         .as_deref()
