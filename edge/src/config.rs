@@ -1,5 +1,5 @@
 //! The Worker's configuration: `[vars]` from `wrangler.toml` (or `.dev.vars`)
-//! and secrets, parsed and validated into one [`Config`] per request.
+//! and secrets, parsed and validated into one [`Config`], once per isolate.
 //!
 //! | name | kind | meaning |
 //! |---|---|---|
@@ -26,8 +26,24 @@
 //! ([`Config::parse`]), so every validation is unit-tested natively; only
 //! [`Config::from_env`] touches the Workers runtime. A JSON var may be a string
 //! (`.dev.vars`, `--var`) or a TOML table/array in `[vars]` (an object at run time).
+//!
+//! # Parsed once per isolate
+//!
+//! [`Config::cached`] keeps the last parse in a `thread_local!`: the one
+//! piece of global mutable state in the edge, against the rule in
+//! `STYLE.md`. It is acceptable because it is a memo, not shared state: a
+//! Workers isolate runs one thread, the value is immutable once built
+//! (`Rc<Config>`), and it is keyed by its inputs. [`Config::parse`] is a
+//! deterministic function of the lookups it makes, so the memo records each
+//! lookup (name and raw value, in order) and a later request re-reads those
+//! names and compares the strings: equal lookups give an equal result, any
+//! change (`wrangler dev` reloading vars, a new secret) parses again. Only the
+//! parse is saved, not the reads. An error is memoised the same way, so a bad
+//! configuration is still reported on every request until it is fixed.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -498,6 +514,92 @@ impl Config {
     }
 }
 
+/// One lookup [`Config::parse`] made: which kind, which name, what it read.
+#[derive(Debug, PartialEq, Eq)]
+struct Lookup {
+    json: bool,
+    name: String,
+    value: Option<String>,
+}
+
+/// A [`Source`] that records every lookup it answers.
+struct Recorder<'a, S> {
+    src: &'a S,
+    seen: RefCell<Vec<Lookup>>,
+}
+
+impl<S: Source> Recorder<'_, S> {
+    fn note(&self, json: bool, name: &str, value: Option<String>) -> Option<String> {
+        self.seen.borrow_mut().push(Lookup {
+            json,
+            name: name.to_owned(),
+            value: value.clone(),
+        });
+        value
+    }
+}
+
+impl<S: Source> Source for Recorder<'_, S> {
+    fn text(&self, name: &str) -> Option<String> {
+        self.note(false, name, self.src.text(name))
+    }
+    fn json(&self, name: &str) -> Option<String> {
+        self.note(true, name, self.src.json(name))
+    }
+}
+
+/// A parse result and the lookups it depends on (see the module doc).
+pub struct Memo {
+    inputs: Vec<Lookup>,
+    result: Result<Rc<Config>, ConfigError>,
+}
+
+impl Memo {
+    /// Whether `src` still answers every recorded lookup the same way.
+    fn matches(&self, src: &impl Source) -> bool {
+        self.inputs.iter().all(|l| {
+            let now = if l.json {
+                src.json(&l.name)
+            } else {
+                src.text(&l.name)
+            };
+            now == l.value
+        })
+    }
+
+    /// The memoised result if `slot` holds one for the same inputs, else a
+    /// fresh parse (kept in `slot`, error or not).
+    pub fn get(slot: &RefCell<Option<Memo>>, src: &impl Source) -> Result<Rc<Config>, ConfigError> {
+        if let Some(m) = slot.borrow().as_ref()
+            && m.matches(src)
+        {
+            return m.result.clone();
+        }
+        let recorder = Recorder {
+            src,
+            seen: RefCell::new(Vec::new()),
+        };
+        let result = Config::parse(&recorder).map(Rc::new);
+        *slot.borrow_mut() = Some(Memo {
+            inputs: recorder.seen.into_inner(),
+            result: result.clone(),
+        });
+        result
+    }
+}
+
+thread_local! {
+    /// This isolate's last parse (see the module doc for why this is global).
+    static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+}
+
+impl Config {
+    /// [`Config::parse`], memoised per isolate and keyed by its inputs.
+    pub fn cached(src: &impl Source) -> Result<Rc<Config>, ConfigError> {
+        MEMO.with(|slot| Memo::get(slot, src))
+    }
+}
+
 /// A [`Source`] over a map, for unit tests here and in other modules.
 #[cfg(test)]
 pub(crate) struct Map(pub HashMap<&'static str, String>);
@@ -687,6 +789,42 @@ mod tests {
                 "{name}={value:?}: {e:?} should contain {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_memo_parses_again_only_when_an_input_changes() {
+        let slot = RefCell::new(None);
+        let mut src = base();
+        let first = Memo::get(&slot, &src).unwrap();
+        let again = Memo::get(&slot, &src).unwrap();
+        assert!(Rc::ptr_eq(&first, &again), "same inputs: the memo");
+
+        src.0.insert("WHARF_TAG_TTL", "3m".to_owned());
+        let changed = Memo::get(&slot, &src).unwrap();
+        assert!(!Rc::ptr_eq(&first, &changed), "a changed var parses again");
+        assert_eq!(changed.rule(1).freshness.ttl, Duration::from_secs(180));
+
+        // A name that was read and absent counts too: a per-region override
+        // appearing later is picked up.
+        src.0.insert("WHARF_S3_ACCESS_KEY_EU", "AK-EU".to_owned());
+        let added = Memo::get(&slot, &src).unwrap();
+        assert!(!Rc::ptr_eq(&changed, &added));
+        let s3 = added.regions[0].s3.as_ref().unwrap();
+        assert_eq!(s3.credentials.access_key, "AK-EU");
+    }
+
+    #[test]
+    fn the_memo_reports_an_error_until_it_is_fixed() {
+        let slot = RefCell::new(None);
+        let mut src = base();
+        src.0.insert("WHARF_TOKEN_TTL", "10s".to_owned());
+        for _ in 0..2 {
+            let e = Memo::get(&slot, &src).unwrap_err().to_string();
+            assert!(e.contains("WHARF_TOKEN_TTL"), "{e}");
+        }
+        src.0.insert("WHARF_TOKEN_TTL", "5m".to_owned());
+        let c = Memo::get(&slot, &src).unwrap();
+        assert_eq!(c.token_ttl, Duration::from_secs(300));
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! Records live in this location's Cache API (visible at once here) and in
 //! KV under `health/<region>` (every location, eventually; written by the
 //! cron and whenever a region changes state). Reads take the newer of the
-//! two. No record, or one older than `WHARF_HEALTH_STALE_AFTER`, means
-//! "route normally" (fail open).
+//! two; a request reads every region's record concurrently. No record, or
+//! one older than `WHARF_HEALTH_STALE_AFTER`, means "route normally" (fail
+//! open).
 
 use serde::{Deserialize, Serialize};
 use wharf_core::region::Health;
@@ -43,12 +44,15 @@ fn kv_key(region: &str) -> String {
 }
 
 /// Every region's record (same order as `config.regions`).
+///
+/// The regions are read concurrently: a request waits for the slowest read,
+/// not for the sum of them.
 pub async fn load(kv: Option<&KvStore>, config: &Config, now_ms: u64) -> Vec<Option<Health>> {
-    let mut out = Vec::with_capacity(config.regions.len());
-    for r in &config.regions {
-        out.push(load_one(kv, config, &r.name, now_ms).await);
-    }
-    out
+    let reads = config
+        .regions
+        .iter()
+        .map(|r| load_one(kv, config, &r.name, now_ms));
+    futures_util::future::join_all(reads).await
 }
 
 async fn load_one(

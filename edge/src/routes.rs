@@ -108,7 +108,7 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
             b"ok\n".to_vec(),
         ));
     }
-    let config = Rc::new(Config::parse(&EnvSource(env))?);
+    let config = Config::cached(&EnvSource(env))?;
     let host = match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
@@ -218,7 +218,7 @@ async fn dispatch(
 
 /// The cron trigger: probe every region's origins and publish their health.
 pub async fn scheduled(env: &Env) {
-    let config = match Config::parse(&EnvSource(env)) {
+    let config = match Config::cached(&EnvSource(env)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "scheduled probe skipped: invalid configuration");
