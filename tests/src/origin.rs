@@ -65,18 +65,23 @@ pub fn origin_bin() -> Result<PathBuf> {
         return Ok(p);
     }
     let exe = std::env::current_exe()?;
-    // <target>/debug/deps/<test>-<hash> → <target>/debug/wharf-origin
-    let bin = exe
+    // A test: <target>/debug/deps/<test>-<hash> → <target>/debug/wharf-origin.
+    // A binary of the workspace (the bench): <target>/debug/wharf-bench →
+    // <target>/debug/wharf-origin.
+    let dir = exe
         .parent()
-        .and_then(Path::parent)
+        .context("locating the target directory from the executable")?;
+    let bin = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
         .map(|d| d.join("wharf-origin"))
-        .context("locating the target directory from the test executable")?;
-    if !bin.is_file() {
+        .find(|p| p.is_file());
+    let Some(bin) = bin else {
         panic!(
-            "{} not found: run `cargo build -p wharf-origin` first (or set WHARF_ORIGIN_BIN)",
-            bin.display()
+            "wharf-origin not found beside {}: run `cargo build -p wharf-origin` first (or set WHARF_ORIGIN_BIN)",
+            exe.display()
         );
-    }
+    };
     Ok(bin)
 }
 
