@@ -31,6 +31,10 @@ if [ ! -f .dev.vars ]; then
     hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
     password="$(hex 12)"
     user_hash="$(printf %s "$password" | target/release/wharf-origin hash-password)"
+    # wrangler expands `$NAME` in .dev.vars (dotenv-expand), which would eat
+    # the stored form's `$salt`, and keeps `\$` as it is: spell each `$` as
+    # the JSON escape `\u0024`, which WHARF_USERS' JSON reads back as `$`.
+    user_hash="${user_hash//\$/\\u0024}"
     umask 077
     cat > .dev.vars <<VARS
 # Written by scripts/dev.sh (random development secrets; see .dev.vars.example).
