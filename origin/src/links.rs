@@ -129,10 +129,28 @@ impl Links {
         }
     }
 
-    /// Queues a written link for the peer regions when its rule replicates.
-    fn replicate(replicator: Option<&Replicator>, replicate: bool, key: String) {
-        if replicate && let Some(r) = replicator {
-            r.enqueue(key, Digest::sha256_of(b""));
+    /// Writes the link object (and queues it for the peer regions when the
+    /// rule replicates); true once the store has it.
+    async fn write(
+        store: &Store,
+        replicator: Option<&Replicator>,
+        key: &str,
+        replicate: bool,
+    ) -> bool {
+        match store
+            .put_bytes(key, Bytes::new(), "application/octet-stream")
+            .await
+        {
+            Ok(()) => {
+                if replicate && let Some(r) = replicator {
+                    r.enqueue(key.to_owned(), Digest::sha256_of(b""));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "repository link not recorded");
+                false
+            }
         }
     }
 
@@ -172,13 +190,7 @@ impl Links {
         let store = self.store.clone();
         let replicator = self.replicator.clone();
         self.writes.spawn(async move {
-            match store
-                .put_bytes(&key, Bytes::new(), "application/octet-stream")
-                .await
-            {
-                Ok(()) => Self::replicate(replicator.as_ref(), replicate, key),
-                Err(e) => tracing::warn!(error = %e, "repository link not recorded"),
-            }
+            Self::write(&store, replicator.as_ref(), &key, replicate).await;
         });
     }
 
@@ -192,16 +204,8 @@ impl Links {
         replicate: bool,
     ) {
         let key = kind.key(repo, digest);
-        match self
-            .store
-            .put_bytes(&key, Bytes::new(), "application/octet-stream")
-            .await
-        {
-            Ok(()) => {
-                self.known().insert(key.clone());
-                Self::replicate(self.replicator.as_ref(), replicate, key);
-            }
-            Err(e) => tracing::warn!(error = %e, "repository link not recorded"),
+        if Self::write(&self.store, self.replicator.as_ref(), &key, replicate).await {
+            self.known().insert(key);
         }
     }
 

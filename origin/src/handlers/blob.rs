@@ -38,17 +38,21 @@ pub async fn get(
     uri: &Uri,
 ) -> Result<Response> {
     let target = state.resolve(name, ns)?;
-    let linked = state
-        .links
-        .has(links::Kind::Blob, &target.canonical, &digest)
-        .await;
+    let linked = || {
+        state
+            .links
+            .has(links::Kind::Blob, &target.canonical, &digest)
+    };
     if head {
+        let linked = linked().await;
         return head_blob(state, &target, name, digest, linked).await;
     }
-    // Another replica of this region may own the miss.
+    // Another replica of this region may own the miss (and checks the link
+    // itself): look the link up only when this replica serves.
     if let Some(response) = cluster::forward_miss(state, &digest, uri, headers).await {
         return Ok(response);
     }
+    let linked = linked().await;
     let range_header = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
