@@ -17,6 +17,7 @@ use wharf_core::region::{self, RegionSpec};
 use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
+use crate::limits::LimitSettings;
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
 use crate::upstream::{Credentials, Timeouts};
@@ -104,6 +105,7 @@ struct File {
     s3: Option<FileS3>,
     embedded: Option<FileEmbedded>,
     upstream: Option<FileTimeouts>,
+    limits: Option<FileLimits>,
     auth: Option<FileAuth>,
     #[serde(default)]
     rule: Vec<FileRule>,
@@ -166,6 +168,42 @@ struct FileTimeouts {
     response: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     idle_read: Option<Duration>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    api_concurrency: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    api_timeout: Option<Duration>,
+    blob_concurrency: Option<usize>,
+}
+
+impl FileLimits {
+    /// `[limits]`, validated; unset values keep their defaults.
+    fn build(self) -> anyhow::Result<LimitSettings> {
+        let d = LimitSettings::default();
+        let positive = |name: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => anyhow::bail!(
+                "limits.{name} = 0 would refuse every request; set at least 1 (default {default})"
+            ),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let api_timeout = self.api_timeout.unwrap_or(d.api_timeout);
+        anyhow::ensure!(
+            !api_timeout.is_zero(),
+            "limits.api_timeout = 0 would time out every manifest request; set e.g. \"60s\""
+        );
+        Ok(LimitSettings {
+            api_concurrency: positive("api_concurrency", self.api_concurrency, d.api_concurrency)?,
+            api_timeout,
+            blob_concurrency: positive(
+                "blob_concurrency",
+                self.blob_concurrency,
+                d.blob_concurrency,
+            )?,
+        })
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -270,6 +308,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a `tags/list` answer is reused.
     pub tags_list_ttl: Duration,
+    /// Per-kind limits on the registry API (`[limits]`).
+    pub limits: LimitSettings,
     /// Token checking; `None` leaves the origin open.
     pub auth: Option<AuthConfig>,
     /// Regions, replicas and peers; `None` for a single-region origin.
@@ -665,6 +705,7 @@ impl Config {
             }
         };
         let timeouts = file.upstream.unwrap_or_default();
+        let limits = file.limits.unwrap_or_default().build()?;
         Ok(Config {
             listen,
             storage,
@@ -677,6 +718,7 @@ impl Config {
             },
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             tags_list_ttl: file.tags_list_ttl.unwrap_or(Duration::from_secs(30)),
+            limits,
             auth,
             geo,
         })
@@ -795,6 +837,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.rules[0].redirect_hosts, ["cdn.corp", "*.cloudfront.net"]);
+    }
+
+    #[test]
+    fn limits_default_and_are_validated() {
+        let args = [
+            "--listen",
+            "127.0.0.1:5000",
+            "--data",
+            "/tmp/w",
+            "--rule",
+            "docker.io=http://127.0.0.1:5001",
+        ];
+        let c = load(&args, "").unwrap();
+        assert_eq!(c.limits, LimitSettings::default());
+        let c = load(
+            &args,
+            "[limits]\napi_concurrency = 10\napi_timeout = \"5s\"\nblob_concurrency = 20\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits,
+            LimitSettings {
+                api_concurrency: 10,
+                api_timeout: Duration::from_secs(5),
+                blob_concurrency: 20
+            }
+        );
+        for (file, says) in [
+            (
+                "[limits]\nblob_concurrency = 0\n",
+                "limits.blob_concurrency = 0",
+            ),
+            (
+                "[limits]\napi_concurrency = 0\n",
+                "limits.api_concurrency = 0",
+            ),
+            ("[limits]\napi_timeout = \"0s\"\n", "limits.api_timeout = 0"),
+        ] {
+            let err = format!("{:#}", load(&args, file).unwrap_err());
+            assert!(err.contains(says), "{file}: {err}");
+        }
     }
 
     #[test]

@@ -126,6 +126,24 @@ pub enum Error {
     /// The origin is shutting down and no longer starts new work.
     #[error("origin is shutting down; retry on another replica")]
     ShuttingDown,
+    /// More requests of this kind are in progress than the origin's limit
+    /// (`[limits]`); refused at once rather than queued.
+    #[error(
+        "the cache is serving as many {what} requests as it is configured for; retry in a second"
+    )]
+    Overloaded {
+        /// The request kind (manifest, blob, …).
+        what: &'static str,
+    },
+    /// The answer took longer than the origin's limit (`[limits]`); the
+    /// work behind it goes on, and a retry joins it.
+    #[error("the {what} request took longer than {}s; retry: the fetch behind it goes on", after.as_secs())]
+    TimedOut {
+        /// The request kind.
+        what: &'static str,
+        /// The configured limit.
+        after: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -143,9 +161,11 @@ impl Error {
             Error::BlobUnknown { .. } => ErrorCode::BlobUnknown,
             Error::Upstream { source, .. } => source.code(),
             Error::Joined(inner) => inner.code(),
-            Error::DigestMismatch { .. } | Error::Store(_) | Error::ShuttingDown => {
-                ErrorCode::Unavailable
-            }
+            Error::DigestMismatch { .. }
+            | Error::Store(_)
+            | Error::ShuttingDown
+            | Error::Overloaded { .. }
+            | Error::TimedOut { .. } => ErrorCode::Unavailable,
             Error::RangeNotSatisfiable { .. } | Error::RangeInvalid(_) => ErrorCode::RangeInvalid,
             Error::Unauthorized { .. } => ErrorCode::Unauthorized,
             Error::Denied(_) => ErrorCode::Denied,
@@ -189,6 +209,7 @@ impl Error {
         match self {
             Error::Upstream { source, .. } => source.retry_after(),
             Error::Joined(inner) => inner.retry_after(),
+            Error::Overloaded { .. } | Error::TimedOut { .. } => Some(1),
             _ => None,
         }
     }

@@ -8,8 +8,9 @@
 //!
 //! * [`config`] — the typed configuration (file, environment, flags).
 //! * [`state`] — [`state::AppState`], the shared handles of a running origin.
-//! * [`app`] — the router and its layers; [`handlers`] — one file per
-//!   operation, after the core has parsed the request.
+//! * [`app`] — the router and its layers; [`handlers`] — admission (parse,
+//!   resolve once, authorize) and one file per operation; [`limits`] —
+//!   timeouts, load shedding and the blob concurrency limit.
 //! * [`manifests`] — tag freshness and revalidation, immutable digests.
 //! * [`hydrate`] — blob misses: one upstream fetch, streamed to every waiting
 //!   client while it is verified and uploaded; [`coalesce`] — the in-flight map.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod geo;
 pub mod handlers;
 pub mod hydrate;
+pub mod limits;
 pub mod links;
 pub mod manifests;
 pub mod metrics;

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::geo::Geo;
 use crate::hydrate::{BlobRequest, Blobs};
+use crate::limits::Limits;
 use crate::links::Links;
 use crate::manifests::{ManifestRequest, Manifests};
 use crate::replicate::Replicator;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub replicator: Option<Replicator>,
     /// Client for requests to the other replicas of this region.
     pub replicas: reqwest::Client,
+    /// Per-kind limits on the registry API.
+    pub limits: Arc<Limits>,
 }
 
 /// A request's repository resolved against the cache rules.
@@ -188,6 +191,7 @@ impl AppState {
             geo,
             replicator,
             replicas,
+            limits: Arc::new(Limits::new(&config.limits)),
         })
     }
 

@@ -24,20 +24,19 @@ use crate::error::{Error, Result};
 use crate::hydrate::{BlobSource, spool_stream};
 use crate::links;
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 use crate::store;
 
 /// Answers a blob request.
 pub async fn get(
     state: &AppState,
     head: bool,
+    target: &Target,
     name: &RepositoryName,
     digest: Digest,
-    ns: Option<&str>,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Response> {
-    let target = state.resolve(name, ns)?;
     let linked = || {
         state
             .links
@@ -45,7 +44,7 @@ pub async fn get(
     };
     if head {
         let linked = linked().await;
-        return head_blob(state, &target, name, digest, linked).await;
+        return head_blob(state, target, name, digest, linked).await;
     }
     // Another replica of this region may own the miss (and checks the link
     // itself): look the link up only when this replica serves.

@@ -10,22 +10,20 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE};
 use wharf_core::media::accepts;
-use wharf_core::{MediaType, Reference, RepositoryName};
+use wharf_core::{MediaType, Reference};
 
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 
 /// Answers a manifest request.
 pub async fn get(
     state: &AppState,
     head: bool,
-    name: &RepositoryName,
+    target: &Target,
     reference: &Reference,
-    ns: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response> {
-    let target = state.resolve(name, ns)?;
     let request = target.manifest_request();
     let (manifest, status) = match reference {
         Reference::Tag(tag) => state.manifests.by_tag(&request, tag).await?,

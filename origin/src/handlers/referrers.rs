@@ -7,26 +7,23 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use reqwest::Method;
-use wharf_core::{Digest, RepositoryName};
+use wharf_core::Digest;
 
 use crate::error::{Error, Result};
 use crate::manifests::read_limited;
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::Target;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MAX_REFERRERS_BYTES: usize = 4 << 20;
 
 /// Answers a referrers request.
 pub async fn get(
-    state: &AppState,
     head: bool,
-    name: &RepositoryName,
+    target: &Target,
     digest: &Digest,
     artifact_type: Option<String>,
-    ns: Option<&str>,
 ) -> Result<Response> {
-    let target = state.resolve(name, ns)?;
     let registry = target.upstream.registry().to_owned();
     let upstream_error = |source| Error::Upstream {
         registry: registry.clone(),

@@ -11,7 +11,7 @@ use wharf_core::headers::X_WHARF_CACHE;
 use crate::error::{Error, Result};
 use crate::manifests::read_limited;
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 use crate::tags::{TagList, rewrite_body, rewrite_link};
 
 /// Largest tag list accepted from an upstream.
@@ -21,12 +21,11 @@ const MAX_TAG_LIST_BYTES: usize = 8 << 20;
 pub async fn get(
     state: &AppState,
     head: bool,
+    target: &Target,
     name: &RepositoryName,
     n: Option<u32>,
     last: Option<String>,
-    ns: Option<&str>,
 ) -> Result<Response> {
-    let target = state.resolve(name, ns)?;
     let mut query = Vec::new();
     if let Some(n) = n {
         query.push(format!("n={n}"));
@@ -41,7 +40,7 @@ pub async fn get(
     let key = format!("{}?{query}|{name}", target.canonical);
     let (list, result) = match state.tag_lists.get(&key, false) {
         Some(list) => (list, "hit"),
-        None => match fetch(state, &target, name, &query, &key).await {
+        None => match fetch(state, target, name, &query, &key).await {
             Ok(list) => (list, "miss"),
             Err(e @ Error::Upstream { .. }) => match state.tag_lists.get(&key, true) {
                 Some(list) => {
