@@ -13,6 +13,8 @@ pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 pub const DOCKER_DISTRIBUTION_API_VERSION: &str = "docker-distribution-api-version";
 /// The value of [`DOCKER_DISTRIBUTION_API_VERSION`].
 pub const API_VERSION_VALUE: &str = "registry/2.0";
+/// The filters a referrers answer applied (distribution spec).
+pub const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 /// How a request was answered: `hit`, `miss`, `revalidated`, `stale`, ….
 pub const X_WHARF_CACHE: &str = "x-wharf-cache";
 /// The region that answered.

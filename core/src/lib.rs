@@ -9,6 +9,7 @@
 //! * [`media`] — manifest media types, `Accept` negotiation, body sniffing, and
 //!   [`media::accept_manifest`], the one decision whether fetched manifest bytes are kept.
 //! * [`range`] — `Range` header on blobs.
+//! * [`referrers`] — the referrers API's fallback tag and `artifactType` filter.
 //! * [`headers`] — names of the registry and Wharf headers both deployables use.
 //! * [`error`] — the one OCI error-code table and the one error-body renderer.
 //! * [`rules`] — cache rules: downstream prefix → upstream registry, canonical names.
@@ -57,6 +58,7 @@ pub mod placeholder;
 pub mod pull_auth;
 pub mod range;
 pub mod reference;
+pub mod referrers;
 pub mod region;
 pub mod rules;
 pub mod signin;

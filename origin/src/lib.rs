@@ -11,7 +11,9 @@
 //! * [`app`] — the router and its layers; [`handlers`] — admission (parse,
 //!   resolve once, authorize) and one file per operation; [`limits`] —
 //!   timeouts, load shedding and the blob concurrency limit.
-//! * [`manifests`] — tag freshness and revalidation, immutable digests.
+//! * [`manifests`] — tag freshness and revalidation, immutable digests;
+//!   [`tags`] — tag lists, cached briefly; [`referrers`] — the referrers
+//!   API and its fallback tag.
 //! * [`hydrate`] — blob misses: one upstream fetch, streamed to every waiting
 //!   client while it is verified and uploaded; [`coalesce`] — the in-flight map.
 //! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod links;
 pub mod manifests;
 pub mod metrics;
+pub mod referrers;
 pub mod replicate;
 pub mod state;
 pub mod store;

@@ -11,6 +11,38 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use reqwest::Method;
+use wharf_core::RepositoryName;
+
+use crate::error::{Error, Result};
+use crate::manifests::read_limited;
+use crate::state::Target;
+
+/// Largest tag list accepted from an upstream.
+const MAX_TAG_LIST_BYTES: usize = 8 << 20;
+
+/// How a tag list was answered (the `X-Wharf-Cache` value and the
+/// request metric's result).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Fresh from this cache.
+    Hit,
+    /// Fetched from the upstream now.
+    Miss,
+    /// The upstream failed; the last answer, however old.
+    Stale,
+}
+
+impl Source {
+    /// The header value and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Hit => "hit",
+            Source::Miss => "miss",
+            Source::Stale => "stale",
+        }
+    }
+}
 
 /// A cached upstream answer.
 #[derive(Clone)]
@@ -46,6 +78,65 @@ impl TagLists {
             .cloned()
     }
 
+    /// The tag list of `target` as the client named it (`name`), one page
+    /// (`n`, `last`) of it: fresh from this cache, else from the upstream,
+    /// else (the upstream failing) the last answer, however old.
+    pub async fn list(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<(TagList, Source)> {
+        let query = page_query(n, last);
+        let key = format!("{}?{query}|{name}", target.canonical);
+        if let Some(list) = self.get(&key, false) {
+            return Ok((list, Source::Hit));
+        }
+        match self.fetch(target, name, &query, key.clone()).await {
+            Ok(list) => Ok((list, Source::Miss)),
+            Err(e @ Error::Upstream { .. }) => match self.get(&key, true) {
+                Some(list) => {
+                    tracing::warn!(repo = %target.canonical, error = %e, "upstream failed; serving the last tag list");
+                    Ok((list, Source::Stale))
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        query: &str,
+        key: String,
+    ) -> Result<TagList> {
+        let registry = target.upstream.registry().to_owned();
+        let tail = if query.is_empty() {
+            "tags/list".to_owned()
+        } else {
+            format!("tags/list?{query}")
+        };
+        let response = target.send(Method::GET, &tail, Default::default()).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(Error::RepositoryUnknown {
+                name: name.to_string(),
+                registry,
+            });
+        }
+        let link = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| rewrite_link(l, target.upstream_repo.as_str(), name.as_str()));
+        let body = read_limited(response, MAX_TAG_LIST_BYTES)
+            .await
+            .map_err(|source| Error::Upstream { registry, source })?;
+        Ok(self.put(key, rewrite_body(&body, name.as_str()), link))
+    }
+
     /// Stores an answer.
     pub fn put(&self, key: String, body: Bytes, link: Option<String>) -> TagList {
         let entry = TagList {
@@ -60,6 +151,22 @@ impl TagLists {
         entries.insert(key, entry.clone());
         entry
     }
+}
+
+/// The query string of one page of a tag list (`n=…&last=…`, either may be
+/// absent), as sent upstream and as part of the cache key.
+fn page_query(n: Option<u32>, last: Option<&str>) -> String {
+    let mut query = Vec::new();
+    if let Some(n) = n {
+        query.push(format!("n={n}"));
+    }
+    if let Some(last) = last {
+        query.push(format!(
+            "last={}",
+            wharf_core::urlencode::encode_component(last)
+        ));
+    }
+    query.join("&")
 }
 
 /// Rewrites an upstream `tags/list` body for the client's repository name.
@@ -90,6 +197,14 @@ pub fn rewrite_link(link: &str, upstream_name: &str, client_name: &str) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_queries_carry_n_and_an_encoded_last() {
+        assert_eq!(page_query(None, None), "");
+        assert_eq!(page_query(Some(10), None), "n=10");
+        assert_eq!(page_query(None, Some("v1")), "last=v1");
+        assert_eq!(page_query(Some(2), Some("a b&c")), "n=2&last=a%20b%26c");
+    }
 
     #[test]
     fn names_and_links_are_rewritten_for_the_client() {
