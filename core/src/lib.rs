@@ -9,6 +9,7 @@
 //! * [`media`] — manifest media types, `Accept` negotiation, body sniffing, and
 //!   [`media::accept_manifest`], the one decision whether fetched manifest bytes are kept.
 //! * [`range`] — `Range` header on blobs.
+//! * [`tags`] — tag-list pagination (`n`, `last`, `Link`) over the upstream's whole list.
 //! * [`referrers`] — the referrers API's fallback tag and `artifactType` filter.
 //! * [`headers`] — names of the registry and Wharf headers both deployables use.
 //! * [`error`] — the one OCI error-code table and the one error-body renderer.
@@ -63,6 +64,7 @@ pub mod region;
 pub mod rules;
 pub mod signin;
 pub mod sigv4;
+pub mod tags;
 pub mod ticket;
 pub mod token;
 pub mod urlencode;

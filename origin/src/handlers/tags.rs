@@ -1,5 +1,5 @@
-//! `GET /v2/<name>/tags/list`: pass-through with pagination, cached briefly
-//! (see [`crate::tags`]).
+//! `GET /v2/<name>/tags/list`: one page of the upstream's list, cached
+//! briefly (see [`crate::tags`]).
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,16 +20,16 @@ pub async fn get(
     n: Option<u32>,
     last: Option<String>,
 ) -> Result<Response> {
-    let (list, source) = state
+    let (page, source) = state
         .tag_lists
         .list(target, name, n, last.as_deref())
         .await?;
     metrics::request("tags", source.as_str());
-    let len = list.body.len();
+    let len = page.body.len();
     let mut response = Response::new(if head {
         Body::empty()
     } else {
-        Body::from(list.body)
+        Body::from(page.body)
     });
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -39,7 +39,7 @@ pub async fn get(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(X_WHARF_CACHE, HeaderValue::from_static(source.as_str()));
-    if let Some(link) = list
+    if let Some(link) = page
         .link
         .as_deref()
         .and_then(|l| HeaderValue::from_str(l).ok())
