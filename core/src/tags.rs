@@ -119,7 +119,9 @@ mod tests {
     #[test]
     fn pages_follow_the_spec() {
         let all = tags(&["a", "b", "c", "d", "e"]);
-        let cases: &[(Option<u32>, Option<&str>, &[&str], Option<&str>)] = &[
+        // n, last → the page, the next page's last.
+        type Case<'a> = (Option<u32>, Option<&'a str>, &'a [&'a str], Option<&'a str>);
+        let cases: &[Case] = &[
             (None, None, &["a", "b", "c", "d", "e"], None),
             (Some(2), None, &["a", "b"], Some("b")),
             (Some(2), Some("b"), &["c", "d"], Some("d")),
