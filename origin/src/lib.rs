@@ -23,10 +23,12 @@
 //! * [`geo`] — peer regions' stores (cross-region hydration);
 //!   [`replicate`] — eager copies to them; [`cluster`] — replicas of one
 //!   region sending each blob miss to its owner (rendezvous hashing).
-//! * [`metrics`] — every metric name; [`error`] — the one error type.
+//! * [`metrics`] — every metric name; [`error`] — the one error type;
+//!   [`bounded`] — maps bounded in bytes.
 
 pub mod app;
 pub mod auth;
+pub mod bounded;
 pub mod cluster;
 pub mod coalesce;
 pub mod config;

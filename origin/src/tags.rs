@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lru::LruCache;
 use reqwest::Method;
 use wharf_core::RepositoryName;
 use wharf_core::tags::{self, next_link, normalise, page, upstream_next};
 
+use crate::bounded::ByteLru;
 use crate::error::{Error, Result};
 use crate::manifests::read_limited;
 use crate::state::Target;
@@ -68,23 +68,15 @@ pub struct TagPage {
 }
 
 /// A repository's whole tag list, sorted.
-#[derive(Clone)]
 struct Entry {
     tags: Arc<Vec<String>>,
     fetched: Instant,
-    bytes: usize,
-}
-
-struct Lists {
-    entries: LruCache<String, Entry>,
-    bytes: usize,
 }
 
 /// The process's tag-list cache.
 pub struct TagLists {
     ttl: Duration,
-    budget: usize,
-    lists: Mutex<Lists>,
+    lists: Mutex<ByteLru<Entry>>,
 }
 
 impl TagLists {
@@ -97,11 +89,7 @@ impl TagLists {
     pub fn with_budget(ttl: Duration, budget: usize) -> Self {
         Self {
             ttl,
-            budget,
-            lists: Mutex::new(Lists {
-                entries: LruCache::unbounded(),
-                bytes: 0,
-            }),
+            lists: Mutex::new(ByteLru::new(budget)),
         }
     }
 
@@ -144,7 +132,6 @@ impl TagLists {
     fn get(&self, key: &str, stale_ok: bool) -> Option<Arc<Vec<String>>> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         lists
-            .entries
             .get(key)
             .filter(|e| stale_ok || e.fetched.elapsed() < self.ttl)
             .map(|e| e.tags.clone())
@@ -153,38 +140,20 @@ impl TagLists {
     /// Keeps `tags` for `key`, dropping the least recently used lists past
     /// the budget (a list larger than the whole budget is served, not kept).
     fn put(&self, key: String, tags: Vec<String>) -> Arc<Vec<String>> {
-        let bytes = key.len()
-            + tags
-                .iter()
-                .map(|t| t.len() + PER_TAG_OVERHEAD)
-                .sum::<usize>();
+        let bytes = tags.iter().map(|t| t.len() + PER_TAG_OVERHEAD).sum();
         let tags = Arc::new(tags);
-        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = lists.entries.pop(&key) {
-            lists.bytes -= old.bytes;
-        }
-        if bytes > self.budget {
-            return tags;
-        }
-        while lists.bytes + bytes > self.budget {
-            match lists.entries.pop_lru() {
-                Some((_, old)) => lists.bytes -= old.bytes,
-                None => break,
-            }
-        }
-        lists.bytes += bytes;
         let entry = Entry {
             tags: tags.clone(),
             fetched: Instant::now(),
-            bytes,
         };
-        lists.entries.put(key, entry);
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        lists.put(key, entry, bytes);
         tags
     }
 
     /// Bytes the kept lists take.
     pub fn bytes(&self) -> usize {
-        self.lists.lock().unwrap_or_else(|e| e.into_inner()).bytes
+        self.lists.lock().unwrap_or_else(|e| e.into_inner()).bytes()
     }
 }
 
