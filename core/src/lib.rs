@@ -16,6 +16,7 @@
 //! * [`rules`] — cache rules: downstream prefix → upstream registry, canonical names.
 //! * [`freshness`] — when a cached tag is fresh, and when stale may be served.
 //! * [`auth`] — the pure parts of the upstream token dance.
+//! * [`breaker`] — the circuit breaker per upstream (closed, open, half-open probes).
 //! * [`egress`] — where a rule's upstream traffic may go: redirects, resolved addresses, token realms.
 //! * [`urlencode`] — percent-encoding helpers.
 //! * [`sigv4`] — SigV4 query-string presigning of S3 object URLs (the edge's blob redirects).
@@ -46,6 +47,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod breaker;
 pub mod digest;
 pub mod egress;
 pub mod error;

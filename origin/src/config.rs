@@ -21,6 +21,7 @@ use crate::limits::LimitSettings;
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
 use crate::upstream::{Credentials, Timeouts};
+use wharf_core::breaker::BreakerPolicy;
 use wharf_embedded_s3::KeyPair;
 
 /// Command-line flags. Each also reads an environment variable.
@@ -59,6 +60,10 @@ pub struct Cli {
     /// How long past its TTL a tag may be served when the upstream fails.
     #[arg(long, env = "WHARF_STALE_IF_ERROR", value_parser = humantime::parse_duration)]
     pub stale_if_error: Option<Duration>,
+    /// How long an upstream that failed repeatedly is skipped (circuit
+    /// breaker cool-down; default 30s).
+    #[arg(long, env = "WHARF_UPSTREAM_BREAKER_COOL_DOWN", value_parser = humantime::parse_duration)]
+    pub upstream_breaker_cool_down: Option<Duration>,
     /// Directory for in-flight downloads (default: DATA/spool or the temp dir).
     #[arg(long, env = "WHARF_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -168,6 +173,34 @@ struct FileTimeouts {
     response: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     idle_read: Option<Duration>,
+    /// Consecutive failures that open an upstream's circuit.
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cool_down: Option<Duration>,
+}
+
+impl FileTimeouts {
+    /// The circuit breaker of `[upstream]`, validated.
+    fn breaker(&self, cool_down: Option<Duration>) -> anyhow::Result<BreakerPolicy> {
+        let d = BreakerPolicy::default();
+        let threshold = self.breaker_failures.unwrap_or(d.threshold);
+        anyhow::ensure!(
+            threshold >= 1,
+            "upstream.breaker_failures = 0 would skip every upstream at once; set at least 1 (default {})",
+            d.threshold
+        );
+        let cool_down_ms = match cool_down.or(self.breaker_cool_down) {
+            Some(c) if c.is_zero() => anyhow::bail!(
+                "upstream.breaker_cool_down = 0 would never skip a failing upstream; set e.g. \"30s\""
+            ),
+            Some(c) => u64::try_from(c.as_millis()).unwrap_or(u64::MAX),
+            None => d.cool_down_ms,
+        };
+        Ok(BreakerPolicy {
+            threshold,
+            cool_down_ms,
+        })
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -310,6 +343,8 @@ pub struct Config {
     pub tags_list_ttl: Duration,
     /// Per-kind limits on the registry API (`[limits]`).
     pub limits: LimitSettings,
+    /// When an upstream's circuit opens, and for how long.
+    pub upstream_breaker: BreakerPolicy,
     /// Token checking; `None` leaves the origin open.
     pub auth: Option<AuthConfig>,
     /// Regions, replicas and peers; `None` for a single-region origin.
@@ -705,6 +740,7 @@ impl Config {
             }
         };
         let timeouts = file.upstream.unwrap_or_default();
+        let upstream_breaker = timeouts.breaker(cli.upstream_breaker_cool_down)?;
         let limits = file.limits.unwrap_or_default().build()?;
         Ok(Config {
             listen,
@@ -719,6 +755,7 @@ impl Config {
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             tags_list_ttl: file.tags_list_ttl.unwrap_or(Duration::from_secs(30)),
             limits,
+            upstream_breaker,
             auth,
             geo,
         })
@@ -874,6 +911,43 @@ mod tests {
                 "limits.api_concurrency = 0",
             ),
             ("[limits]\napi_timeout = \"0s\"\n", "limits.api_timeout = 0"),
+        ] {
+            let err = format!("{:#}", load(&args, file).unwrap_err());
+            assert!(err.contains(says), "{file}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_breaker_defaults_and_is_validated() {
+        let args = [
+            "--listen",
+            "127.0.0.1:5000",
+            "--data",
+            "/tmp/w",
+            "--rule",
+            "docker.io=http://127.0.0.1:5001",
+        ];
+        assert_eq!(
+            load(&args, "").unwrap().upstream_breaker,
+            BreakerPolicy::default()
+        );
+        let file = "[upstream]\nbreaker_failures = 3\nbreaker_cool_down = \"10s\"\n";
+        let policy = load(&args, file).unwrap().upstream_breaker;
+        assert_eq!((policy.threshold, policy.cool_down_ms), (3, 10_000));
+        // The flag (or WHARF_UPSTREAM_BREAKER_COOL_DOWN) overrides the file.
+        let mut with_flag = args.to_vec();
+        with_flag.extend(["--upstream-breaker-cool-down", "2s"]);
+        let policy = load(&with_flag, file).unwrap().upstream_breaker;
+        assert_eq!(policy.cool_down_ms, 2_000);
+        for (file, says) in [
+            (
+                "[upstream]\nbreaker_failures = 0\n",
+                "upstream.breaker_failures = 0",
+            ),
+            (
+                "[upstream]\nbreaker_cool_down = \"0s\"\n",
+                "upstream.breaker_cool_down = 0",
+            ),
         ] {
             let err = format!("{:#}", load(&args, file).unwrap_err());
             assert!(err.contains(says), "{file}: {err}");

@@ -187,6 +187,9 @@ impl Error {
                 UpstreamError::RateLimited { retry_after } => format!(
                     "upstream {registry} is rate limiting the cache; retry after {retry_after} s"
                 ),
+                UpstreamError::CircuitOpen { retry_after } => format!(
+                    "upstream {registry} failed repeatedly and is skipped for now; retry after {retry_after} s"
+                ),
                 UpstreamError::Unauthorized { status, .. } => format!(
                     "upstream {registry} refused access ({status}); the cache's operator should check the rule's credentials"
                 ),

@@ -141,7 +141,8 @@ impl AppState {
                 config.upstream_timeouts,
                 &rule.redirect_hosts,
             )
-            .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?;
+            .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?
+            .with_breaker(config.upstream_breaker);
             runtimes.push(RuleRuntime {
                 upstream: Arc::new(upstream),
                 freshness: rule.freshness,

@@ -50,6 +50,7 @@ fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) ->
         shutdown_grace: Duration::from_secs(1),
         tags_list_ttl: Duration::from_secs(1),
         limits,
+        upstream_breaker: Default::default(),
         auth: None,
         geo: None,
     };

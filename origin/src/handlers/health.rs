@@ -43,7 +43,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .collect();
     let upstreams_ok = upstreams
         .values()
-        .all(|u| u["ok"].as_bool().unwrap_or(true));
+        .all(|u| u["ok"].as_bool().unwrap_or(true) && u["circuit"] == "closed");
     let status = match (store_ok, upstreams_ok) {
         (false, _) => "down",
         (true, false) => "degraded",
@@ -109,6 +109,7 @@ fn public_upstream_health(h: crate::upstream::UpstreamHealth) -> serde_json::Val
         "status": h.status,
         "at": h.at,
         "ratelimit_remaining": h.ratelimit_remaining,
+        "circuit": h.circuit,
     })
 }
 
