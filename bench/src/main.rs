@@ -17,7 +17,8 @@
 //! * [`edge`] — the Worker under `wrangler dev` in front of the origin.
 //! * one module per measured item: [`herd`] (1), [`pulls`] (2, 3a, 3b),
 //!   [`revalidation`] (4), [`resources`] (5), [`throughput`] (6),
-//!   [`edge_cost`] (7); each holds its target and builds its rows.
+//!   [`edge_cost`] (7), [`load`] (8); each holds its target and builds
+//!   its rows.
 //! * [`report`] — rows, the Markdown table, the score; [`results`] — the
 //!   results file.
 //! * this file — flags, the variants, the images each item needs, and the
@@ -41,6 +42,7 @@ mod cpus;
 mod edge;
 mod edge_cost;
 mod herd;
+mod load;
 mod probe;
 mod pulls;
 mod report;
@@ -84,10 +86,10 @@ struct Args {
     /// beside it).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Measure only these items (comma-separated: 1,2,4,5,6,7; 2 includes
+    /// Measure only these items (comma-separated: 1,2,4,5,6,7,8; 2 includes
     /// 3a and 3b). For working on one figure: the results file is written
     /// only when `--out` is also given.
-    #[arg(long, value_delimiter = ',', value_parser = ["1", "2", "3", "4", "5", "6", "7"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["1", "2", "3", "4", "5", "6", "7", "8"])]
     only: Vec<String>,
     /// Let the timed clients, the upstream and the caches share every CPU
     /// (default: on a machine with two or more CPUs, clients get the first,
@@ -117,6 +119,8 @@ struct Variant {
     /// writes each byte): more rounds, so the best of each is its floor.
     warm_rounds: usize,
     edge_requests: usize,
+    load_clients: usize,
+    load_time: Duration,
 }
 
 impl Variant {
@@ -133,6 +137,8 @@ impl Variant {
             runs: 3,
             warm_rounds: 5,
             edge_requests: 200,
+            load_clients: 64,
+            load_time: Duration::from_secs(10),
         }
     }
 
@@ -149,6 +155,8 @@ impl Variant {
             runs: 3,
             warm_rounds: 3,
             edge_requests: 100,
+            load_clients: 16,
+            load_time: Duration::from_secs(2),
         }
     }
 }
@@ -375,6 +383,7 @@ struct Images {
     /// Images of the cold shape: each system gets one cold pull of each.
     cold: Vec<PushedImage>,
     reval: Option<PushedImage>,
+    load: Option<PushedImage>,
     /// The resources herd, and one with a blob 8× smaller (RSS must not
     /// depend on blob size).
     res: Option<PushedImage>,
@@ -405,6 +414,7 @@ impl Images {
             herd: push(w("1"), v.herd_layers.clone(), "bench/herd").await?,
             cold,
             reval: push(w("4"), vec![64 * 1024], "bench/reval").await?,
+            load: push(w("8"), vec![64 * 1024], "bench/load").await?,
             res: push(w("5") || w("6"), vec![v.res_layer], "bench/res").await?,
             res_small: push(w("5"), vec![v.res_layer / 8], "bench/res-small").await?,
         };
@@ -463,6 +473,12 @@ async fn measure(
         edge_cost::edge_cost(edge, img, v.edge_requests, cpus).await
     };
     items.measure("7", w, t, cost).await;
+    let (w, t) = ("warm manifest load", "≥ 3 × Distribution req/s");
+    let load = async {
+        let img = need(&imgs.load)?;
+        load::warm_manifests(sys, &img, v.load_clients, v.load_time, cpus).await
+    };
+    items.measure("8", w, t, load).await;
 }
 
 fn item_order(item: &str) -> (u32, String) {
