@@ -28,6 +28,7 @@
 //! * [`peer`] — the signed header with which one origin replica forwards a request to another.
 //! * [`utc`] — UTC calendar formatting of unix timestamps.
 //! * [`region`] — the region list, nearest-region ranking, health with hysteresis, rendezvous hashing of replicas.
+//! * [`retention`] — which images leave the store (keep windows, quota watermarks) and which blobs GC may delete.
 //! * [`password`] — the stored form of users' passwords (PBKDF2-SHA256) and its constant-time check.
 //! * [`signin`] — throttling repeated failed sign-ins (exponential backoff per client and user).
 //! * [`placeholder`] — the shipped placeholder secrets that must never be used.
@@ -63,6 +64,7 @@ pub mod range;
 pub mod reference;
 pub mod referrers;
 pub mod region;
+pub mod retention;
 pub mod rules;
 pub mod signin;
 pub mod sigv4;
