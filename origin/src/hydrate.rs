@@ -27,7 +27,8 @@
 //!
 //! Readers hold back the final byte of a blob until it is verified, so a
 //! client can never receive a complete body that later turns out to be
-//! wrong.
+//! wrong; a `Range` that ends before the blob does holds back its own last
+//! byte the same way, so a `206` never completes from unverified bytes.
 //!
 //! The source is the nearest peer region's store when one has the blob
 //! ([`crate::geo`]), else the upstream: both go through the same loop, so a
@@ -917,7 +918,15 @@ pub fn spool_stream(
                 Some(total) if progress.written < total => progress.written,
                 _ => progress.written.saturating_sub(1),
             };
-            let limit = r.end.map_or(servable, |end| end.min(servable));
+            let mut limit = r.end.map_or(servable, |end| end.min(servable));
+            // A range that ends before the blob does holds back its own
+            // last byte too: a 206 never completes from unverified bytes.
+            if let Some(end) = r.end
+                && !verified
+                && limit >= end
+            {
+                limit = end - 1;
+            }
             if r.pos < limit {
                 let want = (limit - r.pos).min(READ_CHUNK as u64) as usize;
                 let window = lock(&r.hydration.window).slice(r.pos, want);
