@@ -40,6 +40,7 @@ pub mod limits;
 pub mod links;
 pub mod manifests;
 pub mod metrics;
+pub mod passthrough;
 pub mod referrers;
 pub mod replicate;
 pub mod state;

@@ -165,3 +165,125 @@ impl http_body::Body for Permitted {
         self.body.size_hint()
     }
 }
+
+/// Bounds on blob downloads: past them a cold request is served as a
+/// pass-through (streamed from the upstream, verified, not stored; see
+/// [`crate::passthrough`]) instead of starting a hydration.
+///
+/// Pass-through rather than `503`: the client's pull still succeeds at
+/// upstream speed, warm requests are untouched, and nothing is written to
+/// the spool or the store, which is what the bounds protect. It costs the
+/// later pulls of that blob another upstream fetch each until a hydration
+/// is admitted again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HydrationLimits {
+    /// Hydrations in flight at once, all upstreams together.
+    pub max: usize,
+    /// Hydrations in flight at once from one upstream.
+    pub per_upstream: usize,
+    /// Bytes the spool files of hydrations in flight may take together.
+    pub spool_bytes: u64,
+    /// Free bytes below which the spool's or the store's filesystem is
+    /// under pressure: no new hydration until space returns.
+    pub min_free_bytes: u64,
+}
+
+impl Default for HydrationLimits {
+    fn default() -> Self {
+        HydrationLimits {
+            max: 256,
+            per_upstream: 64,
+            spool_bytes: 64 << 30,
+            min_free_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What a cold blob request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColdPath {
+    /// Start a hydration (stream, verify, store).
+    Hydrate,
+    /// Pass the blob through, for this reason (a metric label).
+    PassThrough(&'static str),
+}
+
+/// What the origin has in flight when a cold request arrives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// Hydrations in flight.
+    pub hydrations: usize,
+    /// Of those, from the request's upstream.
+    pub upstream_hydrations: usize,
+    /// Bytes in spool files now.
+    pub spool_bytes: u64,
+    /// Free bytes on the spool's and the store's filesystems (the smaller),
+    /// when known.
+    pub free_bytes: Option<u64>,
+}
+
+impl HydrationLimits {
+    /// Whether a cold request may start a hydration. Unknown free space
+    /// does not block (fail open: the write itself reports a full disk).
+    pub fn cold_path(&self, now: InFlight) -> ColdPath {
+        if now.free_bytes.is_some_and(|f| f < self.min_free_bytes) {
+            ColdPath::PassThrough("disk")
+        } else if now.hydrations >= self.max {
+            ColdPath::PassThrough("hydrations")
+        } else if now.upstream_hydrations >= self.per_upstream {
+            ColdPath::PassThrough("upstream")
+        } else if now.spool_bytes >= self.spool_bytes {
+            ColdPath::PassThrough("spool")
+        } else {
+            ColdPath::Hydrate
+        }
+    }
+}
+
+/// Free bytes on the filesystem holding `path` (what an unprivileged writer
+/// may use), or `None` if it cannot be asked.
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cold_requests_hydrate_until_a_bound_is_reached() {
+        let l = HydrationLimits {
+            max: 4,
+            per_upstream: 2,
+            spool_bytes: 1000,
+            min_free_bytes: 100,
+        };
+        let at = |hydrations, upstream_hydrations, spool_bytes, free_bytes| InFlight {
+            hydrations,
+            upstream_hydrations,
+            spool_bytes,
+            free_bytes,
+        };
+        let cases = [
+            (at(0, 0, 0, None), ColdPath::Hydrate),
+            (at(3, 1, 999, Some(100)), ColdPath::Hydrate),
+            (at(3, 1, 999, Some(99)), ColdPath::PassThrough("disk")),
+            (at(4, 1, 0, Some(1 << 40)), ColdPath::PassThrough("hydrations")),
+            (at(2, 2, 0, None), ColdPath::PassThrough("upstream")),
+            (at(1, 1, 1000, None), ColdPath::PassThrough("spool")),
+            // The disk comes first: it is what recovers by itself.
+            (at(9, 9, 9999, Some(0)), ColdPath::PassThrough("disk")),
+        ];
+        for (now, want) in cases {
+            assert_eq!(l.cold_path(now), want, "{now:?}");
+        }
+    }
+
+    #[test]
+    fn free_space_is_read_from_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).is_some_and(|f| f > 0));
+        assert_eq!(free_bytes(&dir.path().join("missing")), None);
+    }
+}
