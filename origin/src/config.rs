@@ -17,7 +17,7 @@ use wharf_core::region::{self, RegionSpec};
 use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
-use crate::limits::LimitSettings;
+use crate::limits::{HydrationLimits, LimitSettings};
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
 use crate::upstream::{Credentials, Timeouts};
@@ -210,6 +210,10 @@ struct FileLimits {
     #[serde(default, with = "humantime_serde")]
     api_timeout: Option<Duration>,
     blob_concurrency: Option<usize>,
+    hydrations: Option<usize>,
+    hydrations_per_upstream: Option<usize>,
+    spool_mib: Option<u64>,
+    min_free_mib: Option<u64>,
 }
 
 impl FileLimits {
@@ -218,7 +222,7 @@ impl FileLimits {
         let d = LimitSettings::default();
         let positive = |name: &str, v: Option<usize>, default: usize| match v {
             Some(0) => anyhow::bail!(
-                "limits.{name} = 0 would refuse every request; set at least 1 (default {default})"
+                "limits.{name} = 0 would allow none at all; set at least 1 (default {default})"
             ),
             v => Ok(v.unwrap_or(default)),
         };
@@ -227,6 +231,21 @@ impl FileLimits {
             !api_timeout.is_zero(),
             "limits.api_timeout = 0 would time out every manifest request; set e.g. \"60s\""
         );
+        let h = d.hydration;
+        let hydration = HydrationLimits {
+            max: positive("hydrations", self.hydrations, h.max)?,
+            per_upstream: positive(
+                "hydrations_per_upstream",
+                self.hydrations_per_upstream,
+                h.per_upstream,
+            )?,
+            spool_bytes: self
+                .spool_mib
+                .map_or(h.spool_bytes, |m| m.saturating_mul(1 << 20)),
+            min_free_bytes: self
+                .min_free_mib
+                .map_or(h.min_free_bytes, |m| m.saturating_mul(1 << 20)),
+        };
         Ok(LimitSettings {
             api_concurrency: positive("api_concurrency", self.api_concurrency, d.api_concurrency)?,
             api_timeout,
@@ -235,6 +254,7 @@ impl FileLimits {
                 self.blob_concurrency,
                 d.blob_concurrency,
             )?,
+            hydration,
         })
     }
 }
@@ -898,7 +918,22 @@ mod tests {
             LimitSettings {
                 api_concurrency: 10,
                 api_timeout: Duration::from_secs(5),
-                blob_concurrency: 20
+                blob_concurrency: 20,
+                ..LimitSettings::default()
+            }
+        );
+        let c = load(
+            &args,
+            "[limits]\nhydrations = 8\nhydrations_per_upstream = 2\nspool_mib = 100\nmin_free_mib = 50\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits.hydration,
+            HydrationLimits {
+                max: 8,
+                per_upstream: 2,
+                spool_bytes: 100 << 20,
+                min_free_bytes: 50 << 20,
             }
         );
         for (file, says) in [
@@ -911,6 +946,7 @@ mod tests {
                 "limits.api_concurrency = 0",
             ),
             ("[limits]\napi_timeout = \"0s\"\n", "limits.api_timeout = 0"),
+            ("[limits]\nhydrations = 0\n", "limits.hydrations = 0"),
         ] {
             let err = format!("{:#}", load(&args, file).unwrap_err());
             assert!(err.contains(says), "{file}: {err}");

@@ -55,6 +55,8 @@ pub struct LimitSettings {
     /// Blob responses (headers and body) in progress at once; more are
     /// shed.
     pub blob_concurrency: usize,
+    /// When a cold blob request hydrates, and when it passes through.
+    pub hydration: HydrationLimits,
 }
 
 impl Default for LimitSettings {
@@ -68,6 +70,7 @@ impl Default for LimitSettings {
             api_concurrency: 1024,
             api_timeout: Duration::from_secs(60),
             blob_concurrency: 4096,
+            hydration: HydrationLimits::default(),
         }
     }
 }
@@ -269,7 +272,10 @@ mod tests {
             (at(0, 0, 0, None), ColdPath::Hydrate),
             (at(3, 1, 999, Some(100)), ColdPath::Hydrate),
             (at(3, 1, 999, Some(99)), ColdPath::PassThrough("disk")),
-            (at(4, 1, 0, Some(1 << 40)), ColdPath::PassThrough("hydrations")),
+            (
+                at(4, 1, 0, Some(1 << 40)),
+                ColdPath::PassThrough("hydrations"),
+            ),
             (at(2, 2, 0, None), ColdPath::PassThrough("upstream")),
             (at(1, 1, 1000, None), ColdPath::PassThrough("spool")),
             // The disk comes first: it is what recovers by itself.

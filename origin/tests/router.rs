@@ -224,6 +224,7 @@ async fn manifest_requests_past_the_limit_are_shed_and_slow_ones_time_out() {
         api_concurrency: 1,
         api_timeout: Duration::from_millis(1500),
         blob_concurrency: 8,
+        ..LimitSettings::default()
     };
     let app = wharf_origin::app::app(state_with(dir.path(), &endpoint, limits));
     let first = tokio::spawn({
@@ -268,6 +269,7 @@ async fn blob_requests_past_the_limit_are_shed() {
         api_concurrency: 8,
         api_timeout: Duration::from_secs(60),
         blob_concurrency: 1,
+        ..LimitSettings::default()
     };
     let app = wharf_origin::app::app(state_with(dir.path(), &endpoint, limits));
     let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
