@@ -12,8 +12,10 @@
 //!    such.
 //! 2. [`sweep`] — which *blobs* may be deleted: those no kept image
 //!    references (directly, through an index's child manifests, or as a
-//!    referrer), that no hydration or replication is writing, and that are
-//!    older than the grace window.
+//!    referrer), that no hydration or replication is writing, that are
+//!    older than the grace window, and that were already unreferenced one
+//!    grace window ago (two phases: candidates first, deletion at a later
+//!    sweep).
 //!
 //! # Key decisions
 //!
@@ -124,26 +126,52 @@ pub struct StoredBlob {
     pub written_ms: u64,
 }
 
+/// What one sweep decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sweep<'a> {
+    /// Delete these now.
+    pub delete: Vec<&'a Digest>,
+    /// Unreferenced, but not for long enough: remember each with when it
+    /// was first seen so (carried over, or now) for the next sweep.
+    pub candidates: Vec<(&'a Digest, u64)>,
+}
+
 /// The blobs that may be deleted: in the store, referenced by no kept
-/// image, not being written (`in_flight`), and older than `grace_ms`.
+/// image, not being written (`in_flight`), written more than `grace_ms`
+/// ago, and already unreferenced at an earlier sweep at least `grace_ms`
+/// ago (`candidates`: digest → when first seen unreferenced).
+///
+/// The second condition is the two-phase part: between the last reference
+/// going away and the bytes going away there is always one grace window, in
+/// which whatever still points at the blob without a kept manifest behind
+/// it — an edge's remembered redirect, a client between the manifest and
+/// its layers — still finds it.
 pub fn sweep<'a>(
     stored: &'a [StoredBlob],
     kept: &[Image],
     in_flight: &BTreeSet<Digest>,
+    candidates: &BTreeMap<Digest, u64>,
     grace_ms: u64,
     now_ms: u64,
-) -> Vec<&'a Digest> {
+) -> Sweep<'a> {
     let marked: BTreeSet<&Digest> = kept
         .iter()
         .flat_map(|i| i.digests.iter().map(|(d, _)| d))
         .collect();
-    stored
-        .iter()
-        .filter(|b| !marked.contains(&b.digest))
-        .filter(|b| !in_flight.contains(&b.digest))
-        .filter(|b| now_ms.saturating_sub(b.written_ms) > grace_ms)
-        .map(|b| &b.digest)
-        .collect()
+    let mut out = Sweep::default();
+    let old_enough = |since: u64| now_ms.saturating_sub(since) > grace_ms;
+    for b in stored {
+        if marked.contains(&b.digest) || in_flight.contains(&b.digest) || !old_enough(b.written_ms)
+        {
+            continue;
+        }
+        match candidates.get(&b.digest) {
+            Some(since) if old_enough(*since) => out.delete.push(&b.digest),
+            Some(since) => out.candidates.push((&b.digest, *since)),
+            None => out.candidates.push((&b.digest, now_ms)),
+        }
+    }
+    out
 }
 
 /// Drops `image`'s use of its digests; returns the bytes no image uses any
@@ -274,11 +302,41 @@ mod tests {
             })
             .collect();
         let in_flight = BTreeSet::from([d('4')]);
-        let gone = sweep(&stored, kept, &in_flight, DAY / 2, 10 * DAY);
-        // c, d, 5 are unreferenced and old; 4 is being written; 6 is young.
-        assert_eq!(gone, [&d('c'), &d('d'), &d('5')]);
-        // Nothing kept: everything old and idle goes.
-        assert_eq!(sweep(&stored, &[], &BTreeSet::new(), 0, 11 * DAY).len(), 10);
+        let grace = DAY / 2;
+        // First sweep: c, d, 5 (unreferenced and old) become candidates; 4
+        // is being written; 6 is young. Nothing is deleted yet.
+        let first = sweep(&stored, kept, &in_flight, &BTreeMap::new(), grace, 10 * DAY);
+        assert_eq!(first.delete, Vec::<&Digest>::new());
+        let now = 10 * DAY;
+        assert_eq!(
+            first.candidates,
+            [(&d('c'), now), (&d('d'), now), (&d('5'), now)]
+        );
+        let candidates: BTreeMap<Digest, u64> = first
+            .candidates
+            .iter()
+            .map(|(d, t)| ((*d).clone(), *t))
+            .collect();
+        // Within the grace window: still candidates, since the first time.
+        let soon = sweep(&stored, kept, &in_flight, &candidates, grace, now + grace);
+        assert_eq!(soon.delete, Vec::<&Digest>::new());
+        assert_eq!(soon.candidates.len(), 3);
+        assert!(soon.candidates.iter().all(|(_, t)| *t == now));
+        // After it: deleted — unless referenced again meanwhile (`d` is
+        // pulled anew and kept).
+        let mut kept_again = kept.to_vec();
+        kept_again.push(image("old@d", "ghcr.io", now, &[('d', 1), ('5', 20)]));
+        let later = sweep(
+            &stored,
+            &kept_again,
+            &in_flight,
+            &candidates,
+            grace,
+            now + DAY,
+        );
+        assert_eq!(later.delete, [&d('c')]);
+        // `6` is old enough now: a candidate for the next sweep.
+        assert_eq!(later.candidates, [(&d('6'), now + DAY)]);
     }
 
     proptest::proptest! {
@@ -329,7 +387,12 @@ mod tests {
                 .keys()
                 .map(|d| StoredBlob { digest: d.clone(), written_ms: 0 })
                 .collect();
-            let swept = sweep(&stored, &kept, &BTreeSet::new(), 0, 20 * DAY);
+            // Two sweeps, the second after the grace window.
+            let first = sweep(&stored, &kept, &BTreeSet::new(), &BTreeMap::new(), DAY, 20 * DAY);
+            let candidates: BTreeMap<Digest, u64> =
+                first.candidates.iter().map(|(d, t)| ((*d).clone(), *t)).collect();
+            proptest::prop_assert!(first.delete.is_empty());
+            let swept = sweep(&stored, &kept, &BTreeSet::new(), &candidates, DAY, 22 * DAY).delete;
             for image in &kept {
                 for (digest, _) in &image.digests {
                     proptest::prop_assert!(!swept.contains(&digest), "{digest} of kept {}", image.key);
