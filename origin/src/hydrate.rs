@@ -64,20 +64,20 @@ use wharf_core::access::{DigestAccess, Held, digest_access};
 use wharf_core::{Digest, RepositoryName};
 
 use crate::coalesce::Flights;
-use crate::error::Error;
+use crate::error::{Error, PeerError};
 use crate::geo::Geo;
 use crate::links::{self, Links};
 use crate::metrics;
 use crate::replicate::Replicator;
-use crate::store::{self, MultipartUpload, ObjectMeta, Store, StoreError};
+use crate::store::{self, MultipartUpload, ObjectMeta, Store};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The leader writes the spool file in batches of this many bytes.
 const BATCH: usize = 512 * 1024;
 /// A hydration's source body: the upstream's or a peer store's.
-type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+type BodyStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 /// The uploader task of one hydration (see [`upload`]).
-type Uploader = tokio::task::JoinHandle<Result<(), StoreError>>;
+type Uploader = tokio::task::JoinHandle<Result<(), store::Error>>;
 /// Readers read the spool file this many bytes at a time.
 const READ_CHUNK: usize = 256 * 1024;
 /// The newest bytes of a flight kept in memory for readers that keep up.
@@ -493,19 +493,16 @@ impl Blobs {
                     let stream = tokio_util::io::ReaderStream::with_capacity(
                         stream.into_async_read(),
                         BATCH,
-                    )
-                    .map(|r| r.map_err(|e| e.to_string()));
+                    );
                     (Some(meta.len), Box::pin(stream), Some(peer.name))
                 }
-                Ok(None) | Err(_) => {
-                    return Err((
-                        Error::Store(StoreError {
-                            op: "GetObject",
-                            key: format!("{} (peer region {})", key, peer.name),
-                            message: "the peer's copy vanished between HEAD and GET; retry".into(),
-                        }),
-                        None,
-                    ));
+                found => {
+                    let source = match found {
+                        Err(e) => PeerError::Store(e),
+                        Ok(_) => PeerError::Vanished,
+                    };
+                    let region = peer.name;
+                    return Err((Error::Peer { region, source }, None));
                 }
             },
             None => {
@@ -530,19 +527,11 @@ impl Blobs {
                     ));
                 }
                 let total = response.content_length();
-                let stream = response
-                    .bytes_stream()
-                    .map(|r| r.map_err(|e| e.to_string()));
+                let stream = response.bytes_stream().map(|r| r.map_err(io::Error::other));
                 (total, Box::pin(stream), None)
             }
         };
-        let spool_error = |e: io::Error| {
-            Error::Store(StoreError {
-                op: "Spool",
-                key: hydration.spool.display().to_string(),
-                message: e.to_string(),
-            })
-        };
+        let spool_error = Error::Spool;
         let file = {
             let path = hydration.spool.clone();
             blocking(move || std::fs::File::create(path))
@@ -579,11 +568,10 @@ impl Blobs {
                         None => {
                             upstream_error(UpstreamError::Body(format!("after {at} bytes: {e}")))
                         }
-                        Some(peer) => Error::Store(StoreError {
-                            op: "GetObject",
-                            key: format!("{key} (peer region {peer})"),
-                            message: format!("after {at} bytes: {e}"),
-                        }),
+                        Some(peer) => Error::Peer {
+                            region: peer.clone(),
+                            source: PeerError::Body { at, source: e },
+                        },
                     };
                     return Err((err, Some(uploader)));
                 }
@@ -680,11 +668,7 @@ impl Drop for LeaderGuard<'_> {
             Phase::Verified | Phase::InStore(_) | Phase::Failed(_)
         );
         if !done {
-            let err = Arc::new(Error::Store(StoreError {
-                op: "Hydrate",
-                key: store::blob_key(&self.hydration.digest),
-                message: "the download ended without a result; retry".into(),
-            }));
+            let err = Arc::new(Error::Lost("blob download"));
             self.tx.send_modify(|p| p.phase = Phase::Failed(err));
         }
         self.flights.finish(&self.hydration.digest, &self.hydration);
@@ -768,24 +752,20 @@ async fn upload(
     key: String,
     spool: PathBuf,
     mut rx: watch::Receiver<Progress>,
-) -> Result<(), StoreError> {
-    if let Some(local) = store.local().cloned() {
-        return commit_local(local, key, spool, rx).await;
+) -> Result<(), store::Error> {
+    if store.local().is_some() {
+        return commit_local(store, key, spool, rx).await;
     }
     let part_size = store.part_size();
     let mut multipart: Option<MultipartUpload> = None;
     let mut uploaded = 0u64;
-    let result: Result<(), StoreError> = async {
+    // `Ok(false)`: the flight failed or stopped, which is not a store error;
+    // the multipart upload is aborted all the same.
+    let finished: Result<bool, store::Error> = async {
         loop {
             let progress = rx.borrow_and_update().clone();
             match progress.phase {
-                Phase::Failed(_) => {
-                    return Err(StoreError {
-                        op: "Upload",
-                        key: key.clone(),
-                        message: "hydration failed".into(),
-                    });
-                }
+                Phase::Failed(_) => return Ok(false),
                 Phase::Verified => {
                     let written = progress.written;
                     match multipart.take() {
@@ -803,7 +783,7 @@ async fn upload(
                             upload.complete().await?;
                         }
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 _ => {}
             }
@@ -822,36 +802,28 @@ async fn upload(
                 continue;
             }
             if rx.changed().await.is_err() {
-                return Err(StoreError {
-                    op: "Upload",
-                    key: key.clone(),
-                    message: "hydration stopped".into(),
-                });
+                return Ok(false);
             }
         }
     }
     .await;
-    if result.is_err()
+    if !matches!(finished, Ok(true))
         && let Some(upload) = multipart.take()
     {
         upload.abort().await?;
     }
-    // A failed flight is not a store error: the abort above succeeded.
-    match result {
-        Err(e) if e.op == "Upload" => Ok(()),
-        other => other,
-    }
+    finished.map(|_| ())
 }
 
 /// The uploader of an embedded store: nothing to ship while the blob
 /// arrives; once it is verified, the spool file itself becomes the object
-/// (hard link + trailer + rename: no copy of the bytes).
+/// (see [`Store::publish_local`]: no copy of the bytes).
 async fn commit_local(
-    local: wharf_embedded_s3::LocalBucket,
+    store: Store,
     key: String,
     spool: PathBuf,
     mut rx: watch::Receiver<Progress>,
-) -> Result<(), StoreError> {
+) -> Result<(), store::Error> {
     let written = loop {
         let progress = rx.borrow_and_update().clone();
         match progress.phase {
@@ -864,16 +836,9 @@ async fn commit_local(
             return Ok(());
         }
     };
-    // The digest is the content's name: a perfect ETag.
-    let etag = key.rsplit('/').next().unwrap_or_default().to_owned();
-    let k = key.clone();
-    blocking(move || local.publish_file(&k, &spool, written, OCTET_STREAM, &etag))
+    store
+        .publish_local(&key, &spool, written, OCTET_STREAM)
         .await
-        .map_err(|e| StoreError {
-            op: "Publish",
-            key,
-            message: e.to_string(),
-        })
 }
 
 /// The bytes `[start, end)` of a hydrating blob, as they arrive; `end` is

@@ -13,8 +13,10 @@
 //! its multipart upload, and uploads orphaned by a crash are aborted at start.
 
 pub mod embedded;
+mod error;
 mod s3;
 
-pub use s3::{BodyStream, MultipartUpload, ObjectMeta, S3Settings, Store, StoreError};
+pub use error::{Error, ErrorKind};
+pub use s3::{BodyStream, MultipartUpload, ObjectMeta, S3Settings, Store};
 
 pub use wharf_core::keys::{blob_key, blob_link_key, manifest_key, manifest_link_key, tag_key};

@@ -7,51 +7,14 @@ use std::time::Duration;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use wharf_embedded_s3::{LocalBucket, LocalObject};
 
-/// An object-store failure, with the operation and key it happened on.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {key}: {message}")]
-pub struct StoreError {
-    /// The S3 operation (`GetObject`, …).
-    pub op: &'static str,
-    /// The object key (or bucket for bucket operations).
-    pub key: String,
-    /// What the store or the transport said.
-    pub message: String,
-}
-
-impl StoreError {
-    fn new<E: ProvideErrorMetadata + std::fmt::Debug>(
-        op: &'static str,
-        key: &str,
-        err: SdkError<E>,
-    ) -> Self {
-        let message = match &err {
-            SdkError::ServiceError(e) => {
-                let inner = e.err();
-                format!(
-                    "{} ({})",
-                    inner.message().unwrap_or("no message"),
-                    inner.code().unwrap_or("no code")
-                )
-            }
-            SdkError::DispatchFailure(e) => format!("cannot reach the object store: {e:?}"),
-            SdkError::TimeoutError(_) => "the object store did not answer in time".to_owned(),
-            other => format!("{other:?}"),
-        };
-        Self {
-            op,
-            key: key.to_owned(),
-            message,
-        }
-    }
-}
+use super::error::{Error, ErrorKind};
 
 /// What a HEAD learned about an object.
 #[derive(Clone, Debug)]
@@ -141,18 +104,36 @@ impl Store {
         self.local.as_ref()
     }
 
-    async fn open_local(&self, key: &str) -> Option<Result<Option<LocalObject>, StoreError>> {
+    async fn open_local(&self, key: &str) -> Option<Result<Option<LocalObject>, Error>> {
         let local = self.local.clone()?;
         let owned = key.to_owned();
         let res = tokio::task::spawn_blocking(move || local.open(&owned))
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        Some(res.map_err(|message| StoreError {
-            op: "Open",
-            key: key.to_owned(),
-            message,
-        }))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        Some(res.map_err(|e| Error::new("Open", key, e)))
+    }
+
+    /// Makes the first `len` bytes of `path` (exactly its length) the object
+    /// `key` on the embedded store's disk: hard link + trailer + rename, no
+    /// copy of the bytes. The digest is the content's name, so the key's
+    /// last segment is a perfect ETag.
+    pub async fn publish_local(
+        &self,
+        key: &str,
+        path: &Path,
+        len: u64,
+        content_type: &str,
+    ) -> Result<(), Error> {
+        let Some(local) = self.local.clone() else {
+            let e = std::io::Error::new(std::io::ErrorKind::Unsupported, "not an embedded store");
+            return Err(Error::new("Publish", key, e));
+        };
+        let etag = key.rsplit('/').next().unwrap_or_default().to_owned();
+        let (k, path, ct) = (key.to_owned(), path.to_owned(), content_type.to_owned());
+        tokio::task::spawn_blocking(move || local.publish_file(&k, &path, len, &ct, &etag))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| Error::new("Publish", key, e))
     }
 
     /// Multipart part size.
@@ -166,18 +147,18 @@ impl Store {
     }
 
     /// Checks that the bucket is reachable (for `/readyz`).
-    pub async fn check(&self) -> Result<(), StoreError> {
+    pub async fn check(&self) -> Result<(), Error> {
         self.client
             .head_bucket()
             .bucket(&self.bucket)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("HeadBucket", &self.bucket, e))
+            .map_err(|e| Error::sdk("HeadBucket", &self.bucket, e))
     }
 
     /// Metadata of `key`, or `None` if it does not exist.
-    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, Error> {
         if let Some(found) = self.open_local(key).await {
             return found.map(|o| {
                 o.map(|o| ObjectMeta {
@@ -199,7 +180,7 @@ impl Store {
                 content_type: out.content_type().map(str::to_owned),
             })),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
-            Err(e) => Err(StoreError::new("HeadObject", key, e)),
+            Err(e) => Err(Error::sdk("HeadObject", key, e)),
         }
     }
 
@@ -209,27 +190,20 @@ impl Store {
         &self,
         key: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, Error> {
         if let Some(found) = self.open_local(key).await {
             let Some(o) = found? else { return Ok(None) };
             let (start, len) = match range {
                 Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
                 Some(_) => {
-                    return Err(StoreError {
-                        op: "GetObject",
-                        key: key.to_owned(),
-                        message: format!("range outside the object's {} bytes", o.size),
-                    });
+                    let kind = ErrorKind::RangeOutside { len: o.size };
+                    return Err(Error::new("GetObject", key, kind));
                 }
                 None => (0, o.size),
             };
             let body = file_stream(&o.path, start, len)
                 .await
-                .map_err(|message| StoreError {
-                    op: "GetObject",
-                    key: key.to_owned(),
-                    message,
-                })?;
+                .map_err(|e| Error::new("GetObject", key, e))?;
             let meta = ObjectMeta {
                 len,
                 content_type: o.content_type,
@@ -249,7 +223,7 @@ impl Store {
                 Ok(Some((meta, out.body)))
             }
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => Ok(None),
-            Err(e) => Err(StoreError::new("GetObject", key, e)),
+            Err(e) => Err(Error::sdk("GetObject", key, e)),
         }
     }
 
@@ -260,17 +234,14 @@ impl Store {
         &self,
         key: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<Option<(ObjectMeta, BodyStream)>, StoreError> {
+    ) -> Result<Option<(ObjectMeta, BodyStream)>, Error> {
         if let Some(found) = self.open_local(key).await {
             let Some(o) = found? else { return Ok(None) };
             let (start, len) = match range {
                 Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
                 Some(_) => {
-                    return Err(StoreError {
-                        op: "GetObject",
-                        key: key.to_owned(),
-                        message: format!("range outside the object's {} bytes", o.size),
-                    });
+                    let kind = ErrorKind::RangeOutside { len: o.size };
+                    return Err(Error::new("GetObject", key, kind));
                 }
                 None => (0, o.size),
             };
@@ -289,25 +260,19 @@ impl Store {
     }
 
     /// Reads a small object (manifest, record) whole.
-    pub async fn get_bytes(&self, key: &str) -> Result<Option<(ObjectMeta, Bytes)>, StoreError> {
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<(ObjectMeta, Bytes)>, Error> {
         let Some((meta, body)) = self.get(key, None).await? else {
             return Ok(None);
         };
-        let bytes = body.collect().await.map_err(|e| StoreError {
-            op: "GetObject",
-            key: key.to_owned(),
-            message: format!("body: {e}"),
-        })?;
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| Error::new("GetObject", key, std::io::Error::other(e)))?;
         Ok(Some((meta, bytes.into_bytes())))
     }
 
     /// Writes a small object whole.
-    pub async fn put_bytes(
-        &self,
-        key: &str,
-        body: Bytes,
-        content_type: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn put_bytes(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), Error> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -317,7 +282,7 @@ impl Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("PutObject", key, e))
+            .map_err(|e| Error::sdk("PutObject", key, e))
     }
 
     /// Uploads `len` bytes of `path` from `offset` as one object, streaming
@@ -329,14 +294,10 @@ impl Store {
         offset: u64,
         len: u64,
         content_type: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let body = file_stream(path, offset, len)
             .await
-            .map_err(|message| StoreError {
-                op: "PutObject",
-                key: key.to_owned(),
-                message,
-            })?;
+            .map_err(|e| Error::new("PutObject", key, e))?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -347,11 +308,11 @@ impl Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("PutObject", key, e))
+            .map_err(|e| Error::sdk("PutObject", key, e))
     }
 
     /// Deletes `key` (absent keys are not an error).
-    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -359,16 +320,12 @@ impl Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("DeleteObject", key, e))
+            .map_err(|e| Error::sdk("DeleteObject", key, e))
     }
 
     /// Starts a multipart upload to `key`; nothing is visible until
     /// [`MultipartUpload::complete`].
-    pub async fn multipart(
-        &self,
-        key: &str,
-        content_type: &str,
-    ) -> Result<MultipartUpload, StoreError> {
+    pub async fn multipart(&self, key: &str, content_type: &str) -> Result<MultipartUpload, Error> {
         let out = self
             .client
             .create_multipart_upload()
@@ -377,7 +334,7 @@ impl Store {
             .content_type(content_type)
             .send()
             .await
-            .map_err(|e| StoreError::new("CreateMultipartUpload", key, e))?;
+            .map_err(|e| Error::sdk("CreateMultipartUpload", key, e))?;
         let upload_id = out.upload_id().unwrap_or_default().to_owned();
         Ok(MultipartUpload {
             store: self.clone(),
@@ -389,7 +346,7 @@ impl Store {
 
     /// Aborts every multipart upload under `prefix` (left behind by a crash:
     /// a live process completes or aborts its own). Returns how many.
-    pub async fn abort_orphan_uploads(&self, prefix: &str) -> Result<usize, StoreError> {
+    pub async fn abort_orphan_uploads(&self, prefix: &str) -> Result<usize, Error> {
         let out = self
             .client
             .list_multipart_uploads()
@@ -397,7 +354,7 @@ impl Store {
             .prefix(prefix)
             .send()
             .await
-            .map_err(|e| StoreError::new("ListMultipartUploads", prefix, e))?;
+            .map_err(|e| Error::sdk("ListMultipartUploads", prefix, e))?;
         let mut aborted = 0;
         for upload in out.uploads() {
             let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
@@ -414,7 +371,7 @@ impl Store {
             match result {
                 Ok(_) => aborted += 1,
                 Err(e) => {
-                    tracing::warn!(key, error = %StoreError::new("AbortMultipartUpload", key, e), "orphan upload not aborted")
+                    tracing::warn!(key, error = %Error::sdk("AbortMultipartUpload", key, e), "orphan upload not aborted")
                 }
             }
         }
@@ -422,12 +379,9 @@ impl Store {
     }
 
     /// A presigned GET URL for `key`, valid for `ttl`.
-    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        let config = PresigningConfig::expires_in(ttl).map_err(|e| StoreError {
-            op: "Presign",
-            key: key.to_owned(),
-            message: e.to_string(),
-        })?;
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, Error> {
+        let config =
+            PresigningConfig::expires_in(ttl).map_err(|e| Error::new("Presign", key, e))?;
         let request = self
             .client
             .get_object()
@@ -435,12 +389,12 @@ impl Store {
             .key(key)
             .presigned(config)
             .await
-            .map_err(|e| StoreError::new("Presign", key, e))?;
+            .map_err(|e| Error::sdk("Presign", key, e))?;
         Ok(request.uri().to_owned())
     }
 }
 
-async fn file_stream(path: &Path, offset: u64, len: u64) -> Result<ByteStream, String> {
+async fn file_stream(path: &Path, offset: u64, len: u64) -> std::io::Result<ByteStream> {
     ByteStream::read_from()
         .path(path)
         .offset(offset)
@@ -448,7 +402,7 @@ async fn file_stream(path: &Path, offset: u64, len: u64) -> Result<ByteStream, S
         .buffer_size(1 << 20)
         .build()
         .await
-        .map_err(|e| format!("reading spool file {}: {e}", path.display()))
+        .map_err(|e| std::io::Error::other(format!("reading {}: {e}", path.display())))
 }
 
 /// A blob being written: parts are uploaded as the spool file grows, and the
@@ -469,25 +423,21 @@ impl MultipartUpload {
         path: &Path,
         offset: u64,
         len: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let body = file_stream(path, offset, len)
             .await
-            .map_err(|message| StoreError {
-                op: "UploadPart",
-                key: self.key.clone(),
-                message,
-            })?;
+            .map_err(|e| Error::new("UploadPart", &self.key, e))?;
         self.upload_part(body, len).await
     }
 
     /// Uploads the next part from memory (replication: one part at a time,
     /// so memory is bounded by the part size).
-    pub async fn upload_part_bytes(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+    pub async fn upload_part_bytes(&mut self, bytes: Bytes) -> Result<(), Error> {
         let len = bytes.len() as u64;
         self.upload_part(ByteStream::from(bytes), len).await
     }
 
-    async fn upload_part(&mut self, body: ByteStream, len: u64) -> Result<(), StoreError> {
+    async fn upload_part(&mut self, body: ByteStream, len: u64) -> Result<(), Error> {
         let number = self.parts.len() as i32 + 1;
         let out = self
             .store
@@ -501,7 +451,7 @@ impl MultipartUpload {
             .body(body)
             .send()
             .await
-            .map_err(|e| StoreError::new("UploadPart", &self.key, e))?;
+            .map_err(|e| Error::sdk("UploadPart", &self.key, e))?;
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
@@ -512,7 +462,7 @@ impl MultipartUpload {
     }
 
     /// Makes the object visible.
-    pub async fn complete(self) -> Result<(), StoreError> {
+    pub async fn complete(self) -> Result<(), Error> {
         let parts = CompletedMultipartUpload::builder()
             .set_parts(Some(self.parts))
             .build();
@@ -526,11 +476,11 @@ impl MultipartUpload {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("CompleteMultipartUpload", &self.key, e))
+            .map_err(|e| Error::sdk("CompleteMultipartUpload", &self.key, e))
     }
 
     /// Discards the parts; nothing becomes visible.
-    pub async fn abort(self) -> Result<(), StoreError> {
+    pub async fn abort(self) -> Result<(), Error> {
         self.store
             .client
             .abort_multipart_upload()
@@ -540,6 +490,6 @@ impl MultipartUpload {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("AbortMultipartUpload", &self.key, e))
+            .map_err(|e| Error::sdk("AbortMultipartUpload", &self.key, e))
     }
 }
