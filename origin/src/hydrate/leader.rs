@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use tokio::sync::watch;
 use wharf_core::Digest;
 use wharf_core::access::Held;
 
 use super::source::{Source, Via};
-use super::spool::{self, Batch, append};
+use super::spool::SpoolWriter;
 use super::upload::{Uploader, upload};
 use super::{BlobRequest, Blobs, Hydration, Phase, Progress};
 use crate::coalesce::Flights;
@@ -20,9 +19,7 @@ use crate::error::Error;
 use crate::links;
 use crate::metrics;
 use crate::store;
-
-/// The leader writes the spool file in batches of this many bytes.
-const BATCH: usize = 512 * 1024;
+use crate::verify::{self, CopyError};
 
 impl Blobs {
     /// The leader: fetch once, spool, verify, let the uploader commit.
@@ -114,12 +111,12 @@ impl Blobs {
         if self.in_store(request, tx).await.map_err(|e| (e, None))? {
             return Ok(None);
         }
-        let source = self.source(request).await.map_err(|e| (e, None))?;
-        let file = spool::create(&hydration.spool)
+        let Source { total, body, from } = self.source(request).await.map_err(|e| (e, None))?;
+        let sink = SpoolWriter::create(hydration, tx)
             .await
             .map_err(|e| (Error::Spool(e), None))?;
         tx.send_modify(|p| {
-            p.total = source.total;
+            p.total = total;
             p.phase = Phase::Streaming;
         });
         let uploader = tokio::spawn(upload(
@@ -128,12 +125,19 @@ impl Blobs {
             hydration.spool.clone(),
             tx.subscribe(),
         ));
-        match self
-            .spool_verified(request, hydration, tx, source, &file)
-            .await
-        {
-            Ok(()) => {
-                tx.send_modify(|p| p.phase = Phase::Verified);
+        // Commit here is the spool's: the flight turns `Verified`, and the
+        // uploader then commits the store's sink.
+        let copied = tokio::select! {
+            _ = self.cancel.cancelled() => Err(Error::ShuttingDown),
+            copied = verify::copy(body, &request.digest, total, sink) => {
+                copied.map_err(|e| self.copy_failed(&request.digest, &from, e))
+            }
+        };
+        match copied {
+            Ok(len) => {
+                if let Via::Peer(peer) = &from {
+                    tracing::info!(digest = %request.digest, peer, bytes = len, "blob copied from a peer region");
+                }
                 Ok(Some(uploader))
             }
             Err(e) => Err((e, Some(uploader))),
@@ -157,78 +161,13 @@ impl Blobs {
         Ok(true)
     }
 
-    /// Reads `source` to its end, hashing it and appending it to the spool
-    /// file in batches (each one published to the followers), then checks
-    /// its length and digest.
-    async fn spool_verified(
-        &self,
-        request: &BlobRequest,
-        hydration: &Hydration,
-        tx: &watch::Sender<Progress>,
-        source: Source,
-        file: &Arc<std::fs::File>,
-    ) -> Result<(), Error> {
-        let Source {
-            total,
-            mut body,
-            from,
-        } = source;
-        let mut verifier = request.digest.verifier();
-        let mut written = 0u64;
-        // The chunks received since the last write, written together.
-        let mut batch = Batch::default();
-        loop {
-            let next = tokio::select! {
-                _ = self.cancel.cancelled() => return Err(Error::ShuttingDown),
-                next = body.next() => next,
-            };
-            let chunk = match next {
-                None => break,
-                Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => return Err(from.body_error(written + batch.len as u64, e)),
-            };
-            if let Via::Upstream(registry) = &from {
-                metrics::upstream_bytes(registry, chunk.len() as u64);
-            }
-            verifier.update(&chunk);
-            batch.push(chunk);
-            if batch.len >= BATCH {
-                written = append(file, hydration, &mut batch, written)
-                    .await
-                    .map_err(Error::Spool)?;
-                tx.send_modify(|p| p.written = written);
-            }
-        }
-        if batch.len > 0 {
-            written = append(file, hydration, &mut batch, written)
-                .await
-                .map_err(Error::Spool)?;
-            tx.send_modify(|p| p.written = written);
-        }
-        self.verify(&request.digest, &from, total, written, verifier.finish())
-    }
-
-    /// Checks what was spooled (`written` bytes hashing to `got`) against
-    /// the digest and the announced length; a mismatch is counted, and a
+    /// Names why a copy from `from` failed; a mismatch is counted, and a
     /// peer region's bad copy distrusted (the retry goes upstream).
-    fn verify(
-        &self,
-        digest: &Digest,
-        from: &Via,
-        total: Option<u64>,
-        written: u64,
-        got: Digest,
-    ) -> Result<(), Error> {
-        let mismatch = match total {
-            Some(total) if total != written => Some(format!("{written} of {total} bytes")),
-            _ if &got != digest => Some(format!("{got} ({written} bytes)")),
-            _ => None,
-        };
-        let Some(got) = mismatch else {
-            if let Via::Peer(peer) = from {
-                tracing::info!(digest = %digest, peer, bytes = written, "blob copied from a peer region");
-            }
-            return Ok(());
+    fn copy_failed(&self, digest: &Digest, from: &Via, e: CopyError<std::io::Error>) -> Error {
+        let got = match e {
+            CopyError::Body { at, source } => return from.body_error(at, source),
+            CopyError::Sink(e) => return Error::Spool(e),
+            CopyError::Mismatch { got } => got,
         };
         let registry = match from {
             Via::Peer(peer) => {
@@ -245,11 +184,11 @@ impl Blobs {
                 registry.clone()
             }
         };
-        Err(Error::DigestMismatch {
+        Error::DigestMismatch {
             registry,
             want: digest.clone(),
             got,
-        })
+        }
     }
 }
 

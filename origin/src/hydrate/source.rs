@@ -14,11 +14,9 @@ use wharf_core::access::Held;
 use super::{BlobRequest, Blobs};
 use crate::error::{Error, PeerError};
 use crate::links;
+use crate::metrics;
 use crate::store;
 use crate::upstream::UpstreamError;
-
-/// A peer store's body is read in chunks of this many bytes.
-const PEER_CHUNK: usize = 512 * 1024;
 
 /// A source's body.
 type BodyStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -82,18 +80,12 @@ impl Blobs {
                 self.gate(request, Held::Stored).await?;
             }
         }
-        match peer.store.get(&key, None).await {
-            Ok(Some((_, stream))) => {
-                let stream = tokio_util::io::ReaderStream::with_capacity(
-                    stream.into_async_read(),
-                    PEER_CHUNK,
-                );
-                Ok(Source {
-                    total: Some(meta.len),
-                    body: Box::pin(stream),
-                    from: Via::Peer(peer.name),
-                })
-            }
+        match peer.store.get_stream(&key, None).await {
+            Ok(Some((_, body))) => Ok(Source {
+                total: Some(meta.len),
+                body,
+                from: Via::Peer(peer.name),
+            }),
             found => {
                 let source = match found {
                     Err(e) => PeerError::Store(e),
@@ -130,7 +122,12 @@ impl Blobs {
             });
         }
         let total = response.content_length();
-        let stream = response.bytes_stream().map(|r| r.map_err(io::Error::other));
+        let counted = registry.clone();
+        let stream = response.bytes_stream().map(move |r| {
+            let chunk = r.map_err(io::Error::other)?;
+            metrics::upstream_bytes(&counted, chunk.len() as u64);
+            Ok(chunk)
+        });
         Ok(Source {
             total,
             body: Box::pin(stream),

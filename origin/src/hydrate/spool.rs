@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::io::{Read, Seek, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +13,10 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use super::{Hydration, Phase, Progress};
+use crate::verify;
 
+/// The leader writes the spool file in batches of this many bytes.
+const BATCH: usize = 512 * 1024;
 /// Readers read the spool file this many bytes at a time.
 const READ_CHUNK: usize = 256 * 1024;
 /// The newest bytes of a flight kept in memory for readers that keep up.
@@ -63,19 +65,81 @@ impl Window {
     }
 }
 
+/// The leader's side of the spool: the [`verify::Sink`] its copy loop
+/// writes to. Chunks are appended in batches of [`BATCH`] bytes, each one
+/// published to the followers (`written`); commit appends the rest and marks
+/// the flight [`Phase::Verified`]. Abort does nothing: the leader marks the
+/// flight failed with the reason.
+pub(super) struct SpoolWriter<'a> {
+    file: Arc<std::fs::File>,
+    hydration: &'a Hydration,
+    tx: &'a watch::Sender<Progress>,
+    /// The chunks received since the last write, written together.
+    batch: Batch,
+    written: u64,
+}
+
+impl<'a> SpoolWriter<'a> {
+    /// Creates the flight's spool file.
+    pub(super) async fn create(
+        hydration: &'a Hydration,
+        tx: &'a watch::Sender<Progress>,
+    ) -> io::Result<Self> {
+        let path = hydration.spool.clone();
+        let file = blocking(move || std::fs::File::create(path)).await?;
+        Ok(Self {
+            file: Arc::new(file),
+            hydration,
+            tx,
+            batch: Batch::default(),
+            written: 0,
+        })
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.batch.len > 0 {
+            self.written =
+                append(&self.file, self.hydration, &mut self.batch, self.written).await?;
+            let written = self.written;
+            self.tx.send_modify(|p| p.written = written);
+        }
+        Ok(())
+    }
+}
+
+impl verify::Sink for SpoolWriter<'_> {
+    type Error = io::Error;
+
+    async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.batch.push(chunk);
+        if self.batch.len >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self, _len: u64) -> io::Result<()> {
+        self.flush().await?;
+        self.tx.send_modify(|p| p.phase = Phase::Verified);
+        Ok(())
+    }
+
+    async fn abort(self) {}
+}
+
 /// Received chunks not yet in the spool file. They are written as they
 /// came (one `writev`) and then kept in the window as they are: no copy
 /// into a buffer of our own. A window of chunks pins at most the window plus
 /// one receive buffer of the HTTP client, since consecutive chunks share
 /// their buffers.
 #[derive(Default)]
-pub(super) struct Batch {
+struct Batch {
     chunks: Vec<Bytes>,
-    pub(super) len: usize,
+    len: usize,
 }
 
 impl Batch {
-    pub(super) fn push(&mut self, chunk: Bytes) {
+    fn push(&mut self, chunk: Bytes) {
         self.len += chunk.len();
         self.chunks.push(chunk);
     }
@@ -83,7 +147,7 @@ impl Batch {
 
 /// Appends `batch` to the spool file (whose length is `at`), then hands its
 /// chunks to the flight's window; returns the new spooled length.
-pub(super) async fn append(
+async fn append(
     file: &Arc<std::fs::File>,
     hydration: &Hydration,
     batch: &mut Batch,
@@ -102,14 +166,6 @@ pub(super) async fn append(
         window.push(chunk);
     }
     Ok(at + len as u64)
-}
-
-/// Creates the spool file at `path`.
-pub(super) async fn create(path: &Path) -> io::Result<Arc<std::fs::File>> {
-    let path = path.to_owned();
-    blocking(move || std::fs::File::create(path))
-        .await
-        .map(Arc::new)
 }
 
 /// `writev` until every chunk is written (at the file's position: only the

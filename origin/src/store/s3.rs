@@ -1,5 +1,6 @@
-//! [`Store`]: the S3 client wrapper with the handful of operations the cache
-//! needs, and [`MultipartUpload`], the write / commit / abort sink for blobs.
+//! [`S3`]: the S3 client wrapper with the handful of operations the cache
+//! needs, and [`MultipartUpload`], the multipart upload the blob sinks
+//! ([`super::sink`]) write through.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,9 +13,8 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
-use wharf_embedded_s3::{LocalBucket, LocalObject};
 
-use super::error::{Error, ErrorKind};
+use super::error::Error;
 
 /// What a HEAD learned about an object.
 #[derive(Clone, Debug)]
@@ -29,15 +29,12 @@ pub struct ObjectMeta {
 pub type BodyStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static>>;
 
-/// The bucket every object of this region lives in.
+/// One bucket through the S3 API.
 #[derive(Clone)]
-pub struct Store {
+pub struct S3 {
     client: Client,
     bucket: String,
     part_size: u64,
-    /// The embedded store's files, when this process embeds it: reads and
-    /// commits go to disk directly (see [`wharf_embedded_s3::LocalBucket`]).
-    local: Option<LocalBucket>,
 }
 
 /// How to reach an S3-compatible store.
@@ -57,7 +54,7 @@ pub struct S3Settings {
     pub part_size: u64,
 }
 
-impl Store {
+impl S3 {
     /// A store client for `settings` (no request is made).
     pub fn new(settings: &S3Settings) -> Self {
         let credentials = Credentials::new(
@@ -88,52 +85,7 @@ impl Store {
             client: Client::from_conf(config),
             bucket: settings.bucket.clone(),
             part_size: settings.part_size,
-            local: None,
         }
-    }
-
-    /// Reads and commits through `local` (the same bucket, on this
-    /// machine's disk) instead of the S3 API.
-    pub fn with_local(mut self, local: LocalBucket) -> Self {
-        self.local = Some(local);
-        self
-    }
-
-    /// The bucket on disk, when this process embeds the store.
-    pub fn local(&self) -> Option<&LocalBucket> {
-        self.local.as_ref()
-    }
-
-    async fn open_local(&self, key: &str) -> Option<Result<Option<LocalObject>, Error>> {
-        let local = self.local.clone()?;
-        let owned = key.to_owned();
-        let res = tokio::task::spawn_blocking(move || local.open(&owned))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        Some(res.map_err(|e| Error::new("Open", key, e)))
-    }
-
-    /// Makes the first `len` bytes of `path` (exactly its length) the object
-    /// `key` on the embedded store's disk: hard link + trailer + rename, no
-    /// copy of the bytes. The digest is the content's name, so the key's
-    /// last segment is a perfect ETag.
-    pub async fn publish_local(
-        &self,
-        key: &str,
-        path: &Path,
-        len: u64,
-        content_type: &str,
-    ) -> Result<(), Error> {
-        let Some(local) = self.local.clone() else {
-            let e = std::io::Error::new(std::io::ErrorKind::Unsupported, "not an embedded store");
-            return Err(Error::new("Publish", key, e));
-        };
-        let etag = key.rsplit('/').next().unwrap_or_default().to_owned();
-        let (k, path, ct) = (key.to_owned(), path.to_owned(), content_type.to_owned());
-        tokio::task::spawn_blocking(move || local.publish_file(&k, &path, len, &ct, &etag))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|e| Error::new("Publish", key, e))
     }
 
     /// Multipart part size.
@@ -159,14 +111,6 @@ impl Store {
 
     /// Metadata of `key`, or `None` if it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, Error> {
-        if let Some(found) = self.open_local(key).await {
-            return found.map(|o| {
-                o.map(|o| ObjectMeta {
-                    len: o.size,
-                    content_type: o.content_type,
-                })
-            });
-        }
         match self
             .client
             .head_object()
@@ -191,25 +135,6 @@ impl Store {
         key: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Option<(ObjectMeta, ByteStream)>, Error> {
-        if let Some(found) = self.open_local(key).await {
-            let Some(o) = found? else { return Ok(None) };
-            let (start, len) = match range {
-                Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
-                Some(_) => {
-                    let kind = ErrorKind::RangeOutside { len: o.size };
-                    return Err(Error::new("GetObject", key, kind));
-                }
-                None => (0, o.size),
-            };
-            let body = file_stream(&o.path, start, len)
-                .await
-                .map_err(|e| Error::new("GetObject", key, e))?;
-            let meta = ObjectMeta {
-                len,
-                content_type: o.content_type,
-            };
-            return Ok(Some((meta, body)));
-        }
         let mut request = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some((start, end)) = range {
             request = request.range(format!("bytes={start}-{end}"));
@@ -227,48 +152,18 @@ impl Store {
         }
     }
 
-    /// Like [`Store::get`], as a stream of chunks for an HTTP body: from the
-    /// embedded store's file directly when this process embeds it (no
-    /// loopback HTTP, no intermediate copies), else from the S3 response.
+    /// Like [`S3::get`], as a stream of chunks for an HTTP body.
     pub async fn get_stream(
         &self,
         key: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Option<(ObjectMeta, BodyStream)>, Error> {
-        if let Some(found) = self.open_local(key).await {
-            let Some(o) = found? else { return Ok(None) };
-            let (start, len) = match range {
-                Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
-                Some(_) => {
-                    let kind = ErrorKind::RangeOutside { len: o.size };
-                    return Err(Error::new("GetObject", key, kind));
-                }
-                None => (0, o.size),
-            };
-            let meta = ObjectMeta {
-                len,
-                content_type: o.content_type.clone(),
-            };
-            return Ok(Some((meta, Box::pin(o.into_stream(start, len)))));
-        }
         let Some((meta, body)) = self.get(key, range).await? else {
             return Ok(None);
         };
         let stream =
             tokio_util::io::ReaderStream::with_capacity(body.into_async_read(), 256 * 1024);
         Ok(Some((meta, Box::pin(stream))))
-    }
-
-    /// Reads a small object (manifest, record) whole.
-    pub async fn get_bytes(&self, key: &str) -> Result<Option<(ObjectMeta, Bytes)>, Error> {
-        let Some((meta, body)) = self.get(key, None).await? else {
-            return Ok(None);
-        };
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| Error::new("GetObject", key, std::io::Error::other(e)))?;
-        Ok(Some((meta, bytes.into_bytes())))
     }
 
     /// Writes a small object whole.
@@ -405,12 +300,12 @@ async fn file_stream(path: &Path, offset: u64, len: u64) -> std::io::Result<Byte
         .map_err(|e| std::io::Error::other(format!("reading {}: {e}", path.display())))
 }
 
-/// A blob being written: parts are uploaded as the spool file grows, and the
-/// object appears only on [`complete`](Self::complete). Dropping it without
-/// completing leaves an upload that [`Store::abort_orphan_uploads`] cleans at
+/// A multipart upload: the object appears only on
+/// [`complete`](Self::complete). Dropping it without
+/// completing leaves an upload that [`super::Store::abort_orphan_uploads`] cleans at
 /// the next start; callers abort explicitly.
 pub struct MultipartUpload {
-    store: Store,
+    store: S3,
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
