@@ -19,7 +19,7 @@ use wharf_core::{ApiMethod, ApiRequest, api::parse_request};
 
 use crate::error::Error;
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 
 /// Answers every request under `/v2/`.
 pub async fn registry(
@@ -37,10 +37,13 @@ pub async fn registry(
         }
     };
     let kind = request.kind();
-    if let Err(e) = authorize(&state, &request, ns.as_deref(), uri.query(), &headers) {
-        metrics::request(kind, "denied");
-        return e.into_response();
-    }
+    let target = match authorize(&state, &request, ns.as_deref(), uri.query(), &headers) {
+        Ok(target) => target,
+        Err(e) => {
+            metrics::request(kind, "denied");
+            return e.into_response();
+        }
+    };
     let head = matches!(method, ApiMethod::Head);
     let result = match request {
         ApiRequest::Base => Ok(base::get()),
@@ -48,7 +51,8 @@ pub async fn registry(
             manifest::get(&state, head, &name, &reference, ns.as_deref(), &headers).await
         }
         ApiRequest::Blob { name, digest } => {
-            blob::get(&state, head, &name, digest, ns.as_deref(), &headers, &uri).await
+            let ns = ns.as_deref();
+            blob::get(&state, head, &name, digest, target, ns, &headers, &uri).await
         }
         ApiRequest::TagsList { name, n, last } => {
             tags::get(&state, head, &name, n, last, ns.as_deref()).await
@@ -69,25 +73,26 @@ pub async fn registry(
 }
 
 /// Checks the request's token or ticket when the origin has a key (the
-/// decision is the core's, shared with the edge).
+/// decision is the core's, shared with the edge). Returns the name it
+/// resolved to do so, for the handler to use rather than resolve again.
 fn authorize(
     state: &AppState,
     request: &ApiRequest,
     ns: Option<&str>,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<(), Error> {
+) -> Result<Option<Target>, Error> {
     let Some(auth) = &state.auth else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(name) = request.name() else {
-        return auth.check_base(headers);
+        return auth.check_base(headers).map(|()| None);
     };
     let target = state.resolve(name, ns)?;
     let rule = wharf_core::ticket::TicketRule {
         prefix: &target.prefix,
         private: target.private,
     };
-    auth.check(request, name, rule, ns.is_some(), query, headers)
-        .map(drop)
+    auth.check(request, name, rule, ns.is_some(), query, headers)?;
+    Ok(Some(target))
 }

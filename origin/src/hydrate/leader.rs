@@ -144,9 +144,13 @@ impl Blobs {
         }
     }
 
-    /// Re-checks the store just before fetching: a flight for this digest
-    /// may have committed between the caller's lookup and this flight's
-    /// start. `true` (and [`Phase::InStore`]) when it did.
+    /// Re-checks the store just before fetching — the one store lookup on
+    /// the leader's path. It guards a race: the request's lookup
+    /// ([`Blobs::lookup`]) missed, then the previous flight for this digest
+    /// committed and left [`Flights`] before this request joined, so it
+    /// started a new flight for a stored blob. Without the re-check that
+    /// costs a second upstream fetch. `true` (and [`Phase::InStore`]) when
+    /// the blob is stored.
     async fn in_store(
         &self,
         request: &BlobRequest,

@@ -3,11 +3,16 @@
 //!
 //! # How a miss flows
 //!
-//! The first request for a blob that the store lacks starts one detached
-//! leader task ([`Blobs::open`]); every concurrent request joins it through
-//! [`Flights`]. The leader reads the upstream body once and, in one loop,
-//! hashes it and appends it to a spool file; each append bumps a
-//! `watch` channel. Clients (the first one included) follow the spool as it
+//! The blob handler resolves the repository once (a `Target`, turned into
+//! a [`BlobRequest`]) and looks the blob up in the store once
+//! ([`Blobs::lookup`]); on a miss, unless another replica owns it
+//! ([`crate::cluster`]), [`Blobs::open`] gets what was found. The first
+//! request for a blob that the store lacks starts one detached leader task;
+//! every concurrent request joins it through [`Flights`]. The leader
+//! re-checks the store once (a race, see `leader.rs`), opens the source
+//! (`source.rs`) and reads its body once through the shared verify loop
+//! ([`crate::verify::copy`]), whose sink is the spool file: each batch
+//! appended bumps a `watch` channel. Clients (the first one included) follow the spool as it
 //! grows, so any number of them cost one upstream GET, and a client that
 //! disconnects does not stop the download. The newest chunks also stay in
 //! memory (`spool::Window`): a client that keeps up with the upstream (the usual
@@ -17,10 +22,11 @@
 //! itself to the clients: reading ahead at upstream speed measured faster
 //! for skopeo's concurrent layer pulls (bench item 2: 1.05× direct against
 //! 1.40× when paced), though a slower client then reads back from the
-//! file. A separate uploader task follows
-//! the same channel and ships full parts of the spool file to a multipart
-//! upload; the object is completed (made visible) only after the whole body
-//! matched its digest and length. A mismatch or truncation marks the flight
+//! file. A separate uploader task (`upload.rs`) follows the same channel
+//! and feeds the store's [`FileSink`](crate::store::FileSink), which ships
+//! full parts of the spool file to a multipart upload (or, on the embedded
+//! store, publishes the file itself at the end); the object is committed
+//! (made visible) only after the whole body matched its digest and length. A mismatch or truncation marks the flight
 //! failed: the uploader aborts the multipart upload, readers end their
 //! responses with an error (the connection is reset, never completed with
 //! wrong bytes), and `wharf_integrity_failures_total` is bumped.
@@ -51,12 +57,14 @@
 //!   the access gate), [`Hydration`] and its [`Progress`].
 //! - `source.rs`: where a leader's bytes come from (the nearest peer
 //!   region's store, else the upstream) and how their failures are named.
-//! - `leader.rs`: the leader task (re-check, fetch, spool, verify) and the
-//!   guard that ends its flight however it ends.
-//! - `spool.rs`: the spool file, the in-memory `Window`
-//!   and [`spool_stream`], which clients read.
-//! - `upload.rs`: the uploader that ships the spool file to the store and
-//!   commits it once verified.
+//! - `leader.rs`: the leader task (re-check, open the source, copy through
+//!   the verify loop, wait for the commit) and the guard that ends its
+//!   flight however it ends.
+//! - `spool.rs`: the spool file — its writer (the leader's verify-loop
+//!   sink), the in-memory `Window` — and [`spool_stream`], which clients
+//!   read.
+//! - `upload.rs`: the uploader that follows the flight into the store's
+//!   blob sink and commits it once verified.
 
 mod leader;
 mod source;
@@ -228,21 +236,32 @@ impl Blobs {
         self.flights.len()
     }
 
-    /// Finds the blob in the store or joins (or starts) its hydration, and
-    /// waits until the upstream has answered. What is held for another
-    /// repository is served only once `request.canonical` is linked to it or
-    /// its upstream confirms it (`wharf_core::access`).
-    pub async fn open(self: &Arc<Self>, request: BlobRequest) -> Result<BlobSource, Error> {
-        let key = store::blob_key(&request.digest);
-        match self.store.head(&key).await {
-            Ok(Some(meta)) => {
-                self.gate(&request, Held::Stored).await?;
-                return Ok(BlobSource::Store(meta));
+    /// The one store lookup of a blob request. A store that cannot be read
+    /// counts as a miss: the blob is still served from the upstream (the
+    /// commit will fail and be logged, the client is served either way).
+    pub async fn lookup(&self, digest: &Digest) -> Option<ObjectMeta> {
+        match self.store.head(&store::blob_key(digest)).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "store lookup failed; fetching from the upstream");
+                None
             }
-            Ok(None) => {}
-            // Store down: still serve from the upstream; the commit will fail
-            // and be logged, the client is served either way.
-            Err(e) => tracing::warn!(error = %e, "store lookup failed; fetching from the upstream"),
+        }
+    }
+
+    /// Serves the blob from the store when the request's [`Blobs::lookup`]
+    /// found it (`stored`), else joins (or starts) its hydration and waits
+    /// until the upstream has answered. What is held for another repository
+    /// is served only once `request.canonical` is linked to it or its
+    /// upstream confirms it (`wharf_core::access`).
+    pub async fn open(
+        self: &Arc<Self>,
+        request: BlobRequest,
+        stored: Option<ObjectMeta>,
+    ) -> Result<BlobSource, Error> {
+        if let Some(meta) = stored {
+            self.gate(&request, Held::Stored).await?;
+            return Ok(BlobSource::Store(meta));
         }
         let mut sender = None;
         let (hydration, leader) = self.flights.join_or_start(&request.digest, || {
