@@ -19,33 +19,24 @@ use super::local;
 use super::s3::{MultipartUpload, S3};
 
 /// A blob written from a file that grows (see the module doc).
-pub enum FileSink {
-    /// Multipart upload of the file's full parts as they appear.
+pub struct FileSink {
+    key: String,
+    path: PathBuf,
+    content_type: String,
+    to: To,
+}
+
+/// Where a [`FileSink`] writes.
+enum To {
+    /// Multipart upload of the file's full parts as they appear (started
+    /// at the first full part; `uploaded` bytes of the file shipped).
     S3 {
-        /// The store.
         s3: S3,
-        /// The object.
-        key: String,
-        /// The file.
-        path: PathBuf,
-        /// Its `Content-Type`.
-        content_type: String,
-        /// Started at the first full part.
         upload: Option<MultipartUpload>,
-        /// Bytes of the file shipped so far.
         uploaded: u64,
     },
     /// The embedded store: the verified file becomes the object.
-    Local {
-        /// The bucket on disk.
-        local: LocalBucket,
-        /// The object.
-        key: String,
-        /// The file.
-        path: PathBuf,
-        /// Its `Content-Type`.
-        content_type: String,
-    },
+    Local(LocalBucket),
 }
 
 impl FileSink {
@@ -56,22 +47,19 @@ impl FileSink {
         path: &Path,
         content_type: &str,
     ) -> Self {
-        let (key, path, content_type) = (key.to_owned(), path.to_owned(), content_type.to_owned());
-        match local {
-            Some(local) => FileSink::Local {
-                local: local.clone(),
-                key,
-                path,
-                content_type,
-            },
-            None => FileSink::S3 {
+        let to = match local {
+            Some(local) => To::Local(local.clone()),
+            None => To::S3 {
                 s3: s3.clone(),
-                key,
-                path,
-                content_type,
                 upload: None,
                 uploaded: 0,
             },
+        };
+        Self {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            content_type: content_type.to_owned(),
+            to,
         }
     }
 
@@ -79,25 +67,22 @@ impl FileSink {
     /// part but the last (the last part may be short, so one full part is
     /// kept until more bytes or the commit come).
     pub async fn grown(&mut self, len: u64) -> Result<(), Error> {
-        let FileSink::S3 {
+        let To::S3 {
             s3,
-            key,
-            path,
-            content_type,
             upload,
             uploaded,
-        } = self
+        } = &mut self.to
         else {
             return Ok(());
         };
         let part_size = s3.part_size();
         while len - *uploaded > part_size {
             if upload.is_none() {
-                *upload = Some(s3.multipart(key, content_type).await?);
+                *upload = Some(s3.multipart(&self.key, &self.content_type).await?);
             }
             if let Some(upload) = upload.as_mut() {
                 upload
-                    .upload_part_from_file(path, *uploaded, part_size)
+                    .upload_part_from_file(&self.path, *uploaded, part_size)
                     .await?;
             }
             *uploaded += part_size;
@@ -107,42 +92,35 @@ impl FileSink {
 
     /// Makes the file's first `len` bytes (verified) the object.
     pub async fn commit(self, len: u64) -> Result<(), Error> {
-        match self {
-            FileSink::S3 {
-                s3,
-                key,
-                path,
-                content_type,
-                upload,
+        let (key, path, content_type) = (&self.key, &self.path, &self.content_type);
+        match self.to {
+            To::Local(local) => local::publish(local, key, path, len, content_type).await,
+            To::S3 {
+                s3, upload: None, ..
+            } => s3.put_file(key, path, 0, len, content_type).await,
+            To::S3 {
+                upload: Some(mut upload),
                 uploaded,
-            } => match upload {
-                None => s3.put_file(&key, &path, 0, len, &content_type).await,
-                Some(mut upload) => {
-                    if len > uploaded {
-                        let rest = upload
-                            .upload_part_from_file(&path, uploaded, len - uploaded)
-                            .await;
-                        if let Err(e) = rest {
-                            let _ = upload.abort().await;
-                            return Err(e);
-                        }
+                ..
+            } => {
+                if len > uploaded {
+                    let rest = upload
+                        .upload_part_from_file(path, uploaded, len - uploaded)
+                        .await;
+                    if let Err(e) = rest {
+                        let _ = upload.abort().await;
+                        return Err(e);
                     }
-                    upload.complete().await
                 }
-            },
-            FileSink::Local {
-                local,
-                key,
-                path,
-                content_type,
-            } => local::publish(local, &key, &path, len, &content_type).await,
+                upload.complete().await
+            }
         }
     }
 
     /// Discards the parts shipped; nothing becomes visible.
     pub async fn abort(self) -> Result<(), Error> {
-        match self {
-            FileSink::S3 {
+        match self.to {
+            To::S3 {
                 upload: Some(upload),
                 ..
             } => upload.abort().await,
