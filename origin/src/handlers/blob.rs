@@ -28,23 +28,16 @@ use crate::state::{AppState, Target};
 use crate::store;
 
 /// Answers a blob request. `target` is the name resolved once for the
-/// whole request (by the authorization check when the origin has a key),
-/// passed down to the blob service as it is.
-#[allow(clippy::too_many_arguments)]
+/// whole request, passed down to the blob service as it is.
 pub async fn get(
     state: &AppState,
     head: bool,
     name: &RepositoryName,
     digest: Digest,
-    target: Option<Target>,
-    ns: Option<&str>,
+    target: Target,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Response> {
-    let target = match target {
-        Some(target) => target,
-        None => state.resolve(name, ns)?,
-    };
     let linked = || {
         state
             .links

@@ -51,8 +51,11 @@ pub async fn registry(
             manifest::get(&state, head, &name, &reference, ns.as_deref(), &headers).await
         }
         ApiRequest::Blob { name, digest } => {
-            let ns = ns.as_deref();
-            blob::get(&state, head, &name, digest, target, ns, &headers, &uri).await
+            // Resolved by `authorize` when the origin checks tokens.
+            match target.map_or_else(|| state.resolve(&name, ns.as_deref()), Ok) {
+                Ok(target) => blob::get(&state, head, &name, digest, target, &headers, &uri).await,
+                Err(e) => Err(e),
+            }
         }
         ApiRequest::TagsList { name, n, last } => {
             tags::get(&state, head, &name, n, last, ns.as_deref()).await
