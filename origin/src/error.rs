@@ -21,7 +21,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wharf_core::{ApiError, Digest, ErrorCode, RuleError, render_error};
 
-use crate::store::StoreError;
+use crate::store;
 use crate::upstream::UpstreamError;
 
 /// Result alias for request-path code.
@@ -97,7 +97,24 @@ pub enum Error {
     },
     /// The object store failed.
     #[error("object store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] store::Error),
+    /// The spool file a hydration writes the blob to failed.
+    #[error("spool file: {0}")]
+    Spool(#[source] std::io::Error),
+    /// A peer region's copy could not be read (it vanished after its
+    /// `HEAD`, or its body failed part way).
+    #[error("peer region {region}: {source}")]
+    Peer {
+        /// The peer region.
+        region: String,
+        /// What failed.
+        #[source]
+        source: PeerError,
+    },
+    /// A detached task (a blob's leader, a manifest flight) ended without a
+    /// result: it panicked or was aborted.
+    #[error("the {0} task ended without a result; retry")]
+    Lost(&'static str),
     /// A `Range` header that cannot be served.
     #[error("range {range} is not satisfiable for a blob of {len} bytes")]
     RangeNotSatisfiable {
@@ -163,6 +180,9 @@ impl Error {
             Error::Joined(inner) => inner.code(),
             Error::DigestMismatch { .. }
             | Error::Store(_)
+            | Error::Spool(_)
+            | Error::Peer { .. }
+            | Error::Lost(_)
             | Error::ShuttingDown
             | Error::Overloaded { .. }
             | Error::TimedOut { .. } => ErrorCode::Unavailable,
@@ -201,7 +221,10 @@ impl Error {
             Error::DigestMismatch { registry, want, .. } => format!(
                 "upstream {registry} sent content that does not match {want}; nothing was cached, retry later"
             ),
-            Error::Store(_) => "the object store is unavailable; retry later".to_owned(),
+            // The cache's own storage, whichever part of it failed.
+            Error::Store(_) | Error::Spool(_) | Error::Peer { .. } | Error::Lost(_) => {
+                "the object store is unavailable; retry later".to_owned()
+            }
             Error::Joined(inner) => inner.public_message(),
             other => other.to_string(),
         }
@@ -216,6 +239,26 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// Why a peer region's copy could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Its store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Its `GET` found nothing after its `HEAD` had found the object.
+    #[error("the copy vanished between HEAD and GET; retry")]
+    Vanished,
+    /// Its body failed after this many bytes.
+    #[error("after {at} bytes: {source}")]
+    Body {
+        /// Bytes received before the failure.
+        at: u64,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The rendered error's text, kept on the response for the logging layer.

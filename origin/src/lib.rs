@@ -15,7 +15,9 @@
 //!   [`tags`] — tag lists, cached briefly; [`referrers`] — the referrers
 //!   API and its fallback tag.
 //! * [`hydrate`] — blob misses: one upstream fetch, streamed to every waiting
-//!   client while it is verified and uploaded; [`coalesce`] — the in-flight map.
+//!   client while it is verified and uploaded; [`coalesce`] — the in-flight map;
+//!   [`verify`] — the one stream → hash → sink → verify → commit loop that
+//!   hydration and replication share.
 //! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
 //! * [`store`] — the S3 bucket, and the embedded S3 server for `--data`.
 //! * [`auth`] — the edge's tokens and blob tickets, when a key is set;
@@ -47,6 +49,7 @@ pub mod state;
 pub mod store;
 pub mod tags;
 pub mod upstream;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;

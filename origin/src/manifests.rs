@@ -116,11 +116,7 @@ pub struct Manifests {
 
 /// The error of a manifest flight whose task ended without a result.
 fn lost_flight() -> Error {
-    Error::Store(store::StoreError {
-        op: "Manifest",
-        key: String::new(),
-        message: "the manifest task failed; retry".into(),
-    })
+    Error::Lost("manifest")
 }
 
 fn now_ms() -> u64 {

@@ -255,8 +255,14 @@ impl GeoStack {
     /// A pull token for `repo` (as the edge would issue it), for talking to
     /// the origins directly.
     pub fn token(&self, repo: &str) -> String {
-        crate::tokens::pull_token(TOKEN_KEY, GLOBAL_HOST, &[repo], &[], 600)
+        pull_token(repo)
     }
+}
+
+/// A pull token for `repo` signed with [`TOKEN_KEY`] (as the edge would
+/// issue it), for talking to origins configured with that key directly.
+pub fn pull_token(repo: &str) -> String {
+    crate::tokens::pull_token(TOKEN_KEY, GLOBAL_HOST, &[repo], &[], 600)
 }
 
 /// `[[regions]]` tables for the origins' TOML from the JSON region list.

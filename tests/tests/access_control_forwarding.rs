@@ -11,15 +11,12 @@
 
 use futures::future::join_all;
 use wharf_tests::edge::{BUCKET, GLOBAL_HOST, S3_ACCESS_KEY, S3_SECRET_KEY, TOKEN_KEY};
+use wharf_tests::geo::pull_token as token;
 use wharf_tests::probes::{Outcome, Probes};
 use wharf_tests::{
     Fault, ImageSpec, Kind, Origin, OriginOpts, TestDir, Upstream, UpstreamAuth, free_port,
     http_client,
 };
-
-fn token(repo: &str) -> String {
-    wharf_tests::tokens::pull_token(TOKEN_KEY, GLOBAL_HOST, &[repo], &[], 600)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwarding_headers_from_clients_are_not_trusted() {

@@ -27,13 +27,14 @@ use crate::metrics;
 use crate::state::{AppState, Target};
 use crate::store;
 
-/// Answers a blob request.
+/// Answers a blob request. `target` is the name resolved once for the
+/// whole request, passed down to the blob service as it is.
 pub async fn get(
     state: &AppState,
     head: bool,
-    target: &Target,
     name: &RepositoryName,
     digest: Digest,
+    target: Target,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Response> {
@@ -44,11 +45,16 @@ pub async fn get(
     };
     if head {
         let linked = linked().await;
-        return head_blob(state, target, name, digest, linked).await;
+        return head_blob(state, &target, name, digest, linked).await;
     }
+    // The one store lookup of this request; what it found is passed down
+    // (the leader of a miss re-checks once, see `hydrate::leader`).
+    let stored = state.blobs.lookup(&digest).await;
     // Another replica of this region may own the miss (and checks the link
     // itself): look the link up only when this replica serves.
-    if let Some(response) = cluster::forward_miss(state, &digest, uri, headers).await {
+    if stored.is_none()
+        && let Some(response) = cluster::forward_miss(state, &digest, uri, headers).await
+    {
         return Ok(response);
     }
     let linked = linked().await;
@@ -58,7 +64,7 @@ pub async fn get(
         .map(str::to_owned);
     match state
         .blobs
-        .open(target.blob_request(digest.clone(), linked))
+        .open(target.blob_request(digest.clone(), linked), stored)
         .await?
     {
         BlobSource::Store(meta) => {
@@ -110,7 +116,7 @@ pub async fn get(
 
 async fn head_blob(
     state: &AppState,
-    target: &crate::state::Target,
+    target: &Target,
     name: &RepositoryName,
     digest: Digest,
     linked: bool,

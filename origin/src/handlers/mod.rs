@@ -110,7 +110,7 @@ pub async fn registry(
             manifest::get(&state, head, &target, &reference, &headers).await
         }
         (ApiRequest::Blob { name, digest }, Some(target)) => {
-            blob::get(&state, head, &target, &name, digest, &headers, &uri).await
+            blob::get(&state, head, &name, digest, target, &headers, &uri).await
         }
         (ApiRequest::TagsList { name, n, last }, Some(target)) => {
             tags::get(&state, head, &target, &name, n, last).await
