@@ -77,6 +77,16 @@ impl<K: Eq + Hash + Clone, V> Flights<K, V> {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Every flight in progress, now.
+    pub fn values(&self) -> Vec<Arc<V>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Whether no flight is in progress.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -36,6 +36,11 @@ pub const COALESCED: &str = "wharf_coalesced_requests_total";
 pub const LINK_CHECKS: &str = "wharf_link_checks_total";
 /// Remaining upstream rate-limit budget last reported, by `registry`.
 pub const RATELIMIT_REMAINING: &str = "wharf_upstream_ratelimit_remaining";
+/// Cold blobs passed through (streamed, verified, not stored), by `reason`
+/// (disk, hydrations, upstream, spool).
+pub const PASSTHROUGH: &str = "wharf_passthrough_total";
+/// Free bytes on a watched filesystem, by `dir` (spool, store).
+pub const DISK_FREE: &str = "wharf_disk_free_bytes";
 /// Each upstream's circuit, by `registry`: 0 closed, 1 half-open, 2 open.
 pub const UPSTREAM_CIRCUIT: &str = "wharf_upstream_circuit_state";
 /// Times an upstream's circuit opened, by `registry`.
@@ -124,6 +129,16 @@ pub fn circuit_state(registry: &str, state: &str) {
         _ => 2.0,
     };
     gauge!(UPSTREAM_CIRCUIT, "registry" => registry.to_owned()).set(value);
+}
+
+/// Counts a cold blob passed through.
+pub fn passthrough(reason: &'static str) {
+    counter!(PASSTHROUGH, "reason" => reason).increment(1);
+}
+
+/// Free bytes on a watched filesystem.
+pub fn disk_free(dir: &'static str, bytes: u64) {
+    gauge!(DISK_FREE, "dir" => dir).set(bytes as f64);
 }
 
 /// Counts an upstream's circuit opening.

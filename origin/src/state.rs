@@ -165,7 +165,14 @@ impl AppState {
             geo.clone(),
             replicator.clone(),
         )
-        .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?;
+        .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?
+        .with_limits(
+            config.limits.hydration.clone(),
+            match &config.storage {
+                crate::config::Storage::Embedded(s) => Some(crate::store::embedded::root(s)),
+                crate::config::Storage::S3(_) => None,
+            },
+        );
         let replicas = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(std::time::Duration::from_secs(2))

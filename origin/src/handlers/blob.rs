@@ -111,6 +111,17 @@ pub async fn get(
             blob_headers(response.headers_mut(), &digest);
             Ok(response)
         }
+        // The whole blob, whatever the `Range` (RFC 9110 lets a server
+        // ignore it): its bytes are verified as one stream.
+        BlobSource::PassThrough { total, body } => {
+            metrics::request("blob", "passthrough");
+            let stream =
+                body.inspect_ok(|chunk| metrics::served_bytes("upstream", chunk.len() as u64));
+            let mut response = Response::new(Body::from_stream(stream));
+            set_length(&mut response, None, total);
+            blob_headers(response.headers_mut(), &digest);
+            Ok(response)
+        }
     }
 }
 

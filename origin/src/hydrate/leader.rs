@@ -238,6 +238,7 @@ mod tests {
         });
         let (hydration, leader) = flights.join_or_start(&digest, || {
             Arc::new(Hydration {
+                registry: "up".into(),
                 digest: digest.clone(),
                 canonical: RepositoryName::parse("up/app").unwrap(),
                 spool: std::env::temp_dir().join(format!("wharf-test-{}", uuid::Uuid::new_v4())),

@@ -78,6 +78,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,8 +88,10 @@ use wharf_core::{Digest, RepositoryName};
 use crate::coalesce::Flights;
 use crate::error::Error;
 use crate::geo::Geo;
+use crate::limits::{ColdPath, HydrationLimits, InFlight, free_bytes};
 use crate::links::{self, Links};
 use crate::metrics;
+use crate::passthrough::PassError;
 use crate::replicate::Replicator;
 use crate::store::{self, ObjectMeta, Store};
 use crate::upstream::Upstream;
@@ -123,6 +126,9 @@ pub struct Progress {
 
 /// One in-flight blob download, shared by every client that wants it.
 pub struct Hydration {
+    /// The upstream it is fetched from (its rule prefix), for the
+    /// per-upstream bound.
+    registry: String,
     digest: Digest,
     /// The repository the download was started for: its upstream's answer
     /// decides for every request through the same name.
@@ -151,10 +157,22 @@ impl Drop for Hydration {
     }
 }
 
+/// A pass-through body (see [`crate::passthrough`]).
+pub type PassBody =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, PassError>> + Send>>;
+
 /// Where a blob request will be answered from.
 pub enum BlobSource {
     /// The store has it.
     Store(ObjectMeta),
+    /// Past a download bound ([`HydrationLimits`]): streamed from the
+    /// source, verified, not stored.
+    PassThrough {
+        /// The length the source announced.
+        total: Option<u64>,
+        /// The verified body.
+        body: PassBody,
+    },
     /// It is being hydrated; stream it from the spool.
     Hydrating {
         /// The flight to follow.
@@ -187,7 +205,12 @@ pub struct BlobRequest {
 /// All blob hydrations of this process.
 pub struct Blobs {
     store: Store,
-    spool_dir: PathBuf,
+    /// This process's own spool directory (see [`Spool`]).
+    spool: Spool,
+    limits: HydrationLimits,
+    /// Filesystems whose free space bounds new hydrations: the spool's,
+    /// and the embedded store's.
+    disks: Vec<(&'static str, PathBuf)>,
     flights: Flights<Digest, Hydration>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -206,17 +229,12 @@ impl Blobs {
         geo: Option<Arc<Geo>>,
         replicator: Option<Replicator>,
     ) -> io::Result<Self> {
-        std::fs::create_dir_all(&spool_dir)?;
-        // Spool files of a previous process are garbage: their flights died
-        // with it (and their uploads are aborted at start).
-        if let Ok(entries) = std::fs::read_dir(&spool_dir) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        let spool = Spool::claim(&spool_dir)?;
         Ok(Self {
             store,
-            spool_dir,
+            disks: vec![("spool", spool_dir)],
+            spool,
+            limits: HydrationLimits::default(),
             flights: Flights::default(),
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -224,6 +242,73 @@ impl Blobs {
             links,
             geo,
             replicator,
+        })
+    }
+
+    /// The same, bounded by `limits`; `store_dir` is the embedded store's
+    /// directory, whose filesystem is watched too.
+    pub fn with_limits(mut self, limits: HydrationLimits, store_dir: Option<PathBuf>) -> Self {
+        self.limits = limits;
+        self.disks.extend(store_dir.map(|d| ("store", d)));
+        self
+    }
+
+    /// Free bytes on each watched filesystem, and whether it is above
+    /// `limits.min_free_bytes` (`None`: it could not be asked).
+    pub fn disks(&self) -> Vec<(&'static str, Option<u64>, bool)> {
+        self.disks
+            .iter()
+            .map(|(name, dir)| {
+                let free = free_bytes(dir);
+                if let Some(f) = free {
+                    metrics::disk_free(name, f);
+                }
+                (
+                    *name,
+                    free,
+                    free.is_none_or(|f| f >= self.limits.min_free_bytes),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether a new cold request for `request` may hydrate, from what is in
+    /// flight now.
+    fn cold_path(&self, request: &BlobRequest) -> ColdPath {
+        let flights = self.flights.values();
+        let registry = request.upstream.registry();
+        let now = InFlight {
+            hydrations: flights.len(),
+            upstream_hydrations: flights.iter().filter(|h| h.registry == registry).count(),
+            spool_bytes: flights.iter().map(|h| h.progress.borrow().written).sum(),
+            free_bytes: self.disks().iter().filter_map(|(_, free, _)| *free).min(),
+        };
+        self.limits.cold_path(now)
+    }
+
+    /// Streams the blob from its source to this one client, verified and
+    /// not stored (`reason`: the bound that was reached).
+    async fn pass_through(
+        &self,
+        request: &BlobRequest,
+        reason: &'static str,
+    ) -> Result<BlobSource, Error> {
+        self.gate(request, Held::Absent).await?;
+        let source = self.source(request).await?;
+        metrics::passthrough(reason);
+        tracing::info!(digest = %request.digest, reason, "cold blob passed through, not stored");
+        let from = source.from;
+        let body = crate::passthrough::verified(source.body, request.digest.clone(), source.total);
+        let body = body.inspect_err(move |e| {
+            if let PassError::Mismatch { .. } = e
+                && let source::Via::Upstream(registry) = &from
+            {
+                metrics::integrity_failure(registry);
+            }
+        });
+        Ok(BlobSource::PassThrough {
+            total: source.total,
+            body: Box::pin(body),
         })
     }
 
@@ -264,6 +349,13 @@ impl Blobs {
             self.gate(&request, Held::Stored).await?;
             return Ok(BlobSource::Store(meta));
         }
+        // A request that would start a hydration past a bound passes the
+        // blob through instead (joining a running flight costs nothing).
+        if self.flights.get(&request.digest).is_none()
+            && let ColdPath::PassThrough(reason) = self.cold_path(&request)
+        {
+            return self.pass_through(&request, reason).await;
+        }
         let mut sender = None;
         let (hydration, leader) = self.flights.join_or_start(&request.digest, || {
             let (tx, rx) = watch::channel(Progress {
@@ -273,9 +365,11 @@ impl Blobs {
             });
             sender = Some(tx);
             let spool =
-                self.spool_dir
+                self.spool
+                    .dir
                     .join(format!("{}-{}", request.digest.hex(), uuid::Uuid::new_v4()));
             Arc::new(Hydration {
+                registry: request.upstream.registry().to_owned(),
                 digest: request.digest.clone(),
                 canonical: request.canonical.clone(),
                 spool,
@@ -363,5 +457,87 @@ impl Blobs {
             self.cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
         }
+    }
+}
+
+/// This process's spool directory: `<spool_dir>/proc-<uuid>/`, with a
+/// `.lock` file this process holds locked (`flock`) while it runs.
+///
+/// Several processes may share one spool directory (replicas on one host,
+/// an operator's own files): at start a process removes only the
+/// directories of processes that are gone — whose lock it can take — and
+/// never a file it does not own.
+struct Spool {
+    dir: PathBuf,
+    /// Holds the lock for the life of the process.
+    _lock: std::fs::File,
+}
+
+impl Spool {
+    fn claim(spool_dir: &std::path::Path) -> io::Result<Spool> {
+        std::fs::create_dir_all(spool_dir)?;
+        for entry in std::fs::read_dir(spool_dir)?.flatten() {
+            let path = entry.path();
+            let ours = entry.file_name().to_string_lossy().starts_with("proc-");
+            if !ours || !path.is_dir() {
+                continue;
+            }
+            // Its owner is gone when its lock can be taken.
+            let Ok(lock) = std::fs::File::open(path.join(".lock")) else {
+                continue;
+            };
+            if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_ok()
+            {
+                // Spool files of a dead process are garbage: their flights
+                // died with it (and their uploads are aborted at start).
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        let dir = spool_dir.join(format!("proc-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir)?;
+        let lock = std::fs::File::create(dir.join(".lock"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        Ok(Spool { dir, _lock: lock })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_removes_only_the_spool_of_processes_that_are_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let live = Spool::claim(root.path()).unwrap();
+        std::fs::write(live.dir.join("a-spool-file"), b"x").unwrap();
+        // A dead process's directory: its lock is free.
+        let dead = root.path().join("proc-dead");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(".lock"), b"").unwrap();
+        std::fs::write(dead.join("old-spool-file"), b"x").unwrap();
+        // Someone else's files.
+        std::fs::write(root.path().join("operator-notes"), b"x").unwrap();
+        std::fs::create_dir(root.path().join("other-tool")).unwrap();
+
+        let second = Spool::claim(root.path()).unwrap();
+        assert!(!dead.exists(), "a dead process's spool stays");
+        assert!(
+            live.dir.join("a-spool-file").exists(),
+            "a live process's spool was removed"
+        );
+        assert!(root.path().join("operator-notes").exists());
+        assert!(root.path().join("other-tool").exists());
+        assert_ne!(second.dir, live.dir);
+        // A process that stops cleanly removes its own.
+        let dir = live.dir.clone();
+        drop(live);
+        assert!(!dir.exists());
     }
 }
