@@ -104,15 +104,6 @@ impl Region {
     }
 }
 
-/// Per-rule settings beyond the core's [`RuleSpec`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleOpts {
-    /// Needs an authenticated user (Basic auth at `/token`).
-    pub private: bool,
-    /// Tag freshness.
-    pub freshness: FreshnessPolicy,
-}
-
 /// A user allowed to pull private rules.
 #[derive(Clone)]
 pub struct User {
@@ -146,10 +137,8 @@ pub struct Config {
     pub global_host: String,
     /// Regions; index 0 is the default.
     pub regions: Vec<Region>,
-    /// Cache rules (the same as the origins').
+    /// Cache rules (the same as the origins'), with their options.
     pub rules: CacheRules,
-    /// Per rule, same order as [`Config::rules`].
-    pub rule_opts: Vec<RuleOpts>,
     /// Token and ticket key.
     pub key: SigningKey,
     /// Users by name.
@@ -293,25 +282,23 @@ impl Config {
         let rule_vars: Vec<RuleVar> =
             serde_json::from_str(&rules_json).map_err(|e| err(format!("WHARF_RULES: {e}")))?;
         let mut specs = Vec::new();
-        let mut rule_opts = Vec::new();
         for r in rule_vars {
             let name = format!("WHARF_RULES[{}]", r.prefix);
-            rule_opts.push(RuleOpts {
-                private: r.private,
-                freshness: FreshnessPolicy {
-                    ttl: match &r.tag_ttl {
-                        Some(v) => duration_var(&format!("{name}.tag_ttl"), v)?,
-                        None => defaults.ttl,
-                    },
-                    stale_if_error: match &r.stale_if_error {
-                        Some(v) => duration_var(&format!("{name}.stale_if_error"), v)?,
-                        None => defaults.stale_if_error,
-                    },
+            let freshness = FreshnessPolicy {
+                ttl: match &r.tag_ttl {
+                    Some(v) => duration_var(&format!("{name}.tag_ttl"), v)?,
+                    None => defaults.ttl,
                 },
-            });
+                stale_if_error: match &r.stale_if_error {
+                    Some(v) => duration_var(&format!("{name}.stale_if_error"), v)?,
+                    None => defaults.stale_if_error,
+                },
+            };
             specs.push(RuleSpec {
                 prefix: r.prefix,
                 upstream: r.upstream,
+                private: r.private,
+                freshness,
             });
         }
         if specs.is_empty() {
@@ -473,7 +460,6 @@ impl Config {
             global_host,
             regions,
             rules,
-            rule_opts,
             key,
             users,
             token_ttl,
@@ -489,18 +475,20 @@ impl Config {
         })
     }
 
-    /// Per-rule options of the rule at `idx` (as in `Resolved::rule`).
-    pub fn rule(&self, idx: usize) -> &RuleOpts {
-        // `rule_opts` is built in lockstep with `rules`; fall back to the
-        // defaults rather than panic if that ever broke.
-        static FALLBACK: RuleOpts = RuleOpts {
+    /// The rule at `idx` (as in `Resolved::rule`), with its options.
+    pub fn rule(&self, idx: usize) -> &RuleSpec {
+        // `idx` comes from resolving against these rules; fall back to a
+        // private rule rather than panic if that ever broke.
+        static FALLBACK: RuleSpec = RuleSpec {
+            prefix: String::new(),
+            upstream: String::new(),
             private: true,
             freshness: FreshnessPolicy {
                 ttl: Duration::from_secs(300),
                 stale_if_error: Duration::from_secs(0),
             },
         };
-        self.rule_opts.get(idx).unwrap_or(&FALLBACK)
+        self.rules.get(idx).unwrap_or(&FALLBACK)
     }
 
     /// Prefixes of the private rules.
@@ -508,9 +496,8 @@ impl Config {
         self.rules
             .rules()
             .iter()
-            .zip(&self.rule_opts)
-            .filter(|(_, o)| o.private)
-            .map(|(r, _)| r.prefix.as_str())
+            .filter(|r| r.private)
+            .map(|r| r.prefix.as_str())
     }
 }
 

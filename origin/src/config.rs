@@ -217,6 +217,18 @@ pub struct Rule {
     pub redirect_hosts: Vec<String>,
 }
 
+impl Rule {
+    /// The core's form of this rule: what the edge knows of it too.
+    pub fn spec(&self) -> RuleSpec {
+        RuleSpec {
+            prefix: self.prefix.clone(),
+            upstream: self.upstream.clone(),
+            private: self.private,
+            freshness: self.freshness,
+        }
+    }
+}
+
 /// One other region whose store this origin reads (and replicates to).
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -530,16 +542,8 @@ impl Config {
             );
         }
         // The core validates prefixes and URLs with precise messages.
-        CacheRules::new(
-            rules
-                .iter()
-                .map(|r| RuleSpec {
-                    prefix: r.prefix.clone(),
-                    upstream: r.upstream.clone(),
-                })
-                .collect(),
-        )
-        .map_err(|e| anyhow::anyhow!("invalid cache rule: {e}"))?;
+        CacheRules::new(rules.iter().map(Rule::spec).collect())
+            .map_err(|e| anyhow::anyhow!("invalid cache rule: {e}"))?;
 
         let file_auth = file.auth.unwrap_or_default();
         let auth = match env("WHARF_TOKEN_KEY").or(file_auth.token_key) {
@@ -682,18 +686,10 @@ impl Config {
         })
     }
 
-    /// The cache rules in the core's form.
+    /// The cache rules in the core's form, with their options.
     pub fn cache_rules(&self) -> CacheRules {
-        CacheRules::new(
-            self.rules
-                .iter()
-                .map(|r| RuleSpec {
-                    prefix: r.prefix.clone(),
-                    upstream: r.upstream.clone(),
-                })
-                .collect(),
-        )
-        .expect("rules were validated in Config::load")
+        CacheRules::new(self.rules.iter().map(Rule::spec).collect())
+            .expect("rules were validated in Config::load")
     }
 }
 
