@@ -13,7 +13,8 @@
 //!   `Fresh` → served, no origin request. `Revalidate` while still within
 //!   stale-if-error → served at once (`X-Wharf-Cache: stale`) while a
 //!   revalidation (`HEAD` at the origin, `GET` only if the tag moved: the
-//!   core's [`revalidate::decide`]) runs in `wait_until`; so a stale tag is served whether or not the origin is up.
+//!   core's [`revalidate::decide`]) runs in `wait_until`; so a stale tag is
+//!   served whether or not the origin is up.
 //!   Beyond stale-if-error → fetched synchronously, and an unreachable origin
 //!   is an error.
 //! * Bytes are kept exact and accepted by the core's
