@@ -14,7 +14,9 @@
 //! * [`headers`] — names of the registry and Wharf headers both deployables use.
 //! * [`error`] — the one OCI error-code table and the one error-body renderer.
 //! * [`rules`] — cache rules: downstream prefix → upstream registry, canonical names.
-//! * [`freshness`] — when a cached tag is fresh, and when stale may be served.
+//! * [`freshness`] — when a cached tag is fresh (counted from the upstream's confirmation,
+//!   so it does not compound across caches), and when stale may be served.
+//! * [`revalidate`] — what to do with a stale tag after a `HEAD` (confirmed, moved, gone, stale, fail).
 //! * [`auth`] — the pure parts of the upstream token dance.
 //! * [`breaker`] — the circuit breaker per upstream (closed, open, half-open probes).
 //! * [`egress`] — where a rule's upstream traffic may go: redirects, resolved addresses, token realms.
@@ -65,6 +67,7 @@ pub mod reference;
 pub mod referrers;
 pub mod region;
 pub mod retention;
+pub mod revalidate;
 pub mod rules;
 pub mod signin;
 pub mod sigv4;

@@ -5,11 +5,16 @@
 //!   no answer for another); on a miss fetched from the region's origin
 //!   (which serves it only to a repository linked to it), checked against
 //!   the digest, cached "forever" (a year) in both tiers.
-//! * By tag: the core's [`FreshnessPolicy`] on the entry's fetch time.
+//! * By tag: the core's [`FreshnessPolicy`] on the time the *upstream* last
+//!   confirmed the tag: the origin reports its confirmation's age
+//!   (`X-Wharf-Tag-Age-Ms`) and is told the rule's ttl
+//!   (`X-Wharf-Max-Tag-Age-Ms`) so it asks the upstream when its record is
+//!   older; freshness does not compound (`wharf_core::freshness`).
 //!   `Fresh` → served, no origin request. `Revalidate` while still within
 //!   stale-if-error → served at once (`X-Wharf-Cache: stale`) while a
-//!   revalidation (`HEAD` at the origin, `GET` only if the tag moved) runs in
-//!   `wait_until`; so a stale tag is served whether or not the origin is up.
+//!   revalidation (`HEAD` at the origin, `GET` only if the tag moved: the
+//!   core's [`revalidate::decide`]) runs in `wait_until`; so a stale tag is
+//!   served whether or not the origin is up.
 //!   Beyond stale-if-error → fetched synchronously, and an unreachable origin
 //!   is an error.
 //! * Bytes are kept exact and accepted by the core's
@@ -22,11 +27,17 @@
 
 use std::rc::Rc;
 
-use wharf_core::freshness::{Freshness, OnUpstreamError};
-use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_REGION};
+use wharf_core::freshness::{
+    Freshness, FreshnessPolicy, OnUpstreamError, confirmed_at_ms, parse_ms,
+};
+use wharf_core::headers::{
+    DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_MAX_TAG_AGE_MS, X_WHARF_REGION,
+    X_WHARF_TAG_AGE_MS,
+};
 use wharf_core::media::{
     Accepted, ManifestError, MediaType, accept_manifest, accepts, check_manifest_size,
 };
+use wharf_core::revalidate::{self, HeadResult, Revalidation as Decision};
 use wharf_core::{Digest, Reference, RepositoryName, Resolved, Tag};
 use worker::{KvStore, Method, Response};
 
@@ -39,8 +50,9 @@ use crate::token::authorize;
 
 /// How long digest-addressed manifests stay in the tiers.
 const IMMUTABLE_SECS: u64 = 365 * 24 * 3600;
-/// What the edge accepts when it revalidates on its own (no client Accept).
-const ALL_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+/// What the edge accepts when it revalidates on its own (no client Accept):
+/// every type, as the origin asks its upstream.
+const ALL_MANIFEST_TYPES: &str = wharf_core::media::MANIFEST_ACCEPT;
 
 /// Answers a manifest request.
 pub async fn get(
@@ -82,7 +94,7 @@ async fn get_tag(
 ) -> Result<Response, Error> {
     let kv = ctx.kv.as_ref();
     let policy = ctx.config.rule(resolved.rule).freshness;
-    let keep_secs = policy.stale_until_ms(0) / 1000;
+    let keep_secs = keep_secs(&policy);
     let key = Key::Tag(&resolved.canonical, tag);
     let cached = store::get(kv, &key).await;
     if let Some((entry, tier)) = &cached
@@ -109,7 +121,7 @@ async fn get_tag(
                     tag: tag.clone(),
                     cached: entry.clone(),
                     now_ms: now,
-                    keep_secs,
+                    policy,
                 };
                 ctx.wctx.wait_until(async move { job.run().await });
                 return Ok(serve(ctx, entry, "stale"));
@@ -185,6 +197,7 @@ async fn fetch(
     } else {
         accept.join(", ")
     };
+    let rule = ctx.config.rule(resolved.rule);
     fetch_from(
         &ctx.config,
         &ctx.region,
@@ -192,11 +205,25 @@ async fn fetch(
         private_rule(ctx, resolved).as_deref(),
         reference,
         &accept,
+        &rule.freshness,
         ctx.now_ms,
     )
     .await
 }
 
+/// The origin's age of its tag confirmation, counted back from `now_ms`:
+/// when the upstream last confirmed the tag (`now_ms` if not reported).
+fn confirmed_at(r: &Response, now_ms: u64) -> u64 {
+    let age = r
+        .headers()
+        .get(X_WHARF_TAG_AGE_MS)
+        .ok()
+        .flatten()
+        .and_then(|v| parse_ms(&v));
+    confirmed_at_ms(now_ms, age)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn fetch_from(
     config: &Config,
     region: &Region,
@@ -204,17 +231,23 @@ async fn fetch_from(
     private_rule: Option<&str>,
     reference: &Reference,
     accept: &str,
+    policy: &FreshnessPolicy,
     now_ms: u64,
 ) -> Result<Entry, Error> {
     let path = format!("/v2/{canonical}/manifests/{reference}");
     let token = origin::edge_token(config, canonical, private_rule, now_ms / 1000);
     let bearer = format!("Bearer {token}");
+    let max_age = policy.ttl_ms().to_string();
     let mut r = origin::send_to_region(
         region,
         &format!("{canonical}:{reference}"),
         Method::Get,
         &path,
-        &[("Accept", accept), ("Authorization", &bearer)],
+        &[
+            ("Accept", accept),
+            ("Authorization", &bearer),
+            (X_WHARF_MAX_TAG_AGE_MS, &max_age),
+        ],
         config.origin_timeout,
     )
     .await?;
@@ -249,7 +282,7 @@ async fn fetch_from(
         body,
         digest,
         media_type,
-        fetched_at_ms: now_ms,
+        fetched_at_ms: confirmed_at(&r, now_ms),
     })
 }
 
@@ -273,7 +306,7 @@ struct Revalidation {
     tag: Tag,
     cached: Entry,
     now_ms: u64,
-    keep_secs: u64,
+    policy: FreshnessPolicy,
 }
 
 impl Revalidation {
@@ -288,7 +321,8 @@ impl Revalidation {
         }
     }
 
-    /// `HEAD` at the origin; `GET` only if the digest changed. Returns whether it moved.
+    /// `HEAD` at the origin; `GET` only if the digest changed (the core's
+    /// decision). Returns whether it moved.
     async fn check(&self) -> Result<bool, Error> {
         let path = format!("/v2/{}/manifests/{}", self.canonical, self.tag);
         let token = origin::edge_token(
@@ -299,51 +333,74 @@ impl Revalidation {
         );
         let bearer = format!("Bearer {token}");
         let accept = self.cached.media_type.clone();
+        let max_age = self.policy.ttl_ms().to_string();
         let r = origin::send_to_region(
             &self.region,
             &format!("{}:{}", self.canonical, self.tag),
             Method::Head,
             &path,
-            &[("Accept", ALL_MANIFEST_TYPES), ("Authorization", &bearer)],
+            &[
+                ("Accept", ALL_MANIFEST_TYPES),
+                ("Authorization", &bearer),
+                (X_WHARF_MAX_TAG_AGE_MS, &max_age),
+            ],
             self.config.origin_timeout,
         )
         .await?;
-        if r.status_code() != 200 {
-            return Err(origin::error_from(r, &self.region.name).await);
-        }
         let current = r
             .headers()
             .get(DOCKER_CONTENT_DIGEST)
             .ok()
             .flatten()
             .and_then(|d| Digest::parse(&d).ok());
+        let head = HeadResult::from_status(r.status_code(), current.as_ref());
         let kv = self.kv.as_ref();
         let key = Key::Tag(&self.canonical, &self.tag);
-        let entry = if current.as_ref() == Some(&self.cached.digest) {
-            Entry {
-                fetched_at_ms: self.now_ms,
+        let entry = match revalidate::decide(
+            &self.policy,
+            &self.cached.digest,
+            self.cached.fetched_at_ms,
+            self.now_ms,
+            head,
+        ) {
+            Decision::Confirmed => Entry {
+                fetched_at_ms: confirmed_at(&r, self.now_ms),
                 ..self.cached.clone()
+            },
+            Decision::Fetch => {
+                let reference = Reference::Tag(self.tag.clone());
+                let entry = fetch_from(
+                    &self.config,
+                    &self.region,
+                    &self.canonical,
+                    self.private_rule.as_deref(),
+                    &reference,
+                    &format!("{accept}, {ALL_MANIFEST_TYPES}"),
+                    &self.policy,
+                    self.now_ms,
+                )
+                .await?;
+                let key = Key::Digest(&self.canonical, &entry.digest);
+                store::put_location(&key, &entry, IMMUTABLE_SECS).await;
+                store::put_global(kv, &key.path(), &entry, IMMUTABLE_SECS).await;
+                entry
             }
-        } else {
-            let reference = Reference::Tag(self.tag.clone());
-            let entry = fetch_from(
-                &self.config,
-                &self.region,
-                &self.canonical,
-                self.private_rule.as_deref(),
-                &reference,
-                &format!("{accept}, {ALL_MANIFEST_TYPES}"),
-                self.now_ms,
-            )
-            .await?;
-            let key = Key::Digest(&self.canonical, &entry.digest);
-            store::put_location(&key, &entry, IMMUTABLE_SECS).await;
-            store::put_global(kv, &key.path(), &entry, IMMUTABLE_SECS).await;
-            entry
+            // The stale copy was served already; it stays until its
+            // stale-if-error ends (a gone tag included: the client that
+            // asks once it expired gets the origin's answer).
+            Decision::Gone | Decision::ServeStale | Decision::Fail => {
+                return Err(origin::error_from(r, &self.region.name).await);
+            }
         };
         let moved = entry.digest != self.cached.digest;
-        store::put_location(&key, &entry, self.keep_secs).await;
-        store::put_global(kv, &key.path(), &entry, self.keep_secs).await;
+        let keep_secs = keep_secs(&self.policy);
+        store::put_location(&key, &entry, keep_secs).await;
+        store::put_global(kv, &key.path(), &entry, keep_secs).await;
         Ok(moved)
     }
+}
+
+/// How long a tag entry is kept in the tiers: ttl + stale-if-error.
+fn keep_secs(policy: &FreshnessPolicy) -> u64 {
+    policy.stale_until_ms(0) / 1000
 }

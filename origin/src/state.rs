@@ -19,14 +19,11 @@ use crate::store::Store;
 use crate::tags::TagLists;
 use crate::upstream::Upstream;
 
-/// One cache rule at run time.
+/// One cache rule at run time (its privacy and freshness are on the core's
+/// rule: `Resolved`).
 pub struct RuleRuntime {
     /// The upstream client.
     pub upstream: Arc<Upstream>,
-    /// The rule's tag freshness.
-    pub freshness: FreshnessPolicy,
-    /// Whether pulls need a token bound to the rule.
-    pub private: bool,
     /// Copy what the rule hydrates to the peer regions at once.
     pub replicate: bool,
 }
@@ -145,8 +142,6 @@ impl AppState {
             .with_breaker(config.upstream_breaker);
             runtimes.push(RuleRuntime {
                 upstream: Arc::new(upstream),
-                freshness: rule.freshness,
-                private: rule.private,
                 replicate: rule.replicate,
             });
         }
@@ -211,9 +206,9 @@ impl AppState {
             upstream: runtime.upstream.clone(),
             upstream_repo: resolved.upstream_repo,
             canonical: resolved.canonical,
-            freshness: runtime.freshness,
+            freshness: resolved.freshness,
             prefix: resolved.prefix,
-            private: runtime.private,
+            private: resolved.private,
             replicate: runtime.replicate,
         })
     }
