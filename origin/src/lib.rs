@@ -53,6 +53,7 @@ pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -61,6 +62,10 @@ use tokio::sync::Notify;
 use crate::config::{Config, Storage};
 use crate::state::AppState;
 use crate::store::Store;
+
+/// A multipart upload this old was left by a process that died: the
+/// longest hydration a live one completes or aborts is far shorter.
+const ORPHAN_AGE: Duration = Duration::from_secs(6 * 3600);
 
 /// Runs the origin on `listener` until `shutdown` resolves, then drains:
 /// open requests and in-flight hydrations get `config.shutdown_grace` to
@@ -89,14 +94,22 @@ pub async fn run(
     };
     match store.check().await {
         Ok(()) => {
+            // At start and every hour: uploads older than ORPHAN_AGE were
+            // left by a process that died. Younger ones may be another
+            // replica's, writing now into the same bucket.
             let store = store.clone();
             tokio::spawn(async move {
-                match store.abort_orphan_uploads("blobs/").await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(aborted = n, "aborted uploads left by a previous process")
+                let mut every = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    every.tick().await;
+                    match store.abort_orphan_uploads("blobs/", ORPHAN_AGE).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            aborted = n,
+                            "aborted uploads left by a process that died"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "could not list orphaned uploads"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not list orphaned uploads"),
                 }
             });
         }

@@ -142,10 +142,15 @@ impl Store {
         self.s3.bucket()
     }
 
-    /// Aborts every multipart upload under `prefix` (left behind by a crash:
-    /// a live process completes or aborts its own). Returns how many.
-    pub async fn abort_orphan_uploads(&self, prefix: &str) -> Result<usize, Error> {
-        self.s3.abort_orphan_uploads(prefix).await
+    /// Aborts the multipart uploads under `prefix` started more than
+    /// `older_than` ago (left behind by a crash: a live process completes
+    /// or aborts its own within its blob's download). Returns how many.
+    pub async fn abort_orphan_uploads(
+        &self,
+        prefix: &str,
+        older_than: Duration,
+    ) -> Result<usize, Error> {
+        self.s3.abort_orphan_uploads(prefix, older_than).await
     }
 
     /// A presigned GET URL for `key`, valid for `ttl`.

@@ -239,38 +239,64 @@ impl S3 {
         })
     }
 
-    /// Aborts every multipart upload under `prefix` (left behind by a crash:
-    /// a live process completes or aborts its own). Returns how many.
-    pub async fn abort_orphan_uploads(&self, prefix: &str) -> Result<usize, Error> {
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .map_err(|e| Error::sdk("ListMultipartUploads", prefix, e))?;
+    /// Aborts the multipart uploads under `prefix` that were started more
+    /// than `older_than` ago: uploads left by a process that died (a
+    /// completed or aborted upload is gone from the list). Younger ones may
+    /// belong to a replica writing them now, in a bucket several replicas
+    /// share, and an upload whose start is unknown is left alone too.
+    pub async fn abort_orphan_uploads(
+        &self,
+        prefix: &str,
+        older_than: Duration,
+    ) -> Result<usize, Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let cutoff = now.saturating_sub(older_than.as_secs() as i64);
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         let mut aborted = 0;
-        for upload in out.uploads() {
-            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
-                continue;
-            };
-            let result = self
+        loop {
+            let out = self
                 .client
-                .abort_multipart_upload()
+                .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .key(key)
-                .upload_id(id)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
                 .send()
-                .await;
-            match result {
-                Ok(_) => aborted += 1,
-                Err(e) => {
-                    tracing::warn!(key, error = %Error::sdk("AbortMultipartUpload", key, e), "orphan upload not aborted")
+                .await
+                .map_err(|e| Error::sdk("ListMultipartUploads", prefix, e))?;
+            for upload in out.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                if upload.initiated().is_none_or(|t| t.secs() > cutoff) {
+                    continue;
+                }
+                let result = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => aborted += 1,
+                    Err(e) => {
+                        tracing::warn!(key, error = %Error::sdk("AbortMultipartUpload", key, e), "orphan upload not aborted")
+                    }
                 }
             }
+            if out.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            id_marker = out.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                return Ok(aborted);
+            }
         }
-        Ok(aborted)
     }
 
     /// A presigned GET URL for `key`, valid for `ttl`.
@@ -386,5 +412,49 @@ impl MultipartUpload {
             .await
             .map(|_| ())
             .map_err(|e| Error::sdk("AbortMultipartUpload", &self.key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::{self, EmbeddedSettings};
+
+    #[tokio::test]
+    async fn only_uploads_older_than_the_cutoff_are_aborted_as_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, settings) = embedded::start(&EmbeddedSettings {
+            data: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            access_key: None,
+            secret_key: None,
+            read_only: None,
+            bucket: "wharf".into(),
+            part_size: 5 << 20,
+        })
+        .await
+        .unwrap();
+        let s3 = S3::new(&settings);
+        // Another replica's upload in progress, started just now.
+        let _upload = s3
+            .multipart("blobs/sha256/aa", "application/octet-stream")
+            .await
+            .unwrap();
+        let hours = Duration::from_secs(6 * 3600);
+        assert_eq!(s3.abort_orphan_uploads("blobs/", hours).await.unwrap(), 0);
+        // Old enough (any age counts with a zero cutoff): aborted.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            s3.abort_orphan_uploads("blobs/", Duration::ZERO)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s3.abort_orphan_uploads("blobs/", Duration::ZERO)
+                .await
+                .unwrap(),
+            0
+        );
     }
 }
