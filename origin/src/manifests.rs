@@ -25,7 +25,6 @@
 //! (a detached task behind a shared future), so a herd after a TTL expiry
 //! still costs one `HEAD`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,6 +40,7 @@ use wharf_core::media::{
 use wharf_core::revalidate::{self, HeadResult, Revalidation};
 use wharf_core::{Digest, Freshness, FreshnessPolicy, RepositoryName, Tag};
 
+use crate::bounded::ByteLru;
 use crate::coalesce::SharedFlights;
 use crate::error::Error;
 use crate::links::{Kind, Links, Through};
@@ -133,12 +133,20 @@ pub struct ManifestRequest {
     pub replicate: bool,
 }
 
+/// Memory the remembered tag records may take: about 100,000 tags.
+const TAG_RECORDS_BYTES: usize = 16 << 20;
+/// What one remembered record costs beyond its key and media type (the
+/// digest, the time, the map's own entry).
+const TAG_RECORD_OVERHEAD: usize = 160;
+
 /// The manifest cache of this process.
 pub struct Manifests {
     store: Store,
     links: Arc<Links>,
     replicator: Option<Replicator>,
-    tags: Mutex<HashMap<String, TagRecord>>,
+    /// Tag records read or written lately (the store has them all),
+    /// bounded in bytes.
+    tags: Mutex<ByteLru<TagRecord>>,
     flights: SharedFlights<String, (Manifest, CacheStatus), Error>,
 }
 
@@ -161,7 +169,7 @@ impl Manifests {
             store,
             links,
             replicator,
-            tags: Mutex::new(HashMap::new()),
+            tags: Mutex::new(ByteLru::new(TAG_RECORDS_BYTES)),
             flights: SharedFlights::new(lost_flight),
         }
     }
@@ -510,11 +518,9 @@ impl Manifests {
     }
 
     fn remember(&self, key: &str, record: &TagRecord) {
+        let weight = record.media_type.len() + TAG_RECORD_OVERHEAD;
         let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
-        if tags.len() > 100_000 {
-            tags.clear();
-        }
-        tags.insert(key.to_owned(), record.clone());
+        tags.put(key.to_owned(), record.clone(), weight);
     }
 
     async fn save_tag(&self, key: &str, record: &TagRecord) {
