@@ -40,7 +40,17 @@ impl Blobs {
         };
         let tx = &guard.tx;
         let committed = match self.fetch_and_spool(&request, &hydration, tx).await {
-            Ok(Some(uploader)) => self.committed(&request, uploader, started).await,
+            Ok(Some(uploader)) => {
+                let committed = self.committed(&request, uploader, started).await;
+                if committed {
+                    // Readers still behind move to the store, and the
+                    // spool's disk space is released now, not when the
+                    // slowest of them finishes.
+                    tx.send_modify(|p| p.phase = Phase::Committed);
+                    let _ = std::fs::remove_file(&hydration.spool);
+                }
+                committed
+            }
             Ok(None) => false,
             Err((err, uploader)) => {
                 let err = Arc::new(err);
@@ -211,7 +221,7 @@ impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
         let done = matches!(
             self.tx.borrow().phase,
-            Phase::Verified | Phase::InStore(_) | Phase::Failed(_)
+            Phase::Verified | Phase::Committed | Phase::InStore(_) | Phase::Failed(_)
         );
         if !done {
             let err = Arc::new(Error::Lost("blob download"));
@@ -238,6 +248,14 @@ mod tests {
         });
         let (hydration, leader) = flights.join_or_start(&digest, || {
             Arc::new(Hydration {
+                store: crate::store::Store::new(&crate::store::S3Settings {
+                    endpoint: "http://127.0.0.1:9".into(),
+                    bucket: "wharf".into(),
+                    region: "us-east-1".into(),
+                    access_key: "a".into(),
+                    secret_key: "b".into(),
+                    part_size: 5 << 20,
+                }),
                 registry: "up".into(),
                 digest: digest.clone(),
                 canonical: RepositoryName::parse("up/app").unwrap(),

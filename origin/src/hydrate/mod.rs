@@ -31,6 +31,10 @@
 //! responses with an error (the connection is reset, never completed with
 //! wrong bytes), and `wharf_integrity_failures_total` is bumped.
 //!
+//! Once the blob is committed its spool file is removed at once: readers
+//! still behind (a slow client) read the rest from the store, so no reader
+//! pins a spool copy of a committed blob.
+//!
 //! Readers hold back the final byte of a blob until it is verified, so a
 //! client can never receive a complete body that later turns out to be
 //! wrong; a `Range` that ends before the blob does holds back its own last
@@ -107,6 +111,9 @@ pub enum Phase {
     Streaming,
     /// All bytes arrived and matched the digest.
     Verified,
+    /// The blob is committed to the store and its spool file is gone:
+    /// readers still behind read the rest from the store.
+    Committed,
     /// The store already had the blob (found on the leader's re-check).
     InStore(ObjectMeta),
     /// The hydration failed; nothing was stored.
@@ -126,6 +133,8 @@ pub struct Progress {
 
 /// One in-flight blob download, shared by every client that wants it.
 pub struct Hydration {
+    /// Where readers go once the blob is committed.
+    store: Store,
     /// The upstream it is fetched from (its rule prefix), for the
     /// per-upstream bound.
     registry: String,
@@ -369,6 +378,7 @@ impl Blobs {
                     .dir
                     .join(format!("{}-{}", request.digest.hex(), uuid::Uuid::new_v4()));
             Arc::new(Hydration {
+                store: self.store.clone(),
                 registry: request.upstream.registry().to_owned(),
                 digest: request.digest.clone(),
                 canonical: request.canonical.clone(),

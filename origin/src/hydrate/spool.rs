@@ -9,10 +9,11 @@ use std::io::{Read, Seek, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use super::{Hydration, Phase, Progress};
+use crate::store;
 use crate::verify;
 
 /// The leader writes the spool file in batches of this many bytes.
@@ -209,6 +210,8 @@ pub fn spool_stream(
         hydration: Arc<Hydration>,
         rx: watch::Receiver<Progress>,
         file: Option<Arc<std::fs::File>>,
+        /// After the commit: the rest, from the store.
+        stored: Option<store::BodyStream>,
         pos: u64,
         end: Option<u64>,
     }
@@ -217,11 +220,26 @@ pub fn spool_stream(
         hydration,
         rx,
         file: None,
+        stored: None,
         pos: start,
         end,
     };
     futures::stream::unfold(reader, |mut r| async move {
         loop {
+            if let Some(body) = &mut r.stored {
+                return match body.next().await {
+                    Some(Ok(bytes)) => {
+                        r.pos += bytes.len() as u64;
+                        Some((Ok(bytes), r))
+                    }
+                    Some(Err(e)) => {
+                        r.stored = None;
+                        r.end = Some(r.pos);
+                        Some((Err(e), r))
+                    }
+                    None => None,
+                };
+            }
             let progress = r.rx.borrow_and_update().clone();
             let verified = match &progress.phase {
                 Phase::Failed(err) => {
@@ -230,6 +248,24 @@ pub fn spool_stream(
                     return Some((Err(e), r));
                 }
                 Phase::Verified => true,
+                Phase::Committed => {
+                    // The spool file is gone: the rest comes from the store.
+                    let end = r.end.unwrap_or(progress.written);
+                    if r.pos >= end {
+                        return None;
+                    }
+                    r.file = None;
+                    match from_store(&r.hydration, r.pos, end).await {
+                        Ok(body) => {
+                            r.stored = Some(body);
+                            continue;
+                        }
+                        Err(e) => {
+                            r.end = Some(r.pos);
+                            return Some((Err(e), r));
+                        }
+                    }
+                }
                 _ => false,
             };
             // Hold back the last byte until the digest is verified.
@@ -264,6 +300,11 @@ pub fn spool_stream(
                         r.pos += bytes.len() as u64;
                         Some((Ok(bytes), r))
                     }
+                    // Committed and removed between the phase check and
+                    // the open: the next round reads from the store.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && r.file.is_none() => {
+                        continue;
+                    }
                     Err(e) => {
                         r.end = Some(r.pos);
                         Some((Err(e), r))
@@ -284,6 +325,16 @@ pub fn spool_stream(
             }
         }
     })
+}
+
+/// The bytes `[pos, end)` of a committed blob, from the store.
+async fn from_store(hydration: &Hydration, pos: u64, end: u64) -> io::Result<store::BodyStream> {
+    let key = store::blob_key(&hydration.digest);
+    match hydration.store.get_stream(&key, Some((pos, end - 1))).await {
+        Ok(Some((_, body))) => Ok(body),
+        Ok(None) => Err(io::Error::other("committed blob missing from the store")),
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
 }
 
 /// At most `want` bytes of the spool file at `pos` (the file may already
