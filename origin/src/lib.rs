@@ -10,7 +10,8 @@
 //! * [`state`] — [`state::AppState`], the shared handles of a running origin.
 //! * [`app`] — the router and its layers; [`handlers`] — admission (parse,
 //!   resolve once, authorize) and one file per operation; [`limits`] —
-//!   timeouts, load shedding and the blob concurrency limit.
+//!   timeouts, load shedding, the blob concurrency limit, and the download
+//!   bounds past which a cold blob is passed through ([`passthrough`]).
 //! * [`manifests`] — tag freshness and revalidation, immutable digests;
 //!   [`tags`] — tag lists, cached briefly; [`referrers`] — the referrers
 //!   API and its fallback tag.
@@ -18,7 +19,8 @@
 //!   client while it is verified and uploaded; [`coalesce`] — the in-flight map;
 //!   [`verify`] — the one stream → hash → sink → verify → commit loop that
 //!   hydration and replication share.
-//! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
+//! * [`upstream`] — upstream registries (token dance, redirects, rate limits,
+//!   the circuit breaker).
 //! * [`store`] — the S3 bucket, and the embedded S3 server for `--data`.
 //! * [`auth`] — the edge's tokens and blob tickets, when a key is set;
 //!   [`links`] — which repositories may read which digests.
