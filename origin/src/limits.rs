@@ -10,7 +10,7 @@
 //! dispatcher of their own. And tower's `ConcurrencyLimit` releases its
 //! permit when the response's headers are ready, which for a blob is long
 //! before its body has streamed: it would not bound what it is meant to.
-//! Here a blob's permit travels inside its response body ([`Permitted`]) and
+//! Here a blob's permit travels inside its response body (`Permitted`) and
 //! is released when the body ends or the client goes away.
 //!
 //! # Decisions
