@@ -96,6 +96,9 @@ pub enum Fault {
     RedirectBlobs(String),
     /// Forward blob bodies at this many bytes per second (a slow upstream).
     SlowBlobs(u64),
+    /// Answer every write (`PUT`, `POST`, `DELETE`) with this status, pass
+    /// reads through (a store whose writes fail).
+    FailWrites(u16),
 }
 
 /// What an upstream request asked for.
@@ -499,6 +502,11 @@ struct Running {
 }
 
 impl Proxy {
+    /// Injects `fault` into what this proxy forwards from now on.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.ctx.shared.fault.lock().unwrap() = Some(fault);
+    }
+
     async fn launch(target: SocketAddr, shared: Arc<Shared>) -> Result<Proxy> {
         let listener = bind_reusable(([127, 0, 0, 1], 0).into())?;
         let addr = listener.local_addr()?;
@@ -673,6 +681,17 @@ impl ProxyCtx {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             return resp;
+        }
+
+        if let Fault::FailWrites(code) = fault
+            && matches!(method, Method::PUT | Method::POST | Method::DELETE)
+        {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return full(
+                status,
+                "application/xml",
+                "<Error><Code>ServiceUnavailable</Code><Message>fault injected by the wharf test proxy</Message></Error>",
+            );
         }
 
         if let Fault::RedirectBlobs(cdn) = &fault

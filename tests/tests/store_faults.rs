@@ -1,0 +1,153 @@
+//! Issue 14, faults on the store's side: an origin whose S3 store fails its
+//! writes, or is down, still serves cold pulls with verified bytes from the
+//! upstream (nothing half-written becomes visible), `/readyz` says when the
+//! store is down, and once the store is healthy the blob is stored on the
+//! next pull.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use wharf_tests::upstream::Proxy;
+use wharf_tests::{
+    Fault, ImageSpec, Kind, Origin, OriginOpts, Stack, TestDir, UpstreamAuth, free_port,
+    http_client,
+};
+
+/// Blob objects and multipart uploads in the embedded store under `data`.
+fn store_contents(data: &Path) -> (usize, usize) {
+    let (mut blobs, mut uploads) = (0, 0);
+    let mut dirs = vec![data.join("s3")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let s = p.to_string_lossy().into_owned();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if s.contains("/objects/blobs/sha256/") {
+                blobs += 1;
+            } else if s.contains("/uploads/") {
+                uploads += 1;
+            }
+        }
+    }
+    (blobs, uploads)
+}
+
+struct Scene {
+    owner: Stack,
+    proxy: Proxy,
+    origin: Origin,
+    _dir: TestDir,
+}
+
+/// An origin whose store (another origin's embedded S3 server) is reached
+/// through a fault-injecting proxy.
+async fn scene(name: &str) -> Scene {
+    let s3_port = free_port();
+    let (ak, sk) = ("storefaultkey", "store-fault-secret-key-0123456789");
+    let owner = Stack::start_with(
+        &format!("{name}-owner"),
+        UpstreamAuth::Anonymous,
+        OriginOpts {
+            config_toml: Some(format!(
+                "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{ak}\"\nsecret_key = \"{sk}\"\nbucket = \"wharf\"\n"
+            )),
+            ..OriginOpts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let proxy = Proxy::counting(SocketAddr::from(([127, 0, 0, 1], s3_port)))
+        .await
+        .unwrap();
+    let dir = TestDir::new(name).unwrap();
+    let origin = Origin::start(
+        &dir,
+        OriginOpts {
+            rules: vec![("up".into(), owner.upstream.url())],
+            s3_endpoint: Some(proxy.url()),
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), ak.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), sk.into()),
+            ],
+            ..OriginOpts::default()
+        },
+    )
+    .await
+    .unwrap();
+    Scene {
+        owner,
+        proxy,
+        origin,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_store_writes_serve_verified_bytes_and_store_nothing_partial() {
+    let s = scene("store-fail-writes").await;
+    let img = ImageSpec::docker(&[6 << 20, 1000])
+        .push(&s.owner.upstream, "team/app", "v1")
+        .await
+        .unwrap();
+    s.proxy.set_fault(Fault::FailWrites(503));
+    let pulled = wharf_tests::pull_with_reqwest(&s.origin.url(), "up/team/app", "v1")
+        .await
+        .unwrap();
+    assert_eq!(pulled.blobs, img.blobs());
+    let data = s.owner.origin.data_dir();
+    wharf_tests::wait_until(
+        "hydrations to end",
+        std::time::Duration::from_secs(20),
+        || async { Ok(s.origin.metric("wharf_hydrations_in_flight", &[]).await? == 0.0) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store_contents(data),
+        (0, 0),
+        "something was stored while writes failed"
+    );
+
+    // Writes work again: the next pull goes upstream once more and stores.
+    s.proxy.set_fault(Fault::None);
+    s.owner.upstream.reset_counts();
+    wharf_tests::pull_with_reqwest(&s.origin.url(), "up/team/app", "v1")
+        .await
+        .unwrap();
+    let n = img.blobs().len();
+    s.origin.wait_committed(n as u64).await.unwrap();
+    assert_eq!(store_contents(data), (n, 0));
+    let counts = s.owner.upstream.counts();
+    assert_eq!(counts.get("GET", Kind::Blob), n as u64, "{counts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_still_serves_cold_pulls_and_readyz_says_so() {
+    let s = scene("store-down").await;
+    let img = ImageSpec::docker(&[2 << 20])
+        .push(&s.owner.upstream, "team/app", "v1")
+        .await
+        .unwrap();
+    s.proxy.stop().await;
+    let client = http_client();
+    let ready = client
+        .get(format!("{}/readyz", s.origin.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["store"]["ok"], false);
+    let pulled = wharf_tests::pull_with_reqwest(&s.origin.url(), "up/team/app", "v1")
+        .await
+        .unwrap();
+    assert_eq!(pulled.blobs, img.blobs());
+
+    s.proxy.start().await.unwrap();
+    wharf_tests::pull_with_reqwest(&s.origin.url(), "up/team/app", "v1")
+        .await
+        .unwrap();
+    s.origin.wait_committed(2).await.unwrap();
+    assert_eq!(store_contents(s.owner.origin.data_dir()).0, 2);
+}
