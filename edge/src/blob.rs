@@ -31,10 +31,11 @@ use wharf_core::sigv4::{PresignRequest, presign};
 use wharf_core::{ApiMethod, Digest, RepositoryName, ticket};
 use worker::{Method, Response};
 
-use crate::config::S3Target;
+use crate::config::{Region, S3Target};
+use crate::ctx::Ctx;
 use crate::error::Error;
+use crate::http::response;
 use crate::origin;
-use crate::routes::{Ctx, response};
 use crate::store;
 use crate::token::authorize;
 
@@ -44,14 +45,15 @@ const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Answers a blob request with a redirect.
 pub async fn get(
     ctx: &Ctx<'_>,
+    region: &Region,
     name: &RepositoryName,
     digest: &Digest,
     ns: Option<&str>,
 ) -> Result<Response, Error> {
     let resolved = ctx.config.rules.resolve(name, ns)?;
     authorize(ctx, name, &resolved)?;
-    if let Some(s3) = &ctx.region.s3
-        && present(ctx, s3, &resolved.canonical, digest).await?
+    if let Some(s3) = &region.s3
+        && present(ctx, &region.name, s3, &resolved.canonical, digest).await?
     {
         let url = presigned(
             ctx,
@@ -60,7 +62,7 @@ pub async fn get(
             digest,
             ctx.config.presign_ttl.as_secs(),
         )?;
-        return Ok(redirect(ctx, &url, digest, "hit"));
+        return Ok(redirect(region, &url, digest, "hit"));
     }
     let exp = ctx.now_secs() + ctx.config.ticket_ttl.as_secs();
     let rule = ticket::TicketRule {
@@ -71,15 +73,14 @@ pub async fn get(
     // The replica that owns the digest: concurrent misses from every
     // location meet in its one hydration.
     let digest_key = digest.to_string();
-    let owner = ctx
-        .region
+    let owner = region
         .origins_for(&digest_key)
         .first()
         .copied()
         .unwrap_or_default()
         .to_owned();
     let url = ticket::blob_url(&owner, &resolved.canonical, digest, &t);
-    Ok(redirect(ctx, &url, digest, "miss"))
+    Ok(redirect(region, &url, digest, "miss"))
 }
 
 fn presigned(
@@ -116,11 +117,11 @@ fn presign_key(
 /// location's memory, else two presigned `HEAD`s.
 async fn present(
     ctx: &Ctx<'_>,
+    region: &str,
     s3: &S3Target,
     name: &RepositoryName,
     digest: &Digest,
 ) -> Result<bool, Error> {
-    let region = ctx.region.name.as_str();
     if store::blob_known_present(region, name, digest).await {
         return Ok(true);
     }
@@ -152,8 +153,8 @@ async fn head(region: &str, url: &str, digest: &Digest) -> bool {
     }
 }
 
-fn redirect(ctx: &Ctx<'_>, location: &str, digest: &Digest, cache: &str) -> Response {
-    tracing::info!(%digest, cache, region = %ctx.region.name, "blob redirect");
+fn redirect(region: &Region, location: &str, digest: &Digest, cache: &str) -> Response {
+    tracing::info!(%digest, cache, region = %region.name, "blob redirect");
     let digest = digest.to_string();
     response(
         307,
@@ -162,7 +163,7 @@ fn redirect(ctx: &Ctx<'_>, location: &str, digest: &Digest, cache: &str) -> Resp
             (DOCKER_CONTENT_DIGEST, digest.as_str()),
             ("Cache-Control", "no-store"),
             (X_WHARF_CACHE, cache),
-            (X_WHARF_REGION, ctx.region.name.as_str()),
+            (X_WHARF_REGION, region.name.as_str()),
         ],
         Vec::new(),
     )

@@ -5,9 +5,11 @@
 use wharf_core::{ApiRequest, RepositoryName};
 use worker::{Method, Response};
 
+use crate::config::Region;
+use crate::ctx::Ctx;
 use crate::error::Error;
+use crate::http::response;
 use crate::origin;
-use crate::routes::{Ctx, response};
 use crate::token::authorize;
 
 /// Largest body passed on.
@@ -16,6 +18,7 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Forwards a tags-list or referrers request to the region's origin.
 pub async fn get(
     ctx: &Ctx<'_>,
+    region: &Region,
     name: &RepositoryName,
     request: &ApiRequest,
     ns: Option<&str>,
@@ -39,7 +42,7 @@ pub async fn get(
         .header("Accept")
         .unwrap_or_else(|| "application/json".into());
     let mut r = origin::send_to_region(
-        &ctx.region,
+        region,
         resolved.canonical.as_str(),
         method,
         &path,
@@ -48,7 +51,7 @@ pub async fn get(
     )
     .await?;
     if !(200..300).contains(&r.status_code()) {
-        return Err(origin::error_from(r, &ctx.region.name).await);
+        return Err(origin::error_from(r, &region.name).await);
     }
     let mut headers = Vec::new();
     for h in ["Content-Type", "Link", "OCI-Filters-Applied"] {

@@ -26,8 +26,8 @@ use wharf_core::region::Health;
 use worker::{Cache, KvStore, Method};
 
 use crate::config::{Config, Region};
+use crate::http::response;
 use crate::origin;
-use crate::routes::response;
 use crate::store::CACHE_ORIGIN;
 
 #[derive(Serialize, Deserialize)]

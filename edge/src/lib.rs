@@ -15,12 +15,18 @@
 //!
 //! # Layout
 //!
-//! * this file — events only: `start` (logging, panic hook) and `fetch`
-//!   (route, then map the one [`error::Error`] to an OCI response, once).
-//! * [`routes`] — the request context and dispatch, after the core parsed the
-//!   request; one module per operation: [`token`] (with [`signin`]: the
-//!   password check and the failed-sign-in throttle), [`manifest`], [`blob`],
-//!   [`forward`] (tags list, referrers).
+//! Dependencies run one way: this file → [`routes`] → the operations →
+//! [`ctx`], [`http`], [`store`], [`origin`], [`health`], [`config`].
+//!
+//! * this file — events only: `start` (logging, panic hook), `fetch` (route,
+//!   then map the one [`error::Error`] to an OCI response, once) and
+//!   `scheduled` (the cron's probes).
+//! * [`routes`] — dispatch after the core parsed the request; one module per
+//!   operation: [`token`] (with [`signin`]: the password check and the
+//!   failed-sign-in throttle), [`manifest`], [`blob`], [`forward`] (tags
+//!   list, referrers).
+//! * [`ctx`] — the request context, resolved once per request and immutable;
+//!   [`http`] — building responses (and the OCI error response).
 //! * [`config`] — `[vars]` and secrets; [`region`] — hostname + location +
 //!   health → region(s), with failover on the global hostname; [`health`] —
 //!   region health records, probes and the cron trigger;
@@ -29,9 +35,11 @@
 
 pub mod blob;
 pub mod config;
+pub mod ctx;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod http;
 pub mod log;
 pub mod manifest;
 pub mod origin;
@@ -42,8 +50,6 @@ pub mod store;
 pub mod token;
 
 use worker::{Context, Env, Request, Response, ScheduleContext, ScheduledEvent, event};
-
-use crate::error::Error;
 
 /// Registry API version header, on every response (clients check it on `/v2/`).
 pub const API_VERSION: (&str, &str) = (
@@ -64,7 +70,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
         Ok(response) => response,
         Err(e) => {
             tracing::info!(%method, %path, status = e.status(), code = %e.code(), blame = e.blame(), error = %e, "request failed");
-            error_response(&e)
+            http::error_response(&e)
         }
     };
     let _ = response.headers().set(API_VERSION.0, API_VERSION.1);
@@ -76,22 +82,4 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     routes::scheduled(&env).await;
-}
-
-/// The OCI error response for `e`: `{"errors":[{code, message}]}` with the
-/// public message (the log line above has the full cause), the status, a
-/// challenge when the client should authenticate, `Retry-After` when it must
-/// wait.
-pub fn error_response(e: &Error) -> Response {
-    let body = wharf_core::render_error(e.code(), &e.public_message(), None);
-    let challenge = e.challenge();
-    let retry_after = e.retry_after().map(|s| s.to_string());
-    let mut headers = vec![("Content-Type", "application/json; charset=utf-8")];
-    if let Some(c) = &challenge {
-        headers.push(("WWW-Authenticate", c.as_str()));
-    }
-    if let Some(s) = &retry_after {
-        headers.push(("Retry-After", s.as_str()));
-    }
-    routes::response(e.status(), &headers, body.into_bytes())
 }

@@ -31,9 +31,10 @@ use wharf_core::{Digest, Reference, RepositoryName, Resolved, Tag};
 use worker::{KvStore, Method, Response};
 
 use crate::config::{Config, Region};
+use crate::ctx::Ctx;
 use crate::error::Error;
+use crate::http::response;
 use crate::origin;
-use crate::routes::{Ctx, response};
 use crate::store::{self, Entry, Key, Tier};
 use crate::token::authorize;
 
@@ -45,6 +46,7 @@ const ALL_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, appli
 /// Answers a manifest request.
 pub async fn get(
     ctx: &Ctx<'_>,
+    region: &Region,
     name: &RepositoryName,
     reference: &Reference,
     ns: Option<&str>,
@@ -63,18 +65,19 @@ pub async fn get(
                 if tier == Tier::Global {
                     store::put_location(&key, &entry, IMMUTABLE_SECS).await;
                 }
-                return Ok(serve(ctx, &entry, "hit"));
+                return Ok(serve(ctx, region, &entry, "hit"));
             }
-            let entry = fetch(ctx, &resolved, reference, &accept).await?;
+            let entry = fetch(ctx, region, &resolved, reference, &accept).await?;
             store_digest(ctx, &resolved.canonical, &entry).await;
-            Ok(serve(ctx, &entry, "miss"))
+            Ok(serve(ctx, region, &entry, "miss"))
         }
-        Reference::Tag(tag) => get_tag(ctx, &resolved, tag, reference, &accept).await,
+        Reference::Tag(tag) => get_tag(ctx, region, &resolved, tag, reference, &accept).await,
     }
 }
 
 async fn get_tag(
     ctx: &Ctx<'_>,
+    region: &Region,
     resolved: &Resolved,
     tag: &Tag,
     reference: &Reference,
@@ -94,7 +97,7 @@ async fn get_tag(
                 if *tier == Tier::Global {
                     store::put_location(&key, entry, keep_secs).await;
                 }
-                return Ok(serve(ctx, entry, "hit"));
+                return Ok(serve(ctx, region, entry, "hit"));
             }
             Freshness::Revalidate
                 if policy.on_upstream_error(entry.fetched_at_ms, now)
@@ -102,7 +105,7 @@ async fn get_tag(
             {
                 let job = Revalidation {
                     config: ctx.config.clone(),
-                    region: ctx.region.clone(),
+                    region: region.clone(),
                     kv: ctx.kv.clone(),
                     canonical: resolved.canonical.clone(),
                     private_rule: private_rule(ctx, resolved),
@@ -112,12 +115,12 @@ async fn get_tag(
                     keep_secs,
                 };
                 ctx.wctx.wait_until(async move { job.run().await });
-                return Ok(serve(ctx, entry, "stale"));
+                return Ok(serve(ctx, region, entry, "stale"));
             }
             Freshness::Revalidate => {} // too old to serve even on error: fetch now
         }
     }
-    let entry = fetch(ctx, resolved, reference, accept).await?;
+    let entry = fetch(ctx, region, resolved, reference, accept).await?;
     store_digest(ctx, &resolved.canonical, &entry).await;
     // A client that does not accept the cached media type (an old client and
     // an index) got its own negotiation: keep the tag entry for the others.
@@ -128,7 +131,7 @@ async fn get_tag(
         store::put_location(&key, &entry, keep_secs).await;
         defer_global(ctx, &key, &entry, keep_secs);
     }
-    Ok(serve(ctx, &entry, "miss"))
+    Ok(serve(ctx, region, &entry, "miss"))
 }
 
 fn private_rule(ctx: &Ctx<'_>, resolved: &Resolved) -> Option<String> {
@@ -152,7 +155,7 @@ fn defer_global(ctx: &Ctx<'_>, key: &Key<'_>, entry: &Entry, keep_secs: u64) {
         .wait_until(async move { store::put_global(kv.as_ref(), &path, &entry, keep_secs).await });
 }
 
-fn serve(ctx: &Ctx<'_>, entry: &Entry, cache: &str) -> Response {
+fn serve(ctx: &Ctx<'_>, region: &Region, entry: &Entry, cache: &str) -> Response {
     let digest = entry.digest.to_string();
     let len = entry.body.len().to_string();
     let etag = format!("\"{digest}\"");
@@ -162,9 +165,9 @@ fn serve(ctx: &Ctx<'_>, entry: &Entry, cache: &str) -> Response {
         ("Content-Length", len.as_str()),
         ("ETag", etag.as_str()),
         (X_WHARF_CACHE, cache),
-        (X_WHARF_REGION, ctx.region.name.as_str()),
+        (X_WHARF_REGION, region.name.as_str()),
     ];
-    tracing::info!(digest = %digest, cache, region = %ctx.region.name, "manifest");
+    tracing::info!(digest = %digest, cache, region = %region.name, "manifest");
     let body = if ctx.method.is_head() {
         Vec::new()
     } else {
@@ -176,6 +179,7 @@ fn serve(ctx: &Ctx<'_>, entry: &Entry, cache: &str) -> Response {
 /// `GET <origin>/v2/<canonical>/manifests/<reference>`, checked.
 async fn fetch(
     ctx: &Ctx<'_>,
+    region: &Region,
     resolved: &Resolved,
     reference: &Reference,
     accept: &[&str],
@@ -187,7 +191,7 @@ async fn fetch(
     };
     fetch_from(
         &ctx.config,
-        &ctx.region,
+        region,
         &resolved.canonical,
         private_rule(ctx, resolved).as_deref(),
         reference,

@@ -51,24 +51,6 @@ pub fn pin(config: &Config, host: &str) -> Pin {
     Pin::Global
 }
 
-/// The client's location: the test override when the configuration allows
-/// it and the request carries it, else Cloudflare's `cf` fields.
-pub fn location(
-    override_value: Option<&str>,
-    continent: Option<String>,
-    country: Option<String>,
-    coords: Option<(f32, f32)>,
-) -> Location {
-    if let Some(loc) = override_value.and_then(Location::parse) {
-        return loc;
-    }
-    Location {
-        continent,
-        country,
-        coords: coords.map(|(a, b)| (f64::from(a), f64::from(b))),
-    }
-}
-
 /// Regions to try for a request on the global hostname, in order: the
 /// routable ones nearest first; when none is routable, the nearest (fail
 /// open). `health[i]` is region `i`'s record, if any.
@@ -178,16 +160,6 @@ mod tests {
         assert_eq!(candidates(&c, &at("AS"), &h, later)[0], 2);
         assert!(!routable(&c, &[None, None, Some(down)], 2, 2000));
         assert!(routable(&c, &[None, None, None], 2, 2000));
-    }
-
-    #[test]
-    fn the_location_override_wins_only_when_parsable() {
-        let l = location(Some("AS/JP"), Some("EU".into()), None, Some((50.0, 8.0)));
-        assert_eq!(l.continent.as_deref(), Some("AS"));
-        assert_eq!(l.country.as_deref(), Some("JP"));
-        let l = location(Some("garbage!"), Some("EU".into()), None, Some((50.0, 8.0)));
-        assert_eq!(l.continent.as_deref(), Some("EU"));
-        assert_eq!(l.coords, Some((50.0, 8.0)));
     }
 
     #[test]

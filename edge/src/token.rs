@@ -26,8 +26,9 @@ use wharf_core::{RepositoryName, Resolved, TokenResponse};
 use worker::{Method, Request, Response};
 
 use crate::config::User;
+use crate::ctx::Ctx;
 use crate::error::Error;
-use crate::routes::{Ctx, response};
+use crate::http::response;
 use crate::signin;
 
 /// Largest `/token` POST body read (an OAuth2 form is a few hundred bytes).
@@ -191,7 +192,6 @@ pub async fn handle(
         sub = %claims.sub,
         requested = params.scopes.len(),
         granted = claims.access.len(),
-        region = %ctx.region.name,
         "token issued"
     );
     let token = issue(&ctx.config.key, &claims);
