@@ -32,28 +32,32 @@ use wharf_core::{ApiMethod, Digest, RepositoryName, ticket};
 use worker::{Method, Response};
 
 use crate::config::{Region, S3Target};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Target};
 use crate::error::Error;
+use crate::failover::Route;
 use crate::http::response;
 use crate::origin;
 use crate::store;
-use crate::token::authorize;
 
 /// How long the presence `HEAD` on the bucket may take.
 const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Answers a blob request with a redirect.
+/// Answers a blob request for the authorized `target` with a redirect, in
+/// the plan's first region (a redirect needs no origin request, so there is
+/// nothing to fail over from).
 pub async fn get(
     ctx: &Ctx<'_>,
-    region: &Region,
-    name: &RepositoryName,
+    route: &Route<'_>,
+    target: &Target,
     digest: &Digest,
-    ns: Option<&str>,
 ) -> Result<Response, Error> {
-    let resolved = ctx.config.rules.resolve(name, ns)?;
-    authorize(ctx, name, &resolved)?;
+    let canonical = &target.resolved.canonical;
+    // The replica that owns the digest: concurrent misses from every
+    // location meet in its one hydration.
+    let hop = route.first(&digest.to_string())?;
+    let region = hop.region;
     if let Some(s3) = &region.s3
-        && present(ctx, &region.name, s3, &resolved.canonical, digest).await?
+        && present(ctx, &region.name, s3, canonical, digest).await?
     {
         let url = presigned(
             ctx,
@@ -65,21 +69,14 @@ pub async fn get(
         return Ok(redirect(region, &url, digest, "hit"));
     }
     let exp = ctx.now_secs() + ctx.config.ticket_ttl.as_secs();
-    let rule = ticket::TicketRule {
-        prefix: &resolved.prefix,
-        private: ctx.config.rule(resolved.rule).private,
-    };
-    let t = ticket::issue(&ctx.config.key, rule, &resolved.canonical, digest, exp);
-    // The replica that owns the digest: concurrent misses from every
-    // location meet in its one hydration.
-    let digest_key = digest.to_string();
-    let owner = region
-        .origins_for(&digest_key)
-        .first()
-        .copied()
-        .unwrap_or_default()
-        .to_owned();
-    let url = ticket::blob_url(&owner, &resolved.canonical, digest, &t);
+    let t = ticket::issue(
+        &ctx.config.key,
+        target.ticket_rule(),
+        canonical,
+        digest,
+        exp,
+    );
+    let url = ticket::blob_url(hop.origin, canonical, digest, &t);
     Ok(redirect(region, &url, digest, "miss"))
 }
 

@@ -7,6 +7,8 @@
 //!   tries one region or replica after another: what changes per try is
 //!   passed beside it (a [`Region`](crate::config::Region) or an attempt of
 //!   the region plan).
+//! * [`Target`] — the repository a request names, resolved by the rules and
+//!   authorized once, before the first region is tried.
 //! * [`EnvSource`] — the Worker's `env` as a configuration source.
 //!
 //! This module depends on nothing else of the edge's request path, so every
@@ -14,8 +16,9 @@
 
 use std::rc::Rc;
 
-use wharf_core::ApiMethod;
 use wharf_core::region::Location;
+use wharf_core::ticket::TicketRule;
+use wharf_core::{ApiMethod, RepositoryName, Resolved};
 use worker::{Context, Env, Headers, KvStore, Request, Url};
 
 use crate::config::{Config, Source};
@@ -97,6 +100,33 @@ impl<'a> Ctx<'a> {
     /// A request header, if present and readable.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.get(name).ok().flatten()
+    }
+}
+
+/// The repository of an API request, resolved and authorized (once per
+/// request: it does not depend on the region that serves it).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The name as the client spelled it.
+    pub name: RepositoryName,
+    /// What the rules made of it (canonical name, rule, prefix).
+    pub resolved: Resolved,
+    /// Whether its rule is private.
+    pub private: bool,
+}
+
+impl Target {
+    /// The rule's prefix when the rule is private (for the edge's token).
+    pub fn private_rule(&self) -> Option<&str> {
+        self.private.then_some(self.resolved.prefix.as_str())
+    }
+
+    /// The rule, as a ticket names it.
+    pub fn ticket_rule(&self) -> TicketRule<'_> {
+        TicketRule {
+            prefix: &self.resolved.prefix,
+            private: self.private,
+        }
     }
 }
 

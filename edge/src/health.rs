@@ -73,11 +73,10 @@ async fn load_one(
             .map(|s| s.health),
         _ => None,
     };
-    // A fresh local record is enough; otherwise ask KV too (the cron's and
-    // other locations' observations).
-    let fresh =
-        |h: &Health| now_ms.saturating_sub(h.updated_ms) < config.probe_interval.as_millis() as u64;
-    if local.as_ref().is_some_and(fresh) {
+    // A local record not yet due for a probe is enough; otherwise ask KV too
+    // (the cron's and other locations' observations).
+    let interval_ms = config.probe_interval.as_millis() as u64;
+    if local.is_some() && !Health::due(local.as_ref(), now_ms, interval_ms) {
         return local;
     }
     let global = match kv {
@@ -173,25 +172,6 @@ pub async fn probe_all(kv: Option<&KvStore>, config: &Config, now_ms: u64) {
         let ok = probe(config, r).await;
         record(kv, config, i, ok, now_ms, true).await;
     }
-}
-
-/// Indices among `regions` whose record is missing or older than the probe
-/// interval: the request probes them in the background.
-pub fn stale(
-    config: &Config,
-    health: &[Option<Health>],
-    regions: &[usize],
-    now_ms: u64,
-) -> Vec<usize> {
-    regions
-        .iter()
-        .copied()
-        .filter(|&i| {
-            health.get(i).copied().flatten().is_none_or(|h| {
-                now_ms.saturating_sub(h.updated_ms) >= config.probe_interval.as_millis() as u64
-            })
-        })
-        .collect()
 }
 
 /// Probes `regions` and records the results (run in `wait_until`).

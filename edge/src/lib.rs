@@ -16,20 +16,23 @@
 //! # Layout
 //!
 //! Dependencies run one way: this file → [`routes`] → the operations →
-//! [`ctx`], [`http`], [`store`], [`origin`], [`health`], [`config`].
+//! [`failover`] → [`health`] → [`origin`], and everything → [`ctx`],
+//! [`http`], [`store`], [`config`], [`error`].
 //!
 //! * this file — events only: `start` (logging, panic hook), `fetch` (route,
 //!   then map the one [`error::Error`] to an OCI response, once) and
 //!   `scheduled` (the cron's probes).
-//! * [`routes`] — dispatch after the core parsed the request; one module per
-//!   operation: [`token`] (with [`signin`]: the password check and the
+//! * [`routes`] — one pass per request: parse (core), plan the regions
+//!   (`wharf_core::region::plan`), resolve and authorize the name once, then
+//!   one module per operation: [`token`] (with [`signin`]: the password check and the
 //!   failed-sign-in throttle), [`manifest`], [`blob`], [`forward`] (tags
 //!   list, referrers).
 //! * [`ctx`] — the request context, resolved once per request and immutable;
 //!   [`http`] — building responses (and the OCI error response).
-//! * [`config`] — `[vars]` and secrets; [`region`] — hostname + location +
-//!   health → region(s), with failover on the global hostname; [`health`] —
-//!   region health records, probes and the cron trigger;
+//! * [`failover`] — the one loop over the plan's regions and replicas
+//!   ("try the next one"), recording a region that failed.
+//! * [`config`] — `[vars]` and secrets; [`health`] — region health records,
+//!   probes and the cron trigger;
 //!   [`origin`] — requests to the region's origin; [`store`] — the Cache API
 //!   and KV tiers; [`error`] — the one error type; [`log`] — JSON log lines.
 
@@ -37,13 +40,13 @@ pub mod blob;
 pub mod config;
 pub mod ctx;
 pub mod error;
+pub mod failover;
 pub mod forward;
 pub mod health;
 pub mod http;
 pub mod log;
 pub mod manifest;
 pub mod origin;
-pub mod region;
 pub mod routes;
 pub mod signin;
 pub mod store;

@@ -27,77 +27,83 @@ use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_REGION};
 use wharf_core::media::{
     Accepted, ManifestError, MediaType, accept_manifest, accepts, check_manifest_size,
 };
-use wharf_core::{Digest, Reference, RepositoryName, Resolved, Tag};
+use wharf_core::region::Plan;
+use wharf_core::{Digest, Reference, RepositoryName, Tag};
 use worker::{KvStore, Method, Response};
 
 use crate::config::{Config, Region};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Target};
 use crate::error::Error;
+use crate::failover::{Hop, Route};
 use crate::http::response;
 use crate::origin;
 use crate::store::{self, Entry, Key, Tier};
-use crate::token::authorize;
 
 /// How long digest-addressed manifests stay in the tiers.
 const IMMUTABLE_SECS: u64 = 365 * 24 * 3600;
 /// What the edge accepts when it revalidates on its own (no client Accept).
 const ALL_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// Answers a manifest request.
+/// Answers a manifest request for the authorized `target`.
 pub async fn get(
     ctx: &Ctx<'_>,
-    region: &Region,
-    name: &RepositoryName,
+    route: &Route<'_>,
+    target: &Target,
     reference: &Reference,
-    ns: Option<&str>,
 ) -> Result<Response, Error> {
-    let resolved = ctx.config.rules.resolve(name, ns)?;
-    authorize(ctx, name, &resolved)?;
     // `Headers.get` joins repeated headers with `, ` (workerd's `getAll` only
     // serves Set-Cookie and throws for anything else).
     let accept = ctx.header("Accept");
     let accept: Vec<&str> = accept.as_deref().into_iter().collect();
     let kv = ctx.kv.as_ref();
+    let canonical = &target.resolved.canonical;
     match reference {
         Reference::Digest(digest) => {
-            let key = Key::Digest(&resolved.canonical, digest);
+            let key = Key::Digest(canonical, digest);
             if let Some((entry, tier)) = store::get(kv, &key).await {
                 if tier == Tier::Global {
                     store::put_location(&key, &entry, IMMUTABLE_SECS).await;
                 }
-                return Ok(serve(ctx, region, &entry, "hit"));
+                return Ok(serve(
+                    ctx,
+                    route.first(canonical.as_str())?.region,
+                    &entry,
+                    "hit",
+                ));
             }
-            let entry = fetch(ctx, region, &resolved, reference, &accept).await?;
-            store_digest(ctx, &resolved.canonical, &entry).await;
-            Ok(serve(ctx, region, &entry, "miss"))
+            let (entry, hop) = fetch(ctx, route, target, reference, &accept).await?;
+            store_digest(ctx, canonical, &entry).await;
+            Ok(serve(ctx, hop.region, &entry, "miss"))
         }
-        Reference::Tag(tag) => get_tag(ctx, region, &resolved, tag, reference, &accept).await,
+        Reference::Tag(tag) => get_tag(ctx, route, target, tag, reference, &accept).await,
     }
 }
 
 async fn get_tag(
     ctx: &Ctx<'_>,
-    region: &Region,
-    resolved: &Resolved,
+    route: &Route<'_>,
+    target: &Target,
     tag: &Tag,
     reference: &Reference,
     accept: &[&str],
 ) -> Result<Response, Error> {
     let kv = ctx.kv.as_ref();
-    let policy = ctx.config.rule(resolved.rule).freshness;
+    let policy = ctx.config.rule(target.resolved.rule).freshness;
     let keep_secs = policy.stale_until_ms(0) / 1000;
-    let key = Key::Tag(&resolved.canonical, tag);
+    let canonical = &target.resolved.canonical;
+    let key = Key::Tag(canonical, tag);
     let cached = store::get(kv, &key).await;
     if let Some((entry, tier)) = &cached
         && accepts(accept, &MediaType::parse(&entry.media_type))
     {
         let now = ctx.now_ms;
+        let first = route.first(canonical.as_str())?;
         match policy.classify(entry.fetched_at_ms, now) {
             Freshness::Fresh => {
                 if *tier == Tier::Global {
                     store::put_location(&key, entry, keep_secs).await;
                 }
-                return Ok(serve(ctx, region, entry, "hit"));
+                return Ok(serve(ctx, first.region, entry, "hit"));
             }
             Freshness::Revalidate
                 if policy.on_upstream_error(entry.fetched_at_ms, now)
@@ -105,23 +111,23 @@ async fn get_tag(
             {
                 let job = Revalidation {
                     config: ctx.config.clone(),
-                    region: region.clone(),
+                    region: first.index,
                     kv: ctx.kv.clone(),
-                    canonical: resolved.canonical.clone(),
-                    private_rule: private_rule(ctx, resolved),
+                    canonical: canonical.clone(),
+                    private_rule: target.private_rule().map(str::to_owned),
                     tag: tag.clone(),
                     cached: entry.clone(),
                     now_ms: now,
                     keep_secs,
                 };
                 ctx.wctx.wait_until(async move { job.run().await });
-                return Ok(serve(ctx, region, entry, "stale"));
+                return Ok(serve(ctx, first.region, entry, "stale"));
             }
             Freshness::Revalidate => {} // too old to serve even on error: fetch now
         }
     }
-    let entry = fetch(ctx, region, resolved, reference, accept).await?;
-    store_digest(ctx, &resolved.canonical, &entry).await;
+    let (entry, hop) = fetch(ctx, route, target, reference, accept).await?;
+    store_digest(ctx, canonical, &entry).await;
     // A client that does not accept the cached media type (an old client and
     // an index) got its own negotiation: keep the tag entry for the others.
     let negotiated_down = cached
@@ -131,14 +137,7 @@ async fn get_tag(
         store::put_location(&key, &entry, keep_secs).await;
         defer_global(ctx, &key, &entry, keep_secs);
     }
-    Ok(serve(ctx, region, &entry, "miss"))
-}
-
-fn private_rule(ctx: &Ctx<'_>, resolved: &Resolved) -> Option<String> {
-    ctx.config
-        .rule(resolved.rule)
-        .private
-        .then(|| resolved.prefix.clone())
+    Ok(serve(ctx, hop.region, &entry, "miss"))
 }
 
 /// Caches a manifest by digest: this location now, KV after the response
@@ -176,85 +175,95 @@ fn serve(ctx: &Ctx<'_>, region: &Region, entry: &Entry, cache: &str) -> Response
     response(200, &headers, body)
 }
 
-/// `GET <origin>/v2/<canonical>/manifests/<reference>`, checked.
-async fn fetch(
+/// `GET <origin>/v2/<canonical>/manifests/<reference>` along the route,
+/// checked; the manifest and the hop that served it.
+async fn fetch<'a>(
     ctx: &Ctx<'_>,
-    region: &Region,
-    resolved: &Resolved,
+    route: &Route<'a>,
+    target: &Target,
     reference: &Reference,
     accept: &[&str],
-) -> Result<Entry, Error> {
+) -> Result<(Entry, Hop<'a>), Error> {
     let accept = if accept.is_empty() {
         ALL_MANIFEST_TYPES.to_owned()
     } else {
         accept.join(", ")
     };
-    fetch_from(
-        &ctx.config,
-        region,
-        &resolved.canonical,
-        private_rule(ctx, resolved).as_deref(),
+    let want = Want {
+        canonical: &target.resolved.canonical,
+        private_rule: target.private_rule(),
         reference,
-        &accept,
-        ctx.now_ms,
-    )
-    .await
+        accept: &accept,
+    };
+    fetch_from(route, &want, ctx.now_ms).await
 }
 
-async fn fetch_from(
-    config: &Config,
-    region: &Region,
-    canonical: &RepositoryName,
-    private_rule: Option<&str>,
-    reference: &Reference,
-    accept: &str,
+/// What a manifest fetch asks the origin for.
+struct Want<'a> {
+    canonical: &'a RepositoryName,
+    private_rule: Option<&'a str>,
+    reference: &'a Reference,
+    accept: &'a str,
+}
+
+async fn fetch_from<'a>(
+    route: &Route<'a>,
+    want: &Want<'_>,
     now_ms: u64,
-) -> Result<Entry, Error> {
+) -> Result<(Entry, Hop<'a>), Error> {
+    let Want {
+        canonical,
+        reference,
+        ..
+    } = *want;
+    let config = route.config;
     let path = format!("/v2/{canonical}/manifests/{reference}");
-    let token = origin::edge_token(config, canonical, private_rule, now_ms / 1000);
+    let token = origin::edge_token(config, canonical, want.private_rule, now_ms / 1000);
     let bearer = format!("Bearer {token}");
-    let mut r = origin::send_to_region(
-        region,
-        &format!("{canonical}:{reference}"),
-        Method::Get,
-        &path,
-        &[("Accept", accept), ("Authorization", &bearer)],
-        config.origin_timeout,
-    )
-    .await?;
-    if r.status_code() != 200 {
-        return Err(origin::error_from(r, &region.name).await);
-    }
-    let declared_len = r
-        .headers()
-        .get("Content-Length")
-        .ok()
-        .flatten()
-        .and_then(|l| l.parse::<u64>().ok());
-    if let Some(len) = declared_len {
-        check_manifest_size(len).map_err(manifest_error)?;
-    }
-    let body = r.bytes().await.map_err(|e| Error::OriginUnreachable {
-        region: region.name.clone(),
-        cause: format!("reading the manifest body: {e}"),
-    })?;
-    let header = |name: &str| r.headers().get(name).ok().flatten();
-    let claimed = header(DOCKER_CONTENT_DIGEST).and_then(|d| Digest::parse(&d).ok());
-    let content_type = header("Content-Type");
-    let Accepted { digest, media_type } = accept_manifest(
-        &body,
-        content_type.as_deref(),
-        reference.as_digest(),
-        claimed.as_ref(),
-    )
-    .map_err(manifest_error)?;
-    let media_type = media_type.as_str().to_owned();
-    Ok(Entry {
-        body,
-        digest,
-        media_type,
-        fetched_at_ms: now_ms,
-    })
+    let read = async |mut r: Response, hop: Hop<'a>| -> Result<Entry, Error> {
+        if r.status_code() != 200 {
+            return Err(origin::error_from(r, &hop.region.name).await);
+        }
+        let declared_len = r
+            .headers()
+            .get("Content-Length")
+            .ok()
+            .flatten()
+            .and_then(|l| l.parse::<u64>().ok());
+        if let Some(len) = declared_len {
+            check_manifest_size(len).map_err(manifest_error)?;
+        }
+        let body = r.bytes().await.map_err(|e| Error::OriginUnreachable {
+            region: hop.region.name.clone(),
+            cause: format!("reading the manifest body: {e}"),
+        })?;
+        let header = |name: &str| r.headers().get(name).ok().flatten();
+        let claimed = header(DOCKER_CONTENT_DIGEST).and_then(|d| Digest::parse(&d).ok());
+        let content_type = header("Content-Type");
+        let Accepted { digest, media_type } = accept_manifest(
+            &body,
+            content_type.as_deref(),
+            reference.as_digest(),
+            claimed.as_ref(),
+        )
+        .map_err(manifest_error)?;
+        Ok(Entry {
+            body,
+            digest,
+            media_type: media_type.as_str().to_owned(),
+            fetched_at_ms: now_ms,
+        })
+    };
+    route
+        .send(
+            &format!("{canonical}:{reference}"),
+            Method::Get,
+            &path,
+            &[("Accept", want.accept), ("Authorization", &bearer)],
+            config.origin_timeout,
+            read,
+        )
+        .await
 }
 
 /// The core's refusal as the edge's error (and OCI code).
@@ -270,7 +279,8 @@ fn manifest_error(e: ManifestError) -> Error {
 /// A background revalidation of a stale tag.
 struct Revalidation {
     config: Rc<Config>,
-    region: Region,
+    /// The region the stale copy was served for (index into `Config::regions`).
+    region: usize,
     kv: Option<KvStore>,
     canonical: RepositoryName,
     private_rule: Option<String>,
@@ -294,6 +304,21 @@ impl Revalidation {
 
     /// `HEAD` at the origin; `GET` only if the digest changed. Returns whether it moved.
     async fn check(&self) -> Result<bool, Error> {
+        // The region that served the stale copy, its replicas in turn; not
+        // another region, and a failure is not recorded in its health.
+        let plan = Plan {
+            regions: vec![self.region],
+            failover: true,
+            refuse: None,
+            probe: Vec::new(),
+        };
+        let route = Route {
+            config: &self.config,
+            plan: &plan,
+            kv: self.kv.as_ref(),
+            record: false,
+            now_ms: self.now_ms,
+        };
         let path = format!("/v2/{}/manifests/{}", self.canonical, self.tag);
         let token = origin::edge_token(
             &self.config,
@@ -303,24 +328,26 @@ impl Revalidation {
         );
         let bearer = format!("Bearer {token}");
         let accept = self.cached.media_type.clone();
-        let r = origin::send_to_region(
-            &self.region,
-            &format!("{}:{}", self.canonical, self.tag),
-            Method::Head,
-            &path,
-            &[("Accept", ALL_MANIFEST_TYPES), ("Authorization", &bearer)],
-            self.config.origin_timeout,
-        )
-        .await?;
-        if r.status_code() != 200 {
-            return Err(origin::error_from(r, &self.region.name).await);
-        }
-        let current = r
-            .headers()
-            .get(DOCKER_CONTENT_DIGEST)
-            .ok()
-            .flatten()
-            .and_then(|d| Digest::parse(&d).ok());
+        let head = async |r: Response, hop: Hop<'_>| {
+            if r.status_code() != 200 {
+                return Err(origin::error_from(r, &hop.region.name).await);
+            }
+            Ok(r.headers()
+                .get(DOCKER_CONTENT_DIGEST)
+                .ok()
+                .flatten()
+                .and_then(|d| Digest::parse(&d).ok()))
+        };
+        let (current, _) = route
+            .send(
+                &format!("{}:{}", self.canonical, self.tag),
+                Method::Head,
+                &path,
+                &[("Accept", ALL_MANIFEST_TYPES), ("Authorization", &bearer)],
+                self.config.origin_timeout,
+                head,
+            )
+            .await?;
         let kv = self.kv.as_ref();
         let key = Key::Tag(&self.canonical, &self.tag);
         let entry = if current.as_ref() == Some(&self.cached.digest) {
@@ -330,16 +357,13 @@ impl Revalidation {
             }
         } else {
             let reference = Reference::Tag(self.tag.clone());
-            let entry = fetch_from(
-                &self.config,
-                &self.region,
-                &self.canonical,
-                self.private_rule.as_deref(),
-                &reference,
-                &format!("{accept}, {ALL_MANIFEST_TYPES}"),
-                self.now_ms,
-            )
-            .await?;
+            let want = Want {
+                canonical: &self.canonical,
+                private_rule: self.private_rule.as_deref(),
+                reference: &reference,
+                accept: &format!("{accept}, {ALL_MANIFEST_TYPES}"),
+            };
+            let (entry, _) = fetch_from(&route, &want, self.now_ms).await?;
             let key = Key::Digest(&self.canonical, &entry.digest);
             store::put_location(&key, &entry, IMMUTABLE_SECS).await;
             store::put_global(kv, &key.path(), &entry, IMMUTABLE_SECS).await;

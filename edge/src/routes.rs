@@ -5,15 +5,16 @@
 //! through [`wharf_core::parse_request`]. Anything else is a `404
 //! NAME_UNKNOWN` from the core's parser.
 
-use wharf_core::headers::X_WHARF_REGION;
+use wharf_core::region::{self, PlanInput};
 use wharf_core::{ApiMethod, ApiRequest, parse_request};
 use worker::{Context, Env, Request, Response};
 
-use crate::config::{Config, Region};
-use crate::ctx::{Ctx, EnvSource, KV_BINDING};
+use crate::config::Config;
+use crate::ctx::{Ctx, EnvSource, KV_BINDING, Target};
 use crate::error::Error;
+use crate::failover::Route;
 use crate::http::response;
-use crate::{blob, forward, health, manifest, region, token};
+use crate::{blob, forward, health, manifest, token};
 
 /// Answers one request.
 pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response, Error> {
@@ -38,74 +39,56 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
         return token::base(&ctx);
     }
 
-    // Where to serve it: the pinned region, or the nearest routable ones.
-    let now_ms = ctx.now_ms;
-    let pin = region::pin(&config, &ctx.host);
-    let health = health::load(ctx.kv.as_ref(), &config, now_ms).await;
-    let order = match pin {
-        region::Pin::Regional(i) => vec![i],
-        region::Pin::Global => region::candidates(&config, &ctx.at, &health, now_ms),
-    };
-    let stale = health::stale(&config, &health, &order, now_ms);
-    if !stale.is_empty() {
-        let (kv, config) = (ctx.kv.clone(), config.clone());
-        wctx.wait_until(async move { health::refresh(kv, config, stale, now_ms).await });
+    // Where to serve it: the core's plan over the hostname, the client's
+    // location and the regions' health.
+    let health = health::load(ctx.kv.as_ref(), &config, ctx.now_ms).await;
+    let plan = region::plan(&PlanInput {
+        regions: &config.specs,
+        global_host: &config.global_host,
+        host: &ctx.host,
+        at: &ctx.at,
+        health: &health,
+        policy: &config.health,
+        probe_interval_ms: config.probe_interval.as_millis() as u64,
+        now_ms: ctx.now_ms,
+    });
+    if !plan.probe.is_empty() {
+        let (kv, config, probe, now_ms) = (
+            ctx.kv.clone(),
+            config.clone(),
+            plan.probe.clone(),
+            ctx.now_ms,
+        );
+        wctx.wait_until(async move { health::refresh(kv, config, probe, now_ms).await });
     }
-    if let region::Pin::Regional(i) = pin
-        && !region::routable(&config, &health, i, now_ms)
-    {
+    if let Some(i) = plan.refuse {
         return Err(Error::RegionUnavailable {
             region: config.regions[i].name.clone(),
             cause: "its origin is failing its health checks".into(),
             global: config.global_host.clone(),
         });
     }
-    let mut last = None;
-    for (n, &i) in order.iter().enumerate() {
-        let region = &config.regions[i];
-        tracing::debug!(kind = request.kind(), region = %region.name, "request");
-        match dispatch(&ctx, region, &request, ns.as_deref()).await {
-            Err(e @ Error::OriginUnreachable { .. }) => {
-                // The origin itself is down: count it, and (global hostname
-                // only) let the next region serve this very request.
-                health::record(ctx.kv.as_ref(), &config, i, false, now_ms, false).await;
-                if let region::Pin::Regional(_) = pin {
-                    return Err(Error::RegionUnavailable {
-                        region: region.name.clone(),
-                        cause: e.to_string(),
-                        global: config.global_host.clone(),
-                    });
-                }
-                if n + 1 < order.len() {
-                    tracing::warn!(region = %region.name, error = %e, "failing over to the next region");
-                }
-                last = Some(e);
-            }
-            Ok(response) => {
-                let _ = response.headers().set(X_WHARF_REGION, &region.name);
-                return Ok(response);
-            }
-            Err(e) => return Err(e),
+    // What it names: resolved and authorized once, whichever region serves.
+    let Some(name) = request.name() else {
+        return token::base(&ctx);
+    };
+    let resolved = config.rules.resolve(name, ns.as_deref())?;
+    token::authorize(&ctx, name, &resolved)?;
+    let target = Target {
+        name: name.clone(),
+        private: config.rule(resolved.rule).private,
+        resolved,
+    };
+    let route = Route::of(&ctx, &plan);
+    tracing::debug!(kind = request.kind(), regions = ?plan.regions, "request");
+    match &request {
+        ApiRequest::Base => token::base(&ctx),
+        ApiRequest::Manifest { reference, .. } => {
+            manifest::get(&ctx, &route, &target, reference).await
         }
-    }
-    Err(last.unwrap_or_else(|| Error::Runtime("no region to serve the request".into())))
-}
-
-/// Applies a parsed request in `region`.
-async fn dispatch(
-    ctx: &Ctx<'_>,
-    region: &Region,
-    request: &ApiRequest,
-    ns: Option<&str>,
-) -> Result<Response, Error> {
-    match request {
-        ApiRequest::Base => token::base(ctx),
-        ApiRequest::Manifest { name, reference } => {
-            manifest::get(ctx, region, name, reference, ns).await
-        }
-        ApiRequest::Blob { name, digest } => blob::get(ctx, region, name, digest, ns).await,
-        ApiRequest::TagsList { name, .. } | ApiRequest::Referrers { name, .. } => {
-            forward::get(ctx, region, name, request, ns).await
+        ApiRequest::Blob { digest, .. } => blob::get(&ctx, &route, &target, digest).await,
+        ApiRequest::TagsList { .. } | ApiRequest::Referrers { .. } => {
+            forward::get(&ctx, &route, &target, &request).await
         }
     }
 }

@@ -179,7 +179,7 @@ pub async fn handle(
     let now = ctx.now_secs();
     let ttl = ctx.config.token_ttl.as_secs();
     let claims = Claims {
-        iss: crate::region::hostname(&ctx.host),
+        iss: wharf_core::region::hostname(&ctx.host),
         sub: user.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
         aud: ctx.config.global_host.clone(),
         exp: now + ttl,
