@@ -34,7 +34,9 @@
 //! * [`config`] — `[vars]` and secrets; [`health`] — region health records,
 //!   probes and the cron trigger;
 //!   [`origin`] — requests to the region's origin; [`store`] — the Cache API
-//!   and KV tiers; [`error`] — the one error type; [`log`] — JSON log lines.
+//!   and KV tiers; [`memo`] — what an isolate remembers between requests
+//!   (health records, blob presence, manifests: keyed, bounded, seconds to a
+//!   minute); [`error`] — the one error type; [`log`] — JSON log lines.
 
 pub mod blob;
 pub mod config;
@@ -46,6 +48,7 @@ pub mod health;
 pub mod http;
 pub mod log;
 pub mod manifest;
+pub mod memo;
 pub mod origin;
 pub mod routes;
 pub mod signin;
