@@ -18,8 +18,9 @@
 //! Presence and link are learned with two presigned `HEAD`s on the bucket
 //! (concurrently) and remembered by this location for `WHARF_PRESENCE_TTL`
 //! (blobs are immutable, appear in the bucket only after verification, and
-//! links are never withdrawn for a kept blob), so a warm blob request makes
-//! no subrequest; absence is not remembered, so a blob is redirected to the
+//! links are never withdrawn for a kept blob), and by this isolate for a
+//! minute within that ([`crate::memo`]), so a warm blob request makes no
+//! subrequest and reads nothing; absence is not remembered, so a blob is redirected to the
 //! bucket as soon as its hydration commits. A store that errors or does not
 //! answer in time counts as "absent": the origin can always serve.
 
@@ -37,7 +38,7 @@ use crate::error::Error;
 use crate::failover::Route;
 use crate::http::response;
 use crate::origin;
-use crate::store;
+use crate::{memo, store};
 
 /// How long the presence `HEAD` on the bucket may take.
 const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -111,7 +112,7 @@ fn presign_key(
 }
 
 /// Whether `digest` is in the region's bucket and linked to `name`: this
-/// location's memory, else two presigned `HEAD`s.
+/// isolate's memory, else this location's, else two presigned `HEAD`s.
 async fn present(
     ctx: &Ctx<'_>,
     region: &str,
@@ -119,7 +120,13 @@ async fn present(
     name: &RepositoryName,
     digest: &Digest,
 ) -> Result<bool, Error> {
+    let now = ctx.now_ms;
+    let until = now + ctx.config.presence_ttl.as_millis() as u64;
+    if memo::blob_present(region, name, digest, now) {
+        return Ok(true);
+    }
     if store::blob_known_present(region, name, digest).await {
+        memo::remember_blob_present(region, name, digest, now, until);
         return Ok(true);
     }
     let blob = presign_key(ctx, s3, ApiMethod::Head, &blob_key(digest), 60)?;
@@ -128,6 +135,7 @@ async fn present(
         futures_util::future::join(head(region, &blob, digest), head(region, &link, digest)).await;
     if blob && link {
         store::remember_blob_present(region, name, digest, ctx.config.presence_ttl.as_secs()).await;
+        memo::remember_blob_present(region, name, digest, now, until);
     }
     Ok(blob && link)
 }

@@ -12,6 +12,9 @@
 //!   `wait_until`; so a stale tag is served whether or not the origin is up.
 //!   Beyond stale-if-error → fetched synchronously, and an unreachable origin
 //!   is an error.
+//! * Entries are also remembered by this isolate for a minute
+//!   ([`crate::memo`], keyed like the tiers), so a warm request reads no
+//!   tier; a tag is answered from there only while fresh.
 //! * Bytes are kept exact and accepted by the core's
 //!   [`accept_manifest`](wharf_core::media::accept_manifest), as at the origin:
 //!   `Docker-Content-Digest` is the digest of what is served, verified in the
@@ -36,8 +39,8 @@ use crate::ctx::{Ctx, Target};
 use crate::error::Error;
 use crate::failover::{Hop, Route};
 use crate::http::response;
-use crate::origin;
 use crate::store::{self, Entry, Key, Tier};
+use crate::{memo, origin};
 
 /// How long digest-addressed manifests stay in the tiers.
 const IMMUTABLE_SECS: u64 = 365 * 24 * 3600;
@@ -60,9 +63,20 @@ pub async fn get(
     match reference {
         Reference::Digest(digest) => {
             let key = Key::Digest(canonical, digest);
+            let path = key.path();
+            if let Some(entry) = memo::manifest(&path, ctx.now_ms) {
+                return Ok(serve(
+                    ctx,
+                    route.first(canonical.as_str())?.region,
+                    &entry,
+                    "hit",
+                ));
+            }
             if let Some((entry, tier)) = store::get(kv, &key).await {
                 if tier == Tier::Global {
-                    store::put_location(&key, &entry, IMMUTABLE_SECS).await;
+                    keep_here(&key, &entry, IMMUTABLE_SECS, ctx.now_ms).await;
+                } else {
+                    memo::remember_manifest(&path, &entry, ctx.now_ms);
                 }
                 return Ok(serve(
                     ctx,
@@ -92,16 +106,32 @@ async fn get_tag(
     let keep_secs = policy.stale_until_ms(0) / 1000;
     let canonical = &target.resolved.canonical;
     let key = Key::Tag(canonical, tag);
+    let path = key.path();
+    let now = ctx.now_ms;
+    // This isolate's copy answers only while fresh: the memo never stretches
+    // the rule's freshness.
+    if let Some(entry) = memo::manifest(&path, now)
+        && accepts(accept, &MediaType::parse(&entry.media_type))
+        && matches!(policy.classify(entry.fetched_at_ms, now), Freshness::Fresh)
+    {
+        return Ok(serve(
+            ctx,
+            route.first(canonical.as_str())?.region,
+            &entry,
+            "hit",
+        ));
+    }
     let cached = store::get(kv, &key).await;
     if let Some((entry, tier)) = &cached
         && accepts(accept, &MediaType::parse(&entry.media_type))
     {
-        let now = ctx.now_ms;
         let first = route.first(canonical.as_str())?;
         match policy.classify(entry.fetched_at_ms, now) {
             Freshness::Fresh => {
                 if *tier == Tier::Global {
-                    store::put_location(&key, entry, keep_secs).await;
+                    keep_here(&key, entry, keep_secs, now).await;
+                } else {
+                    memo::remember_manifest(&path, entry, now);
                 }
                 return Ok(serve(ctx, first.region, entry, "hit"));
             }
@@ -134,7 +164,7 @@ async fn get_tag(
         .as_ref()
         .is_some_and(|(c, _)| !accepts(accept, &MediaType::parse(&c.media_type)));
     if !negotiated_down {
-        store::put_location(&key, &entry, keep_secs).await;
+        keep_here(&key, &entry, keep_secs, now).await;
         defer_global(ctx, &key, &entry, keep_secs);
     }
     Ok(serve(ctx, hop.region, &entry, "miss"))
@@ -144,8 +174,15 @@ async fn get_tag(
 /// (a KV write is a remote call; the client should not wait for it).
 async fn store_digest(ctx: &Ctx<'_>, canonical: &RepositoryName, entry: &Entry) {
     let key = Key::Digest(canonical, &entry.digest);
-    store::put_location(&key, entry, IMMUTABLE_SECS).await;
+    keep_here(&key, entry, IMMUTABLE_SECS, ctx.now_ms).await;
     defer_global(ctx, &key, entry, IMMUTABLE_SECS);
+}
+
+/// Keeps `entry` at this location: the Cache API for `keep_secs`, and this
+/// isolate's memory ([`memo`]).
+async fn keep_here(key: &Key<'_>, entry: &Entry, keep_secs: u64, now_ms: u64) {
+    store::put_location(key, entry, keep_secs).await;
+    memo::remember_manifest(&key.path(), entry, now_ms);
 }
 
 fn defer_global(ctx: &Ctx<'_>, key: &Key<'_>, entry: &Entry, keep_secs: u64) {
@@ -365,12 +402,12 @@ impl Revalidation {
             };
             let (entry, _) = fetch_from(&route, &want, self.now_ms).await?;
             let key = Key::Digest(&self.canonical, &entry.digest);
-            store::put_location(&key, &entry, IMMUTABLE_SECS).await;
+            keep_here(&key, &entry, IMMUTABLE_SECS, self.now_ms).await;
             store::put_global(kv, &key.path(), &entry, IMMUTABLE_SECS).await;
             entry
         };
         let moved = entry.digest != self.cached.digest;
-        store::put_location(&key, &entry, self.keep_secs).await;
+        keep_here(&key, &entry, self.keep_secs, self.now_ms).await;
         store::put_global(kv, &key.path(), &entry, self.keep_secs).await;
         Ok(moved)
     }
