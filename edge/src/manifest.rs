@@ -203,7 +203,12 @@ fn serve(ctx: &Ctx<'_>, region: &Region, entry: &Entry, cache: &str) -> Response
         (X_WHARF_CACHE, cache),
         (X_WHARF_REGION, region.name.as_str()),
     ];
-    tracing::info!(digest = %digest, cache, region = %region.name, "manifest");
+    // As for blobs: no console line per answer (a stale answer is an event).
+    if cache == "stale" {
+        tracing::info!(digest = %digest, cache, region = %region.name, "manifest");
+    } else {
+        tracing::debug!(digest = %digest, cache, region = %region.name, "manifest");
+    }
     let body = if ctx.method.is_head() {
         Vec::new()
     } else {
