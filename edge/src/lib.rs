@@ -5,19 +5,22 @@
 //! * `/v2/` → `401` with a Bearer challenge whose realm is the host the client
 //!   used; `/token` → HS256 tokens (anonymous for public rules, Basic-auth users
 //!   for private ones) that every hostname and every origin accept.
-//! * manifests → from the location's Cache API, then KV, with the core's tag
+//! * manifests → from the isolate's memory, the location's Cache API, then
+//!   KV, with the core's tag
 //!   freshness policy (stale served at once while a revalidation runs in
 //!   `wait_until`; stale served when the origin is down); misses are fetched
 //!   from the region's origin, byte-exact and digest-checked.
 //! * blobs → `307` to a presigned SigV4 URL on the region's bucket when the
-//!   blob is there (learned with one presigned `HEAD`, remembered per
-//!   location), else `307` to the region's origin with an HMAC ticket.
+//!   blob is there and linked to the repository (learned with presigned
+//!   `HEAD`s, remembered per location and, for a minute, per isolate), else
+//!   `307` to the region's origin with an HMAC ticket.
 //!
 //! # Layout
 //!
 //! Dependencies run one way: this file → [`routes`] → the operations →
-//! [`failover`] → [`health`] → [`origin`], and everything → [`ctx`],
-//! [`http`], [`store`], [`config`], [`error`].
+//! [`failover`] → [`health`] → [`origin`]; below them all, [`ctx`],
+//! [`http`], [`memo`], [`store`], [`config`], [`error`] (none of which
+//! imports an operation).
 //!
 //! * this file — events only: `start` (logging, panic hook), `fetch` (route,
 //!   then map the one [`error::Error`] to an OCI response, once) and
