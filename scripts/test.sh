@@ -2,8 +2,24 @@
 # The one test command: installs what it needs, then runs every check and
 # test — formatting, clippy, the core on wasm32, unit tests, and the
 # end-to-end tests against real registries and clients.
+#
+# `scripts/test.sh --long` also runs the long forms: the core's parser
+# property tests with 100,000 cases each instead of 1,000, and the load test
+# with 200 clients for 60 s over 20 cold images instead of 40 for 5 s over 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for arg in "$@"; do
+    case "$arg" in
+        --long)
+            export WHARF_PROPTEST_CASES="${WHARF_PROPTEST_CASES:-100000}"
+            export WHARF_LOAD_CLIENTS="${WHARF_LOAD_CLIENTS:-200}"
+            export WHARF_LOAD_SECS="${WHARF_LOAD_SECS:-60}"
+            export WHARF_LOAD_IMAGES="${WHARF_LOAD_IMAGES:-20}"
+            ;;
+        *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
+    esac
+done
 
 scripts/install-deps.sh
 

@@ -16,6 +16,23 @@
 //!   would send a revalidation per request. But a timestamp more than one `ttl`
 //!   in the future is not skew, it is a bad record: that is [`Freshness::Revalidate`]
 //!   (a single `HEAD` repairs it), so a corrupt timestamp cannot pin a tag forever.
+//!
+//! # Freshness does not compound (issue 13)
+//!
+//! Every timestamp here is the time the **upstream** last confirmed the tag,
+//! never the time a cache fetched it from another cache. A cache that gets a
+//! tag from another cache (the edge from the origin) learns that time from
+//! the age its source reports ([`confirmed_at_ms`], header
+//! [`X_WHARF_TAG_AGE_MS`](crate::headers::X_WHARF_TAG_AGE_MS)), and tells its
+//! source the oldest confirmation it may still serve as fresh (its own ttl,
+//! header [`X_WHARF_MAX_TAG_AGE_MS`](crate::headers::X_WHARF_MAX_TAG_AGE_MS));
+//! the source answers from its record only while that record is younger than
+//! both its own ttl and the asker's ([`FreshnessPolicy::at_most`]), else it
+//! asks the upstream first. So a cache serves a tag as fresh for at most its
+//! own ttl after the upstream confirmed it, however many caches sit in
+//! between: not edge ttl + origin ttl. Ages are relative, so the two
+//! machines' clocks need not agree; the time a request spends in flight makes
+//! a received tag look younger by at most that time.
 
 use std::time::Duration;
 
@@ -73,7 +90,45 @@ pub fn age_secs(fetched_at_ms: u64, now_ms: u64) -> u64 {
     age_ms(fetched_at_ms, now_ms) / 1000
 }
 
+/// When the upstream last confirmed an entry that this cache received at
+/// `received_at_ms` from another cache which reported it `reported_age_ms`
+/// old (`None`: no report, e.g. straight from the upstream, so confirmed on
+/// receipt).
+pub fn confirmed_at_ms(received_at_ms: u64, reported_age_ms: Option<u64>) -> u64 {
+    received_at_ms.saturating_sub(reported_age_ms.unwrap_or(0))
+}
+
+/// Parses a millisecond header value ([`X_WHARF_TAG_AGE_MS`](crate::headers::X_WHARF_TAG_AGE_MS),
+/// [`X_WHARF_MAX_TAG_AGE_MS`](crate::headers::X_WHARF_MAX_TAG_AGE_MS)): ASCII
+/// digits only, else `None` (the header is then ignored).
+pub fn parse_ms(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
 impl FreshnessPolicy {
+    /// This policy with `ttl` lowered to `max_age` when a downstream cache
+    /// asks for confirmations no older than that (see the module docs);
+    /// never raised. `stale_if_error` is unchanged.
+    pub fn at_most(&self, max_age: Option<Duration>) -> FreshnessPolicy {
+        match max_age {
+            Some(max_age) if max_age < self.ttl => FreshnessPolicy {
+                ttl: max_age,
+                ..*self
+            },
+            _ => *self,
+        }
+    }
+
+    /// The `ttl` in milliseconds, as sent in
+    /// [`X_WHARF_MAX_TAG_AGE_MS`](crate::headers::X_WHARF_MAX_TAG_AGE_MS).
+    pub fn ttl_ms(&self) -> u64 {
+        millis(self.ttl)
+    }
+
     /// Fresh while `age < ttl` (see the module docs for clock skew).
     pub fn classify(&self, fetched_at_ms: u64, now_ms: u64) -> Freshness {
         let ttl = millis(self.ttl);
@@ -201,5 +256,84 @@ mod tests {
         assert_eq!(p.fresh_until_ms(T0), T0 + 5 * MIN);
         assert_eq!(p.stale_until_ms(T0), T0 + 65 * MIN);
         assert_eq!(p.stale_until_ms(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn confirmation_time_counts_back_the_reported_age() {
+        let cases = [
+            (T0, None, T0),
+            (T0, Some(0), T0),
+            (T0, Some(1500), T0 - 1500),
+            (T0, Some(u64::MAX), 0), // absurd age: as old as can be
+            (0, Some(5), 0),
+        ];
+        for (received, age, want) in cases {
+            assert_eq!(confirmed_at_ms(received, age), want, "{received} {age:?}");
+        }
+    }
+
+    #[test]
+    fn parse_ms_table() {
+        let cases = [
+            ("0", Some(0)),
+            ("1500", Some(1500)),
+            (" 42 ", Some(42)),
+            ("", None),
+            ("-1", None),
+            ("+1", None),
+            ("1.5", None),
+            ("1e3", None),
+            ("99999999999999999999999", None), // overflows u64
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_ms(value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_downstream_max_age_only_ever_shortens_the_ttl() {
+        let p = policy(5, 60);
+        let cases = [
+            (None, 5 * MIN),
+            (Some(2 * MIN), 2 * MIN),
+            (Some(5 * MIN), 5 * MIN),
+            (Some(10 * MIN), 5 * MIN), // never longer than our own
+            (Some(0), 0),
+        ];
+        for (max_age, want) in cases {
+            let got = p.at_most(max_age.map(Duration::from_millis));
+            assert_eq!(got.ttl_ms(), want, "{max_age:?}");
+            assert_eq!(got.stale_if_error, p.stale_if_error);
+        }
+    }
+
+    /// The end-to-end rule: an origin (ttl `o`) whose record the upstream
+    /// confirmed at `c`, an edge (ttl `e`) that fetches from it at `f`. The
+    /// edge serves the tag as fresh only until `c + e`, however late `f` is.
+    #[test]
+    fn freshness_does_not_compound_across_two_caches() {
+        let (origin, edge) = (policy(5, 60), policy(2, 60));
+        let c = T0;
+        for f in [
+            c,
+            c + MIN,
+            c + 2 * MIN - 1,
+            c + 2 * MIN,
+            c + 4 * MIN + MIN / 2,
+        ] {
+            // The origin answers from its record only while it is fresh for
+            // both ttls; else it asks the upstream (confirmation moves to `f`).
+            let record = match origin.at_most(Some(edge.ttl)).classify(c, f) {
+                Fresh => c,
+                Revalidate => f,
+            };
+            let want = if f - c < 2 * MIN { c } else { f };
+            assert_eq!(record, want, "f = c + {}", f - c);
+            // The edge counts from the origin's reported age: fresh until one
+            // edge ttl after the confirmation, not after its own fetch.
+            let received = confirmed_at_ms(f, Some(age_ms(record, f)));
+            assert_eq!(received, record, "f = c + {}", f - c);
+            assert_eq!(edge.fresh_until_ms(received), record + 2 * MIN);
+        }
     }
 }

@@ -9,11 +9,16 @@
 //! * [`media`] — manifest media types, `Accept` negotiation, body sniffing, and
 //!   [`media::accept_manifest`], the one decision whether fetched manifest bytes are kept.
 //! * [`range`] — `Range` header on blobs.
+//! * [`tags`] — tag-list pagination (`n`, `last`, `Link`) over the upstream's whole list.
+//! * [`referrers`] — the referrers API's fallback tag and `artifactType` filter.
 //! * [`headers`] — names of the registry and Wharf headers both deployables use.
 //! * [`error`] — the one OCI error-code table and the one error-body renderer.
 //! * [`rules`] — cache rules: downstream prefix → upstream registry, canonical names.
-//! * [`freshness`] — when a cached tag is fresh, and when stale may be served.
+//! * [`freshness`] — when a cached tag is fresh (counted from the upstream's confirmation,
+//!   so it does not compound across caches), and when stale may be served.
+//! * [`revalidate`] — what to do with a stale tag after a `HEAD` (confirmed, moved, gone, stale, fail).
 //! * [`auth`] — the pure parts of the upstream token dance.
+//! * [`breaker`] — the circuit breaker per upstream (closed, open, half-open probes).
 //! * [`egress`] — where a rule's upstream traffic may go: redirects, resolved addresses, token realms.
 //! * [`urlencode`] — percent-encoding helpers.
 //! * [`sigv4`] — SigV4 query-string presigning of S3 object URLs (the edge's blob redirects).
@@ -25,6 +30,7 @@
 //! * [`peer`] — the signed header with which one origin replica forwards a request to another.
 //! * [`utc`] — UTC calendar formatting of unix timestamps.
 //! * [`region`] — the region list, nearest-region ranking, health with hysteresis, rendezvous hashing of replicas.
+//! * [`retention`] — which images leave the store (keep windows, quota watermarks) and which blobs GC may delete.
 //! * [`password`] — the stored form of users' passwords (PBKDF2-SHA256) and its constant-time check.
 //! * [`signin`] — throttling repeated failed sign-ins (exponential backoff per client and user).
 //! * [`placeholder`] — the shipped placeholder secrets that must never be used.
@@ -44,6 +50,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod breaker;
 pub mod digest;
 pub mod egress;
 pub mod error;
@@ -57,10 +64,14 @@ pub mod placeholder;
 pub mod pull_auth;
 pub mod range;
 pub mod reference;
+pub mod referrers;
 pub mod region;
+pub mod retention;
+pub mod revalidate;
 pub mod rules;
 pub mod signin;
 pub mod sigv4;
+pub mod tags;
 pub mod ticket;
 pub mod token;
 pub mod urlencode;

@@ -422,10 +422,7 @@ mod tests {
             let rules = crate::rules::CacheRules::new(
                 RULES
                     .iter()
-                    .map(|(prefix, upstream, _)| crate::rules::RuleSpec {
-                        prefix: (*prefix).into(),
-                        upstream: (*upstream).into(),
-                    })
+                    .map(|(prefix, upstream, _)| crate::rules::RuleSpec::new(*prefix, *upstream))
                     .collect(),
             )
             .unwrap();

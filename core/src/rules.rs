@@ -1,7 +1,13 @@
 //! Cache rules: which upstream registry serves a downstream repository name.
 //!
-//! Owns [`RuleSpec`] (configuration), [`CacheRules`] (validated rule set),
-//! [`Resolved`] (the answer for one request) and [`RuleError`].
+//! Owns [`RuleSpec`] (configuration: a rule and its options), [`CacheRules`]
+//! (validated rule set), [`Resolved`] (the answer for one request) and
+//! [`RuleError`].
+//!
+//! A rule's options that both deployables apply (privacy, tag freshness) live
+//! on [`RuleSpec`] and are copied onto [`Resolved`], so the edge and the
+//! origin read them from the one resolved rule, never from a list kept
+//! beside the rules in the same order.
 //!
 //! Key decisions:
 //! * A rule's prefix is the first path component(s) of the downstream name
@@ -26,21 +32,37 @@
 //!   normalised as `scheme://host[:port]` without a trailing `/`, so callers can
 //!   append `/v2/...` directly.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::ErrorCode;
+use crate::freshness::FreshnessPolicy;
 use crate::reference::{ReferenceError, RepositoryName};
 
 /// The Docker Hub prefix, which also receives bare (mirror-style) names.
 pub const DOCKER_HUB_PREFIX: &str = "docker.io";
 
-/// One configured rule: downstream prefix → upstream registry base URL.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One configured rule: downstream prefix → upstream registry base URL, and
+/// the options both deployables apply to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSpec {
     /// Leading path component(s) of downstream names, e.g. `docker.io`, `ghcr.io`.
     pub prefix: String,
     /// Base URL, e.g. `https://registry-1.docker.io` or `http://127.0.0.1:5000`.
     pub upstream: String,
+    /// Pulls need a token bound to this rule (a signed-in user).
+    pub private: bool,
+    /// How long tags stay fresh, and stale-if-error.
+    pub freshness: FreshnessPolicy,
+}
+
+impl RuleSpec {
+    /// A public rule with the default freshness.
+    pub fn new(prefix: impl Into<String>, upstream: impl Into<String>) -> RuleSpec {
+        RuleSpec {
+            prefix: prefix.into(),
+            upstream: upstream.into(),
+            private: false,
+            freshness: FreshnessPolicy::default(),
+        }
+    }
 }
 
 /// Why a rule set is invalid, or why a name does not resolve.
@@ -147,6 +169,10 @@ pub struct Resolved {
     pub upstream_repo: RepositoryName,
     /// `prefix/upstream_repo`: the cache key namespace.
     pub canonical: RepositoryName,
+    /// The rule is private ([`RuleSpec::private`]).
+    pub private: bool,
+    /// The rule's tag freshness ([`RuleSpec::freshness`]).
+    pub freshness: FreshnessPolicy,
 }
 
 /// A validated, non-overlapping-prefix rule set.
@@ -187,10 +213,7 @@ impl CacheRules {
                     upstream: spec.upstream.clone(),
                     reason,
                 })?;
-            rules.push(RuleSpec {
-                prefix: spec.prefix,
-                upstream,
-            });
+            rules.push(RuleSpec { upstream, ..spec });
             authorities.push(authority);
         }
         Ok(CacheRules { rules, authorities })
@@ -341,6 +364,8 @@ impl CacheRules {
             upstream: rule.upstream.clone(),
             upstream_repo,
             canonical,
+            private: rule.private,
+            freshness: rule.freshness,
         })
     }
 }
@@ -442,10 +467,7 @@ mod tests {
     type Expected = Result<(usize, &'static str, &'static str), &'static str>;
 
     fn spec(prefix: &str, upstream: &str) -> RuleSpec {
-        RuleSpec {
-            prefix: prefix.into(),
-            upstream: upstream.into(),
-        }
+        RuleSpec::new(prefix, upstream)
     }
 
     fn standard() -> CacheRules {
@@ -660,6 +682,43 @@ mod tests {
                 (got, want) => panic!("{name} {ns:?}: want {want:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_rules_options_come_with_its_resolution() {
+        let slow = FreshnessPolicy {
+            ttl: std::time::Duration::from_secs(7),
+            stale_if_error: std::time::Duration::from_secs(11),
+        };
+        let rules = CacheRules::new(vec![
+            spec("up", "http://127.0.0.1:5000"),
+            RuleSpec {
+                private: true,
+                freshness: slow,
+                ..spec("up/acme", "http://127.0.0.1:5001/")
+            },
+        ])
+        .unwrap();
+        let resolve = |name: &str| {
+            rules
+                .resolve(&RepositoryName::parse(name).unwrap(), None)
+                .unwrap()
+        };
+        let (public, private) = (resolve("up/app"), resolve("up/acme/app"));
+        assert_eq!(
+            (public.private, public.freshness),
+            (false, FreshnessPolicy::default())
+        );
+        assert_eq!((private.private, private.freshness), (true, slow));
+        let normalised = rules.get(1).unwrap();
+        assert_eq!(
+            (
+                normalised.upstream.as_str(),
+                normalised.private,
+                normalised.freshness
+            ),
+            ("http://127.0.0.1:5001", true, slow)
+        );
     }
 
     #[test]

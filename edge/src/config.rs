@@ -26,6 +26,9 @@
 //! ([`Config::parse`]), so every validation is unit-tested natively; only
 //! [`Config::from_env`] touches the Workers runtime. A JSON var may be a string
 //! (`.dev.vars`, `--var`) or a TOML table/array in `[vars]` (an object at run time).
+//! [`Config::parse`] hands each section to its own builder (`global_host`,
+//! `rules`, `token_key`, `regions` with `s3_target`, `health`,
+//! `test_location_header`, `users`, `lifetimes`), in a fixed order.
 //!
 //! # Parsed once per isolate
 //!
@@ -104,15 +107,6 @@ impl Region {
     }
 }
 
-/// Per-rule settings beyond the core's [`RuleSpec`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleOpts {
-    /// Needs an authenticated user (Basic auth at `/token`).
-    pub private: bool,
-    /// Tag freshness.
-    pub freshness: FreshnessPolicy,
-}
-
 /// A user allowed to pull private rules.
 #[derive(Clone)]
 pub struct User {
@@ -146,10 +140,8 @@ pub struct Config {
     pub global_host: String,
     /// Regions; index 0 is the default.
     pub regions: Vec<Region>,
-    /// Cache rules (the same as the origins').
+    /// Cache rules (the same as the origins'), with their options.
     pub rules: CacheRules,
-    /// Per rule, same order as [`Config::rules`].
-    pub rule_opts: Vec<RuleOpts>,
     /// Token and ticket key.
     pub key: SigningKey,
     /// Users by name.
@@ -261,226 +253,29 @@ pub trait Source {
 }
 
 impl Config {
-    /// Validates everything; errors name the setting.
+    /// Validates everything; errors name the setting. One builder per
+    /// section, in this order (the order of the lookups, which the memo
+    /// compares, and of the errors a configuration with several gets).
     pub fn parse(src: &impl Source) -> Result<Config, ConfigError> {
-        let global_host = src
-            .text("WHARF_GLOBAL_HOST")
-            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| err("WHARF_GLOBAL_HOST is not set (e.g. `registry.example.com`)"))?;
-
-        let dur = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
-            match src.text(name) {
-                None => Ok(default),
-                Some(v) => parse_duration(&v).ok_or_else(|| {
-                    err(format!(
-                        "{name} = {v:?}: expected seconds or e.g. `30s`, `5m`, `2h`, `7d`"
-                    ))
-                }),
-            }
-        };
-        let defaults = FreshnessPolicy {
-            ttl: dur("WHARF_TAG_TTL", FreshnessPolicy::default().ttl)?,
-            stale_if_error: dur(
-                "WHARF_STALE_IF_ERROR",
-                FreshnessPolicy::default().stale_if_error,
-            )?,
-        };
-
-        let rules_json = src
-            .json("WHARF_RULES")
-            .ok_or_else(|| err("WHARF_RULES is not set (e.g. `[{\"prefix\":\"docker.io\",\"upstream\":\"https://registry-1.docker.io\"}]`)"))?;
-        let rule_vars: Vec<RuleVar> =
-            serde_json::from_str(&rules_json).map_err(|e| err(format!("WHARF_RULES: {e}")))?;
-        let mut specs = Vec::new();
-        let mut rule_opts = Vec::new();
-        for r in rule_vars {
-            let name = format!("WHARF_RULES[{}]", r.prefix);
-            rule_opts.push(RuleOpts {
-                private: r.private,
-                freshness: FreshnessPolicy {
-                    ttl: match &r.tag_ttl {
-                        Some(v) => duration_var(&format!("{name}.tag_ttl"), v)?,
-                        None => defaults.ttl,
-                    },
-                    stale_if_error: match &r.stale_if_error {
-                        Some(v) => duration_var(&format!("{name}.stale_if_error"), v)?,
-                        None => defaults.stale_if_error,
-                    },
-                },
-            });
-            specs.push(RuleSpec {
-                prefix: r.prefix,
-                upstream: r.upstream,
-            });
-        }
-        if specs.is_empty() {
-            return Err(err(
-                "WHARF_RULES is empty: configure at least one cache rule",
-            ));
-        }
-        let rules = CacheRules::new(specs).map_err(|e| err(format!("WHARF_RULES: {e}")))?;
-
-        let key = src
-            .text("WHARF_TOKEN_KEY")
-            .ok_or_else(|| err("secret WHARF_TOKEN_KEY is not set (`wrangler secret put WHARF_TOKEN_KEY`, the same key as the origins')"))?;
-        let key = real_secret("WHARF_TOKEN_KEY", key)?;
-        let key =
-            SigningKey::new(key.into_bytes()).map_err(|e| err(format!("WHARF_TOKEN_KEY: {e}")))?;
-
-        let regions_json = src
-            .json("WHARF_REGIONS")
-            .ok_or_else(|| err("WHARF_REGIONS is not set (e.g. `[{\"name\":\"eu\",\"origin\":\"https://eu.origin.example.com\"}]`)"))?;
-        let specs: Vec<RegionSpec> =
-            serde_json::from_str(&regions_json).map_err(|e| err(format!("WHARF_REGIONS: {e}")))?;
-        region::validate(&specs).map_err(|e| err(format!("WHARF_REGIONS: {}", e.0)))?;
-        let mut regions: Vec<Region> = Vec::new();
-        for r in &specs {
-            let s3 = match r.public_endpoint() {
-                None => None,
-                Some(ep) => {
-                    let endpoint = S3Endpoint::parse(ep)
-                        .map_err(|e| err(format!("WHARF_REGIONS[{}].s3_endpoint: {e}", r.name)))?;
-                    let suffix = r.name.to_ascii_uppercase().replace('-', "_");
-                    let cred = |base: &str| {
-                        src.text(&format!("{base}_{suffix}"))
-                            .or_else(|| src.text(base))
-                    };
-                    let access_key = cred("WHARF_S3_ACCESS_KEY").ok_or_else(|| {
-                        err(format!("region {}: secret WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_{suffix}) is not set", r.name))
-                    })?;
-                    let secret_key = cred("WHARF_S3_SECRET_KEY").ok_or_else(|| {
-                        err(format!("region {}: secret WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_{suffix}) is not set", r.name))
-                    })?;
-                    let access_key = real_secret(
-                        &format!("WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_{suffix})"),
-                        access_key,
-                    )?;
-                    let secret_key = real_secret(
-                        &format!("WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_{suffix})"),
-                        secret_key,
-                    )?;
-                    let addressing = match r.addressing.as_deref() {
-                        None | Some("path") => Addressing::Path,
-                        Some("virtual-hosted") | Some("virtual") => Addressing::VirtualHosted,
-                        Some(other) => {
-                            return Err(err(format!(
-                                "WHARF_REGIONS[{}].addressing = {other:?}: expected `path` or `virtual-hosted`",
-                                r.name
-                            )));
-                        }
-                    };
-                    Some(S3Target {
-                        endpoint,
-                        bucket: r.bucket.clone().unwrap_or_else(|| "wharf".to_owned()),
-                        region: r
-                            .s3_region
-                            .clone()
-                            .unwrap_or_else(|| "us-east-1".to_owned()),
-                        addressing,
-                        credentials: Credentials {
-                            access_key,
-                            secret_key,
-                            session_token: None,
-                        },
-                    })
-                }
-            };
-            regions.push(Region {
-                name: r.name.clone(),
-                origins: r.origins(),
-                s3,
-                continents: r
-                    .continents
-                    .iter()
-                    .map(|c| c.to_ascii_uppercase())
-                    .collect(),
-            });
-        }
-
-        let count = |name: &str, default: u32| -> Result<u32, ConfigError> {
-            match src.text(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or_else(|| err(format!("{name} = {v:?}: expected a count from 1 to 100"))),
-            }
-        };
-        let health = HealthPolicy {
-            fail_after: count("WHARF_HEALTH_FAIL_AFTER", 2)?,
-            recover_after: count("WHARF_HEALTH_RECOVER_AFTER", 2)?,
-            stale_after_ms: dur("WHARF_HEALTH_STALE_AFTER", Duration::from_secs(300))?.as_millis()
-                as u64,
-        };
-        let probe_interval = dur("WHARF_HEALTH_PROBE_INTERVAL", Duration::from_secs(10))?;
-        let probe_timeout = dur("WHARF_HEALTH_PROBE_TIMEOUT", Duration::from_secs(2))?;
-        if probe_interval.is_zero() || probe_timeout.is_zero() {
-            return Err(err(
-                "WHARF_HEALTH_PROBE_INTERVAL and WHARF_HEALTH_PROBE_TIMEOUT must be at least 1s",
-            ));
-        }
-        let test_location_header = src
-            .text("WHARF_TEST_LOCATION_HEADER")
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty());
-        if let Some(h) = &test_location_header {
-            let local = global_host == "localhost"
-                || global_host == "127.0.0.1"
-                || global_host.ends_with(".localhost")
-                || global_host.ends_with(".test");
-            if !local {
-                return Err(err(format!(
-                    "WHARF_TEST_LOCATION_HEADER = {h:?} lets clients choose their region; it is for tests only and refused unless WHARF_GLOBAL_HOST is localhost, 127.0.0.1, *.localhost or *.test (it is {global_host:?})"
-                )));
-            }
-        }
-
-        let mut users = HashMap::new();
-        if let Some(text) = src.json("WHARF_USERS") {
-            let vars: HashMap<String, UserVar> = serde_json::from_str(&text).map_err(|e| {
-                err(format!(
-                    "WHARF_USERS: {e} (expected {{\"user\": \"<output of wharf-origin hash-password>\"}})"
-                ))
-            })?;
-            for (name, v) in vars {
-                let (password, rules) = match v {
-                    UserVar::Password(p) => (p, None),
-                    UserVar::Full { password, rules } => (password, rules),
-                };
-                let password = stored_password(&name, &password)?;
-                users.insert(name, User { password, rules });
-            }
-        }
-
-        let token_ttl = dur("WHARF_TOKEN_TTL", Duration::from_secs(300))?;
-        if token_ttl < Duration::from_secs(60) {
-            return Err(err(
-                "WHARF_TOKEN_TTL must be at least 60s (clients assume 60s)",
-            ));
-        }
-        let ticket_ttl = dur("WHARF_TICKET_TTL", Duration::from_secs(60))?;
-        if ticket_ttl.is_zero() || ticket_ttl.as_secs() > wharf_core::ticket::MAX_LIFETIME_SECS {
-            return Err(err("WHARF_TICKET_TTL must be 1s to 1h"));
-        }
-        let presign_ttl = dur("WHARF_PRESIGN_TTL", Duration::from_secs(600))?;
-        if presign_ttl.is_zero() || presign_ttl.as_secs() > wharf_core::sigv4::MAX_EXPIRES_SECS {
-            return Err(err("WHARF_PRESIGN_TTL must be 1s to 7d"));
-        }
+        let global_host = global_host(src)?;
+        let rules = rules(src)?;
+        let key = token_key(src)?;
+        let (specs, regions) = regions(src)?;
+        let (health, probe_interval, probe_timeout) = health(src)?;
+        let test_location_header = test_location_header(src, &global_host)?;
+        let users = users(src)?;
+        let (token_ttl, ticket_ttl, presign_ttl) = lifetimes(src)?;
         Ok(Config {
             global_host,
             regions,
             rules,
-            rule_opts,
             key,
             users,
             token_ttl,
             ticket_ttl,
             presign_ttl,
-            presence_ttl: dur("WHARF_PRESENCE_TTL", Duration::from_secs(3600))?,
-            origin_timeout: dur("WHARF_ORIGIN_TIMEOUT", Duration::from_secs(20))?,
+            presence_ttl: dur(src, "WHARF_PRESENCE_TTL", Duration::from_secs(3600))?,
+            origin_timeout: dur(src, "WHARF_ORIGIN_TIMEOUT", Duration::from_secs(20))?,
             specs,
             health,
             probe_interval,
@@ -489,18 +284,20 @@ impl Config {
         })
     }
 
-    /// Per-rule options of the rule at `idx` (as in `Resolved::rule`).
-    pub fn rule(&self, idx: usize) -> &RuleOpts {
-        // `rule_opts` is built in lockstep with `rules`; fall back to the
-        // defaults rather than panic if that ever broke.
-        static FALLBACK: RuleOpts = RuleOpts {
+    /// The rule at `idx` (as in `Resolved::rule`), with its options.
+    pub fn rule(&self, idx: usize) -> &RuleSpec {
+        // `idx` comes from resolving against these rules; fall back to a
+        // private rule rather than panic if that ever broke.
+        static FALLBACK: RuleSpec = RuleSpec {
+            prefix: String::new(),
+            upstream: String::new(),
             private: true,
             freshness: FreshnessPolicy {
                 ttl: Duration::from_secs(300),
                 stale_if_error: Duration::from_secs(0),
             },
         };
-        self.rule_opts.get(idx).unwrap_or(&FALLBACK)
+        self.rules.get(idx).unwrap_or(&FALLBACK)
     }
 
     /// Prefixes of the private rules.
@@ -508,10 +305,258 @@ impl Config {
         self.rules
             .rules()
             .iter()
-            .zip(&self.rule_opts)
-            .filter(|(_, o)| o.private)
-            .map(|(r, _)| r.prefix.as_str())
+            .filter(|r| r.private)
+            .map(|r| r.prefix.as_str())
     }
+}
+
+/// A duration var (`30s`, `5m`, …), `default` when unset.
+fn dur(src: &impl Source, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match src.text(name) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).ok_or_else(|| {
+            err(format!(
+                "{name} = {v:?}: expected seconds or e.g. `30s`, `5m`, `2h`, `7d`"
+            ))
+        }),
+    }
+}
+
+/// `WHARF_GLOBAL_HOST`, lowercase, without a trailing dot.
+fn global_host(src: &impl Source) -> Result<String, ConfigError> {
+    src.text("WHARF_GLOBAL_HOST")
+        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| err("WHARF_GLOBAL_HOST is not set (e.g. `registry.example.com`)"))
+}
+
+/// `WHARF_RULES` with their options (defaults: `WHARF_TAG_TTL`,
+/// `WHARF_STALE_IF_ERROR`), validated by the core.
+fn rules(src: &impl Source) -> Result<CacheRules, ConfigError> {
+    let defaults = FreshnessPolicy {
+        ttl: dur(src, "WHARF_TAG_TTL", FreshnessPolicy::default().ttl)?,
+        stale_if_error: dur(
+            src,
+            "WHARF_STALE_IF_ERROR",
+            FreshnessPolicy::default().stale_if_error,
+        )?,
+    };
+    let rules_json = src
+        .json("WHARF_RULES")
+        .ok_or_else(|| err("WHARF_RULES is not set (e.g. `[{\"prefix\":\"docker.io\",\"upstream\":\"https://registry-1.docker.io\"}]`)"))?;
+    let rule_vars: Vec<RuleVar> =
+        serde_json::from_str(&rules_json).map_err(|e| err(format!("WHARF_RULES: {e}")))?;
+    let mut specs = Vec::new();
+    for r in rule_vars {
+        let name = format!("WHARF_RULES[{}]", r.prefix);
+        let freshness = FreshnessPolicy {
+            ttl: match &r.tag_ttl {
+                Some(v) => duration_var(&format!("{name}.tag_ttl"), v)?,
+                None => defaults.ttl,
+            },
+            stale_if_error: match &r.stale_if_error {
+                Some(v) => duration_var(&format!("{name}.stale_if_error"), v)?,
+                None => defaults.stale_if_error,
+            },
+        };
+        specs.push(RuleSpec {
+            prefix: r.prefix,
+            upstream: r.upstream,
+            private: r.private,
+            freshness,
+        });
+    }
+    if specs.is_empty() {
+        return Err(err(
+            "WHARF_RULES is empty: configure at least one cache rule",
+        ));
+    }
+    CacheRules::new(specs).map_err(|e| err(format!("WHARF_RULES: {e}")))
+}
+
+/// The secret `WHARF_TOKEN_KEY`.
+fn token_key(src: &impl Source) -> Result<SigningKey, ConfigError> {
+    let key = src
+        .text("WHARF_TOKEN_KEY")
+        .ok_or_else(|| err("secret WHARF_TOKEN_KEY is not set (`wrangler secret put WHARF_TOKEN_KEY`, the same key as the origins')"))?;
+    let key = real_secret("WHARF_TOKEN_KEY", key)?;
+    SigningKey::new(key.into_bytes()).map_err(|e| err(format!("WHARF_TOKEN_KEY: {e}")))
+}
+
+/// `WHARF_REGIONS`: the list as configured, and each region as the edge uses it.
+fn regions(src: &impl Source) -> Result<(Vec<RegionSpec>, Vec<Region>), ConfigError> {
+    let regions_json = src
+        .json("WHARF_REGIONS")
+        .ok_or_else(|| err("WHARF_REGIONS is not set (e.g. `[{\"name\":\"eu\",\"origin\":\"https://eu.origin.example.com\"}]`)"))?;
+    let specs: Vec<RegionSpec> =
+        serde_json::from_str(&regions_json).map_err(|e| err(format!("WHARF_REGIONS: {e}")))?;
+    region::validate(&specs).map_err(|e| err(format!("WHARF_REGIONS: {}", e.0)))?;
+    let mut regions: Vec<Region> = Vec::new();
+    for r in &specs {
+        regions.push(Region {
+            name: r.name.clone(),
+            origins: r.origins(),
+            s3: s3_target(src, r)?,
+            continents: r
+                .continents
+                .iter()
+                .map(|c| c.to_ascii_uppercase())
+                .collect(),
+        });
+    }
+    Ok((specs, regions))
+}
+
+/// The store region `r` presigns for, with its credentials
+/// (`WHARF_S3_*_KEY_<REGION>`, else `WHARF_S3_*_KEY`); `None` without one.
+fn s3_target(src: &impl Source, r: &RegionSpec) -> Result<Option<S3Target>, ConfigError> {
+    let Some(ep) = r.public_endpoint() else {
+        return Ok(None);
+    };
+    let endpoint = S3Endpoint::parse(ep)
+        .map_err(|e| err(format!("WHARF_REGIONS[{}].s3_endpoint: {e}", r.name)))?;
+    let suffix = r.name.to_ascii_uppercase().replace('-', "_");
+    let cred = |base: &str| {
+        src.text(&format!("{base}_{suffix}"))
+            .or_else(|| src.text(base))
+    };
+    let access_key = cred("WHARF_S3_ACCESS_KEY").ok_or_else(|| {
+        err(format!(
+            "region {}: secret WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_{suffix}) is not set",
+            r.name
+        ))
+    })?;
+    let secret_key = cred("WHARF_S3_SECRET_KEY").ok_or_else(|| {
+        err(format!(
+            "region {}: secret WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_{suffix}) is not set",
+            r.name
+        ))
+    })?;
+    let access_key = real_secret(
+        &format!("WHARF_S3_ACCESS_KEY (or WHARF_S3_ACCESS_KEY_{suffix})"),
+        access_key,
+    )?;
+    let secret_key = real_secret(
+        &format!("WHARF_S3_SECRET_KEY (or WHARF_S3_SECRET_KEY_{suffix})"),
+        secret_key,
+    )?;
+    let addressing = match r.addressing.as_deref() {
+        None | Some("path") => Addressing::Path,
+        Some("virtual-hosted") | Some("virtual") => Addressing::VirtualHosted,
+        Some(other) => {
+            return Err(err(format!(
+                "WHARF_REGIONS[{}].addressing = {other:?}: expected `path` or `virtual-hosted`",
+                r.name
+            )));
+        }
+    };
+    Ok(Some(S3Target {
+        endpoint,
+        bucket: r.bucket.clone().unwrap_or_else(|| "wharf".to_owned()),
+        region: r
+            .s3_region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        addressing,
+        credentials: Credentials {
+            access_key,
+            secret_key,
+            session_token: None,
+        },
+    }))
+}
+
+/// `WHARF_HEALTH_*`: the health policy, probe interval and probe timeout.
+fn health(src: &impl Source) -> Result<(HealthPolicy, Duration, Duration), ConfigError> {
+    let count = |name: &str, default: u32| -> Result<u32, ConfigError> {
+        match src.text(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| err(format!("{name} = {v:?}: expected a count from 1 to 100"))),
+        }
+    };
+    let health = HealthPolicy {
+        fail_after: count("WHARF_HEALTH_FAIL_AFTER", 2)?,
+        recover_after: count("WHARF_HEALTH_RECOVER_AFTER", 2)?,
+        stale_after_ms: dur(src, "WHARF_HEALTH_STALE_AFTER", Duration::from_secs(300))?.as_millis()
+            as u64,
+    };
+    let probe_interval = dur(src, "WHARF_HEALTH_PROBE_INTERVAL", Duration::from_secs(10))?;
+    let probe_timeout = dur(src, "WHARF_HEALTH_PROBE_TIMEOUT", Duration::from_secs(2))?;
+    if probe_interval.is_zero() || probe_timeout.is_zero() {
+        return Err(err(
+            "WHARF_HEALTH_PROBE_INTERVAL and WHARF_HEALTH_PROBE_TIMEOUT must be at least 1s",
+        ));
+    }
+    Ok((health, probe_interval, probe_timeout))
+}
+
+/// `WHARF_TEST_LOCATION_HEADER`, refused unless the global host is local.
+fn test_location_header(
+    src: &impl Source,
+    global_host: &str,
+) -> Result<Option<String>, ConfigError> {
+    let test_location_header = src
+        .text("WHARF_TEST_LOCATION_HEADER")
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    if let Some(h) = &test_location_header {
+        let local = global_host == "localhost"
+            || global_host == "127.0.0.1"
+            || global_host.ends_with(".localhost")
+            || global_host.ends_with(".test");
+        if !local {
+            return Err(err(format!(
+                "WHARF_TEST_LOCATION_HEADER = {h:?} lets clients choose their region; it is for tests only and refused unless WHARF_GLOBAL_HOST is localhost, 127.0.0.1, *.localhost or *.test (it is {global_host:?})"
+            )));
+        }
+    }
+    Ok(test_location_header)
+}
+
+/// The secret `WHARF_USERS`.
+fn users(src: &impl Source) -> Result<HashMap<String, User>, ConfigError> {
+    let mut users = HashMap::new();
+    if let Some(text) = src.json("WHARF_USERS") {
+        let vars: HashMap<String, UserVar> = serde_json::from_str(&text).map_err(|e| {
+            err(format!(
+                "WHARF_USERS: {e} (expected {{\"user\": \"<output of wharf-origin hash-password>\"}})"
+            ))
+        })?;
+        for (name, v) in vars {
+            let (password, rules) = match v {
+                UserVar::Password(p) => (p, None),
+                UserVar::Full { password, rules } => (password, rules),
+            };
+            let password = stored_password(&name, &password)?;
+            users.insert(name, User { password, rules });
+        }
+    }
+    Ok(users)
+}
+
+/// Token, ticket and presigned-URL lifetimes, checked against what clients
+/// and the core allow.
+fn lifetimes(src: &impl Source) -> Result<(Duration, Duration, Duration), ConfigError> {
+    let token_ttl = dur(src, "WHARF_TOKEN_TTL", Duration::from_secs(300))?;
+    if token_ttl < Duration::from_secs(60) {
+        return Err(err(
+            "WHARF_TOKEN_TTL must be at least 60s (clients assume 60s)",
+        ));
+    }
+    let ticket_ttl = dur(src, "WHARF_TICKET_TTL", Duration::from_secs(60))?;
+    if ticket_ttl.is_zero() || ticket_ttl.as_secs() > wharf_core::ticket::MAX_LIFETIME_SECS {
+        return Err(err("WHARF_TICKET_TTL must be 1s to 1h"));
+    }
+    let presign_ttl = dur(src, "WHARF_PRESIGN_TTL", Duration::from_secs(600))?;
+    if presign_ttl.is_zero() || presign_ttl.as_secs() > wharf_core::sigv4::MAX_EXPIRES_SECS {
+        return Err(err("WHARF_PRESIGN_TTL must be 1s to 7d"));
+    }
+    Ok((token_ttl, ticket_ttl, presign_ttl))
 }
 
 /// One lookup [`Config::parse`] made: which kind, which name, what it read.

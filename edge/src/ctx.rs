@@ -109,23 +109,23 @@ impl<'a> Ctx<'a> {
 pub struct Target {
     /// The name as the client spelled it.
     pub name: RepositoryName,
-    /// What the rules made of it (canonical name, rule, prefix).
+    /// What the rules made of it (canonical name, rule, prefix, options).
     pub resolved: Resolved,
-    /// Whether its rule is private.
-    pub private: bool,
 }
 
 impl Target {
     /// The rule's prefix when the rule is private (for the edge's token).
     pub fn private_rule(&self) -> Option<&str> {
-        self.private.then_some(self.resolved.prefix.as_str())
+        self.resolved
+            .private
+            .then_some(self.resolved.prefix.as_str())
     }
 
     /// The rule, as a ticket names it.
     pub fn ticket_rule(&self) -> TicketRule<'_> {
         TicketRule {
             prefix: &self.resolved.prefix,
-            private: self.private,
+            private: self.resolved.private,
         }
     }
 }

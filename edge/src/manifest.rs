@@ -5,11 +5,16 @@
 //!   no answer for another); on a miss fetched from the region's origin
 //!   (which serves it only to a repository linked to it), checked against
 //!   the digest, cached "forever" (a year) in both tiers.
-//! * By tag: the core's [`FreshnessPolicy`] on the entry's fetch time.
+//! * By tag: the core's [`FreshnessPolicy`] on the time the *upstream* last
+//!   confirmed the tag: the origin reports its confirmation's age
+//!   (`X-Wharf-Tag-Age-Ms`) and is told the rule's ttl
+//!   (`X-Wharf-Max-Tag-Age-Ms`) so it asks the upstream when its record is
+//!   older; freshness does not compound (`wharf_core::freshness`).
 //!   `Fresh` → served, no origin request. `Revalidate` while still within
 //!   stale-if-error → served at once (`X-Wharf-Cache: stale`) while a
-//!   revalidation (`HEAD` at the origin, `GET` only if the tag moved) runs in
-//!   `wait_until`; so a stale tag is served whether or not the origin is up.
+//!   revalidation (`HEAD` at the origin, `GET` only if the tag moved: the
+//!   core's [`revalidate::decide`]) runs in `wait_until`; so a stale tag is
+//!   served whether or not the origin is up.
 //!   Beyond stale-if-error → fetched synchronously, and an unreachable origin
 //!   is an error.
 //! * Entries are also remembered by this isolate for a minute
@@ -25,12 +30,18 @@
 
 use std::rc::Rc;
 
-use wharf_core::freshness::{Freshness, OnUpstreamError};
-use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_REGION};
+use wharf_core::freshness::{
+    Freshness, FreshnessPolicy, OnUpstreamError, confirmed_at_ms, parse_ms,
+};
+use wharf_core::headers::{
+    DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_MAX_TAG_AGE_MS, X_WHARF_REGION,
+    X_WHARF_TAG_AGE_MS,
+};
 use wharf_core::media::{
     Accepted, ManifestError, MediaType, accept_manifest, accepts, check_manifest_size,
 };
 use wharf_core::region::Plan;
+use wharf_core::revalidate::{self, HeadResult, Revalidation as Decision};
 use wharf_core::{Digest, Reference, RepositoryName, Tag};
 use worker::{KvStore, Method, Response};
 
@@ -44,8 +55,9 @@ use crate::{memo, origin};
 
 /// How long digest-addressed manifests stay in the tiers.
 const IMMUTABLE_SECS: u64 = 365 * 24 * 3600;
-/// What the edge accepts when it revalidates on its own (no client Accept).
-const ALL_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+/// What the edge accepts when it revalidates on its own (no client Accept):
+/// every type, as the origin asks its upstream.
+const ALL_MANIFEST_TYPES: &str = wharf_core::media::MANIFEST_ACCEPT;
 
 /// Answers a manifest request for the authorized `target`.
 pub async fn get(
@@ -102,8 +114,8 @@ async fn get_tag(
     accept: &[&str],
 ) -> Result<Response, Error> {
     let kv = ctx.kv.as_ref();
-    let policy = ctx.config.rule(target.resolved.rule).freshness;
-    let keep_secs = policy.stale_until_ms(0) / 1000;
+    let policy = target.resolved.freshness;
+    let keep_secs = keep_secs(&policy);
     let canonical = &target.resolved.canonical;
     let key = Key::Tag(canonical, tag);
     let path = key.path();
@@ -148,7 +160,7 @@ async fn get_tag(
                     tag: tag.clone(),
                     cached: entry.clone(),
                     now_ms: now,
-                    keep_secs,
+                    policy,
                 };
                 ctx.wctx.wait_until(async move { job.run().await });
                 return Ok(serve(ctx, first.region, entry, "stale"));
@@ -236,6 +248,7 @@ async fn fetch<'a>(
         private_rule: target.private_rule(),
         reference,
         accept: &accept,
+        policy: &target.resolved.freshness,
     };
     fetch_from(route, &want, ctx.now_ms).await
 }
@@ -246,6 +259,20 @@ struct Want<'a> {
     private_rule: Option<&'a str>,
     reference: &'a Reference,
     accept: &'a str,
+    /// The rule's freshness: the origin is told its ttl.
+    policy: &'a FreshnessPolicy,
+}
+
+/// The origin's age of its tag confirmation, counted back from `now_ms`:
+/// when the upstream last confirmed the tag (`now_ms` if not reported).
+fn confirmed_at(r: &Response, now_ms: u64) -> u64 {
+    let age = r
+        .headers()
+        .get(X_WHARF_TAG_AGE_MS)
+        .ok()
+        .flatten()
+        .and_then(|v| parse_ms(&v));
+    confirmed_at_ms(now_ms, age)
 }
 
 async fn fetch_from<'a>(
@@ -262,6 +289,7 @@ async fn fetch_from<'a>(
     let path = format!("/v2/{canonical}/manifests/{reference}");
     let token = origin::edge_token(config, canonical, want.private_rule, now_ms / 1000);
     let bearer = format!("Bearer {token}");
+    let max_age = want.policy.ttl_ms().to_string();
     let read = async |mut r: Response, hop: Hop<'a>| -> Result<Entry, Error> {
         if r.status_code() != 200 {
             return Err(origin::error_from(r, &hop.region.name).await);
@@ -293,7 +321,7 @@ async fn fetch_from<'a>(
             body,
             digest,
             media_type: media_type.as_str().to_owned(),
-            fetched_at_ms: now_ms,
+            fetched_at_ms: confirmed_at(&r, now_ms),
         })
     };
     route
@@ -301,7 +329,11 @@ async fn fetch_from<'a>(
             &format!("{canonical}:{reference}"),
             Method::Get,
             &path,
-            &[("Accept", want.accept), ("Authorization", &bearer)],
+            &[
+                ("Accept", want.accept),
+                ("Authorization", &bearer),
+                (X_WHARF_MAX_TAG_AGE_MS, &max_age),
+            ],
             config.origin_timeout,
             read,
         )
@@ -329,7 +361,7 @@ struct Revalidation {
     tag: Tag,
     cached: Entry,
     now_ms: u64,
-    keep_secs: u64,
+    policy: FreshnessPolicy,
 }
 
 impl Revalidation {
@@ -344,7 +376,8 @@ impl Revalidation {
         }
     }
 
-    /// `HEAD` at the origin; `GET` only if the digest changed. Returns whether it moved.
+    /// `HEAD` at the origin; `GET` only if the digest changed (the core's
+    /// decision). Returns whether it moved.
     async fn check(&self) -> Result<bool, Error> {
         // The region that served the stale copy, its replicas in turn; not
         // another region, and a failure is not recorded in its health.
@@ -370,50 +403,80 @@ impl Revalidation {
         );
         let bearer = format!("Bearer {token}");
         let accept = self.cached.media_type.clone();
+        let max_age = self.policy.ttl_ms().to_string();
+        // The answer to the HEAD, as the core's decision and, when the tag
+        // is still there, when the upstream confirmed it.
         let head = async |r: Response, hop: Hop<'_>| {
-            if r.status_code() != 200 {
-                return Err(origin::error_from(r, &hop.region.name).await);
-            }
-            Ok(r.headers()
+            let current = r
+                .headers()
                 .get(DOCKER_CONTENT_DIGEST)
                 .ok()
                 .flatten()
-                .and_then(|d| Digest::parse(&d).ok()))
+                .and_then(|d| Digest::parse(&d).ok());
+            let head = HeadResult::from_status(r.status_code(), current.as_ref());
+            match revalidate::decide(
+                &self.policy,
+                &self.cached.digest,
+                self.cached.fetched_at_ms,
+                self.now_ms,
+                head,
+            ) {
+                Decision::Confirmed => Ok(Some(confirmed_at(&r, self.now_ms))),
+                Decision::Fetch => Ok(None),
+                // The stale copy was served already; it stays until its
+                // stale-if-error ends (a gone tag included: the client that
+                // asks once it expired gets the origin's answer).
+                Decision::Gone | Decision::ServeStale | Decision::Fail => {
+                    Err(origin::error_from(r, &hop.region.name).await)
+                }
+            }
         };
-        let (current, _) = route
+        let (confirmed, _) = route
             .send(
                 &format!("{}:{}", self.canonical, self.tag),
                 Method::Head,
                 &path,
-                &[("Accept", ALL_MANIFEST_TYPES), ("Authorization", &bearer)],
+                &[
+                    ("Accept", ALL_MANIFEST_TYPES),
+                    ("Authorization", &bearer),
+                    (X_WHARF_MAX_TAG_AGE_MS, &max_age),
+                ],
                 self.config.origin_timeout,
                 head,
             )
             .await?;
         let kv = self.kv.as_ref();
         let key = Key::Tag(&self.canonical, &self.tag);
-        let entry = if current.as_ref() == Some(&self.cached.digest) {
-            Entry {
-                fetched_at_ms: self.now_ms,
+        let entry = match confirmed {
+            Some(at) => Entry {
+                fetched_at_ms: at,
                 ..self.cached.clone()
+            },
+            None => {
+                let reference = Reference::Tag(self.tag.clone());
+                let want = Want {
+                    canonical: &self.canonical,
+                    private_rule: self.private_rule.as_deref(),
+                    reference: &reference,
+                    accept: &format!("{accept}, {ALL_MANIFEST_TYPES}"),
+                    policy: &self.policy,
+                };
+                let (entry, _) = fetch_from(&route, &want, self.now_ms).await?;
+                let key = Key::Digest(&self.canonical, &entry.digest);
+                keep_here(&key, &entry, IMMUTABLE_SECS, self.now_ms).await;
+                store::put_global(kv, &key.path(), &entry, IMMUTABLE_SECS).await;
+                entry
             }
-        } else {
-            let reference = Reference::Tag(self.tag.clone());
-            let want = Want {
-                canonical: &self.canonical,
-                private_rule: self.private_rule.as_deref(),
-                reference: &reference,
-                accept: &format!("{accept}, {ALL_MANIFEST_TYPES}"),
-            };
-            let (entry, _) = fetch_from(&route, &want, self.now_ms).await?;
-            let key = Key::Digest(&self.canonical, &entry.digest);
-            keep_here(&key, &entry, IMMUTABLE_SECS, self.now_ms).await;
-            store::put_global(kv, &key.path(), &entry, IMMUTABLE_SECS).await;
-            entry
         };
         let moved = entry.digest != self.cached.digest;
-        keep_here(&key, &entry, self.keep_secs, self.now_ms).await;
-        store::put_global(kv, &key.path(), &entry, self.keep_secs).await;
+        let keep_secs = keep_secs(&self.policy);
+        keep_here(&key, &entry, keep_secs, self.now_ms).await;
+        store::put_global(kv, &key.path(), &entry, keep_secs).await;
         Ok(moved)
     }
+}
+
+/// How long a tag entry is kept in the tiers: ttl + stale-if-error.
+fn keep_secs(policy: &FreshnessPolicy) -> u64 {
+    policy.stale_until_ms(0) / 1000
 }

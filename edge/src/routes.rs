@@ -76,7 +76,6 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
     token::authorize(&ctx, name, &resolved)?;
     let target = Target {
         name: name.clone(),
-        private: config.rule(resolved.rule).private,
         resolved,
     };
     let route = Route::of(&ctx, &plan);

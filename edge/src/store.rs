@@ -37,7 +37,8 @@ pub struct Entry {
     pub digest: Digest,
     /// `Content-Type` to serve.
     pub media_type: String,
-    /// When the origin last confirmed it (tags), unix milliseconds.
+    /// Tags: when the upstream last confirmed it, unix milliseconds (the
+    /// origin's reported age counted back; `wharf_core::freshness`).
     pub fetched_at_ms: u64,
 }
 
@@ -76,8 +77,8 @@ struct Meta {
     fetched_at_ms: u64,
 }
 
-const H_DIGEST: &str = "X-Wharf-Digest";
-const H_FETCHED: &str = "X-Wharf-Fetched-At";
+const H_DIGEST: &str = wharf_core::headers::X_WHARF_DIGEST;
+const H_FETCHED: &str = wharf_core::headers::X_WHARF_FETCHED_AT;
 
 /// Looks `key` up in this location's cache, then KV.
 pub async fn get(kv: Option<&KvStore>, key: &Key<'_>) -> Option<(Entry, Tier)> {

@@ -5,8 +5,14 @@
 //! 2. error log — a response that carries a [`LoggedError`] is logged inside
 //!    that span with its status, so every OCI error is visible in the logs;
 //! 3. stamp — `X-Wharf-Region` / `X-Wharf-Replica` (who answered);
-//! 4. routes — `/v2/…` (the registry API, parsed by the core), `/healthz`,
-//!    `/readyz`, `/metrics`.
+//! 4. routes — `/v2/…` (the registry API), `/healthz`, `/readyz`,
+//!    `/metrics`; on `/v2/…` only:
+//!    1. admit ([`handlers::admit`]) — the core parses the request, the
+//!       repository is resolved once, the token or ticket is checked;
+//!    2. limits ([`crate::limits`]) — timeout and load shedding for
+//!       manifests, tag lists and referrers, a concurrency limit for blobs
+//!       (by the kind `admit` parsed);
+//!    3. [`handlers::registry`] — dispatch to one handler per operation.
 //!
 //! Request metrics are counted by the handlers, labelled by request kind and
 //! cache result (never by raw path).
@@ -22,14 +28,27 @@ use wharf_core::headers::{X_WHARF_REGION, X_WHARF_REPLICA};
 
 use crate::error::LoggedError;
 use crate::handlers;
+use crate::limits;
 use crate::state::AppState;
 
 /// Builds the origin's HTTP service.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    // `route_layer`s wrap only the routes above them; the last added is
+    // the outermost.
+    let registry = Router::new()
         .route("/v2", any(handlers::registry))
         .route("/v2/", any(handlers::registry))
         .route("/v2/{*rest}", any(handlers::registry))
+        .route_layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::limit,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            handlers::admit,
+        ));
+    Router::new()
+        .merge(registry)
         .route("/healthz", get(handlers::health::healthz))
         .route("/readyz", get(handlers::health::readyz))
         .route("/metrics", get(handlers::health::metrics))

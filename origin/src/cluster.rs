@@ -26,7 +26,6 @@ use wharf_core::region::rendezvous;
 use crate::auth::now_secs;
 use crate::metrics;
 use crate::state::AppState;
-use crate::store;
 
 /// Marks a request one replica forwarded to another (value: signed sender).
 pub const FORWARDED_HEADER: &str = headers::X_WHARF_FORWARDED;
@@ -60,10 +59,16 @@ const RETURNED: [&str; 8] = [
     "www-authenticate",
 ];
 
-/// The owner's answer to a blob `GET` when this replica does not own the
-/// miss; `None` when this replica should serve it itself (single replica,
-/// already forwarded, stored, in flight here, it is the owner, or every
-/// replica before it in rendezvous order is down).
+/// The owner's answer to a blob `GET` that missed this replica's store
+/// (the caller looked it up: this asks the store nothing) when this replica
+/// does not own the miss; `None` when this replica should serve it itself
+/// (single replica, already forwarded, in flight here, it is the owner, or
+/// every replica before it in rendezvous order is down).
+///
+/// The edge already sends a miss to its owner first (the same rendezvous
+/// order, `wharf_core::region`), so there the check below finds this
+/// replica is the owner and costs no I/O; it matters for clients that
+/// reach the replicas through a plain load balancer.
 pub async fn forward_miss(
     state: &AppState,
     digest: &Digest,
@@ -78,9 +83,6 @@ pub async fn forward_miss(
         return None;
     }
     if state.blobs.in_flight(digest).is_some() {
-        return None;
-    }
-    if let Ok(Some(_)) = state.store.head(&store::blob_key(digest)).await {
         return None;
     }
     for i in rendezvous(&digest.to_string(), &geo.replicas) {

@@ -10,15 +10,17 @@
 //! window. A plain `std::sync::Mutex` is enough: it is never held across an
 //! `.await` (mini-redis `db.rs` makes the same choice).
 //!
-//! [`SharedFlights`] is the same for work whose result is small and cloned to
-//! every caller (manifests, tag revalidations): the work runs in a detached
-//! task and its entry is removed by a drop guard the task owns, so however
-//! the task ends — result, error, panic, abort — the next caller starts
-//! afresh instead of joining a dead flight (issue 12).
+//! [`SharedFlights`] is the same map for work whose result is small and
+//! cloned to every caller (manifests, tag revalidations): the flight is the
+//! work's shared result, the work runs in a detached task, and its entry is
+//! removed by a drop guard the task owns, so however the task ends —
+//! result, error, panic, abort — the next caller starts afresh instead of
+//! joining a dead flight (issue 12). One registration mechanism serves
+//! both: join or start under one lock, and an entry removed only by the
+//! flight that registered it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -75,6 +77,16 @@ impl<K: Eq + Hash + Clone, V> Flights<K, V> {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Every flight in progress, now.
+    pub fn values(&self) -> Vec<Arc<V>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Whether no flight is in progress.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -86,12 +98,11 @@ impl<K: Eq + Hash + Clone, V> Flights<K, V> {
 pub type Lost<E> = fn() -> E;
 
 type SharedResult<T, E> = Shared<BoxFuture<'static, Result<T, Arc<E>>>>;
-type SharedMap<K, T, E> = Mutex<HashMap<K, (u64, SharedResult<T, E>)>>;
 
-/// Detached work shared by every concurrent caller with the same key.
+/// Detached work shared by every concurrent caller with the same key: the
+/// same [`Flights`] map, holding each flight's shared result.
 pub struct SharedFlights<K, T, E> {
-    map: Arc<SharedMap<K, T, E>>,
-    next_id: AtomicU64,
+    flights: Arc<Flights<K, SharedResult<T, E>>>,
     lost: Lost<E>,
 }
 
@@ -104,8 +115,7 @@ where
     /// No flights; a flight whose work ends without a result fails with `lost()`.
     pub fn new(lost: Lost<E>) -> Self {
         Self {
-            map: Arc::new(Mutex::new(HashMap::new())),
-            next_id: AtomicU64::new(0),
+            flights: Arc::new(Flights::default()),
             lost,
         }
     }
@@ -121,62 +131,56 @@ where
         impl Future<Output = Result<T, Arc<E>>> + Send + 'static,
         bool,
     ) {
-        let (flight, task) = {
-            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, flight)) = map.get(&key) {
-                return (flight.clone(), false);
-            }
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let lost = self.lost;
-            let flight = async move { rx.await.unwrap_or_else(|_| Err(Arc::new(lost()))) }
-                .boxed()
-                .shared();
-            map.insert(key.clone(), (id, flight.clone()));
-            let guard = Remove {
-                map: self.map.clone(),
-                key,
-                id,
-            };
-            let task = async move {
-                let result = work.await.map_err(Arc::new);
-                // Out of the map before the result is out: a caller that
-                // comes after the result starts afresh.
-                drop(guard);
-                let _ = tx.send(result);
-            };
-            (flight, task)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lost = self.lost;
+        let (flight, leader) = self.flights.join_or_start(&key, || {
+            Arc::new(
+                async move { rx.await.unwrap_or_else(|_| Err(Arc::new(lost()))) }
+                    .boxed()
+                    .shared(),
+            )
+        });
+        if !leader {
+            return ((*flight).clone(), false);
+        }
+        let guard = Remove {
+            flights: self.flights.clone(),
+            key,
+            flight: flight.clone(),
         };
-        // Spawned outside the lock: a task dropped at once (runtime shutting
-        // down) drops its guard, which takes the lock.
-        tokio::spawn(task);
-        (flight, true)
+        // Spawned outside the map's lock: a task dropped at once (runtime
+        // shutting down) drops its guard, which takes the lock.
+        tokio::spawn(async move {
+            let result = work.await.map_err(Arc::new);
+            // Out of the map before the result is out: a caller that comes
+            // after the result starts afresh.
+            drop(guard);
+            let _ = tx.send(result);
+        });
+        ((*flight).clone(), true)
     }
 
     /// Number of flights in progress.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.flights.len()
     }
 
     /// Whether no flight is in progress.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.flights.is_empty()
     }
 }
 
-/// Removes a flight's entry when its task ends, however it ends.
-struct Remove<K: Eq + Hash, T, E> {
-    map: Arc<SharedMap<K, T, E>>,
+/// Ends a shared flight's entry when its task ends, however it ends.
+struct Remove<K: Eq + Hash + Clone, V> {
+    flights: Arc<Flights<K, V>>,
     key: K,
-    id: u64,
+    flight: Arc<V>,
 }
 
-impl<K: Eq + Hash, T, E> Drop for Remove<K, T, E> {
+impl<K: Eq + Hash + Clone, V> Drop for Remove<K, V> {
     fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            map.remove(&self.key);
-        }
+        self.flights.finish(&self.key, &self.flight);
     }
 }
 

@@ -6,6 +6,12 @@
 //! still a placeholder shipped in `infra/` or `.dev.vars.example`
 //! ([`wharf_core::placeholder`]) is such an error: the process exits with
 //! status 2 rather than run with a key anyone can read.
+//!
+//! `Config::from_parts` merges the sources and hands each section to its own
+//! builder, in this order (which is the order of the errors a configuration
+//! with several gets): `part_size`, `own_region`, `storage`
+//! (`embedded_storage` / `external_storage`), `rules` (`file_rule` per
+//! `[[rule]]`), `auth`, `geo` (`peers`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,9 +23,11 @@ use wharf_core::region::{self, RegionSpec};
 use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
+use crate::limits::{HydrationLimits, LimitSettings};
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
 use crate::upstream::{Credentials, Timeouts};
+use wharf_core::breaker::BreakerPolicy;
 use wharf_embedded_s3::KeyPair;
 
 /// Command-line flags. Each also reads an environment variable.
@@ -58,6 +66,10 @@ pub struct Cli {
     /// How long past its TTL a tag may be served when the upstream fails.
     #[arg(long, env = "WHARF_STALE_IF_ERROR", value_parser = humantime::parse_duration)]
     pub stale_if_error: Option<Duration>,
+    /// How long an upstream that failed repeatedly is skipped (circuit
+    /// breaker cool-down; default 30s).
+    #[arg(long, env = "WHARF_UPSTREAM_BREAKER_COOL_DOWN", value_parser = humantime::parse_duration)]
+    pub upstream_breaker_cool_down: Option<Duration>,
     /// Directory for in-flight downloads (default: DATA/spool or the temp dir).
     #[arg(long, env = "WHARF_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -104,6 +116,7 @@ struct File {
     s3: Option<FileS3>,
     embedded: Option<FileEmbedded>,
     upstream: Option<FileTimeouts>,
+    limits: Option<FileLimits>,
     auth: Option<FileAuth>,
     #[serde(default)]
     rule: Vec<FileRule>,
@@ -166,6 +179,90 @@ struct FileTimeouts {
     response: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     idle_read: Option<Duration>,
+    /// Consecutive failures that open an upstream's circuit.
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cool_down: Option<Duration>,
+}
+
+impl FileTimeouts {
+    /// The circuit breaker of `[upstream]`, validated.
+    fn breaker(&self, cool_down: Option<Duration>) -> anyhow::Result<BreakerPolicy> {
+        let d = BreakerPolicy::default();
+        let threshold = self.breaker_failures.unwrap_or(d.threshold);
+        anyhow::ensure!(
+            threshold >= 1,
+            "upstream.breaker_failures = 0 would skip every upstream at once; set at least 1 (default {})",
+            d.threshold
+        );
+        let cool_down_ms = match cool_down.or(self.breaker_cool_down) {
+            Some(c) if c.is_zero() => anyhow::bail!(
+                "upstream.breaker_cool_down = 0 would never skip a failing upstream; set e.g. \"30s\""
+            ),
+            Some(c) => u64::try_from(c.as_millis()).unwrap_or(u64::MAX),
+            None => d.cool_down_ms,
+        };
+        Ok(BreakerPolicy {
+            threshold,
+            cool_down_ms,
+        })
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    api_concurrency: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    api_timeout: Option<Duration>,
+    blob_concurrency: Option<usize>,
+    hydrations: Option<usize>,
+    hydrations_per_upstream: Option<usize>,
+    spool_mib: Option<u64>,
+    min_free_mib: Option<u64>,
+}
+
+impl FileLimits {
+    /// `[limits]`, validated; unset values keep their defaults.
+    fn build(self) -> anyhow::Result<LimitSettings> {
+        let d = LimitSettings::default();
+        let positive = |name: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => anyhow::bail!(
+                "limits.{name} = 0 would allow none at all; set at least 1 (default {default})"
+            ),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let api_timeout = self.api_timeout.unwrap_or(d.api_timeout);
+        anyhow::ensure!(
+            !api_timeout.is_zero(),
+            "limits.api_timeout = 0 would time out every manifest request; set e.g. \"60s\""
+        );
+        let h = d.hydration;
+        let hydration = HydrationLimits {
+            max: positive("hydrations", self.hydrations, h.max)?,
+            per_upstream: positive(
+                "hydrations_per_upstream",
+                self.hydrations_per_upstream,
+                h.per_upstream,
+            )?,
+            spool_bytes: self
+                .spool_mib
+                .map_or(h.spool_bytes, |m| m.saturating_mul(1 << 20)),
+            min_free_bytes: self
+                .min_free_mib
+                .map_or(h.min_free_bytes, |m| m.saturating_mul(1 << 20)),
+        };
+        Ok(LimitSettings {
+            api_concurrency: positive("api_concurrency", self.api_concurrency, d.api_concurrency)?,
+            api_timeout,
+            blob_concurrency: positive(
+                "blob_concurrency",
+                self.blob_concurrency,
+                d.blob_concurrency,
+            )?,
+            hydration,
+        })
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -215,6 +312,18 @@ pub struct Rule {
     /// Hosts the upstream may redirect to even on loopback or private
     /// addresses (`cdn.example.net`, `*.cdn.example.net`, an address).
     pub redirect_hosts: Vec<String>,
+}
+
+impl Rule {
+    /// The core's form of this rule: what the edge knows of it too.
+    pub fn spec(&self) -> RuleSpec {
+        RuleSpec {
+            prefix: self.prefix.clone(),
+            upstream: self.upstream.clone(),
+            private: self.private,
+            freshness: self.freshness,
+        }
+    }
 }
 
 /// One other region whose store this origin reads (and replicates to).
@@ -270,6 +379,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a `tags/list` answer is reused.
     pub tags_list_ttl: Duration,
+    /// Per-kind limits on the registry API (`[limits]`).
+    pub limits: LimitSettings,
+    /// When an upstream's circuit opens, and for how long.
+    pub upstream_breaker: BreakerPolicy,
     /// Token checking; `None` leaves the origin open.
     pub auth: Option<AuthConfig>,
     /// Regions, replicas and peers; `None` for a single-region origin.
@@ -296,375 +409,56 @@ impl Config {
         file: File,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Config> {
+        let env: &Env<'_> = &env;
         let defaults = FreshnessPolicy::default();
-        let tag_ttl = cli.tag_ttl.or(file.tag_ttl).unwrap_or(defaults.ttl);
-        let stale_if_error = cli
-            .stale_if_error
-            .or(file.stale_if_error)
-            .unwrap_or(defaults.stale_if_error);
+        let freshness = FreshnessPolicy {
+            ttl: cli.tag_ttl.or(file.tag_ttl).unwrap_or(defaults.ttl),
+            stale_if_error: cli
+                .stale_if_error
+                .or(file.stale_if_error)
+                .unwrap_or(defaults.stale_if_error),
+        };
         let listen = cli.listen.or(file.listen).ok_or_else(|| {
             anyhow::anyhow!(
                 "no listen address: pass --listen 127.0.0.1:5000 or set `listen` in the config file"
             )
         })?;
-
-        let part_size_mib = file.part_size_mib.unwrap_or(DEFAULT_PART_SIZE_MIB);
-        if !(5..=1024).contains(&part_size_mib) {
-            anyhow::bail!(
-                "part_size_mib = {part_size_mib}: S3 multipart parts must be 5 to 1024 MiB"
-            );
-        }
-        let part_size = part_size_mib << 20;
-
+        let part_size = part_size(file.part_size_mib)?;
         let data = cli.data.or(file.data);
-        let region_name = cli.region.or(file.region);
         let advertise = cli.advertise.or(file.advertise);
-        let own_region = match &region_name {
-            None if !file.regions.is_empty() => anyhow::bail!(
-                "[[regions]] is set but `region` is not: set region (or --region / WHARF_REGION) to this origin's region, one of {}",
-                names(&file.regions)
-            ),
-            None => None,
-            Some(name) => {
-                region::validate(&file.regions).map_err(|e| anyhow::anyhow!("{e}"))?;
-                Some(
-                    file.regions
-                        .iter()
-                        .find(|r| &r.name == name)
-                        .cloned()
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "region {name:?} is not in the region list ([[regions]]: {})",
-                                names(&file.regions)
-                            )
-                        })?,
-                )
-            }
-        };
-        let mut file_s3 = file.s3.unwrap_or_default();
-        // Without an explicit store, the region entry names its bucket.
-        if data.is_none()
-            && cli.s3_endpoint.is_none()
-            && file_s3.endpoint.is_none()
-            && let Some(own) = &own_region
-            && let (Some(endpoint), Some(bucket)) = (&own.s3_endpoint, &own.bucket)
-        {
-            file_s3.endpoint = Some(endpoint.clone());
-            file_s3.bucket = file_s3.bucket.or(Some(bucket.clone()));
-            file_s3.region = file_s3.region.or(own.s3_region.clone());
-        }
-        let s3_endpoint = cli.s3_endpoint.or(file_s3.endpoint);
-        let storage = match (&data, s3_endpoint) {
-            (Some(_), Some(endpoint)) => anyhow::bail!(
-                "both --data and --s3-endpoint ({endpoint}) are set: choose the embedded store (--data DIR) or an external one (--s3-endpoint URL --bucket NAME)"
-            ),
-            (None, None) => anyhow::bail!(
-                "no object store: pass --data DIR for the embedded store, or --s3-endpoint URL --bucket NAME for an external one"
-            ),
-            (Some(dir), None) => {
-                let embedded = file.embedded.unwrap_or_default();
-                let read_only = match (embedded.read_only_access_key, embedded.read_only_secret_key)
-                {
-                    (Some(access_key), Some(secret_key)) => Some(KeyPair {
-                        access_key,
-                        secret_key,
-                    }),
-                    (None, None) => None,
-                    _ => anyhow::bail!(
-                        "embedded.read_only_access_key and embedded.read_only_secret_key go together: set both (the edge presigns with them) or neither"
-                    ),
-                };
-                if let (Some(ro), Some(rw)) = (&read_only, &embedded.access_key)
-                    && ro.access_key == *rw
-                {
-                    anyhow::bail!(
-                        "embedded.read_only_access_key equals embedded.access_key: the read-only key must be a key of its own"
-                    );
-                }
-                let mut secrets = vec![
-                    ("embedded.access_key", embedded.access_key.as_deref()),
-                    ("embedded.secret_key", embedded.secret_key.as_deref()),
-                ];
-                if let Some(k) = &read_only {
-                    secrets.push(("embedded.read_only_access_key", Some(&k.access_key)));
-                    secrets.push(("embedded.read_only_secret_key", Some(&k.secret_key)));
-                }
-                for (setting, value) in secrets {
-                    if let Some(v) = value {
-                        reject_placeholder(setting, v)?;
-                    }
-                }
-                Storage::Embedded(EmbeddedSettings {
-                    read_only,
-                    data: dir.clone(),
-                    listen: embedded
-                        .listen
-                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-                    access_key: embedded.access_key,
-                    secret_key: embedded.secret_key,
-                    bucket: cli
-                        .bucket
-                        .clone()
-                        .or(embedded.bucket)
-                        .unwrap_or_else(|| DEFAULT_BUCKET.to_owned()),
-                    part_size,
-                })
-            }
-            (None, Some(endpoint)) => {
-                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                    anyhow::bail!("--s3-endpoint {endpoint:?} must be an http:// or https:// URL");
-                }
-                let bucket = cli.bucket.clone().or(file_s3.bucket).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--s3-endpoint is set but no bucket: pass --bucket NAME or set s3.bucket"
-                    )
-                })?;
-                if bucket.len() < 3 || bucket.len() > 63 {
-                    anyhow::bail!("bucket {bucket:?} must be 3 to 63 characters long");
-                }
-                let access_key = env("AWS_ACCESS_KEY_ID").or(file_s3.access_key).ok_or_else(|| {
-                    anyhow::anyhow!("external store needs credentials: set AWS_ACCESS_KEY_ID (or s3.access_key)")
-                })?;
-                let secret_key = env("AWS_SECRET_ACCESS_KEY").or(file_s3.secret_key).ok_or_else(|| {
-                    anyhow::anyhow!("external store needs credentials: set AWS_SECRET_ACCESS_KEY (or s3.secret_key)")
-                })?;
-                reject_placeholder("AWS_ACCESS_KEY_ID (or s3.access_key)", &access_key)?;
-                reject_placeholder("AWS_SECRET_ACCESS_KEY (or s3.secret_key)", &secret_key)?;
-                let region = cli
-                    .s3_region
-                    .or(file_s3.region)
-                    .unwrap_or_else(|| "us-east-1".to_owned());
-                Storage::S3(S3Settings {
-                    endpoint,
-                    bucket,
-                    region,
-                    access_key,
-                    secret_key,
-                    part_size,
-                })
-            }
-        };
-
+        let own_region = own_region(cli.region.or(file.region), &file.regions)?;
+        let storage = storage(
+            StoreFlags {
+                data: data.as_deref(),
+                s3_endpoint: cli.s3_endpoint,
+                bucket: cli.bucket,
+                s3_region: cli.s3_region,
+            },
+            file.s3.unwrap_or_default(),
+            file.embedded.unwrap_or_default(),
+            own_region.as_ref(),
+            part_size,
+            env,
+        )?;
         let spool_dir = cli
             .spool_dir
             .or(file.spool_dir)
             .or_else(|| data.as_ref().map(|d| d.join("spool")))
             .unwrap_or_else(|| std::env::temp_dir().join("wharf-spool"));
-
-        let mut rules = Vec::new();
-        for (i, r) in file.rule.into_iter().enumerate() {
-            let password = match (r.password, r.password_env) {
-                (Some(_), Some(var)) => anyhow::bail!(
-                    "rule {} ({}): set either password or password_env ({var}), not both",
-                    i + 1,
-                    r.prefix
-                ),
-                (Some(p), None) => Some(p),
-                (None, Some(var)) => Some(env(&var).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "rule {} ({}): password_env names {var}, which is not set",
-                        i + 1,
-                        r.prefix
-                    )
-                })?),
-                (None, None) => None,
-            };
-            if let Some(p) = &password {
-                reject_placeholder(&format!("rule {} ({}): password", i + 1, r.prefix), p)?;
-            }
-            let credentials = match (r.username, password) {
-                (Some(username), Some(password)) => Some(Credentials { username, password }),
-                (None, None) => None,
-                _ => anyhow::bail!(
-                    "rule {} ({}): a credential set needs both username and password (or password_env)",
-                    i + 1,
-                    r.prefix
-                ),
-            };
-            for host in &r.redirect_hosts {
-                wharf_core::egress::HostPattern::parse(host).map_err(|e| {
-                    anyhow::anyhow!("rule {} ({}): redirect_hosts: {e}", i + 1, r.prefix)
-                })?;
-            }
-            rules.push(Rule {
-                prefix: r.prefix,
-                upstream: r.upstream,
-                credentials,
-                freshness: FreshnessPolicy {
-                    ttl: r.tag_ttl.unwrap_or(tag_ttl),
-                    stale_if_error: r.stale_if_error.unwrap_or(stale_if_error),
-                },
-                private: r.private,
-                replicate: r.replicate,
-                redirect_hosts: r.redirect_hosts,
-            });
-        }
-        for flag in &cli.rules {
-            let (prefix, upstream) = flag.split_once('=').ok_or_else(|| {
-                anyhow::anyhow!("--rule {flag:?}: expected PREFIX=URL, e.g. docker.io=https://registry-1.docker.io")
-            })?;
-            let rule = Rule {
-                prefix: prefix.trim_matches('/').to_owned(),
-                upstream: upstream.to_owned(),
-                credentials: None,
-                freshness: FreshnessPolicy {
-                    ttl: tag_ttl,
-                    stale_if_error,
-                },
-                private: false,
-                replicate: false,
-                redirect_hosts: Vec::new(),
-            };
-            // A flag overrides the file's rule with the same prefix, keeping
-            // that rule's credentials.
-            match rules.iter_mut().find(|r| r.prefix == rule.prefix) {
-                Some(existing) => {
-                    existing.upstream = rule.upstream;
-                }
-                None => rules.push(rule),
-            }
-        }
-        if rules.is_empty() {
-            anyhow::bail!(
-                "no cache rules: pass --rule PREFIX=URL (e.g. --rule docker.io=https://registry-1.docker.io) or add [[rule]] tables to the config file"
-            );
-        }
-        // The core validates prefixes and URLs with precise messages.
-        CacheRules::new(
-            rules
-                .iter()
-                .map(|r| RuleSpec {
-                    prefix: r.prefix.clone(),
-                    upstream: r.upstream.clone(),
-                })
-                .collect(),
-        )
-        .map_err(|e| anyhow::anyhow!("invalid cache rule: {e}"))?;
-
-        let file_auth = file.auth.unwrap_or_default();
-        let auth = match env("WHARF_TOKEN_KEY").or(file_auth.token_key) {
-            None => {
-                if rules.iter().any(|r| r.private) {
-                    anyhow::bail!(
-                        "a rule is marked private but no token key is set: set WHARF_TOKEN_KEY (or auth.token_key) to the edge's key"
-                    );
-                }
-                None
-            }
-            Some(key) => {
-                reject_placeholder("WHARF_TOKEN_KEY (or auth.token_key)", &key)?;
-                let key = SigningKey::new(key.into_bytes())
-                    .map_err(|e| anyhow::anyhow!("auth.token_key: {e}"))?;
-                let service = file_auth.service.ok_or_else(|| {
-                    anyhow::anyhow!("a token key is set but auth.service is not: set it to the global hostname tokens are issued for")
-                })?;
-                let realm = file_auth
-                    .realm
-                    .unwrap_or_else(|| format!("https://{service}/token"));
-                Some(AuthConfig {
-                    key,
-                    service,
-                    realm,
-                })
-            }
-        };
-        let geo = match own_region {
-            None => {
-                if advertise.is_some() || !file.replicas.is_empty() {
-                    anyhow::bail!(
-                        "advertise or replicas is set but no region: set region and [[regions]] (replicas belong to a region)"
-                    );
-                }
-                None
-            }
-            Some(own) => {
-                let replicas = if file.replicas.is_empty() {
-                    own.origins()
-                } else {
-                    file.replicas
-                        .iter()
-                        .map(|r| r.trim_end_matches('/').to_owned())
-                        .collect()
-                };
-                if let Some(a) = &advertise {
-                    let a = a.trim_end_matches('/');
-                    if !replicas.iter().any(|r| r == a) {
-                        anyhow::bail!(
-                            "advertise {a:?} is not one of region {:?}'s replicas ({}): set it to this replica's URL exactly as listed in `replicas` (or the region's `origins`)",
-                            own.name,
-                            replicas.join(", ")
-                        );
-                    }
-                } else if replicas.len() > 1 {
-                    anyhow::bail!(
-                        "region {:?} has {} origins but advertise is not set: set advertise (or --advertise / WHARF_ADVERTISE) to this replica's URL as listed",
-                        own.name,
-                        replicas.len()
-                    );
-                }
-                let part_size = match &storage {
-                    Storage::Embedded(e) => e.part_size,
-                    Storage::S3(s) => s.part_size,
-                };
-                let mut peers = Vec::new();
-                for i in region::peers(&file.regions, &own.name) {
-                    let r = &file.regions[i];
-                    let (Some(endpoint), Some(bucket)) = (&r.s3_endpoint, &r.bucket) else {
-                        continue;
-                    };
-                    let upper = r.name.to_ascii_uppercase().replace('-', "_");
-                    let key = |specific: &str, general: &str| {
-                        env(&format!("{specific}_{upper}")).or_else(|| env(general))
-                    };
-                    let access_key = key("WHARF_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID").ok_or_else(|| {
-                        anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)", r.name)
-                    })?;
-                    let secret_key = key("WHARF_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY").ok_or_else(|| {
-                        anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)", r.name)
-                    })?;
-                    reject_placeholder(
-                        &format!("WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)"),
-                        &access_key,
-                    )?;
-                    reject_placeholder(
-                        &format!("WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)"),
-                        &secret_key,
-                    )?;
-                    peers.push(PeerConfig {
-                        name: r.name.clone(),
-                        s3: S3Settings {
-                            endpoint: endpoint.clone(),
-                            bucket: bucket.clone(),
-                            region: r
-                                .s3_region
-                                .clone()
-                                .unwrap_or_else(|| "us-east-1".to_owned()),
-                            access_key,
-                            secret_key,
-                            part_size,
-                        },
-                    });
-                }
-                // A forwarded request is served where it lands: only a peer
-                // may say so, with a signature (wharf_core::peer).
-                let peer_key = auth.as_ref().map(|a| a.key.clone());
-                if replicas.len() > 1 && peer_key.is_none() {
-                    anyhow::bail!(
-                        "region {:?} has {} replicas but no token key: replicas sign the requests they forward to each other with it; set WHARF_TOKEN_KEY (or auth.token_key and auth.service)",
-                        own.name,
-                        replicas.len()
-                    );
-                }
-                Some(GeoConfig {
-                    region: own.name.clone(),
-                    advertise: advertise.map(|a| a.trim_end_matches('/').to_owned()),
-                    replicas,
-                    peer_key,
-                    peers,
-                })
-            }
-        };
+        let rules = rules(file.rule, &cli.rules, freshness, env)?;
+        let auth = auth(file.auth.unwrap_or_default(), &rules, env)?;
+        let geo = geo(
+            own_region,
+            advertise,
+            &file.replicas,
+            &file.regions,
+            part_size,
+            auth.as_ref(),
+            env,
+        )?;
         let timeouts = file.upstream.unwrap_or_default();
+        let upstream_breaker = timeouts.breaker(cli.upstream_breaker_cool_down)?;
+        let limits = file.limits.unwrap_or_default().build()?;
         Ok(Config {
             listen,
             storage,
@@ -677,24 +471,430 @@ impl Config {
             },
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             tags_list_ttl: file.tags_list_ttl.unwrap_or(Duration::from_secs(30)),
+            limits,
+            upstream_breaker,
             auth,
             geo,
         })
     }
 
-    /// The cache rules in the core's form.
+    /// The cache rules in the core's form, with their options.
     pub fn cache_rules(&self) -> CacheRules {
-        CacheRules::new(
-            self.rules
-                .iter()
-                .map(|r| RuleSpec {
-                    prefix: r.prefix.clone(),
-                    upstream: r.upstream.clone(),
-                })
-                .collect(),
-        )
-        .expect("rules were validated in Config::load")
+        CacheRules::new(self.rules.iter().map(Rule::spec).collect())
+            .expect("rules were validated in Config::load")
     }
+}
+
+/// The environment lookup the builders read secrets and credentials from.
+type Env<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// `part_size_mib`, checked, in bytes.
+fn part_size(part_size_mib: Option<u64>) -> anyhow::Result<u64> {
+    let part_size_mib = part_size_mib.unwrap_or(DEFAULT_PART_SIZE_MIB);
+    if !(5..=1024).contains(&part_size_mib) {
+        anyhow::bail!("part_size_mib = {part_size_mib}: S3 multipart parts must be 5 to 1024 MiB");
+    }
+    Ok(part_size_mib << 20)
+}
+
+/// This origin's entry in the region list (`region` + `[[regions]]`).
+fn own_region(name: Option<String>, regions: &[RegionSpec]) -> anyhow::Result<Option<RegionSpec>> {
+    match &name {
+        None if !regions.is_empty() => anyhow::bail!(
+            "[[regions]] is set but `region` is not: set region (or --region / WHARF_REGION) to this origin's region, one of {}",
+            names(regions)
+        ),
+        None => Ok(None),
+        Some(name) => {
+            region::validate(regions).map_err(|e| anyhow::anyhow!("{e}"))?;
+            regions
+                .iter()
+                .find(|r| &r.name == name)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "region {name:?} is not in the region list ([[regions]]: {})",
+                        names(regions)
+                    )
+                })
+        }
+    }
+}
+
+/// The flags (and their environment variables) that choose the store.
+struct StoreFlags<'a> {
+    data: Option<&'a Path>,
+    s3_endpoint: Option<String>,
+    bucket: Option<String>,
+    s3_region: Option<String>,
+}
+
+/// The object store: embedded (`--data`) or external (`--s3-endpoint`, or
+/// the own region's bucket when neither is given).
+fn storage(
+    flags: StoreFlags<'_>,
+    mut file_s3: FileS3,
+    embedded: FileEmbedded,
+    own_region: Option<&RegionSpec>,
+    part_size: u64,
+    env: &Env<'_>,
+) -> anyhow::Result<Storage> {
+    // Without an explicit store, the region entry names its bucket.
+    if flags.data.is_none()
+        && flags.s3_endpoint.is_none()
+        && file_s3.endpoint.is_none()
+        && let Some(own) = own_region
+        && let (Some(endpoint), Some(bucket)) = (&own.s3_endpoint, &own.bucket)
+    {
+        file_s3.endpoint = Some(endpoint.clone());
+        file_s3.bucket = file_s3.bucket.or(Some(bucket.clone()));
+        file_s3.region = file_s3.region.or(own.s3_region.clone());
+    }
+    match (flags.data, flags.s3_endpoint.or(file_s3.endpoint.take())) {
+        (Some(_), Some(endpoint)) => anyhow::bail!(
+            "both --data and --s3-endpoint ({endpoint}) are set: choose the embedded store (--data DIR) or an external one (--s3-endpoint URL --bucket NAME)"
+        ),
+        (None, None) => anyhow::bail!(
+            "no object store: pass --data DIR for the embedded store, or --s3-endpoint URL --bucket NAME for an external one"
+        ),
+        (Some(dir), None) => embedded_storage(dir, flags.bucket, embedded, part_size),
+        (None, Some(endpoint)) => external_storage(
+            endpoint,
+            flags.bucket,
+            flags.s3_region,
+            file_s3,
+            part_size,
+            env,
+        ),
+    }
+}
+
+/// The `[embedded]` store under `dir`.
+fn embedded_storage(
+    dir: &Path,
+    bucket: Option<String>,
+    embedded: FileEmbedded,
+    part_size: u64,
+) -> anyhow::Result<Storage> {
+    let read_only = match (embedded.read_only_access_key, embedded.read_only_secret_key) {
+        (Some(access_key), Some(secret_key)) => Some(KeyPair {
+            access_key,
+            secret_key,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "embedded.read_only_access_key and embedded.read_only_secret_key go together: set both (the edge presigns with them) or neither"
+        ),
+    };
+    if let (Some(ro), Some(rw)) = (&read_only, &embedded.access_key)
+        && ro.access_key == *rw
+    {
+        anyhow::bail!(
+            "embedded.read_only_access_key equals embedded.access_key: the read-only key must be a key of its own"
+        );
+    }
+    let mut secrets = vec![
+        ("embedded.access_key", embedded.access_key.as_deref()),
+        ("embedded.secret_key", embedded.secret_key.as_deref()),
+    ];
+    if let Some(k) = &read_only {
+        secrets.push(("embedded.read_only_access_key", Some(&k.access_key)));
+        secrets.push(("embedded.read_only_secret_key", Some(&k.secret_key)));
+    }
+    for (setting, value) in secrets {
+        if let Some(v) = value {
+            reject_placeholder(setting, v)?;
+        }
+    }
+    Ok(Storage::Embedded(EmbeddedSettings {
+        read_only,
+        data: dir.to_path_buf(),
+        listen: embedded
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        access_key: embedded.access_key,
+        secret_key: embedded.secret_key,
+        bucket: bucket
+            .or(embedded.bucket)
+            .unwrap_or_else(|| DEFAULT_BUCKET.to_owned()),
+        part_size,
+    }))
+}
+
+/// An external S3-compatible store at `endpoint`.
+fn external_storage(
+    endpoint: String,
+    bucket: Option<String>,
+    s3_region: Option<String>,
+    file_s3: FileS3,
+    part_size: u64,
+    env: &Env<'_>,
+) -> anyhow::Result<Storage> {
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        anyhow::bail!("--s3-endpoint {endpoint:?} must be an http:// or https:// URL");
+    }
+    let bucket = bucket.or(file_s3.bucket).ok_or_else(|| {
+        anyhow::anyhow!("--s3-endpoint is set but no bucket: pass --bucket NAME or set s3.bucket")
+    })?;
+    if bucket.len() < 3 || bucket.len() > 63 {
+        anyhow::bail!("bucket {bucket:?} must be 3 to 63 characters long");
+    }
+    let access_key = env("AWS_ACCESS_KEY_ID")
+        .or(file_s3.access_key)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "external store needs credentials: set AWS_ACCESS_KEY_ID (or s3.access_key)"
+            )
+        })?;
+    let secret_key = env("AWS_SECRET_ACCESS_KEY")
+        .or(file_s3.secret_key)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "external store needs credentials: set AWS_SECRET_ACCESS_KEY (or s3.secret_key)"
+            )
+        })?;
+    reject_placeholder("AWS_ACCESS_KEY_ID (or s3.access_key)", &access_key)?;
+    reject_placeholder("AWS_SECRET_ACCESS_KEY (or s3.secret_key)", &secret_key)?;
+    Ok(Storage::S3(S3Settings {
+        endpoint,
+        bucket,
+        region: s3_region
+            .or(file_s3.region)
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key,
+        secret_key,
+        part_size,
+    }))
+}
+
+/// The cache rules: the file's `[[rule]]` tables, then the `--rule` flags
+/// (a flag overrides the file's rule with the same prefix, keeping that
+/// rule's credentials), validated by the core.
+fn rules(
+    file_rules: Vec<FileRule>,
+    flags: &[String],
+    freshness: FreshnessPolicy,
+    env: &Env<'_>,
+) -> anyhow::Result<Vec<Rule>> {
+    let mut rules = Vec::new();
+    for (i, r) in file_rules.into_iter().enumerate() {
+        rules.push(file_rule(i + 1, r, freshness, env)?);
+    }
+    for flag in flags {
+        let (prefix, upstream) = flag.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!(
+                "--rule {flag:?}: expected PREFIX=URL, e.g. docker.io=https://registry-1.docker.io"
+            )
+        })?;
+        let rule = Rule {
+            prefix: prefix.trim_matches('/').to_owned(),
+            upstream: upstream.to_owned(),
+            credentials: None,
+            freshness,
+            private: false,
+            replicate: false,
+            redirect_hosts: Vec::new(),
+        };
+        match rules.iter_mut().find(|r| r.prefix == rule.prefix) {
+            Some(existing) => {
+                existing.upstream = rule.upstream;
+            }
+            None => rules.push(rule),
+        }
+    }
+    if rules.is_empty() {
+        anyhow::bail!(
+            "no cache rules: pass --rule PREFIX=URL (e.g. --rule docker.io=https://registry-1.docker.io) or add [[rule]] tables to the config file"
+        );
+    }
+    // The core validates prefixes and URLs with precise messages.
+    CacheRules::new(rules.iter().map(Rule::spec).collect())
+        .map_err(|e| anyhow::anyhow!("invalid cache rule: {e}"))?;
+    Ok(rules)
+}
+
+/// The `n`th `[[rule]]` table (counted from 1, as messages name it).
+fn file_rule(n: usize, r: FileRule, defaults: FreshnessPolicy, env: &Env) -> anyhow::Result<Rule> {
+    let password = match (r.password, r.password_env) {
+        (Some(_), Some(var)) => anyhow::bail!(
+            "rule {n} ({}): set either password or password_env ({var}), not both",
+            r.prefix
+        ),
+        (Some(p), None) => Some(p),
+        (None, Some(var)) => Some(env(&var).ok_or_else(|| {
+            anyhow::anyhow!(
+                "rule {n} ({}): password_env names {var}, which is not set",
+                r.prefix
+            )
+        })?),
+        (None, None) => None,
+    };
+    if let Some(p) = &password {
+        reject_placeholder(&format!("rule {n} ({}): password", r.prefix), p)?;
+    }
+    let credentials = match (r.username, password) {
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "rule {n} ({}): a credential set needs both username and password (or password_env)",
+            r.prefix
+        ),
+    };
+    for host in &r.redirect_hosts {
+        wharf_core::egress::HostPattern::parse(host)
+            .map_err(|e| anyhow::anyhow!("rule {n} ({}): redirect_hosts: {e}", r.prefix))?;
+    }
+    Ok(Rule {
+        prefix: r.prefix,
+        upstream: r.upstream,
+        credentials,
+        freshness: FreshnessPolicy {
+            ttl: r.tag_ttl.unwrap_or(defaults.ttl),
+            stale_if_error: r.stale_if_error.unwrap_or(defaults.stale_if_error),
+        },
+        private: r.private,
+        replicate: r.replicate,
+        redirect_hosts: r.redirect_hosts,
+    })
+}
+
+/// Token checking (`[auth]`, `WHARF_TOKEN_KEY`); required by private rules.
+fn auth(file_auth: FileAuth, rules: &[Rule], env: &Env) -> anyhow::Result<Option<AuthConfig>> {
+    let Some(key) = env("WHARF_TOKEN_KEY").or(file_auth.token_key) else {
+        if rules.iter().any(|r| r.private) {
+            anyhow::bail!(
+                "a rule is marked private but no token key is set: set WHARF_TOKEN_KEY (or auth.token_key) to the edge's key"
+            );
+        }
+        return Ok(None);
+    };
+    reject_placeholder("WHARF_TOKEN_KEY (or auth.token_key)", &key)?;
+    let key =
+        SigningKey::new(key.into_bytes()).map_err(|e| anyhow::anyhow!("auth.token_key: {e}"))?;
+    let service = file_auth.service.ok_or_else(|| {
+        anyhow::anyhow!("a token key is set but auth.service is not: set it to the global hostname tokens are issued for")
+    })?;
+    let realm = file_auth
+        .realm
+        .unwrap_or_else(|| format!("https://{service}/token"));
+    Ok(Some(AuthConfig {
+        key,
+        service,
+        realm,
+    }))
+}
+
+/// This origin's place in the deployment: region, replicas, peer stores.
+fn geo(
+    own_region: Option<RegionSpec>,
+    advertise: Option<String>,
+    file_replicas: &[String],
+    regions: &[RegionSpec],
+    part_size: u64,
+    auth: Option<&AuthConfig>,
+    env: &Env<'_>,
+) -> anyhow::Result<Option<GeoConfig>> {
+    let Some(own) = own_region else {
+        if advertise.is_some() || !file_replicas.is_empty() {
+            anyhow::bail!(
+                "advertise or replicas is set but no region: set region and [[regions]] (replicas belong to a region)"
+            );
+        }
+        return Ok(None);
+    };
+    let replicas: Vec<String> = if file_replicas.is_empty() {
+        own.origins()
+    } else {
+        file_replicas
+            .iter()
+            .map(|r| r.trim_end_matches('/').to_owned())
+            .collect()
+    };
+    if let Some(a) = &advertise {
+        let a = a.trim_end_matches('/');
+        if !replicas.iter().any(|r| r == a) {
+            anyhow::bail!(
+                "advertise {a:?} is not one of region {:?}'s replicas ({}): set it to this replica's URL exactly as listed in `replicas` (or the region's `origins`)",
+                own.name,
+                replicas.join(", ")
+            );
+        }
+    } else if replicas.len() > 1 {
+        anyhow::bail!(
+            "region {:?} has {} origins but advertise is not set: set advertise (or --advertise / WHARF_ADVERTISE) to this replica's URL as listed",
+            own.name,
+            replicas.len()
+        );
+    }
+    let peers = peers(regions, &own.name, part_size, env)?;
+    // A forwarded request is served where it lands: only a peer may say so,
+    // with a signature (wharf_core::peer).
+    let peer_key = auth.map(|a| a.key.clone());
+    if replicas.len() > 1 && peer_key.is_none() {
+        anyhow::bail!(
+            "region {:?} has {} replicas but no token key: replicas sign the requests they forward to each other with it; set WHARF_TOKEN_KEY (or auth.token_key and auth.service)",
+            own.name,
+            replicas.len()
+        );
+    }
+    Ok(Some(GeoConfig {
+        region: own.name.clone(),
+        advertise: advertise.map(|a| a.trim_end_matches('/').to_owned()),
+        replicas,
+        peer_key,
+        peers,
+    }))
+}
+
+/// The other regions with a store, nearest first, with their credentials
+/// (`WHARF_S3_*_KEY_<REGION>`, else `AWS_*`).
+fn peers(
+    regions: &[RegionSpec],
+    own: &str,
+    part_size: u64,
+    env: &Env<'_>,
+) -> anyhow::Result<Vec<PeerConfig>> {
+    let mut peers = Vec::new();
+    for i in region::peers(regions, own) {
+        let r = &regions[i];
+        let (Some(endpoint), Some(bucket)) = (&r.s3_endpoint, &r.bucket) else {
+            continue;
+        };
+        let upper = r.name.to_ascii_uppercase().replace('-', "_");
+        let key = |specific: &str, general: &str| {
+            env(&format!("{specific}_{upper}")).or_else(|| env(general))
+        };
+        let access_key = key("WHARF_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID").ok_or_else(|| {
+            anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)", r.name)
+        })?;
+        let secret_key = key("WHARF_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY").ok_or_else(|| {
+            anyhow::anyhow!("peer region {:?}: no credentials; set WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)", r.name)
+        })?;
+        reject_placeholder(
+            &format!("WHARF_S3_ACCESS_KEY_{upper} (or AWS_ACCESS_KEY_ID)"),
+            &access_key,
+        )?;
+        reject_placeholder(
+            &format!("WHARF_S3_SECRET_KEY_{upper} (or AWS_SECRET_ACCESS_KEY)"),
+            &secret_key,
+        )?;
+        peers.push(PeerConfig {
+            name: r.name.clone(),
+            s3: S3Settings {
+                endpoint: endpoint.clone(),
+                bucket: bucket.clone(),
+                region: r
+                    .s3_region
+                    .clone()
+                    .unwrap_or_else(|| "us-east-1".to_owned()),
+                access_key,
+                secret_key,
+                part_size,
+            },
+        });
+    }
+    Ok(peers)
 }
 
 /// Refuses a secret that is a placeholder shipped in `infra/` or
@@ -795,6 +995,100 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.rules[0].redirect_hosts, ["cdn.corp", "*.cloudfront.net"]);
+    }
+
+    #[test]
+    fn limits_default_and_are_validated() {
+        let args = [
+            "--listen",
+            "127.0.0.1:5000",
+            "--data",
+            "/tmp/w",
+            "--rule",
+            "docker.io=http://127.0.0.1:5001",
+        ];
+        let c = load(&args, "").unwrap();
+        assert_eq!(c.limits, LimitSettings::default());
+        let c = load(
+            &args,
+            "[limits]\napi_concurrency = 10\napi_timeout = \"5s\"\nblob_concurrency = 20\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits,
+            LimitSettings {
+                api_concurrency: 10,
+                api_timeout: Duration::from_secs(5),
+                blob_concurrency: 20,
+                ..LimitSettings::default()
+            }
+        );
+        let c = load(
+            &args,
+            "[limits]\nhydrations = 8\nhydrations_per_upstream = 2\nspool_mib = 100\nmin_free_mib = 50\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits.hydration,
+            HydrationLimits {
+                max: 8,
+                per_upstream: 2,
+                spool_bytes: 100 << 20,
+                min_free_bytes: 50 << 20,
+            }
+        );
+        for (file, says) in [
+            (
+                "[limits]\nblob_concurrency = 0\n",
+                "limits.blob_concurrency = 0",
+            ),
+            (
+                "[limits]\napi_concurrency = 0\n",
+                "limits.api_concurrency = 0",
+            ),
+            ("[limits]\napi_timeout = \"0s\"\n", "limits.api_timeout = 0"),
+            ("[limits]\nhydrations = 0\n", "limits.hydrations = 0"),
+        ] {
+            let err = format!("{:#}", load(&args, file).unwrap_err());
+            assert!(err.contains(says), "{file}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_breaker_defaults_and_is_validated() {
+        let args = [
+            "--listen",
+            "127.0.0.1:5000",
+            "--data",
+            "/tmp/w",
+            "--rule",
+            "docker.io=http://127.0.0.1:5001",
+        ];
+        assert_eq!(
+            load(&args, "").unwrap().upstream_breaker,
+            BreakerPolicy::default()
+        );
+        let file = "[upstream]\nbreaker_failures = 3\nbreaker_cool_down = \"10s\"\n";
+        let policy = load(&args, file).unwrap().upstream_breaker;
+        assert_eq!((policy.threshold, policy.cool_down_ms), (3, 10_000));
+        // The flag (or WHARF_UPSTREAM_BREAKER_COOL_DOWN) overrides the file.
+        let mut with_flag = args.to_vec();
+        with_flag.extend(["--upstream-breaker-cool-down", "2s"]);
+        let policy = load(&with_flag, file).unwrap().upstream_breaker;
+        assert_eq!(policy.cool_down_ms, 2_000);
+        for (file, says) in [
+            (
+                "[upstream]\nbreaker_failures = 0\n",
+                "upstream.breaker_failures = 0",
+            ),
+            (
+                "[upstream]\nbreaker_cool_down = \"0s\"\n",
+                "upstream.breaker_cool_down = 0",
+            ),
+        ] {
+            let err = format!("{:#}", load(&args, file).unwrap_err());
+            assert!(err.contains(says), "{file}: {err}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wharf_core::{ApiError, Digest, ErrorCode, RuleError, render_error};
 
-use crate::store::StoreError;
+use crate::store;
 use crate::upstream::UpstreamError;
 
 /// Result alias for request-path code.
@@ -97,7 +97,24 @@ pub enum Error {
     },
     /// The object store failed.
     #[error("object store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] store::Error),
+    /// The spool file a hydration writes the blob to failed.
+    #[error("spool file: {0}")]
+    Spool(#[source] std::io::Error),
+    /// A peer region's copy could not be read (it vanished after its
+    /// `HEAD`, or its body failed part way).
+    #[error("peer region {region}: {source}")]
+    Peer {
+        /// The peer region.
+        region: String,
+        /// What failed.
+        #[source]
+        source: PeerError,
+    },
+    /// A detached task (a blob's leader, a manifest flight) ended without a
+    /// result: it panicked or was aborted.
+    #[error("the {0} task ended without a result; retry")]
+    Lost(&'static str),
     /// A `Range` header that cannot be served.
     #[error("range {range} is not satisfiable for a blob of {len} bytes")]
     RangeNotSatisfiable {
@@ -126,6 +143,24 @@ pub enum Error {
     /// The origin is shutting down and no longer starts new work.
     #[error("origin is shutting down; retry on another replica")]
     ShuttingDown,
+    /// More requests of this kind are in progress than the origin's limit
+    /// (`[limits]`); refused at once rather than queued.
+    #[error(
+        "the cache is serving as many {what} requests as it is configured for; retry in a second"
+    )]
+    Overloaded {
+        /// The request kind (manifest, blob, …).
+        what: &'static str,
+    },
+    /// The answer took longer than the origin's limit (`[limits]`); the
+    /// work behind it goes on, and a retry joins it.
+    #[error("the {what} request took longer than {}s; retry: the fetch behind it goes on", after.as_secs())]
+    TimedOut {
+        /// The request kind.
+        what: &'static str,
+        /// The configured limit.
+        after: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -143,9 +178,14 @@ impl Error {
             Error::BlobUnknown { .. } => ErrorCode::BlobUnknown,
             Error::Upstream { source, .. } => source.code(),
             Error::Joined(inner) => inner.code(),
-            Error::DigestMismatch { .. } | Error::Store(_) | Error::ShuttingDown => {
-                ErrorCode::Unavailable
-            }
+            Error::DigestMismatch { .. }
+            | Error::Store(_)
+            | Error::Spool(_)
+            | Error::Peer { .. }
+            | Error::Lost(_)
+            | Error::ShuttingDown
+            | Error::Overloaded { .. }
+            | Error::TimedOut { .. } => ErrorCode::Unavailable,
             Error::RangeNotSatisfiable { .. } | Error::RangeInvalid(_) => ErrorCode::RangeInvalid,
             Error::Unauthorized { .. } => ErrorCode::Unauthorized,
             Error::Denied(_) => ErrorCode::Denied,
@@ -167,6 +207,9 @@ impl Error {
                 UpstreamError::RateLimited { retry_after } => format!(
                     "upstream {registry} is rate limiting the cache; retry after {retry_after} s"
                 ),
+                UpstreamError::CircuitOpen { retry_after } => format!(
+                    "upstream {registry} failed repeatedly and is skipped for now; retry after {retry_after} s"
+                ),
                 UpstreamError::Unauthorized { status, .. } => format!(
                     "upstream {registry} refused access ({status}); the cache's operator should check the rule's credentials"
                 ),
@@ -178,7 +221,10 @@ impl Error {
             Error::DigestMismatch { registry, want, .. } => format!(
                 "upstream {registry} sent content that does not match {want}; nothing was cached, retry later"
             ),
-            Error::Store(_) => "the object store is unavailable; retry later".to_owned(),
+            // The cache's own storage, whichever part of it failed.
+            Error::Store(_) | Error::Spool(_) | Error::Peer { .. } | Error::Lost(_) => {
+                "the object store is unavailable; retry later".to_owned()
+            }
             Error::Joined(inner) => inner.public_message(),
             other => other.to_string(),
         }
@@ -189,9 +235,30 @@ impl Error {
         match self {
             Error::Upstream { source, .. } => source.retry_after(),
             Error::Joined(inner) => inner.retry_after(),
+            Error::Overloaded { .. } | Error::TimedOut { .. } => Some(1),
             _ => None,
         }
     }
+}
+
+/// Why a peer region's copy could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Its store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Its `GET` found nothing after its `HEAD` had found the object.
+    #[error("the copy vanished between HEAD and GET; retry")]
+    Vanished,
+    /// Its body failed after this many bytes.
+    #[error("after {at} bytes: {source}")]
+    Body {
+        /// Bytes received before the failure.
+        at: u64,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The rendered error's text, kept on the response for the logging layer.

@@ -8,11 +8,16 @@
 //!
 //! * [`config`] — the typed configuration (file, environment, flags).
 //! * [`state`] — [`state::AppState`], the shared handles of a running origin.
-//! * [`app`] — the router and its layers; [`handlers`] — one file per
-//!   operation, after the core has parsed the request.
-//! * [`manifests`] — tag freshness and revalidation, immutable digests.
+//! * [`app`] — the router and its layers; [`handlers`] — admission (parse,
+//!   resolve once, authorize) and one file per operation; [`limits`] —
+//!   timeouts, load shedding and the blob concurrency limit.
+//! * [`manifests`] — tag freshness and revalidation, immutable digests;
+//!   [`tags`] — tag lists, cached briefly; [`referrers`] — the referrers
+//!   API and its fallback tag.
 //! * [`hydrate`] — blob misses: one upstream fetch, streamed to every waiting
-//!   client while it is verified and uploaded; [`coalesce`] — the in-flight map.
+//!   client while it is verified and uploaded; [`coalesce`] — the in-flight map;
+//!   [`verify`] — the one stream → hash → sink → verify → commit loop that
+//!   hydration and replication share.
 //! * [`upstream`] — upstream registries (token dance, redirects, rate limits).
 //! * [`store`] — the S3 bucket, and the embedded S3 server for `--data`.
 //! * [`auth`] — the edge's tokens and blob tickets, when a key is set;
@@ -20,10 +25,12 @@
 //! * [`geo`] — peer regions' stores (cross-region hydration);
 //!   [`replicate`] — eager copies to them; [`cluster`] — replicas of one
 //!   region sending each blob miss to its owner (rendezvous hashing).
-//! * [`metrics`] — every metric name; [`error`] — the one error type.
+//! * [`metrics`] — every metric name; [`error`] — the one error type;
+//!   [`bounded`] — maps bounded in bytes.
 
 pub mod app;
 pub mod auth;
+pub mod bounded;
 pub mod cluster;
 pub mod coalesce;
 pub mod config;
@@ -31,17 +38,22 @@ pub mod error;
 pub mod geo;
 pub mod handlers;
 pub mod hydrate;
+pub mod limits;
 pub mod links;
 pub mod manifests;
 pub mod metrics;
+pub mod passthrough;
+pub mod referrers;
 pub mod replicate;
 pub mod state;
 pub mod store;
 pub mod tags;
 pub mod upstream;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -50,6 +62,10 @@ use tokio::sync::Notify;
 use crate::config::{Config, Storage};
 use crate::state::AppState;
 use crate::store::Store;
+
+/// A multipart upload this old was left by a process that died: the
+/// longest hydration a live one completes or aborts is far shorter.
+const ORPHAN_AGE: Duration = Duration::from_secs(6 * 3600);
 
 /// Runs the origin on `listener` until `shutdown` resolves, then drains:
 /// open requests and in-flight hydrations get `config.shutdown_grace` to
@@ -78,14 +94,22 @@ pub async fn run(
     };
     match store.check().await {
         Ok(()) => {
+            // At start and every hour: uploads older than ORPHAN_AGE were
+            // left by a process that died. Younger ones may be another
+            // replica's, writing now into the same bucket.
             let store = store.clone();
             tokio::spawn(async move {
-                match store.abort_orphan_uploads("blobs/").await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(aborted = n, "aborted uploads left by a previous process")
+                let mut every = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    every.tick().await;
+                    match store.abort_orphan_uploads("blobs/", ORPHAN_AGE).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            aborted = n,
+                            "aborted uploads left by a process that died"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "could not list orphaned uploads"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not list orphaned uploads"),
                 }
             });
         }

@@ -13,11 +13,18 @@
 //!   served while inside the stale-if-error window, marked stale in the
 //!   `X-Wharf-Cache` header and `wharf_stale_served_total`.
 //!
+//! A request may carry a shorter freshness than the rule's (the edge's ttl,
+//! `X-Wharf-Max-Tag-Age-Ms`): the record is then served only while younger
+//! than that too, and every answer by tag says how old the upstream's
+//! confirmation is ([`Manifest::confirmed_at_ms`], `X-Wharf-Tag-Age-Ms`), so
+//! freshness does not compound across the edge and the origin
+//! (`wharf_core::freshness`). What a stale tag's `HEAD` leads to is the
+//! core's decision (`wharf_core::revalidate`).
+//!
 //! Concurrent requests for the same tag or digest share one upstream request
 //! (a detached task behind a shared future), so a herd after a TTL expiry
 //! still costs one `HEAD`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,8 +37,10 @@ use wharf_core::media::{
     Accepted, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, ManifestError, accept_manifest,
     manifest_media_type,
 };
-use wharf_core::{Digest, Freshness, FreshnessPolicy, OnUpstreamError, RepositoryName, Tag};
+use wharf_core::revalidate::{self, HeadResult, Revalidation};
+use wharf_core::{Digest, Freshness, FreshnessPolicy, RepositoryName, Tag};
 
+use crate::bounded::ByteLru;
 use crate::coalesce::SharedFlights;
 use crate::error::Error;
 use crate::links::{Kind, Links, Through};
@@ -62,6 +71,25 @@ pub struct Manifest {
     pub media_type: String,
     /// The bytes, exactly as the upstream sent them.
     pub body: Bytes,
+    /// Fetched by tag: when the upstream last confirmed that the tag points
+    /// here (unix milliseconds). `None` by digest.
+    pub confirmed_at_ms: Option<u64>,
+}
+
+impl Manifest {
+    fn confirmed_at(self, at_ms: u64) -> Manifest {
+        Manifest {
+            confirmed_at_ms: Some(at_ms),
+            ..self
+        }
+    }
+
+    /// Milliseconds since the upstream confirmed the tag, for
+    /// `X-Wharf-Tag-Age-Ms`; `None` by digest.
+    pub fn tag_age_ms(&self) -> Option<u64> {
+        self.confirmed_at_ms
+            .map(|at| wharf_core::freshness::age_ms(at, now_ms()))
+    }
 }
 
 /// How a manifest request was answered, for the `X-Wharf-Cache` header and
@@ -105,22 +133,26 @@ pub struct ManifestRequest {
     pub replicate: bool,
 }
 
+/// Memory the remembered tag records may take: about 100,000 tags.
+const TAG_RECORDS_BYTES: usize = 16 << 20;
+/// What one remembered record costs beyond its key and media type (the
+/// digest, the time, the map's own entry).
+const TAG_RECORD_OVERHEAD: usize = 160;
+
 /// The manifest cache of this process.
 pub struct Manifests {
     store: Store,
     links: Arc<Links>,
     replicator: Option<Replicator>,
-    tags: Mutex<HashMap<String, TagRecord>>,
+    /// Tag records read or written lately (the store has them all),
+    /// bounded in bytes.
+    tags: Mutex<ByteLru<TagRecord>>,
     flights: SharedFlights<String, (Manifest, CacheStatus), Error>,
 }
 
 /// The error of a manifest flight whose task ended without a result.
 fn lost_flight() -> Error {
-    Error::Store(store::StoreError {
-        op: "Manifest",
-        key: String::new(),
-        message: "the manifest task failed; retry".into(),
-    })
+    Error::Lost("manifest")
 }
 
 fn now_ms() -> u64 {
@@ -137,24 +169,30 @@ impl Manifests {
             store,
             links,
             replicator,
-            tags: Mutex::new(HashMap::new()),
+            tags: Mutex::new(ByteLru::new(TAG_RECORDS_BYTES)),
             flights: SharedFlights::new(lost_flight),
         }
     }
 
-    /// Resolves `tag` under the freshness policy.
+    /// Resolves `tag` under the freshness policy, shortened to `max_age`
+    /// when the asker (the edge) serves confirmations only that long.
     pub async fn by_tag(
         self: &Arc<Self>,
         req: &ManifestRequest,
         tag: &Tag,
+        max_age: Option<std::time::Duration>,
     ) -> Result<(Manifest, CacheStatus), Error> {
         let key = store::tag_key(&req.canonical, tag);
         let record = self.tag_record(&key).await;
         if let Some(r) = &record
-            && req.freshness.classify(r.fetched_at_ms, now_ms()) == Freshness::Fresh
+            && req
+                .freshness
+                .at_most(max_age)
+                .classify(r.fetched_at_ms, now_ms())
+                == Freshness::Fresh
             && let Some(m) = self.load(&r.digest).await
         {
-            return Ok((m, CacheStatus::Hit));
+            return Ok((m.confirmed_at(r.fetched_at_ms), CacheStatus::Hit));
         }
         let this = self.clone();
         let (req, tag) = (req.clone(), tag.clone());
@@ -249,8 +287,48 @@ impl Manifests {
                 accept(),
             )
             .await;
-        match head {
-            Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+        // `send` answers only 2xx and 404; every other status is its error.
+        let (status, digest, failure) = match head {
+            Ok(response) => {
+                let digest = response
+                    .headers()
+                    .get(DOCKER_CONTENT_DIGEST)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Digest::parse(v).ok());
+                (response.status().as_u16(), digest, None)
+            }
+            Err(source) => (0, None, Some(source)),
+        };
+        let result = match failure {
+            Some(_) => HeadResult::Failed,
+            None => HeadResult::from_status(status, digest.as_ref()),
+        };
+        let now = now_ms();
+        match revalidate::decide(
+            &req.freshness,
+            &record.digest,
+            record.fetched_at_ms,
+            now,
+            result,
+        ) {
+            Revalidation::Confirmed => {
+                if let Some(m) = self.load(&record.digest).await {
+                    let touched = TagRecord {
+                        fetched_at_ms: now,
+                        ..record
+                    };
+                    self.save_tag(key, &touched).await;
+                    return Ok((m.confirmed_at(now), CacheStatus::Revalidated));
+                }
+                self.fetch_tag(req, tag, key)
+                    .await
+                    .map(|m| (m, CacheStatus::Miss))
+            }
+            Revalidation::Fetch => self
+                .fetch_tag(req, tag, key)
+                .await
+                .map(|m| (m, CacheStatus::Miss)),
+            Revalidation::Gone => {
                 self.forget_tag(key).await;
                 Err(Error::ManifestUnknown {
                     name: req.canonical.to_string(),
@@ -258,49 +336,21 @@ impl Manifests {
                     registry,
                 })
             }
-            Ok(response) => {
-                let upstream_digest = response
-                    .headers()
-                    .get(DOCKER_CONTENT_DIGEST)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Digest::parse(v).ok());
-                if upstream_digest.as_ref() == Some(&record.digest)
+            decision @ (Revalidation::ServeStale | Revalidation::Fail) => {
+                let source = failure.unwrap_or_else(|| UpstreamError::Status {
+                    status,
+                    message: "unexpected answer to a HEAD".into(),
+                });
+                if decision == Revalidation::ServeStale
                     && let Some(m) = self.load(&record.digest).await
                 {
-                    let touched = TagRecord {
-                        fetched_at_ms: now_ms(),
-                        ..record
-                    };
-                    self.save_tag(key, &touched).await;
-                    return Ok((m, CacheStatus::Revalidated));
+                    metrics::stale_served(&registry);
+                    tracing::warn!(repo = %req.canonical, %tag, registry, error = %source, "upstream failed; serving the last known tag");
+                    return Ok((m.confirmed_at(record.fetched_at_ms), CacheStatus::Stale));
                 }
-                self.fetch_tag(req, tag, key)
-                    .await
-                    .map(|m| (m, CacheStatus::Miss))
+                Err(Error::Upstream { registry, source })
             }
-            Err(source) => self.stale_or_fail(req, tag, &record, source).await,
         }
-    }
-
-    async fn stale_or_fail(
-        &self,
-        req: &ManifestRequest,
-        tag: &Tag,
-        record: &TagRecord,
-        source: UpstreamError,
-    ) -> Result<(Manifest, CacheStatus), Error> {
-        let registry = req.upstream.registry().to_owned();
-        if req
-            .freshness
-            .on_upstream_error(record.fetched_at_ms, now_ms())
-            == OnUpstreamError::ServeStale
-            && let Some(m) = self.load(&record.digest).await
-        {
-            metrics::stale_served(&registry);
-            tracing::warn!(repo = %req.canonical, %tag, registry, error = %source, "upstream failed; serving the last known tag");
-            return Ok((m, CacheStatus::Stale));
-        }
-        Err(Error::Upstream { registry, source })
     }
 
     async fn fetch_tag(
@@ -309,14 +359,15 @@ impl Manifests {
         tag: &Tag,
         key: &str,
     ) -> Result<Manifest, Error> {
+        let now = now_ms();
         let manifest = self.fetch(req, tag.as_str(), None).await?;
         let record = TagRecord {
             digest: manifest.digest.clone(),
             media_type: manifest.media_type.clone(),
-            fetched_at_ms: now_ms(),
+            fetched_at_ms: now,
         };
         self.save_tag(key, &record).await;
-        Ok(manifest)
+        Ok(manifest.confirmed_at(now))
     }
 
     /// GETs a manifest from the upstream, verifies it and stores it.
@@ -388,6 +439,7 @@ impl Manifests {
             digest,
             media_type: media_type.as_str().to_owned(),
             body,
+            confirmed_at_ms: None,
         };
         // The upstream served it through this name: the name may read it and
         // what it refers to.
@@ -431,6 +483,7 @@ impl Manifests {
                     digest: digest.clone(),
                     media_type,
                     body,
+                    confirmed_at_ms: None,
                 })
             }
             Ok(None) => None,
@@ -465,11 +518,9 @@ impl Manifests {
     }
 
     fn remember(&self, key: &str, record: &TagRecord) {
+        let weight = record.media_type.len() + TAG_RECORD_OVERHEAD;
         let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
-        if tags.len() > 100_000 {
-            tags.clear();
-        }
-        tags.insert(key.to_owned(), record.clone());
+        tags.put(key.to_owned(), record.clone(), weight);
     }
 
     async fn save_tag(&self, key: &str, record: &TagRecord) {

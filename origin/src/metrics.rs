@@ -36,6 +36,17 @@ pub const COALESCED: &str = "wharf_coalesced_requests_total";
 pub const LINK_CHECKS: &str = "wharf_link_checks_total";
 /// Remaining upstream rate-limit budget last reported, by `registry`.
 pub const RATELIMIT_REMAINING: &str = "wharf_upstream_ratelimit_remaining";
+/// Cold blobs passed through (streamed, verified, not stored), by `reason`
+/// (disk, hydrations, upstream, spool).
+pub const PASSTHROUGH: &str = "wharf_passthrough_total";
+/// Free bytes on a watched filesystem, by `dir` (spool, store).
+pub const DISK_FREE: &str = "wharf_disk_free_bytes";
+/// Each upstream's circuit, by `registry`: 0 closed, 1 half-open, 2 open.
+pub const UPSTREAM_CIRCUIT: &str = "wharf_upstream_circuit_state";
+/// Times an upstream's circuit opened, by `registry`.
+pub const UPSTREAM_CIRCUIT_OPENED: &str = "wharf_upstream_circuit_opened_total";
+/// Requests not sent because the upstream's circuit was open, by `registry`.
+pub const UPSTREAM_CIRCUIT_REFUSED: &str = "wharf_upstream_circuit_refused_total";
 
 /// Builds the Prometheus recorder, installs it as the process's recorder and
 /// returns the handle `/metrics` renders from.
@@ -108,6 +119,36 @@ pub fn coalesced(kind: &'static str) {
 /// Records the upstream's advertised remaining rate-limit budget.
 pub fn ratelimit_remaining(registry: &str, remaining: f64) {
     gauge!(RATELIMIT_REMAINING, "registry" => registry.to_owned()).set(remaining);
+}
+
+/// Sets an upstream's circuit state (the core's label).
+pub fn circuit_state(registry: &str, state: &str) {
+    let value = match state {
+        "closed" => 0.0,
+        "half_open" => 1.0,
+        _ => 2.0,
+    };
+    gauge!(UPSTREAM_CIRCUIT, "registry" => registry.to_owned()).set(value);
+}
+
+/// Counts a cold blob passed through.
+pub fn passthrough(reason: &'static str) {
+    counter!(PASSTHROUGH, "reason" => reason).increment(1);
+}
+
+/// Free bytes on a watched filesystem.
+pub fn disk_free(dir: &'static str, bytes: u64) {
+    gauge!(DISK_FREE, "dir" => dir).set(bytes as f64);
+}
+
+/// Counts an upstream's circuit opening.
+pub fn circuit_opened(registry: &str) {
+    counter!(UPSTREAM_CIRCUIT_OPENED, "registry" => registry.to_owned()).increment(1);
+}
+
+/// Counts a request not sent because the circuit was open.
+pub fn circuit_refused(registry: &str) {
+    counter!(UPSTREAM_CIRCUIT_REFUSED, "registry" => registry.to_owned()).increment(1);
 }
 
 /// Token requests sent to upstream token servers, by `registry` and `status`.

@@ -3,10 +3,11 @@
 //! background, so the first pull there is already warm.
 //!
 //! A bounded queue feeds a few workers. Each copy streams the local object
-//! to the peer (one `PutObject` up to one part, else a multipart upload fed
-//! one part at a time: memory is bounded by the part size), hashes it on the
-//! way, and completes only when the digest matched — a peer never holds an
-//! unverified object. A peer that already has the object is skipped.
+//! through the shared verify loop ([`crate::verify`]) into the peer's
+//! [`PartSink`](crate::store::PartSink) (one `PutObject` up to one part,
+//! else a multipart upload fed one part at a time: memory is bounded by the
+//! part size), and completes only when the digest matched — a peer never
+//! holds an unverified object. A peer that already has the object is skipped.
 //! Failures are retried with exponential backoff; what is still failing
 //! after the last attempt is logged and counted (a later pull in that region
 //! copies it on demand anyway). Queue depth and lag are metrics.
@@ -14,8 +15,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +23,7 @@ use wharf_core::Digest;
 use crate::geo::Peer;
 use crate::metrics;
 use crate::store::Store;
+use crate::verify::{self, CopyError};
 
 /// Objects waiting beyond this are dropped (and counted as failed).
 const QUEUE: usize = 10_000;
@@ -140,7 +140,8 @@ async fn replicate(local: &Store, peer: &Peer, job: &Job) {
     }
 }
 
-/// Copies one object; `Ok("present")` when the peer already had it.
+/// Copies one object through the shared verify loop; `Ok("present")` when
+/// the peer already had it.
 async fn copy(local: &Store, peer: &Store, job: &Job) -> Result<&'static str, String> {
     if peer
         .head(&job.key)
@@ -150,68 +151,27 @@ async fn copy(local: &Store, peer: &Store, job: &Job) -> Result<&'static str, St
     {
         return Ok("present");
     }
-    let Some((meta, body)) = local.get(&job.key, None).await.map_err(|e| e.to_string())? else {
+    let found = local
+        .get_stream(&job.key, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some((meta, body)) = found else {
         return Err(format!("{} is no longer in the local store", job.key));
     };
     let content_type = meta
         .content_type
-        .clone()
-        .unwrap_or_else(|| "application/octet-stream".to_owned());
-    let part = peer.part_size() as usize;
-    let mut reader = body.into_async_read();
-    let mut verifier = job.digest.verifier();
-    let mut buf = BytesMut::with_capacity(part.min(meta.len as usize + 1));
-    let mut upload = None;
-    let mut total = 0u64;
-    loop {
-        buf.reserve(256 * 1024);
-        let n = reader
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| format!("reading {}: {e}", job.key))?;
-        if n > 0 {
-            verifier.update(&buf[buf.len() - n..]);
-            total += n as u64;
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let sink = peer.part_sink(&job.key, content_type);
+    match verify::copy(body, &job.digest, Some(meta.len), sink).await {
+        Ok(_) => Ok("copied"),
+        Err(CopyError::Body { at, source }) => {
+            Err(format!("reading {} after {at} bytes: {source}", job.key))
         }
-        let done = n == 0;
-        while buf.len() >= part || (done && upload.is_some() && !buf.is_empty()) {
-            if upload.is_none() {
-                upload = Some(
-                    peer.multipart(&job.key, &content_type)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            let chunk = buf.split_to(buf.len().min(part)).freeze();
-            if let Some(u) = upload.as_mut()
-                && let Err(e) = u.upload_part_bytes(chunk).await
-            {
-                if let Some(u) = upload.take() {
-                    let _ = u.abort().await;
-                }
-                return Err(e.to_string());
-            }
-        }
-        if done {
-            break;
-        }
-    }
-    let got = verifier.finish();
-    if got != job.digest || total != meta.len {
-        if let Some(u) = upload {
-            let _ = u.abort().await;
-        }
-        return Err(format!(
-            "local copy of {} does not match its digest ({got}, {total} bytes); not replicated",
+        Err(CopyError::Sink(e)) => Err(e.to_string()),
+        Err(CopyError::Mismatch { got }) => Err(format!(
+            "local copy of {} does not match its digest ({got}); not replicated",
             job.key
-        ));
+        )),
     }
-    match upload {
-        Some(u) => u.complete().await.map_err(|e| e.to_string())?,
-        None => peer
-            .put_bytes(&job.key, buf.freeze(), &content_type)
-            .await
-            .map_err(|e| e.to_string())?,
-    }
-    Ok("copied")
 }

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::geo::Geo;
 use crate::hydrate::{BlobRequest, Blobs};
+use crate::limits::Limits;
 use crate::links::Links;
 use crate::manifests::{ManifestRequest, Manifests};
 use crate::replicate::Replicator;
@@ -18,14 +19,11 @@ use crate::store::Store;
 use crate::tags::TagLists;
 use crate::upstream::Upstream;
 
-/// One cache rule at run time.
+/// One cache rule at run time (its privacy and freshness are on the core's
+/// rule: `Resolved`).
 pub struct RuleRuntime {
     /// The upstream client.
     pub upstream: Arc<Upstream>,
-    /// The rule's tag freshness.
-    pub freshness: FreshnessPolicy,
-    /// Whether pulls need a token bound to the rule.
-    pub private: bool,
     /// Copy what the rule hydrates to the peer regions at once.
     pub replicate: bool,
 }
@@ -57,6 +55,8 @@ pub struct AppState {
     pub replicator: Option<Replicator>,
     /// Client for requests to the other replicas of this region.
     pub replicas: reqwest::Client,
+    /// Per-kind limits on the registry API.
+    pub limits: Arc<Limits>,
 }
 
 /// A request's repository resolved against the cache rules.
@@ -138,11 +138,10 @@ impl AppState {
                 config.upstream_timeouts,
                 &rule.redirect_hosts,
             )
-            .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?;
+            .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?
+            .with_breaker(config.upstream_breaker);
             runtimes.push(RuleRuntime {
                 upstream: Arc::new(upstream),
-                freshness: rule.freshness,
-                private: rule.private,
                 replicate: rule.replicate,
             });
         }
@@ -161,7 +160,14 @@ impl AppState {
             geo.clone(),
             replicator.clone(),
         )
-        .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?;
+        .map_err(|e| anyhow::anyhow!("spool directory {}: {e}", config.spool_dir.display()))?
+        .with_limits(
+            config.limits.hydration.clone(),
+            match &config.storage {
+                crate::config::Storage::Embedded(s) => Some(crate::store::embedded::root(s)),
+                crate::config::Storage::S3(_) => None,
+            },
+        );
         let replicas = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(std::time::Duration::from_secs(2))
@@ -188,6 +194,7 @@ impl AppState {
             geo,
             replicator,
             replicas,
+            limits: Arc::new(Limits::new(&config.limits)),
         })
     }
 
@@ -199,9 +206,9 @@ impl AppState {
             upstream: runtime.upstream.clone(),
             upstream_repo: resolved.upstream_repo,
             canonical: resolved.canonical,
-            freshness: runtime.freshness,
+            freshness: resolved.freshness,
             prefix: resolved.prefix,
-            private: runtime.private,
+            private: resolved.private,
             replicate: runtime.replicate,
         })
     }

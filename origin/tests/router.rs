@@ -9,14 +9,20 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use wharf_origin::config::{Config, Rule, Storage};
+use wharf_origin::limits::LimitSettings;
 use wharf_origin::state::AppState;
 use wharf_origin::store::{S3Settings, Store};
 use wharf_origin::upstream::Timeouts;
 
 fn state(spool: &std::path::Path) -> AppState {
+    // Nothing listens here: these tests must not reach the store.
+    state_with(spool, "http://127.0.0.1:9", LimitSettings::default())
+}
+
+/// State whose upstream and store are both at `endpoint`.
+fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) -> AppState {
     let s3 = S3Settings {
-        // Nothing listens here: these tests must not reach the store.
-        endpoint: "http://127.0.0.1:9".into(),
+        endpoint: endpoint.into(),
         bucket: "wharf".into(),
         region: "us-east-1".into(),
         access_key: "a".into(),
@@ -29,7 +35,7 @@ fn state(spool: &std::path::Path) -> AppState {
         spool_dir: spool.to_owned(),
         rules: vec![Rule {
             prefix: "ghcr.io".into(),
-            upstream: "http://127.0.0.1:9".into(),
+            upstream: endpoint.into(),
             credentials: None,
             freshness: Default::default(),
             private: false,
@@ -43,6 +49,8 @@ fn state(spool: &std::path::Path) -> AppState {
         },
         shutdown_grace: Duration::from_secs(1),
         tags_list_ttl: Duration::from_secs(1),
+        limits,
+        upstream_breaker: Default::default(),
         auth: None,
         geo: None,
     };
@@ -179,4 +187,127 @@ async fn readiness_fails_when_the_store_is_unreachable() {
     for secret in ["wharf", "127.0.0.1", "http://", dir.as_str()] {
         assert!(!text.contains(secret), "{secret:?} in /readyz: {text}");
     }
+}
+
+/// An endpoint that accepts connections and never answers: whatever the
+/// origin asks there stays in progress.
+async fn stalled_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+async fn send(app: &axum::Router, uri: &str) -> axum::response::Response {
+    app.clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn error_code(response: axum::response::Response) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    code(&body).to_owned()
+}
+
+#[tokio::test]
+async fn manifest_requests_past_the_limit_are_shed_and_slow_ones_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, stall) = stalled_endpoint().await;
+    let limits = LimitSettings {
+        api_concurrency: 1,
+        api_timeout: Duration::from_millis(1500),
+        blob_concurrency: 8,
+        ..LimitSettings::default()
+    };
+    let app = wharf_origin::app::app(state_with(dir.path(), &endpoint, limits));
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, "/v2/ghcr.io/o/i/manifests/latest").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The one allowed manifest request is waiting on the upstream: the
+    // next one (another repository, so not the same flight) is refused at
+    // once, with a retry hint.
+    let shed = send(&app, "/v2/ghcr.io/o/other/manifests/latest").await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(error_code(shed).await, "UNAVAILABLE");
+    // `/v2/` is never limited.
+    assert_eq!(send(&app, "/v2/").await.status(), StatusCode::OK);
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(first.headers()["retry-after"], "1");
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("took longer than 1s"), "{text}");
+    // The permit went with the timed-out request.
+    let again = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, "/v2/ghcr.io/o/i/manifests/latest").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !again.is_finished(),
+        "a request after the timeout is admitted"
+    );
+    again.abort();
+    stall.abort();
+}
+
+#[tokio::test]
+async fn blob_requests_past_the_limit_are_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, stall) = stalled_endpoint().await;
+    let limits = LimitSettings {
+        api_concurrency: 8,
+        api_timeout: Duration::from_secs(60),
+        blob_concurrency: 1,
+        ..LimitSettings::default()
+    };
+    let app = wharf_origin::app::app(state_with(dir.path(), &endpoint, limits));
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let first = tokio::spawn({
+        let app = app.clone();
+        let uri = format!("/v2/ghcr.io/o/i/blobs/{}", digest('a'));
+        async move { send(&app, &uri).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.is_finished(),
+        "the first blob request waits on the store"
+    );
+    let shed = send(&app, &format!("/v2/ghcr.io/o/i/blobs/{}", digest('b'))).await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(error_code(shed).await, "UNAVAILABLE");
+    // Manifest requests have their own limit.
+    let manifest = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, "/v2/ghcr.io/o/i/manifests/latest").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!manifest.is_finished(), "a manifest request is admitted");
+    manifest.abort();
+    // A blob's permit is released when its request goes away.
+    first.abort();
+    let _ = first.await;
+    let next = tokio::spawn({
+        let app = app.clone();
+        let uri = format!("/v2/ghcr.io/o/i/blobs/{}", digest('c'));
+        async move { send(&app, &uri).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !next.is_finished(),
+        "a blob request after the first ended is admitted"
+    );
+    next.abort();
+    stall.abort();
 }

@@ -255,31 +255,14 @@ impl GeoStack {
     /// A pull token for `repo` (as the edge would issue it), for talking to
     /// the origins directly.
     pub fn token(&self, repo: &str) -> String {
-        use wharf_core::token::{Access, Claims, SigningKey, issue};
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let key =
-            SigningKey::new(TOKEN_KEY.as_bytes().to_vec()).expect("the test key is long enough");
-        issue(
-            &key,
-            &Claims {
-                iss: GLOBAL_HOST.into(),
-                sub: String::new(),
-                aud: GLOBAL_HOST.into(),
-                exp: now + 600,
-                nbf: now.saturating_sub(60),
-                iat: now,
-                access: vec![Access {
-                    resource_type: "repository".into(),
-                    name: repo.into(),
-                    actions: vec!["pull".into()],
-                }],
-                private_rules: Vec::new(),
-            },
-        )
+        pull_token(repo)
     }
+}
+
+/// A pull token for `repo` signed with [`TOKEN_KEY`] (as the edge would
+/// issue it), for talking to origins configured with that key directly.
+pub fn pull_token(repo: &str) -> String {
+    crate::tokens::pull_token(TOKEN_KEY, GLOBAL_HOST, &[repo], &[], 600)
 }
 
 /// `[[regions]]` tables for the origins' TOML from the JSON region list.

@@ -41,6 +41,7 @@ pub mod images;
 pub mod origin;
 pub mod probes;
 pub mod process;
+pub mod tokens;
 pub mod upstream;
 
 use std::net::TcpListener;

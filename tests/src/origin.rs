@@ -166,6 +166,10 @@ impl Origin {
         for (k, v) in crate::process::sealed_env() {
             cmd.env(k, v);
         }
+        // Tests stop and restart upstreams within seconds: a failing
+        // upstream is skipped for 1 s, not the default 30 s. Tests of the
+        // breaker itself set their own (`opts.env` comes after).
+        cmd.env("WHARF_UPSTREAM_BREAKER_COOL_DOWN", "1s");
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }

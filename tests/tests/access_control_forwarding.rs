@@ -9,40 +9,14 @@
 //! forwarded to the owner: 32 concurrent cold pulls spread over both
 //! replicas make exactly one upstream `GET`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::future::join_all;
-use wharf_core::token::{Access, Claims, SigningKey, issue};
 use wharf_tests::edge::{BUCKET, GLOBAL_HOST, S3_ACCESS_KEY, S3_SECRET_KEY, TOKEN_KEY};
+use wharf_tests::geo::pull_token as token;
 use wharf_tests::probes::{Outcome, Probes};
 use wharf_tests::{
     Fault, ImageSpec, Kind, Origin, OriginOpts, TestDir, Upstream, UpstreamAuth, free_port,
     http_client,
 };
-
-fn token(repo: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    issue(
-        &SigningKey::new(TOKEN_KEY.as_bytes().to_vec()).unwrap(),
-        &Claims {
-            iss: GLOBAL_HOST.into(),
-            sub: String::new(),
-            aud: GLOBAL_HOST.into(),
-            exp: now + 600,
-            nbf: now,
-            iat: now,
-            access: vec![Access {
-                resource_type: "repository".into(),
-                name: repo.into(),
-                actions: vec!["pull".into()],
-            }],
-            private_rules: Vec::new(),
-        },
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwarding_headers_from_clients_are_not_trusted() {

@@ -16,10 +16,10 @@
 //! (probe → status today) either way.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
-use wharf_core::token::{Access, Claims, SigningKey, issue};
+use wharf_core::token::SigningKey;
 use wharf_core::{Digest, RepositoryName, ticket};
 use wharf_tests::clients::{fetch_blob, get_manifest};
 use wharf_tests::images::ALL_MANIFEST_TYPES;
@@ -31,45 +31,14 @@ use wharf_tests::{Fault, Kind, Origin, OriginOpts, TestDir, http_client, wait_un
 const KEY: &str = "access-control-origin-test-key-0123456789";
 const SERVICE: &str = "wharf.test";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn key() -> SigningKey {
-    SigningKey::new(KEY.as_bytes().to_vec()).unwrap()
+    wharf_tests::tokens::key(KEY)
 }
 
 /// A token as the edge issues it: `pull` on `names`, and the private rules
 /// the user signed in for.
 fn token(names: &[&str], private_rules: &[&str]) -> String {
-    let now = now();
-    issue(
-        &key(),
-        &Claims {
-            iss: SERVICE.into(),
-            sub: if private_rules.is_empty() {
-                String::new()
-            } else {
-                "alice".into()
-            },
-            aud: SERVICE.into(),
-            exp: now + 300,
-            nbf: now,
-            iat: now,
-            access: names
-                .iter()
-                .map(|n| Access {
-                    resource_type: "repository".into(),
-                    name: (*n).into(),
-                    actions: vec!["pull".into()],
-                })
-                .collect(),
-            private_rules: private_rules.iter().map(|r| (*r).to_owned()).collect(),
-        },
-    )
+    wharf_tests::tokens::pull_token(KEY, SERVICE, names, private_rules, 300)
 }
 
 /// Every ticket of this file is minted here, as the edge mints it for a
@@ -86,7 +55,7 @@ fn mint_ticket(name: &str, digest: &str, rule: &str, private: bool) -> String {
         },
         &RepositoryName::parse(name).unwrap(),
         &Digest::parse(digest).unwrap(),
-        now() + 60,
+        wharf_tests::tokens::now() + 60,
     )
 }
 

@@ -63,6 +63,66 @@ async fn hydration_completes_after_the_first_client_disconnects() {
     assert!(hits >= 1.0, "the second request was not a store hit");
 }
 
+/// Issue 14: `n` and `last` as the distribution spec defines them, with
+/// `Link` pagination, although Distribution (the upstream here) ignores
+/// both: the cache pages its own copy of the whole list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_lists_are_paged_by_the_cache_whatever_the_upstream_does() {
+    let s = Stack::start("tags-pages").await.unwrap();
+    let img = ImageSpec::docker(&[1000])
+        .push(&s.upstream, "team/paged", "e")
+        .await
+        .unwrap();
+    for tag in ["c", "a", "d", "b"] {
+        wharf_tests::images::retag(&s.upstream, &img, tag)
+            .await
+            .unwrap();
+    }
+    let http = http_client();
+    let repo = s.repo("team/paged");
+    let mut url = format!("{}/v2/{repo}/tags/list?n=2", s.base());
+    let mut pages = Vec::new();
+    loop {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let link = r
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let page: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(page["name"], repo.as_str());
+        pages.push(serde_json::from_value::<Vec<String>>(page["tags"].clone()).unwrap());
+        let Some(link) = link else { break };
+        let path = link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once(">; rel=\"next\""))
+            .map(|(p, _)| p.to_owned())
+            .unwrap_or_else(|| panic!("Link header {link:?}"));
+        url = format!("{}{path}", s.base());
+        assert!(pages.len() < 10, "pagination does not end");
+    }
+    assert_eq!(pages, [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+
+    let page = |query: &'static str| {
+        let url = format!("{}/v2/{repo}/tags/list?{query}", s.base());
+        let http = http.clone();
+        async move {
+            let r = http.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let link = r.headers().contains_key("link");
+            let page: serde_json::Value = r.json().await.unwrap();
+            let tags: Vec<String> = serde_json::from_value(page["tags"].clone()).unwrap();
+            (tags, link)
+        }
+    };
+    assert_eq!(page("n=0").await, (vec![], false));
+    assert_eq!(page("last=c").await, (vec!["d".into(), "e".into()], false));
+    assert_eq!(page("n=1&last=bb").await, (vec!["c".into()], true));
+    // Every page came from one upstream read of the whole list.
+    let counts = s.upstream.counts();
+    assert_eq!(counts.get("GET", Kind::Tags), 1, "{counts}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_lists_pass_through_under_the_clients_name_and_are_reused() {
     let s = Stack::start("tags-list").await.unwrap();

@@ -3,45 +3,19 @@
 //! the edge's tokens for the right repository, and serves blobs to the
 //! short-lived tickets the edge puts in its redirects.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use wharf_core::token::{Access, Claims, SigningKey, issue};
+use wharf_core::token::SigningKey;
 use wharf_core::{Digest, RepositoryName, ticket};
 use wharf_tests::{ImageSpec, OriginOpts, Stack, UpstreamAuth, http_client};
 
 const KEY: &str = "origin-token-auth-test-key-0123456789";
 const SERVICE: &str = "wharf.test";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn key() -> SigningKey {
-    SigningKey::new(KEY.as_bytes().to_vec()).unwrap()
+    wharf_tests::tokens::key(KEY)
 }
 
 fn token(repo: &str) -> String {
-    let now = now();
-    issue(
-        &key(),
-        &Claims {
-            iss: SERVICE.into(),
-            sub: String::new(),
-            aud: SERVICE.into(),
-            exp: now + 60,
-            nbf: now,
-            iat: now,
-            access: vec![Access {
-                resource_type: "repository".into(),
-                name: repo.into(),
-                actions: vec!["pull".into()],
-            }],
-            private_rules: vec![],
-        },
-    )
+    wharf_tests::tokens::pull_token(KEY, SERVICE, &[repo], &[], 60)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +86,13 @@ async fn origin_with_a_key_accepts_only_edge_tokens_and_tickets() {
         prefix: "up",
         private: false,
     };
-    let t = ticket::issue(&key(), rule, &name, &digest, now() + 60);
+    let t = ticket::issue(
+        &key(),
+        rule,
+        &name,
+        &digest,
+        wharf_tests::tokens::now() + 60,
+    );
     let url = format!(
         "{}/v2/{repo}/blobs/{layer}?{}={t}",
         s.base(),

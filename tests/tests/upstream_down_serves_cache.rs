@@ -140,10 +140,16 @@ async fn pulled_tags_and_digests_keep_pulling_while_the_upstream_is_down() {
         "wharf_requests_total{{result=\"stale\"}} = {stale}"
     );
 
-    // Back up: the tag is revalidated and no longer stale.
+    // Back up: the tag is revalidated and no longer stale — at the latest
+    // once the circuit breaker's cool-down (1 s in tests) has passed.
     w.stack.upstream.proxy().start().await.unwrap();
-    let header = stale_header(&w, "team/app", "v1").await;
-    assert_ne!(header.as_deref(), Some("stale"));
+    wharf_tests::wait_until(
+        "the tag to be revalidated",
+        Duration::from_secs(5),
+        || async { Ok(stale_header(&w, "team/app", "v1").await.as_deref() != Some("stale")) },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,11 +188,13 @@ async fn never_seen_content_fails_with_an_oci_error_naming_the_upstream() {
     // The origin is still healthy, and recovers with the upstream.
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    // (At the latest once the circuit breaker's 1 s cool-down has passed.)
     w.stack.upstream.proxy().start().await.unwrap();
-    assert_eq!(
-        w.stack.pull("team/cold", "v1").await.unwrap().digest,
-        cold.manifest_digest
-    );
+    wharf_tests::wait_until("the cold image to pull", Duration::from_secs(5), || async {
+        Ok(w.stack.pull("team/cold", "v1").await?.digest == cold.manifest_digest)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

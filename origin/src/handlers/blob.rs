@@ -24,20 +24,20 @@ use crate::error::{Error, Result};
 use crate::hydrate::{BlobSource, spool_stream};
 use crate::links;
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 use crate::store;
 
-/// Answers a blob request.
+/// Answers a blob request. `target` is the name resolved once for the
+/// whole request, passed down to the blob service as it is.
 pub async fn get(
     state: &AppState,
     head: bool,
     name: &RepositoryName,
     digest: Digest,
-    ns: Option<&str>,
+    target: Target,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Response> {
-    let target = state.resolve(name, ns)?;
     let linked = || {
         state
             .links
@@ -47,9 +47,14 @@ pub async fn get(
         let linked = linked().await;
         return head_blob(state, &target, name, digest, linked).await;
     }
+    // The one store lookup of this request; what it found is passed down
+    // (the leader of a miss re-checks once, see `hydrate::leader`).
+    let stored = state.blobs.lookup(&digest).await;
     // Another replica of this region may own the miss (and checks the link
     // itself): look the link up only when this replica serves.
-    if let Some(response) = cluster::forward_miss(state, &digest, uri, headers).await {
+    if stored.is_none()
+        && let Some(response) = cluster::forward_miss(state, &digest, uri, headers).await
+    {
         return Ok(response);
     }
     let linked = linked().await;
@@ -59,7 +64,7 @@ pub async fn get(
         .map(str::to_owned);
     match state
         .blobs
-        .open(target.blob_request(digest.clone(), linked))
+        .open(target.blob_request(digest.clone(), linked), stored)
         .await?
     {
         BlobSource::Store(meta) => {
@@ -106,12 +111,23 @@ pub async fn get(
             blob_headers(response.headers_mut(), &digest);
             Ok(response)
         }
+        // The whole blob, whatever the `Range` (RFC 9110 lets a server
+        // ignore it): its bytes are verified as one stream.
+        BlobSource::PassThrough { total, body } => {
+            metrics::request("blob", "passthrough");
+            let stream =
+                body.inspect_ok(|chunk| metrics::served_bytes("upstream", chunk.len() as u64));
+            let mut response = Response::new(Body::from_stream(stream));
+            set_length(&mut response, None, total);
+            blob_headers(response.headers_mut(), &digest);
+            Ok(response)
+        }
     }
 }
 
 async fn head_blob(
     state: &AppState,
-    target: &crate::state::Target,
+    target: &Target,
     name: &RepositoryName,
     digest: Digest,
     linked: bool,

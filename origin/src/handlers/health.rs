@@ -43,8 +43,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .collect();
     let upstreams_ok = upstreams
         .values()
-        .all(|u| u["ok"].as_bool().unwrap_or(true));
-    let status = match (store_ok, upstreams_ok) {
+        .all(|u| u["ok"].as_bool().unwrap_or(true) && u["circuit"] == "closed");
+    // Disk pressure: cold pulls pass through (not stored) until space
+    // returns; the edge's health then prefers another region.
+    let disks: serde_json::Map<String, serde_json::Value> = state
+        .blobs
+        .disks()
+        .into_iter()
+        .map(|(name, free, ok)| (name.to_owned(), json!({ "ok": ok, "free_bytes": free })))
+        .collect();
+    let disks_ok = disks.values().all(|d| d["ok"].as_bool().unwrap_or(true));
+    let status = match (store_ok, upstreams_ok && disks_ok) {
         (false, _) => "down",
         (true, false) => "degraded",
         (true, true) => "ok",
@@ -63,7 +72,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "status": status,
         "region": state.geo.as_ref().map(|g| g.region.clone()),
         "replica": state.geo.as_ref().and_then(|g| g.advertise.clone()),
-        "checks": { "store": store, "upstreams": upstreams, "peer_regions": peers },
+        "checks": { "store": store, "upstreams": upstreams, "peer_regions": peers, "disk": disks },
         "hydrations_in_flight": state.blobs.in_flight_count(),
     });
     let code = if store_ok {
@@ -109,6 +118,7 @@ fn public_upstream_health(h: crate::upstream::UpstreamHealth) -> serde_json::Val
         "status": h.status,
         "at": h.at,
         "ratelimit_remaining": h.ratelimit_remaining,
+        "circuit": h.circuit,
     })
 }
 

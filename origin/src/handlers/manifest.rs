@@ -4,31 +4,46 @@
 //! receives equals `Docker-Content-Digest`. A client whose `Accept` header
 //! excludes the manifest's media type gets `MANIFEST_UNKNOWN` naming the type
 //! (as Distribution does for OCI indexes), never a body it cannot parse.
+//!
+//! By tag, the request's `X-Wharf-Max-Tag-Age-Ms` (the edge's ttl) shortens
+//! the rule's freshness, and the answer's `X-Wharf-Tag-Age-Ms` says how long
+//! ago the upstream confirmed the tag, so that freshness does not compound
+//! (`wharf_core::freshness`).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use wharf_core::headers::{DOCKER_CONTENT_DIGEST, X_WHARF_CACHE};
+use std::time::Duration;
+
+use wharf_core::freshness::parse_ms;
+use wharf_core::headers::{
+    DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_MAX_TAG_AGE_MS, X_WHARF_TAG_AGE_MS,
+};
 use wharf_core::media::accepts;
-use wharf_core::{MediaType, Reference, RepositoryName};
+use wharf_core::{MediaType, Reference};
 
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 
 /// Answers a manifest request.
 pub async fn get(
     state: &AppState,
     head: bool,
-    name: &RepositoryName,
+    target: &Target,
     reference: &Reference,
-    ns: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response> {
-    let target = state.resolve(name, ns)?;
     let request = target.manifest_request();
     let (manifest, status) = match reference {
-        Reference::Tag(tag) => state.manifests.by_tag(&request, tag).await?,
+        Reference::Tag(tag) => {
+            let max_age = headers
+                .get(X_WHARF_MAX_TAG_AGE_MS)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_ms)
+                .map(Duration::from_millis);
+            state.manifests.by_tag(&request, tag, max_age).await?
+        }
         Reference::Digest(digest) => state.manifests.by_digest(&request, digest).await?,
     };
     let accept: Vec<&str> = headers
@@ -43,6 +58,7 @@ pub async fn get(
         });
     }
     metrics::request("manifest", status.as_str());
+    let tag_age_ms = manifest.tag_age_ms();
     let len = manifest.body.len();
     let body = if head {
         Body::empty()
@@ -69,5 +85,8 @@ pub async fn get(
         }
     }
     h.insert(X_WHARF_CACHE, HeaderValue::from_static(status.as_str()));
+    if let Some(age) = tag_age_ms {
+        h.insert(X_WHARF_TAG_AGE_MS, HeaderValue::from(age));
+    }
     Ok(response)
 }

@@ -1,9 +1,13 @@
 //! HTTP handlers: one file per operation.
 //!
 //! Registry paths carry repository names with slashes, which route tables
-//! handle poorly, so `/v2/…` goes to one [`registry`] handler that lets the
-//! core parse method + path + query into a typed `ApiRequest` and then
-//! dispatches to the operation ("parse, then apply").
+//! handle poorly, so every `/v2/…` request goes through [`admit`], a layer
+//! that lets the core parse method + path + query into a typed
+//! `ApiRequest`, resolves the repository against the cache rules once and
+//! checks the token, then to one [`registry`] handler that dispatches to the
+//! operation with the resolved [`Target`] ("parse, then apply"). The limits
+//! layer ([`crate::limits`]) sits between the two and reads the request's
+//! kind from what `admit` left in the extensions.
 
 pub mod base;
 pub mod blob;
@@ -12,52 +16,117 @@ pub mod manifest;
 pub mod referrers;
 pub mod tags;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::Extension;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use wharf_core::{ApiMethod, ApiRequest, api::parse_request};
 
 use crate::error::Error;
 use crate::metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 
-/// Answers every request under `/v2/`.
-pub async fn registry(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let parsed = parse_request(method.as_str(), uri.path(), uri.query());
-    let (method, request, ns) = match parsed {
+/// A `/v2/` request that [`admit`] let through: parsed, its repository
+/// resolved (absent for `/v2/` itself), its token checked.
+#[derive(Clone)]
+pub struct Admitted {
+    /// GET or HEAD.
+    pub method: ApiMethod,
+    /// The operation.
+    pub request: ApiRequest,
+    /// `?ns=` as sent.
+    pub ns: Option<String>,
+    /// The repository's rule, upstream and names.
+    pub target: Option<Target>,
+}
+
+/// The admission layer of `/v2/…`: parse, resolve, authorize; refusals are
+/// answered here, counted by request kind.
+pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let (method, api, ns) = match parse_request(request.method().as_str(), uri.path(), uri.query())
+    {
         Ok(parsed) => parsed,
         Err(e) => {
             metrics::request("invalid", "error");
             return Error::from(e).into_response();
         }
     };
-    let kind = request.kind();
-    if let Err(e) = authorize(&state, &request, ns.as_deref(), uri.query(), &headers) {
+    let kind = api.kind();
+    let target = match api.name().map(|name| state.resolve(name, ns.as_deref())) {
+        None => None,
+        Some(Ok(target)) => Some(target),
+        Some(Err(e)) => {
+            metrics::request(
+                kind,
+                if state.auth.is_some() {
+                    "denied"
+                } else {
+                    "error"
+                },
+            );
+            return e.into_response();
+        }
+    };
+    if let Err(e) = authorize(
+        &state,
+        &api,
+        target.as_ref(),
+        ns.is_some(),
+        uri.query(),
+        request.headers(),
+    ) {
         metrics::request(kind, "denied");
         return e.into_response();
     }
+    request.extensions_mut().insert(Admitted {
+        method,
+        request: api,
+        ns,
+        target,
+    });
+    next.run(request).await
+}
+
+/// Answers every request under `/v2/` that [`admit`] let through.
+pub async fn registry(
+    State(state): State<AppState>,
+    Extension(admitted): Extension<Admitted>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let Admitted {
+        method,
+        request,
+        ns: _,
+        target,
+    } = admitted;
+    let kind = request.kind();
     let head = matches!(method, ApiMethod::Head);
-    let result = match request {
-        ApiRequest::Base => Ok(base::get()),
-        ApiRequest::Manifest { name, reference } => {
-            manifest::get(&state, head, &name, &reference, ns.as_deref(), &headers).await
+    let result = match (request, target) {
+        (ApiRequest::Base, _) => Ok(base::get()),
+        (ApiRequest::Manifest { reference, .. }, Some(target)) => {
+            manifest::get(&state, head, &target, &reference, &headers).await
         }
-        ApiRequest::Blob { name, digest } => {
-            blob::get(&state, head, &name, digest, ns.as_deref(), &headers, &uri).await
+        (ApiRequest::Blob { name, digest }, Some(target)) => {
+            blob::get(&state, head, &name, digest, target, &headers, &uri).await
         }
-        ApiRequest::TagsList { name, n, last } => {
-            tags::get(&state, head, &name, n, last, ns.as_deref()).await
+        (ApiRequest::TagsList { name, n, last }, Some(target)) => {
+            tags::get(&state, head, &target, &name, n, last).await
         }
-        ApiRequest::Referrers {
-            name,
-            digest,
-            artifact_type,
-        } => referrers::get(&state, head, &name, &digest, artifact_type, ns.as_deref()).await,
+        (
+            ApiRequest::Referrers {
+                digest,
+                artifact_type,
+                ..
+            },
+            Some(target),
+        ) => referrers::get(head, &target, &digest, artifact_type).await,
+        // `admit` resolves every request that names a repository.
+        (_, None) => Err(Error::Denied(
+            "request without a resolved repository".into(),
+        )),
     };
     match result {
         Ok(response) => response,
@@ -73,21 +142,21 @@ pub async fn registry(
 fn authorize(
     state: &AppState,
     request: &ApiRequest,
-    ns: Option<&str>,
+    target: Option<&Target>,
+    with_ns: bool,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(), Error> {
     let Some(auth) = &state.auth else {
         return Ok(());
     };
-    let Some(name) = request.name() else {
+    let (Some(name), Some(target)) = (request.name(), target) else {
         return auth.check_base(headers);
     };
-    let target = state.resolve(name, ns)?;
     let rule = wharf_core::ticket::TicketRule {
         prefix: &target.prefix,
         private: target.private,
     };
-    auth.check(request, name, rule, ns.is_some(), query, headers)
+    auth.check(request, name, rule, with_ns, query, headers)
         .map(drop)
 }

@@ -1,5 +1,6 @@
-//! [`Store`]: the S3 client wrapper with the handful of operations the cache
-//! needs, and [`MultipartUpload`], the write / commit / abort sink for blobs.
+//! [`S3`]: the S3 client wrapper with the handful of operations the cache
+//! needs, and [`MultipartUpload`], the multipart upload the blob sinks
+//! ([`super::sink`]) write through.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,51 +8,13 @@ use std::time::Duration;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
-use wharf_embedded_s3::{LocalBucket, LocalObject};
 
-/// An object-store failure, with the operation and key it happened on.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {key}: {message}")]
-pub struct StoreError {
-    /// The S3 operation (`GetObject`, …).
-    pub op: &'static str,
-    /// The object key (or bucket for bucket operations).
-    pub key: String,
-    /// What the store or the transport said.
-    pub message: String,
-}
-
-impl StoreError {
-    fn new<E: ProvideErrorMetadata + std::fmt::Debug>(
-        op: &'static str,
-        key: &str,
-        err: SdkError<E>,
-    ) -> Self {
-        let message = match &err {
-            SdkError::ServiceError(e) => {
-                let inner = e.err();
-                format!(
-                    "{} ({})",
-                    inner.message().unwrap_or("no message"),
-                    inner.code().unwrap_or("no code")
-                )
-            }
-            SdkError::DispatchFailure(e) => format!("cannot reach the object store: {e:?}"),
-            SdkError::TimeoutError(_) => "the object store did not answer in time".to_owned(),
-            other => format!("{other:?}"),
-        };
-        Self {
-            op,
-            key: key.to_owned(),
-            message,
-        }
-    }
-}
+use super::error::Error;
 
 /// What a HEAD learned about an object.
 #[derive(Clone, Debug)]
@@ -66,15 +29,12 @@ pub struct ObjectMeta {
 pub type BodyStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static>>;
 
-/// The bucket every object of this region lives in.
+/// One bucket through the S3 API.
 #[derive(Clone)]
-pub struct Store {
+pub struct S3 {
     client: Client,
     bucket: String,
     part_size: u64,
-    /// The embedded store's files, when this process embeds it: reads and
-    /// commits go to disk directly (see [`wharf_embedded_s3::LocalBucket`]).
-    local: Option<LocalBucket>,
 }
 
 /// How to reach an S3-compatible store.
@@ -94,7 +54,7 @@ pub struct S3Settings {
     pub part_size: u64,
 }
 
-impl Store {
+impl S3 {
     /// A store client for `settings` (no request is made).
     pub fn new(settings: &S3Settings) -> Self {
         let credentials = Credentials::new(
@@ -125,34 +85,7 @@ impl Store {
             client: Client::from_conf(config),
             bucket: settings.bucket.clone(),
             part_size: settings.part_size,
-            local: None,
         }
-    }
-
-    /// Reads and commits through `local` (the same bucket, on this
-    /// machine's disk) instead of the S3 API.
-    pub fn with_local(mut self, local: LocalBucket) -> Self {
-        self.local = Some(local);
-        self
-    }
-
-    /// The bucket on disk, when this process embeds the store.
-    pub fn local(&self) -> Option<&LocalBucket> {
-        self.local.as_ref()
-    }
-
-    async fn open_local(&self, key: &str) -> Option<Result<Option<LocalObject>, StoreError>> {
-        let local = self.local.clone()?;
-        let owned = key.to_owned();
-        let res = tokio::task::spawn_blocking(move || local.open(&owned))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        Some(res.map_err(|message| StoreError {
-            op: "Open",
-            key: key.to_owned(),
-            message,
-        }))
     }
 
     /// Multipart part size.
@@ -166,26 +99,18 @@ impl Store {
     }
 
     /// Checks that the bucket is reachable (for `/readyz`).
-    pub async fn check(&self) -> Result<(), StoreError> {
+    pub async fn check(&self) -> Result<(), Error> {
         self.client
             .head_bucket()
             .bucket(&self.bucket)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("HeadBucket", &self.bucket, e))
+            .map_err(|e| Error::sdk("HeadBucket", &self.bucket, e))
     }
 
     /// Metadata of `key`, or `None` if it does not exist.
-    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        if let Some(found) = self.open_local(key).await {
-            return found.map(|o| {
-                o.map(|o| ObjectMeta {
-                    len: o.size,
-                    content_type: o.content_type,
-                })
-            });
-        }
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, Error> {
         match self
             .client
             .head_object()
@@ -199,7 +124,7 @@ impl Store {
                 content_type: out.content_type().map(str::to_owned),
             })),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
-            Err(e) => Err(StoreError::new("HeadObject", key, e)),
+            Err(e) => Err(Error::sdk("HeadObject", key, e)),
         }
     }
 
@@ -209,33 +134,7 @@ impl Store {
         &self,
         key: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
-        if let Some(found) = self.open_local(key).await {
-            let Some(o) = found? else { return Ok(None) };
-            let (start, len) = match range {
-                Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
-                Some(_) => {
-                    return Err(StoreError {
-                        op: "GetObject",
-                        key: key.to_owned(),
-                        message: format!("range outside the object's {} bytes", o.size),
-                    });
-                }
-                None => (0, o.size),
-            };
-            let body = file_stream(&o.path, start, len)
-                .await
-                .map_err(|message| StoreError {
-                    op: "GetObject",
-                    key: key.to_owned(),
-                    message,
-                })?;
-            let meta = ObjectMeta {
-                len,
-                content_type: o.content_type,
-            };
-            return Ok(Some((meta, body)));
-        }
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, Error> {
         let mut request = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some((start, end)) = range {
             request = request.range(format!("bytes={start}-{end}"));
@@ -249,37 +148,16 @@ impl Store {
                 Ok(Some((meta, out.body)))
             }
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => Ok(None),
-            Err(e) => Err(StoreError::new("GetObject", key, e)),
+            Err(e) => Err(Error::sdk("GetObject", key, e)),
         }
     }
 
-    /// Like [`Store::get`], as a stream of chunks for an HTTP body: from the
-    /// embedded store's file directly when this process embeds it (no
-    /// loopback HTTP, no intermediate copies), else from the S3 response.
+    /// Like [`S3::get`], as a stream of chunks for an HTTP body.
     pub async fn get_stream(
         &self,
         key: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<Option<(ObjectMeta, BodyStream)>, StoreError> {
-        if let Some(found) = self.open_local(key).await {
-            let Some(o) = found? else { return Ok(None) };
-            let (start, len) = match range {
-                Some((start, end)) if start <= end && end < o.size => (start, end - start + 1),
-                Some(_) => {
-                    return Err(StoreError {
-                        op: "GetObject",
-                        key: key.to_owned(),
-                        message: format!("range outside the object's {} bytes", o.size),
-                    });
-                }
-                None => (0, o.size),
-            };
-            let meta = ObjectMeta {
-                len,
-                content_type: o.content_type.clone(),
-            };
-            return Ok(Some((meta, Box::pin(o.into_stream(start, len)))));
-        }
+    ) -> Result<Option<(ObjectMeta, BodyStream)>, Error> {
         let Some((meta, body)) = self.get(key, range).await? else {
             return Ok(None);
         };
@@ -288,26 +166,8 @@ impl Store {
         Ok(Some((meta, Box::pin(stream))))
     }
 
-    /// Reads a small object (manifest, record) whole.
-    pub async fn get_bytes(&self, key: &str) -> Result<Option<(ObjectMeta, Bytes)>, StoreError> {
-        let Some((meta, body)) = self.get(key, None).await? else {
-            return Ok(None);
-        };
-        let bytes = body.collect().await.map_err(|e| StoreError {
-            op: "GetObject",
-            key: key.to_owned(),
-            message: format!("body: {e}"),
-        })?;
-        Ok(Some((meta, bytes.into_bytes())))
-    }
-
     /// Writes a small object whole.
-    pub async fn put_bytes(
-        &self,
-        key: &str,
-        body: Bytes,
-        content_type: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn put_bytes(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), Error> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -317,7 +177,7 @@ impl Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("PutObject", key, e))
+            .map_err(|e| Error::sdk("PutObject", key, e))
     }
 
     /// Uploads `len` bytes of `path` from `offset` as one object, streaming
@@ -329,14 +189,10 @@ impl Store {
         offset: u64,
         len: u64,
         content_type: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let body = file_stream(path, offset, len)
             .await
-            .map_err(|message| StoreError {
-                op: "PutObject",
-                key: key.to_owned(),
-                message,
-            })?;
+            .map_err(|e| Error::new("PutObject", key, e))?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -347,11 +203,11 @@ impl Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("PutObject", key, e))
+            .map_err(|e| Error::sdk("PutObject", key, e))
     }
 
     /// Deletes `key` (absent keys are not an error).
-    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -359,16 +215,12 @@ impl Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("DeleteObject", key, e))
+            .map_err(|e| Error::sdk("DeleteObject", key, e))
     }
 
     /// Starts a multipart upload to `key`; nothing is visible until
     /// [`MultipartUpload::complete`].
-    pub async fn multipart(
-        &self,
-        key: &str,
-        content_type: &str,
-    ) -> Result<MultipartUpload, StoreError> {
+    pub async fn multipart(&self, key: &str, content_type: &str) -> Result<MultipartUpload, Error> {
         let out = self
             .client
             .create_multipart_upload()
@@ -377,7 +229,7 @@ impl Store {
             .content_type(content_type)
             .send()
             .await
-            .map_err(|e| StoreError::new("CreateMultipartUpload", key, e))?;
+            .map_err(|e| Error::sdk("CreateMultipartUpload", key, e))?;
         let upload_id = out.upload_id().unwrap_or_default().to_owned();
         Ok(MultipartUpload {
             store: self.clone(),
@@ -387,47 +239,70 @@ impl Store {
         })
     }
 
-    /// Aborts every multipart upload under `prefix` (left behind by a crash:
-    /// a live process completes or aborts its own). Returns how many.
-    pub async fn abort_orphan_uploads(&self, prefix: &str) -> Result<usize, StoreError> {
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .map_err(|e| StoreError::new("ListMultipartUploads", prefix, e))?;
+    /// Aborts the multipart uploads under `prefix` that were started more
+    /// than `older_than` ago: uploads left by a process that died (a
+    /// completed or aborted upload is gone from the list). Younger ones may
+    /// belong to a replica writing them now, in a bucket several replicas
+    /// share, and an upload whose start is unknown is left alone too.
+    pub async fn abort_orphan_uploads(
+        &self,
+        prefix: &str,
+        older_than: Duration,
+    ) -> Result<usize, Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let cutoff = now.saturating_sub(older_than.as_secs() as i64);
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         let mut aborted = 0;
-        for upload in out.uploads() {
-            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
-                continue;
-            };
-            let result = self
+        loop {
+            let out = self
                 .client
-                .abort_multipart_upload()
+                .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .key(key)
-                .upload_id(id)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
                 .send()
-                .await;
-            match result {
-                Ok(_) => aborted += 1,
-                Err(e) => {
-                    tracing::warn!(key, error = %StoreError::new("AbortMultipartUpload", key, e), "orphan upload not aborted")
+                .await
+                .map_err(|e| Error::sdk("ListMultipartUploads", prefix, e))?;
+            for upload in out.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                if upload.initiated().is_none_or(|t| t.secs() > cutoff) {
+                    continue;
+                }
+                let result = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => aborted += 1,
+                    Err(e) => {
+                        tracing::warn!(key, error = %Error::sdk("AbortMultipartUpload", key, e), "orphan upload not aborted")
+                    }
                 }
             }
+            if out.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            id_marker = out.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                return Ok(aborted);
+            }
         }
-        Ok(aborted)
     }
 
     /// A presigned GET URL for `key`, valid for `ttl`.
-    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, StoreError> {
-        let config = PresigningConfig::expires_in(ttl).map_err(|e| StoreError {
-            op: "Presign",
-            key: key.to_owned(),
-            message: e.to_string(),
-        })?;
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, Error> {
+        let config =
+            PresigningConfig::expires_in(ttl).map_err(|e| Error::new("Presign", key, e))?;
         let request = self
             .client
             .get_object()
@@ -435,12 +310,12 @@ impl Store {
             .key(key)
             .presigned(config)
             .await
-            .map_err(|e| StoreError::new("Presign", key, e))?;
+            .map_err(|e| Error::sdk("Presign", key, e))?;
         Ok(request.uri().to_owned())
     }
 }
 
-async fn file_stream(path: &Path, offset: u64, len: u64) -> Result<ByteStream, String> {
+async fn file_stream(path: &Path, offset: u64, len: u64) -> std::io::Result<ByteStream> {
     ByteStream::read_from()
         .path(path)
         .offset(offset)
@@ -448,15 +323,15 @@ async fn file_stream(path: &Path, offset: u64, len: u64) -> Result<ByteStream, S
         .buffer_size(1 << 20)
         .build()
         .await
-        .map_err(|e| format!("reading spool file {}: {e}", path.display()))
+        .map_err(|e| std::io::Error::other(format!("reading {}: {e}", path.display())))
 }
 
-/// A blob being written: parts are uploaded as the spool file grows, and the
-/// object appears only on [`complete`](Self::complete). Dropping it without
-/// completing leaves an upload that [`Store::abort_orphan_uploads`] cleans at
+/// A multipart upload: the object appears only on
+/// [`complete`](Self::complete). Dropping it without
+/// completing leaves an upload that [`super::Store::abort_orphan_uploads`] cleans at
 /// the next start; callers abort explicitly.
 pub struct MultipartUpload {
-    store: Store,
+    store: S3,
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
@@ -469,25 +344,21 @@ impl MultipartUpload {
         path: &Path,
         offset: u64,
         len: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let body = file_stream(path, offset, len)
             .await
-            .map_err(|message| StoreError {
-                op: "UploadPart",
-                key: self.key.clone(),
-                message,
-            })?;
+            .map_err(|e| Error::new("UploadPart", &self.key, e))?;
         self.upload_part(body, len).await
     }
 
     /// Uploads the next part from memory (replication: one part at a time,
     /// so memory is bounded by the part size).
-    pub async fn upload_part_bytes(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+    pub async fn upload_part_bytes(&mut self, bytes: Bytes) -> Result<(), Error> {
         let len = bytes.len() as u64;
         self.upload_part(ByteStream::from(bytes), len).await
     }
 
-    async fn upload_part(&mut self, body: ByteStream, len: u64) -> Result<(), StoreError> {
+    async fn upload_part(&mut self, body: ByteStream, len: u64) -> Result<(), Error> {
         let number = self.parts.len() as i32 + 1;
         let out = self
             .store
@@ -501,7 +372,7 @@ impl MultipartUpload {
             .body(body)
             .send()
             .await
-            .map_err(|e| StoreError::new("UploadPart", &self.key, e))?;
+            .map_err(|e| Error::sdk("UploadPart", &self.key, e))?;
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
@@ -512,7 +383,7 @@ impl MultipartUpload {
     }
 
     /// Makes the object visible.
-    pub async fn complete(self) -> Result<(), StoreError> {
+    pub async fn complete(self) -> Result<(), Error> {
         let parts = CompletedMultipartUpload::builder()
             .set_parts(Some(self.parts))
             .build();
@@ -526,11 +397,11 @@ impl MultipartUpload {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("CompleteMultipartUpload", &self.key, e))
+            .map_err(|e| Error::sdk("CompleteMultipartUpload", &self.key, e))
     }
 
     /// Discards the parts; nothing becomes visible.
-    pub async fn abort(self) -> Result<(), StoreError> {
+    pub async fn abort(self) -> Result<(), Error> {
         self.store
             .client
             .abort_multipart_upload()
@@ -540,6 +411,50 @@ impl MultipartUpload {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::new("AbortMultipartUpload", &self.key, e))
+            .map_err(|e| Error::sdk("AbortMultipartUpload", &self.key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::{self, EmbeddedSettings};
+
+    #[tokio::test]
+    async fn only_uploads_older_than_the_cutoff_are_aborted_as_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, settings) = embedded::start(&EmbeddedSettings {
+            data: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            access_key: None,
+            secret_key: None,
+            read_only: None,
+            bucket: "wharf".into(),
+            part_size: 5 << 20,
+        })
+        .await
+        .unwrap();
+        let s3 = S3::new(&settings);
+        // Another replica's upload in progress, started just now.
+        let _upload = s3
+            .multipart("blobs/sha256/aa", "application/octet-stream")
+            .await
+            .unwrap();
+        let hours = Duration::from_secs(6 * 3600);
+        assert_eq!(s3.abort_orphan_uploads("blobs/", hours).await.unwrap(), 0);
+        // Old enough (any age counts with a zero cutoff): aborted.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            s3.abort_orphan_uploads("blobs/", Duration::ZERO)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s3.abort_orphan_uploads("blobs/", Duration::ZERO)
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

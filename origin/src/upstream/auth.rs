@@ -10,9 +10,10 @@
 //!
 //! Credentials are never logged: [`Credentials`]'s `Debug` redacts them.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::bounded::ByteLru;
 
 /// A username/password pair for one upstream (a rule's credential set).
 #[derive(Clone)]
@@ -57,17 +58,24 @@ struct CachedToken {
     expires: Instant,
 }
 
+/// Memory the tokens of one upstream may take together. A token is a few
+/// KiB at most (Docker Hub's are ~1.5 KiB): thousands of scopes fit, and an
+/// upstream that hands out huge tokens evicts only its own.
+const TOKEN_BUDGET_BYTES: usize = 8 << 20;
+/// What one cached token costs beyond its bytes.
+const PER_TOKEN_OVERHEAD: usize = 64;
+
 /// Per-upstream authentication state: scheme and tokens by scope.
 pub struct TokenCache {
     scheme: Mutex<Scheme>,
-    tokens: Mutex<HashMap<String, CachedToken>>,
+    tokens: Mutex<ByteLru<CachedToken>>,
 }
 
 impl Default for TokenCache {
     fn default() -> Self {
         Self {
             scheme: Mutex::new(Scheme::Unknown),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(ByteLru::new(TOKEN_BUDGET_BYTES)),
         }
     }
 }
@@ -88,7 +96,7 @@ impl TokenCache {
 
     /// A cached, unexpired token for `scope`.
     pub fn token(&self, scope: &str, now: Instant) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         tokens
             .get(scope)
             .filter(|t| t.expires > now)
@@ -104,12 +112,9 @@ impl TokenCache {
         let Some(expires) = now.checked_add(lifetime.saturating_sub(margin)) else {
             return;
         };
+        let weight = token.len() + PER_TOKEN_OVERHEAD;
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        // Bound the cache: one entry per repository pulled, dropped when stale.
-        if tokens.len() > 4096 {
-            tokens.retain(|_, t| t.expires > now);
-        }
-        tokens.insert(scope.to_owned(), CachedToken { token, expires });
+        tokens.put(scope.to_owned(), CachedToken { token, expires }, weight);
     }
 
     /// Forgets the token for `scope` (the upstream refused it).
@@ -141,6 +146,24 @@ mod tests {
             None
         );
         assert_eq!(cache.token("repository:b:pull", now), None);
+    }
+
+    #[test]
+    fn tokens_are_bounded_in_bytes_however_many_scopes() {
+        let cache = TokenCache::default();
+        let now = Instant::now();
+        let token = "t".repeat(64 << 10);
+        for i in 0..1000 {
+            let scope = format!("repository:r{i}:pull");
+            cache.put(&scope, token.clone(), Duration::from_secs(300), now);
+        }
+        let tokens = cache.tokens.lock().unwrap();
+        assert!(tokens.bytes() <= TOKEN_BUDGET_BYTES, "{}", tokens.bytes());
+        assert!(tokens.len() < 1000 && !tokens.is_empty());
+        drop(tokens);
+        // The newest are kept.
+        assert!(cache.token("repository:r999:pull", now).is_some());
+        assert!(cache.token("repository:r0:pull", now).is_none());
     }
 
     #[test]

@@ -35,6 +35,7 @@ use wharf_core::RepositoryName;
 use wharf_core::auth::{
     Challenge, TokenResponse, parse_www_authenticate, pull_scope, token_request_query,
 };
+use wharf_core::breaker::{Admit, Breaker, BreakerPolicy, Transition};
 use wharf_core::egress::{Classes, EgressPolicy, Refusal, classify};
 
 use super::auth::{BearerRealm, Credentials, Scheme, TokenCache};
@@ -103,6 +104,13 @@ pub enum UpstreamError {
         /// Why.
         refusal: Refusal,
     },
+    /// The upstream failed repeatedly and is skipped for a while
+    /// (`wharf_core::breaker`); nothing was sent.
+    #[error("skipped: it failed repeatedly; the next try is in {retry_after} s")]
+    CircuitOpen {
+        /// Seconds until the next try.
+        retry_after: u64,
+    },
 }
 
 impl UpstreamError {
@@ -120,7 +128,8 @@ impl UpstreamError {
     /// Seconds to wait before retrying, when the upstream said.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            UpstreamError::RateLimited { retry_after } => Some(*retry_after),
+            UpstreamError::RateLimited { retry_after }
+            | UpstreamError::CircuitOpen { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -150,6 +159,8 @@ pub struct UpstreamHealth {
     pub at: Option<u64>,
     /// Last advertised remaining rate-limit budget.
     pub ratelimit_remaining: Option<u64>,
+    /// The circuit breaker's state: `closed`, `open` or `half_open`.
+    pub circuit: &'static str,
 }
 
 /// Error bodies (4xx/5xx) are read up to this many bytes, for the message;
@@ -175,6 +186,9 @@ pub struct Upstream {
     blocked_until: Mutex<Option<Instant>>,
     health: Mutex<UpstreamHealth>,
     timeouts: Timeouts,
+    breaker: Mutex<Breaker>,
+    /// The breaker's clock: milliseconds since this client was made.
+    epoch: Instant,
 }
 
 const MAX_REDIRECTS: usize = 5;
@@ -224,9 +238,20 @@ impl Upstream {
                 error: None,
                 at: None,
                 ratelimit_remaining: None,
+                circuit: "closed",
             }),
             timeouts,
+            breaker: Mutex::new(Breaker::new(BreakerPolicy::default())),
+            epoch: Instant::now(),
         })
+    }
+
+    /// The same client with `policy` for its circuit breaker.
+    pub fn with_breaker(self, policy: BreakerPolicy) -> Self {
+        Self {
+            breaker: Mutex::new(Breaker::new(policy)),
+            ..self
+        }
     }
 
     /// The metrics/log label of this upstream (its rule prefix).
@@ -267,6 +292,7 @@ impl Upstream {
         headers: HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.check_rate_limit()?;
+        self.check_circuit()?;
         let scope = pull_scope(repo);
         let mut auth = self.authorization(&scope).await?;
         let mut retried_auth = false;
@@ -341,6 +367,7 @@ impl Upstream {
                     timeout: self.timeouts.response,
                 };
                 self.record(None, Some(err.to_string()));
+                self.breaker_outcome(false);
                 return Err(err);
             }
             Ok(Err(source)) if source.is_timeout() => {
@@ -351,6 +378,7 @@ impl Upstream {
                     timeout: self.timeouts.idle_read,
                 };
                 self.record(None, Some(err.to_string()));
+                self.breaker_outcome(false);
                 return Err(err);
             }
             Ok(Err(source)) => {
@@ -371,12 +399,14 @@ impl Upstream {
                     cause: root_cause(&source),
                 };
                 self.record(None, Some(err.to_string()));
+                self.breaker_outcome(false);
                 return Err(err);
             }
             Ok(Ok(response)) => response,
         };
         let status = response.status();
         metrics::upstream_request(&self.registry, method.as_str(), status.as_str());
+        self.breaker_outcome(!status.is_server_error());
         if let Some(remaining) = ratelimit_remaining(response.headers()) {
             metrics::ratelimit_remaining(&self.registry, remaining as f64);
             self.health
@@ -429,6 +459,58 @@ impl Upstream {
         };
         self.record(Some(status.as_u16()), Some(err.to_string()));
         Err(err)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Refuses at once while the circuit is open (see `wharf_core::breaker`).
+    fn check_circuit(&self) -> Result<(), UpstreamError> {
+        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        match breaker.admit(self.now_ms()) {
+            Admit::Yes => Ok(()),
+            Admit::Probe => {
+                drop(breaker);
+                tracing::info!(registry = %self.registry, "upstream circuit half-open: probing");
+                self.circuit_changed("half_open");
+                Ok(())
+            }
+            Admit::No { retry_after_ms } => {
+                metrics::circuit_refused(&self.registry);
+                Err(UpstreamError::CircuitOpen {
+                    retry_after: retry_after_ms.div_ceil(1000).max(1),
+                })
+            }
+        }
+    }
+
+    /// Feeds one request's outcome to the circuit breaker: `healthy` unless
+    /// the upstream was unreachable, timed out or answered `5xx`.
+    fn breaker_outcome(&self, healthy: bool) {
+        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let transition = breaker.record(healthy, self.now_ms());
+        drop(breaker);
+        match transition {
+            Transition::None => {}
+            Transition::Opened => {
+                tracing::warn!(registry = %self.registry, "upstream failed repeatedly: circuit open, skipping it for a while");
+                metrics::circuit_opened(&self.registry);
+                self.circuit_changed("open");
+            }
+            Transition::Closed => {
+                tracing::info!(registry = %self.registry, "upstream answered the probe: circuit closed");
+                self.circuit_changed("closed");
+            }
+        }
+    }
+
+    fn circuit_changed(&self, state: &'static str) {
+        metrics::circuit_state(&self.registry, state);
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .circuit = state;
     }
 
     fn check_rate_limit(&self) -> Result<(), UpstreamError> {
