@@ -14,6 +14,12 @@
 //!   does not flap a region. Data older than `stale_after` is ignored
 //!   (**fail open**: no or stale health data means "route normally").
 //! * [`route`] — the first routable region in rank order.
+//! * [`plan`] — the whole routing decision of one request at the edge, given
+//!   the hostname, the client's location and the health records: which
+//!   regions to try in which order, whether to fail over, whether a pinned
+//!   region must refuse, which records to re-probe; [`Plan::attempts`]
+//!   flattens it into (region, replica) tries for a key. The edge has one
+//!   loop over it, and tests may compute the same plan.
 //! * [`rendezvous`] — highest-random-weight order of replicas for a key
 //!   (a blob digest): every replica and every edge location computes the same
 //!   owner from the same list, with no coordination, and removing one replica
@@ -404,6 +410,169 @@ pub fn route(
         .or_else(|| ranked.first().copied())
 }
 
+/// The host without a port, lowercase, without a trailing dot.
+pub fn hostname(host: &str) -> String {
+    let h = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// How a hostname maps to regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// The global hostname (or any unknown host): nearest healthy region.
+    Global,
+    /// A regional hostname, `<region>.<global>`: this region (an index into
+    /// the region list) only.
+    Regional(usize),
+}
+
+/// Classifies `host` (as the client sent it, port and case included).
+pub fn pin(regions: &[RegionSpec], global_host: &str, host: &str) -> Pin {
+    let name = hostname(host);
+    if let Some(label) = name
+        .strip_suffix(global_host)
+        .and_then(|s| s.strip_suffix('.'))
+        && let Some(i) = regions.iter().position(|r| r.name == label)
+    {
+        return Pin::Regional(i);
+    }
+    Pin::Global
+}
+
+impl Health {
+    /// Whether `record` is due for a new probe: missing, or last observed
+    /// `interval_ms` or more ago. The same test says whether a location's
+    /// own record is recent enough to skip the global copy.
+    pub fn due(record: Option<&Health>, now_ms: u64, interval_ms: u64) -> bool {
+        record.is_none_or(|h| now_ms.saturating_sub(h.updated_ms) >= interval_ms)
+    }
+}
+
+/// What the edge's routing decision depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// The region list (the edge's order; the first is the default).
+    pub regions: &'a [RegionSpec],
+    /// The global hostname.
+    pub global_host: &'a str,
+    /// The host the client used (`host[:port]`).
+    pub host: &'a str,
+    /// Where the client is.
+    pub at: &'a Location,
+    /// Region `i`'s health record, if any (index as in `regions`; missing
+    /// entries count as no record).
+    pub health: &'a [Option<Health>],
+    /// Thresholds, and when records go stale.
+    pub policy: &'a HealthPolicy,
+    /// How old a record may be before a request re-probes its region.
+    pub probe_interval_ms: u64,
+    /// Now, unix milliseconds.
+    pub now_ms: u64,
+}
+
+/// Where one request goes: the result of [`plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Regions to try, in order. Never empty for a non-empty region list.
+    pub regions: Vec<usize>,
+    /// `true` on the global hostname: a region whose origin cannot be
+    /// reached hands the request to the next one. `false` on a pinned
+    /// hostname: the request fails naming the region.
+    pub failover: bool,
+    /// A pinned region whose record says down: refuse (`503` naming it, with
+    /// the global hostname as the way out) before trying it.
+    pub refuse: Option<usize>,
+    /// Regions of the plan whose record is missing or older than the probe
+    /// interval: the request re-probes them in the background.
+    pub probe: Vec<usize>,
+}
+
+/// One try of a request: a region and one of its origin replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Index into the region list.
+    pub region: usize,
+    /// Index into that region's replicas.
+    pub replica: usize,
+    /// The region's last replica: if this try fails too, the region failed.
+    pub last_in_region: bool,
+}
+
+/// The routing decision of one request at the edge.
+///
+/// * A regional hostname (`<region>.<global>`) is pinned: that region only,
+///   no failover (determinism over magic, as ACR's regional endpoints); when
+///   its record says down it is refused, but a missing or stale record
+///   routes normally (fail open).
+/// * Any other host goes to the routable regions, nearest first
+///   ([`rank`]), with failover; when none is routable, to the nearest one
+///   alone (fail open: a wrong "all down" must not stop the service).
+/// * Regions of the plan whose record is [due](Health::due) are re-probed.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let PlanInput {
+        regions,
+        health,
+        policy,
+        now_ms,
+        ..
+    } = *input;
+    let record = |i: usize| health.get(i).copied().flatten();
+    let routable = |i: usize| record(i).is_none_or(|h| h.routable(now_ms, policy));
+    let (order, failover, refuse) = match pin(regions, input.global_host, input.host) {
+        Pin::Regional(i) => (vec![i], false, (!routable(i)).then_some(i)),
+        Pin::Global => {
+            let ranked = rank(regions, input.at);
+            let healthy: Vec<usize> = ranked.iter().copied().filter(|&i| routable(i)).collect();
+            let order = if healthy.is_empty() {
+                ranked.first().copied().into_iter().collect()
+            } else {
+                healthy
+            };
+            (order, true, None)
+        }
+    };
+    let probe = order
+        .iter()
+        .copied()
+        .filter(|&i| Health::due(record(i).as_ref(), now_ms, input.probe_interval_ms))
+        .collect();
+    Plan {
+        regions: order,
+        failover,
+        refuse,
+        probe,
+    }
+}
+
+impl Plan {
+    /// Every try for `key` (a digest, `repo:reference`, a name), in order:
+    /// the plan's regions in turn, each region's replicas in [`rendezvous`]
+    /// order, so the replica owning the key is asked first everywhere.
+    /// `replicas(i)` lists region `i`'s replicas.
+    pub fn attempts<'r, S: AsRef<str> + 'r>(
+        &self,
+        key: &str,
+        replicas: impl Fn(usize) -> &'r [S],
+    ) -> Vec<Attempt> {
+        let mut out = Vec::new();
+        for &region in &self.regions {
+            let order = rendezvous(key, replicas(region));
+            let n = order.len();
+            out.extend(order.into_iter().enumerate().map(|(k, replica)| Attempt {
+                region,
+                replica,
+                last_in_region: k + 1 == n,
+            }));
+        }
+        out
+    }
+}
+
 /// Replica indices for `key`, owner first (rendezvous / highest random
 /// weight hashing over sha256(replica ‖ 0 ‖ key)); ties broken by index.
 pub fn rendezvous<S: AsRef<str>>(key: &str, replicas: &[S]) -> Vec<usize> {
@@ -561,6 +730,201 @@ mod tests {
             "all down: nearest"
         );
         assert_eq!(route(&[], |_| None, 0, &p), None);
+    }
+
+    #[test]
+    fn hosts_are_pinned_or_global() {
+        let r = regions();
+        let g = "wharf.example.com";
+        let cases = [
+            ("wharf.example.com", Pin::Global),
+            ("WHARF.example.com.:443", Pin::Global),
+            ("us.wharf.example.com", Pin::Regional(1)),
+            ("ap.wharf.example.com:8443", Pin::Regional(2)),
+            ("xx.wharf.example.com", Pin::Global), // unknown label: served as global
+            ("127.0.0.1:8787", Pin::Global),
+            ("[::1]:8787", Pin::Global),
+            ("evilwharf.example.com", Pin::Global),
+        ];
+        for (host, want) in cases {
+            assert_eq!(pin(&r, g, host), want, "{host}");
+        }
+        assert_eq!(hostname("[::1]:8787"), "::1");
+        assert_eq!(hostname("Host"), "host");
+    }
+
+    #[test]
+    fn plans_route_probe_and_fail_open() {
+        let r = regions();
+        let p = HealthPolicy::default();
+        let interval = 10_000;
+        let t = 1_000_000;
+        let down = Health::unknown()
+            .observe(false, t, &p)
+            .observe(false, t, &p);
+        let up = Health::unknown().observe(true, t, &p);
+        let old_down = Health::unknown()
+            .observe(false, t - p.stale_after_ms - 1, &p)
+            .observe(false, t - p.stale_after_ms - 1, &p);
+        let none = [None, None, None];
+        let all_up = [Some(up), Some(up), Some(up)];
+        let ap_down = [Some(up), Some(up), Some(down)];
+        let all_down = [Some(down), Some(down), Some(down)];
+        let ap_stale = [Some(up), Some(up), Some(old_down)];
+        let eu_only = [Some(up)];
+        let g = "wharf.example.com";
+        struct Case<'a> {
+            host: &'a str,
+            at: &'a str,
+            health: &'a [Option<Health>],
+            now: u64,
+            regions: Vec<usize>,
+            failover: bool,
+            refuse: Option<usize>,
+            probe: Vec<usize>,
+        }
+        let case =
+            |host, at, health, now, regions: &[usize], failover, refuse, probe: &[usize]| Case {
+                host,
+                at,
+                health,
+                now,
+                regions: regions.to_vec(),
+                failover,
+                refuse,
+                probe: probe.to_vec(),
+            };
+        let cases = [
+            // Global hostname: nearest first; no records: probe them all.
+            case(g, "NA", &none, t, &[1, 0, 2], true, None, &[1, 0, 2]),
+            case(g, "AS", &none, t, &[2, 0, 1], true, None, &[2, 0, 1]),
+            case(g, "", &none, t, &[0, 1, 2], true, None, &[0, 1, 2]),
+            // Fresh records: nothing to probe; records aged the probe
+            // interval: probed again.
+            case(g, "AS", &all_up, t + 1, &[2, 0, 1], true, None, &[]),
+            case(
+                g,
+                "AS",
+                &all_up,
+                t + interval,
+                &[2, 0, 1],
+                true,
+                None,
+                &[2, 0, 1],
+            ),
+            // ap down: Asian clients go to eu, then us; ap is not tried.
+            case(g, "AS", &ap_down, t, &[0, 1], true, None, &[]),
+            // Everything down: the nearest alone (fail open).
+            case(g, "AS", &all_down, t, &[2], true, None, &[]),
+            // A record older than stale_after is ignored (fail open).
+            case(g, "AS", &ap_stale, t, &[2, 0, 1], true, None, &[2]),
+            // Pinned: that region only, no failover, whatever the location.
+            case(
+                "ap.wharf.example.com",
+                "EU",
+                &none,
+                t,
+                &[2],
+                false,
+                None,
+                &[2],
+            ),
+            case(
+                "us.wharf.example.com",
+                "AS",
+                &ap_down,
+                t,
+                &[1],
+                false,
+                None,
+                &[],
+            ),
+            // Pinned and down: refused; stale data: served (fail open).
+            case(
+                "ap.wharf.example.com",
+                "AS",
+                &ap_down,
+                t,
+                &[2],
+                false,
+                Some(2),
+                &[],
+            ),
+            case(
+                "ap.wharf.example.com",
+                "AS",
+                &ap_stale,
+                t,
+                &[2],
+                false,
+                None,
+                &[2],
+            ),
+            // Fewer records than regions: the missing ones count as none.
+            case(g, "AS", &eu_only, t, &[2, 0, 1], true, None, &[2, 1]),
+        ];
+        for (n, c) in cases.iter().enumerate() {
+            let at = Location::parse(c.at).unwrap();
+            let got = plan(&PlanInput {
+                regions: &r,
+                global_host: g,
+                host: c.host,
+                at: &at,
+                health: c.health,
+                policy: &p,
+                probe_interval_ms: interval,
+                now_ms: c.now,
+            });
+            let want = Plan {
+                regions: c.regions.clone(),
+                failover: c.failover,
+                refuse: c.refuse,
+                probe: c.probe.clone(),
+            };
+            assert_eq!(got, want, "case {n}: {} from {:?}", c.host, c.at);
+        }
+    }
+
+    #[test]
+    fn attempts_walk_each_regions_replicas_owner_first() {
+        let r = regions();
+        let replicas: Vec<Vec<String>> = r.iter().map(RegionSpec::origins).collect();
+        let p = Plan {
+            regions: vec![1, 0],
+            failover: true,
+            refuse: None,
+            probe: vec![],
+        };
+        let key = "sha256:aaaa";
+        let got = p.attempts(key, |i| replicas[i].as_slice());
+        let us = rendezvous(key, &replicas[1]);
+        assert_eq!(
+            got,
+            vec![
+                Attempt {
+                    region: 1,
+                    replica: us[0],
+                    last_in_region: false
+                },
+                Attempt {
+                    region: 1,
+                    replica: us[1],
+                    last_in_region: true
+                },
+                Attempt {
+                    region: 0,
+                    replica: 0,
+                    last_in_region: true
+                },
+            ]
+        );
+        assert_eq!(
+            got,
+            p.attempts(key, |i| replicas[i].as_slice()),
+            "deterministic"
+        );
+        let empty: Vec<String> = Vec::new();
+        assert!(p.attempts(key, |_| empty.as_slice()).is_empty());
     }
 
     #[test]

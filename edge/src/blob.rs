@@ -15,11 +15,12 @@
 //! another by digest. An unlinked blob goes to the origin, which confirms it
 //! with the repository's upstream (then links it) or refuses it.
 //!
-//! Presence and link are learned with two presigned `HEAD`s on the bucket
-//! (concurrently) and remembered by this location for `WHARF_PRESENCE_TTL`
+//! Presence and link are learned with presigned `HEAD`s on the bucket (the
+//! link first: an unlinked blob, the usual miss, costs one) and remembered by this location for `WHARF_PRESENCE_TTL`
 //! (blobs are immutable, appear in the bucket only after verification, and
-//! links are never withdrawn for a kept blob), so a warm blob request makes
-//! no subrequest; absence is not remembered, so a blob is redirected to the
+//! links are never withdrawn for a kept blob), and by this isolate for a
+//! minute within that ([`crate::memo`]), so a warm blob request makes no
+//! subrequest and reads nothing; absence is not remembered, so a blob is redirected to the
 //! bucket as soon as its hydration commits. A store that errors or does not
 //! answer in time counts as "absent": the origin can always serve.
 
@@ -31,27 +32,33 @@ use wharf_core::sigv4::{PresignRequest, presign};
 use wharf_core::{ApiMethod, Digest, RepositoryName, ticket};
 use worker::{Method, Response};
 
-use crate::config::S3Target;
+use crate::config::{Region, S3Target};
+use crate::ctx::{Ctx, Target};
 use crate::error::Error;
+use crate::failover::Route;
+use crate::http::response;
 use crate::origin;
-use crate::routes::{Ctx, response};
-use crate::store;
-use crate::token::authorize;
+use crate::{memo, store};
 
 /// How long the presence `HEAD` on the bucket may take.
 const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Answers a blob request with a redirect.
+/// Answers a blob request for the authorized `target` with a redirect, in
+/// the plan's first region (a redirect needs no origin request, so there is
+/// nothing to fail over from).
 pub async fn get(
     ctx: &Ctx<'_>,
-    name: &RepositoryName,
+    route: &Route<'_>,
+    target: &Target,
     digest: &Digest,
-    ns: Option<&str>,
 ) -> Result<Response, Error> {
-    let resolved = ctx.config.rules.resolve(name, ns)?;
-    authorize(ctx, name, &resolved)?;
-    if let Some(s3) = &ctx.region.s3
-        && present(ctx, s3, &resolved.canonical, digest).await?
+    let canonical = &target.resolved.canonical;
+    // The replica that owns the digest: concurrent misses from every
+    // location meet in its one hydration.
+    let hop = route.first(&digest.to_string())?;
+    let region = hop.region;
+    if let Some(s3) = &region.s3
+        && present(ctx, &region.name, s3, canonical, digest).await?
     {
         let url = presigned(
             ctx,
@@ -60,26 +67,18 @@ pub async fn get(
             digest,
             ctx.config.presign_ttl.as_secs(),
         )?;
-        return Ok(redirect(ctx, &url, digest, "hit"));
+        return Ok(redirect(region, &url, digest, "hit"));
     }
     let exp = ctx.now_secs() + ctx.config.ticket_ttl.as_secs();
-    let rule = ticket::TicketRule {
-        prefix: &resolved.prefix,
-        private: ctx.config.rule(resolved.rule).private,
-    };
-    let t = ticket::issue(&ctx.config.key, rule, &resolved.canonical, digest, exp);
-    // The replica that owns the digest: concurrent misses from every
-    // location meet in its one hydration.
-    let digest_key = digest.to_string();
-    let owner = ctx
-        .region
-        .origins_for(&digest_key)
-        .first()
-        .copied()
-        .unwrap_or_default()
-        .to_owned();
-    let url = ticket::blob_url(&owner, &resolved.canonical, digest, &t);
-    Ok(redirect(ctx, &url, digest, "miss"))
+    let t = ticket::issue(
+        &ctx.config.key,
+        target.ticket_rule(),
+        canonical,
+        digest,
+        exp,
+    );
+    let url = ticket::blob_url(hop.origin, canonical, digest, &t);
+    Ok(redirect(region, &url, digest, "miss"))
 }
 
 fn presigned(
@@ -113,25 +112,36 @@ fn presign_key(
 }
 
 /// Whether `digest` is in the region's bucket and linked to `name`: this
-/// location's memory, else two presigned `HEAD`s.
+/// isolate's memory, else this location's, else presigned `HEAD`s.
 async fn present(
     ctx: &Ctx<'_>,
+    region: &str,
     s3: &S3Target,
     name: &RepositoryName,
     digest: &Digest,
 ) -> Result<bool, Error> {
-    let region = ctx.region.name.as_str();
-    if store::blob_known_present(region, name, digest).await {
+    let now = ctx.now_ms;
+    let until = now + ctx.config.presence_ttl.as_millis() as u64;
+    if memo::blob_present(region, name, digest, now) {
         return Ok(true);
     }
-    let blob = presign_key(ctx, s3, ApiMethod::Head, &blob_key(digest), 60)?;
-    let link = presign_key(ctx, s3, ApiMethod::Head, &blob_link_key(name, digest), 60)?;
-    let (blob, link) =
-        futures_util::future::join(head(region, &blob, digest), head(region, &link, digest)).await;
-    if blob && link {
-        store::remember_blob_present(region, name, digest, ctx.config.presence_ttl.as_secs()).await;
+    if store::blob_known_present(region, name, digest).await {
+        memo::remember_blob_present(region, name, digest, now, until);
+        return Ok(true);
     }
-    Ok(blob && link)
+    // The link first: a blob this repository never got (the usual miss) costs
+    // one subrequest, not two.
+    let link = presign_key(ctx, s3, ApiMethod::Head, &blob_link_key(name, digest), 60)?;
+    if !head(region, &link, digest).await {
+        return Ok(false);
+    }
+    let blob = presign_key(ctx, s3, ApiMethod::Head, &blob_key(digest), 60)?;
+    let blob = head(region, &blob, digest).await;
+    if blob {
+        store::remember_blob_present(region, name, digest, ctx.config.presence_ttl.as_secs()).await;
+        memo::remember_blob_present(region, name, digest, now, until);
+    }
+    Ok(blob)
 }
 
 /// One presigned `HEAD` on the region's bucket: true on 200.
@@ -152,8 +162,11 @@ async fn head(region: &str, url: &str, digest: &Digest) -> bool {
     }
 }
 
-fn redirect(ctx: &Ctx<'_>, location: &str, digest: &Digest, cache: &str) -> Response {
-    tracing::info!(%digest, cache, region = %ctx.region.name, "blob redirect");
+fn redirect(region: &Region, location: &str, digest: &Digest, cache: &str) -> Response {
+    // No console line per redirect: the platform logs every request, the
+    // response says hit or miss (`X-Wharf-Cache`), and a line costs more CPU
+    // than the redirect itself (measured: bench item 7).
+    tracing::debug!(%digest, cache, region = %region.name, "blob redirect");
     let digest = digest.to_string();
     response(
         307,
@@ -162,7 +175,7 @@ fn redirect(ctx: &Ctx<'_>, location: &str, digest: &Digest, cache: &str) -> Resp
             (DOCKER_CONTENT_DIGEST, digest.as_str()),
             ("Cache-Control", "no-store"),
             (X_WHARF_CACHE, cache),
-            (X_WHARF_REGION, ctx.region.name.as_str()),
+            (X_WHARF_REGION, region.name.as_str()),
         ],
         Vec::new(),
     )

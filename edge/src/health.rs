@@ -17,7 +17,9 @@
 //! Records live in this location's Cache API (visible at once here) and in
 //! KV under `health/<region>` (every location, eventually; written by the
 //! cron and whenever a region changes state). Reads take the newer of the
-//! two; a request reads every region's record concurrently. No record, or
+//! two; this isolate remembers them for a few seconds ([`crate::memo`]:
+//! its own observations at once), and reads the regions it does not
+//! remember concurrently. No record, or
 //! one older than `WHARF_HEALTH_STALE_AFTER`, means "route normally" (fail
 //! open).
 
@@ -26,9 +28,9 @@ use wharf_core::region::Health;
 use worker::{Cache, KvStore, Method};
 
 use crate::config::{Config, Region};
-use crate::origin;
-use crate::routes::response;
+use crate::http::response;
 use crate::store::CACHE_ORIGIN;
+use crate::{memo, origin};
 
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -43,16 +45,31 @@ fn kv_key(region: &str) -> String {
     format!("health/{region}")
 }
 
-/// Every region's record (same order as `config.regions`).
+/// Every region's record (same order as `config.regions`): as this isolate
+/// remembers them ([`memo`], a few seconds), else read.
 ///
-/// The regions are read concurrently: a request waits for the slowest read,
-/// not for the sum of them.
+/// The regions not remembered are read concurrently: a request waits for
+/// the slowest read, not for the sum of them.
 pub async fn load(kv: Option<&KvStore>, config: &Config, now_ms: u64) -> Vec<Option<Health>> {
-    let reads = config
+    let mut records: Vec<Option<Option<Health>>> = config
         .regions
         .iter()
-        .map(|r| load_one(kv, config, &r.name, now_ms));
-    futures_util::future::join_all(reads).await
+        .map(|r| memo::health(&r.name, now_ms))
+        .collect();
+    let missing: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].is_none())
+        .collect();
+    if !missing.is_empty() {
+        let reads = missing
+            .iter()
+            .map(|&i| load_one(kv, config, &config.regions[i].name, now_ms));
+        let read = futures_util::future::join_all(reads).await;
+        for (i, h) in missing.into_iter().zip(read) {
+            memo::remember_health(&config.regions[i].name, h, now_ms);
+            records[i] = Some(h);
+        }
+    }
+    records.into_iter().map(Option::flatten).collect()
 }
 
 async fn load_one(
@@ -73,11 +90,10 @@ async fn load_one(
             .map(|s| s.health),
         _ => None,
     };
-    // A fresh local record is enough; otherwise ask KV too (the cron's and
-    // other locations' observations).
-    let fresh =
-        |h: &Health| now_ms.saturating_sub(h.updated_ms) < config.probe_interval.as_millis() as u64;
-    if local.as_ref().is_some_and(fresh) {
+    // A local record not yet due for a probe is enough; otherwise ask KV too
+    // (the cron's and other locations' observations).
+    let interval_ms = config.probe_interval.as_millis() as u64;
+    if local.is_some() && !Health::due(local.as_ref(), now_ms, interval_ms) {
         return local;
     }
     let global = match kv {
@@ -112,6 +128,7 @@ pub async fn record(
     let after = before
         .unwrap_or_else(Health::unknown)
         .observe(ok, now_ms, &config.health);
+    memo::remember_health(region, Some(after), now_ms);
     let body = serde_json::to_string(&Stored { health: after }).ok()?;
     let keep = (config.health.stale_after_ms / 1000).max(1);
     let cache_control = format!("public, max-age={keep}");
@@ -173,25 +190,6 @@ pub async fn probe_all(kv: Option<&KvStore>, config: &Config, now_ms: u64) {
         let ok = probe(config, r).await;
         record(kv, config, i, ok, now_ms, true).await;
     }
-}
-
-/// Indices among `regions` whose record is missing or older than the probe
-/// interval: the request probes them in the background.
-pub fn stale(
-    config: &Config,
-    health: &[Option<Health>],
-    regions: &[usize],
-    now_ms: u64,
-) -> Vec<usize> {
-    regions
-        .iter()
-        .copied()
-        .filter(|&i| {
-            health.get(i).copied().flatten().is_none_or(|h| {
-                now_ms.saturating_sub(h.updated_ms) >= config.probe_interval.as_millis() as u64
-            })
-        })
-        .collect()
 }
 
 /// Probes `regions` and records the results (run in `wait_until`).

@@ -15,7 +15,7 @@ use wharf_core::token::{Access, Claims, issue};
 use wharf_core::{ErrorCode, RepositoryName};
 use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, Response};
 
-use crate::config::{Config, Region};
+use crate::config::Config;
 use crate::error::Error;
 
 /// `User-Agent` of the edge's requests.
@@ -83,34 +83,6 @@ pub async fn send(
             Err(unreachable(format!("{url}: no answer within {timeout:?}")))
         }
     }
-}
-
-/// Sends `method <origin><path>` to the region's replicas in rendezvous
-/// order for `key` (the owner first, so it coalesces the miss), moving to
-/// the next replica when one cannot be reached.
-pub async fn send_to_region(
-    region: &Region,
-    key: &str,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<Response, Error> {
-    let mut last = None;
-    for base in region.origins_for(key) {
-        let url = format!("{base}{path}");
-        match send(&region.name, method.clone(), &url, headers, timeout).await {
-            Ok(r) => return Ok(r),
-            Err(e) => {
-                tracing::warn!(region = %region.name, origin = base, error = %e, "origin replica unreachable");
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::OriginUnreachable {
-        region: region.name.clone(),
-        cause: "the region lists no origin".into(),
-    }))
 }
 
 /// Turns a non-success origin response into [`Error::Origin`], keeping its

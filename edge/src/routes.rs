@@ -5,96 +5,16 @@
 //! through [`wharf_core::parse_request`]. Anything else is a `404
 //! NAME_UNKNOWN` from the core's parser.
 
-use std::rc::Rc;
-
-use wharf_core::headers::X_WHARF_REGION;
+use wharf_core::region::{self, PlanInput};
 use wharf_core::{ApiMethod, ApiRequest, parse_request};
-use worker::{Context, Env, Headers, KvStore, Request, Response, ResponseBuilder};
+use worker::{Context, Env, Request, Response};
 
-use crate::config::{Config, Region, Source};
+use crate::config::Config;
+use crate::ctx::{Ctx, EnvSource, KV_BINDING, Target};
 use crate::error::Error;
-use crate::{blob, forward, health, manifest, region, token};
-
-/// The KV namespace binding.
-pub const KV_BINDING: &str = "WHARF_KV";
-
-/// Everything a handler needs about the request and the deployment.
-pub struct Ctx<'a> {
-    /// The validated configuration.
-    pub config: Rc<Config>,
-    /// The Worker's bindings.
-    pub env: &'a Env,
-    /// For `wait_until`.
-    pub wctx: &'a Context,
-    /// KV, when bound.
-    pub kv: Option<KvStore>,
-    /// Request time, unix milliseconds.
-    pub now_ms: u64,
-    /// `http` or `https`, as the client used.
-    pub scheme: String,
-    /// `host[:port]` as the client used.
-    pub host: String,
-    /// The region serving this request.
-    pub region: Region,
-    /// The request's headers.
-    pub headers: Headers,
-    /// `GET` or `HEAD` (API routes).
-    pub method: ApiMethod,
-}
-
-impl Ctx<'_> {
-    /// Request time in unix seconds.
-    pub fn now_secs(&self) -> u64 {
-        self.now_ms / 1000
-    }
-
-    /// `<scheme>://<host the client used>/token`.
-    pub fn realm(&self) -> String {
-        format!("{}://{}/token", self.scheme, self.host)
-    }
-
-    /// A request header, if present and readable.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).ok().flatten()
-    }
-}
-
-/// Reads vars and secrets from the Worker's `env`.
-struct EnvSource<'a>(&'a Env);
-
-impl Source for EnvSource<'_> {
-    fn text(&self, name: &str) -> Option<String> {
-        let v = worker::js_sys::Reflect::get(self.0, &name.into()).ok()?;
-        v.as_string()
-    }
-
-    fn json(&self, name: &str) -> Option<String> {
-        let v = worker::js_sys::Reflect::get(self.0, &name.into()).ok()?;
-        if v.is_undefined() || v.is_null() {
-            return None;
-        }
-        if let Some(s) = v.as_string() {
-            return Some(s);
-        }
-        // A TOML table/array in `[vars]` arrives as a JS object.
-        let value: serde_json::Value = serde_wasm_bindgen::from_value(v).ok()?;
-        Some(value.to_string())
-    }
-}
-
-/// Builds a response that cannot fail: status, headers, body.
-pub fn response(status: u16, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
-    let h = Headers::new();
-    for (k, v) in headers {
-        let _ = h.set(k, v);
-    }
-    let builder = ResponseBuilder::new().with_status(status).with_headers(h);
-    if body.is_empty() {
-        builder.empty()
-    } else {
-        builder.fixed(body)
-    }
-}
+use crate::failover::Route;
+use crate::http::response;
+use crate::{blob, forward, health, manifest, token};
 
 /// Answers one request.
 pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response, Error> {
@@ -109,109 +29,65 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
         ));
     }
     let config = Config::cached(&EnvSource(env))?;
-    let host = match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_owned(),
-        (None, _) => config.global_host.clone(),
-    };
-    let cf = req.cf();
-    let override_value = config
-        .test_location_header
-        .as_deref()
-        .and_then(|h| req.headers().get(h).ok().flatten());
-    let at = region::location(
-        override_value.as_deref(),
-        cf.as_ref().and_then(|c| c.continent()),
-        cf.as_ref().and_then(|c| c.country()),
-        cf.as_ref().and_then(|c| c.coordinates()),
-    );
-    let now_ms = worker::Date::now().as_millis();
-    let kv = env.kv(KV_BINDING).ok();
-    let pin = region::pin(&config, &host);
-    let mut ctx = Ctx {
-        config: config.clone(),
-        env,
-        wctx,
-        kv,
-        now_ms,
-        scheme: url.scheme().to_owned(),
-        host,
-        region: config.regions[0].clone(),
-        headers: req.headers().clone(),
-        method: ApiMethod::Get,
-    };
     if path == "/token" {
+        let ctx = Ctx::new(&req, &url, config, env, wctx, ApiMethod::Get);
         return token::handle(&ctx, req, url.query()).await;
     }
     let (api_method, request, ns) = parse_request(&method, &path, url.query())?;
-    ctx.method = api_method;
+    let ctx = Ctx::new(&req, &url, config.clone(), env, wctx, api_method);
     if matches!(request, ApiRequest::Base) {
         return token::base(&ctx);
     }
 
-    // Where to serve it: the pinned region, or the nearest routable ones.
-    let health = health::load(ctx.kv.as_ref(), &config, now_ms).await;
-    let order = match pin {
-        region::Pin::Regional(i) => vec![i],
-        region::Pin::Global => region::candidates(&config, &at, &health, now_ms),
-    };
-    let stale = health::stale(&config, &health, &order, now_ms);
-    if !stale.is_empty() {
-        let (kv, config) = (ctx.kv.clone(), config.clone());
-        wctx.wait_until(async move { health::refresh(kv, config, stale, now_ms).await });
+    // Where to serve it: the core's plan over the hostname, the client's
+    // location and the regions' health.
+    let health = health::load(ctx.kv.as_ref(), &config, ctx.now_ms).await;
+    let plan = region::plan(&PlanInput {
+        regions: &config.specs,
+        global_host: &config.global_host,
+        host: &ctx.host,
+        at: &ctx.at,
+        health: &health,
+        policy: &config.health,
+        probe_interval_ms: config.probe_interval.as_millis() as u64,
+        now_ms: ctx.now_ms,
+    });
+    if !plan.probe.is_empty() {
+        let (kv, config, probe, now_ms) = (
+            ctx.kv.clone(),
+            config.clone(),
+            plan.probe.clone(),
+            ctx.now_ms,
+        );
+        wctx.wait_until(async move { health::refresh(kv, config, probe, now_ms).await });
     }
-    if let region::Pin::Regional(i) = pin
-        && !region::routable(&config, &health, i, now_ms)
-    {
+    if let Some(i) = plan.refuse {
         return Err(Error::RegionUnavailable {
             region: config.regions[i].name.clone(),
             cause: "its origin is failing its health checks".into(),
             global: config.global_host.clone(),
         });
     }
-    let mut last = None;
-    for (n, &i) in order.iter().enumerate() {
-        ctx.region = config.regions[i].clone();
-        tracing::debug!(kind = request.kind(), region = %ctx.region.name, "request");
-        match dispatch(&ctx, &request, ns.as_deref()).await {
-            Err(e @ Error::OriginUnreachable { .. }) => {
-                // The origin itself is down: count it, and (global hostname
-                // only) let the next region serve this very request.
-                health::record(ctx.kv.as_ref(), &config, i, false, now_ms, false).await;
-                if let region::Pin::Regional(_) = pin {
-                    return Err(Error::RegionUnavailable {
-                        region: ctx.region.name.clone(),
-                        cause: e.to_string(),
-                        global: config.global_host.clone(),
-                    });
-                }
-                if n + 1 < order.len() {
-                    tracing::warn!(region = %ctx.region.name, error = %e, "failing over to the next region");
-                }
-                last = Some(e);
-            }
-            Ok(response) => {
-                let _ = response.headers().set(X_WHARF_REGION, &ctx.region.name);
-                return Ok(response);
-            }
-            Err(e) => return Err(e),
+    // What it names: resolved and authorized once, whichever region serves.
+    let Some(name) = request.name() else {
+        return token::base(&ctx);
+    };
+    let resolved = config.rules.resolve(name, ns.as_deref())?;
+    token::authorize(&ctx, name, &resolved)?;
+    let target = Target {
+        name: name.clone(),
+        resolved,
+    };
+    let route = Route::of(&ctx, &plan);
+    tracing::debug!(kind = request.kind(), regions = ?plan.regions, "request");
+    match &request {
+        ApiRequest::Base => token::base(&ctx),
+        ApiRequest::Manifest { reference, .. } => {
+            manifest::get(&ctx, &route, &target, reference).await
         }
-    }
-    Err(last.unwrap_or_else(|| Error::Runtime("no region to serve the request".into())))
-}
-
-/// Applies a parsed request in the region chosen in `ctx`.
-async fn dispatch(
-    ctx: &Ctx<'_>,
-    request: &ApiRequest,
-    ns: Option<&str>,
-) -> Result<Response, Error> {
-    match request {
-        ApiRequest::Base => token::base(ctx),
-        ApiRequest::Manifest { name, reference } => manifest::get(ctx, name, reference, ns).await,
-        ApiRequest::Blob { name, digest } => blob::get(ctx, name, digest, ns).await,
-        ApiRequest::TagsList { name, .. } | ApiRequest::Referrers { name, .. } => {
-            forward::get(ctx, name, request, ns).await
+        ApiRequest::Blob { digest, .. } => blob::get(&ctx, &route, &target, digest).await,
+        ApiRequest::TagsList { .. } | ApiRequest::Referrers { .. } => {
+            forward::get(&ctx, &route, &target, &request).await
         }
     }
 }

@@ -24,8 +24,9 @@ use wharf_core::signin::{Failures, ThrottlePolicy, Verdict, check};
 use worker::Cache;
 
 use crate::config::User;
+use crate::ctx::Ctx;
 use crate::error::Error;
-use crate::routes::{Ctx, response};
+use crate::http::response;
 use crate::store::CACHE_ORIGIN;
 
 /// The throttle's policy: 5 free failures, then 1 s doubling to 5 min,

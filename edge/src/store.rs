@@ -23,7 +23,7 @@ use wharf_core::keys::{blob_link_key, manifest_link_key, tag_key};
 use wharf_core::{Digest, RepositoryName, Tag};
 use worker::{Cache, KvStore};
 
-use crate::routes::response;
+use crate::http::response;
 
 /// The synthetic origin of the edge's Cache API keys.
 pub const CACHE_ORIGIN: &str = "https://wharf-edge.cache.invalid";

@@ -26,8 +26,9 @@ use wharf_core::{RepositoryName, Resolved, TokenResponse};
 use worker::{Method, Request, Response};
 
 use crate::config::User;
+use crate::ctx::Ctx;
 use crate::error::Error;
-use crate::routes::{Ctx, response};
+use crate::http::response;
 use crate::signin;
 
 /// Largest `/token` POST body read (an OAuth2 form is a few hundred bytes).
@@ -178,7 +179,7 @@ pub async fn handle(
     let now = ctx.now_secs();
     let ttl = ctx.config.token_ttl.as_secs();
     let claims = Claims {
-        iss: crate::region::hostname(&ctx.host),
+        iss: wharf_core::region::hostname(&ctx.host),
         sub: user.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
         aud: ctx.config.global_host.clone(),
         exp: now + ttl,
@@ -191,7 +192,6 @@ pub async fn handle(
         sub = %claims.sub,
         requested = params.scopes.len(),
         granted = claims.access.len(),
-        region = %ctx.region.name,
         "token issued"
     );
     let token = issue(&ctx.config.key, &claims);
