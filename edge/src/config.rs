@@ -32,9 +32,9 @@
 //!
 //! # Parsed once per isolate
 //!
-//! [`Config::cached`] keeps the last parse in a `thread_local!`: the one
-//! piece of global mutable state in the edge, against the rule in
-//! `STYLE.md`. It is acceptable because it is a memo, not shared state: a
+//! [`Config::cached`] keeps the last parse in a `thread_local!` (with
+//! `memo.rs`, the edge's isolate memory; both against the rule in
+//! `STYLE.md`). It is acceptable because it is a memo, not shared state: a
 //! Workers isolate runs one thread, the value is immutable once built
 //! (`Rc<Config>`), and it is keyed by its inputs. [`Config::parse`] is a
 //! deterministic function of the lookups it makes, so the memo records each
@@ -93,18 +93,6 @@ pub struct Region {
     /// Cloudflare continent codes (`EU`, `NA`, `AS`, …) this region serves on
     /// the global hostname.
     pub continents: Vec<String>,
-}
-
-impl Region {
-    /// The origin replicas in the order to try for `key` (a digest or
-    /// `repo:reference`): rendezvous order, so every location asks the
-    /// replica that owns the key first (it coalesces the miss).
-    pub fn origins_for(&self, key: &str) -> Vec<&str> {
-        wharf_core::region::rendezvous(key, &self.origins)
-            .into_iter()
-            .map(|i| self.origins[i].as_str())
-            .collect()
-    }
 }
 
 /// A user allowed to pull private rules.
