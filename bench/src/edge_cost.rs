@@ -50,15 +50,7 @@ pub(crate) async fn edge_cost(
         .bytes()
         .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let redirect = EdgeTiming::measure(
-        cpus,
-        pid,
-        blob_url.clone(),
-        &token,
-        307,
-        n,
-    )
-    .await?;
+    let redirect = EdgeTiming::measure(cpus, pid, blob_url.clone(), &token, 307, n).await?;
     // The floor: a request the Worker answers before reading its
     // configuration. What workerd spends on it is its own HTTP serving and
     // wrangler's local entry worker, none of which a deployed Worker is
