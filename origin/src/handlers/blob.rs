@@ -48,7 +48,8 @@ pub async fn get(
         return head_blob(state, &target, name, digest, linked).await;
     }
     // The one store lookup of this request; what it found is passed down
-    // (the leader of a miss re-checks once, see `hydrate::leader`).
+    // (the leader of a miss re-checks its memory of recent commits, not the
+    // store: see `hydrate::leader`).
     let stored = state.blobs.lookup(&digest).await;
     // Another replica of this region may own the miss (and checks the link
     // itself): look the link up only when this replica serves.

@@ -43,6 +43,14 @@ impl Blobs {
             Ok(Some(uploader)) => {
                 let committed = self.committed(&request, uploader, started).await;
                 if committed {
+                    let len = tx.borrow().written;
+                    self.committed_now(
+                        &request.digest,
+                        store::ObjectMeta {
+                            len,
+                            content_type: Some("application/octet-stream".into()),
+                        },
+                    );
                     // Readers still behind move to the store, and the
                     // spool's disk space is released now, not when the
                     // slowest of them finishes.
@@ -154,20 +162,20 @@ impl Blobs {
         }
     }
 
-    /// Re-checks the store just before fetching — the one store lookup on
-    /// the leader's path. It guards a race: the request's lookup
-    /// ([`Blobs::lookup`]) missed, then the previous flight for this digest
-    /// committed and left [`Flights`] before this request joined, so it
-    /// started a new flight for a stored blob. Without the re-check that
-    /// costs a second upstream fetch. `true` (and [`Phase::InStore`]) when
-    /// the blob is stored.
+    /// Re-checks, without asking the store, just before fetching. It guards
+    /// a race: the request's lookup ([`Blobs::lookup`]) missed, then the
+    /// previous flight for this digest committed and left [`Flights`]
+    /// before this request joined, so it started a new flight for a stored
+    /// blob. Without the re-check that costs a second upstream fetch; this
+    /// process remembers what it committed lately, which is exactly that
+    /// case (another replica's misses go to their owner, not here). `true`
+    /// (and [`Phase::InStore`]) when the blob was committed.
     async fn in_store(
         &self,
         request: &BlobRequest,
         tx: &watch::Sender<Progress>,
     ) -> Result<bool, Error> {
-        let key = store::blob_key(&request.digest);
-        let Ok(Some(meta)) = self.store.head(&key).await else {
+        let Some(meta) = self.recently_committed(&request.digest) else {
             return Ok(false);
         };
         self.gate(request, Held::Stored).await?;

@@ -166,6 +166,12 @@ impl Drop for Hydration {
     }
 }
 
+/// How long a commit is remembered for the leader's check (far longer than
+/// the race it closes: a request's lookup and its joining a flight).
+const RECENT_FOR: Duration = Duration::from_secs(60);
+/// Memory for that: about 10,000 digests.
+const RECENT_BYTES: usize = 1 << 20;
+
 /// A pass-through body (see [`crate::passthrough`]).
 pub type PassBody =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, PassError>> + Send>>;
@@ -214,6 +220,8 @@ pub struct BlobRequest {
 /// All blob hydrations of this process.
 pub struct Blobs {
     store: Store,
+    /// Blobs this process committed lately (see [`Blobs::recently_committed`]).
+    recent: std::sync::Mutex<crate::bounded::ByteLru<(ObjectMeta, std::time::Instant)>>,
     /// This process's own spool directory (see [`Spool`]).
     spool: Spool,
     limits: HydrationLimits,
@@ -241,6 +249,7 @@ impl Blobs {
         let spool = Spool::claim(&spool_dir)?;
         Ok(Self {
             store,
+            recent: std::sync::Mutex::new(crate::bounded::ByteLru::new(RECENT_BYTES)),
             disks: vec![("spool", spool_dir)],
             spool,
             limits: HydrationLimits::default(),
@@ -319,6 +328,21 @@ impl Blobs {
             total: source.total,
             body: Box::pin(body),
         })
+    }
+
+    /// Remembers that this process committed `digest` (as `meta`).
+    fn committed_now(&self, digest: &Digest, meta: ObjectMeta) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.put(digest.to_string(), (meta, std::time::Instant::now()), 96);
+    }
+
+    /// What this process committed for `digest` within [`RECENT_FOR`].
+    fn recently_committed(&self, digest: &Digest) -> Option<ObjectMeta> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .get(&digest.to_string())
+            .filter(|(_, at)| at.elapsed() < RECENT_FOR)
+            .map(|(meta, _)| meta.clone())
     }
 
     /// The flight for `digest`, if one is running.
