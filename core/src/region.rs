@@ -341,6 +341,12 @@ pub struct Health {
     pub updated_ms: u64,
     /// When `up` last changed (unix ms).
     pub changed_ms: u64,
+    /// The last probe found the region ready but degraded (its origin's
+    /// `/readyz` said so: disk pressure, an upstream failing): still
+    /// routable, but the global hostname prefers regions that are not.
+    /// Records written before this field existed read as not degraded.
+    #[serde(default)]
+    pub degraded: bool,
 }
 
 impl Health {
@@ -352,6 +358,7 @@ impl Health {
             oks: 0,
             updated_ms: 0,
             changed_ms: 0,
+            degraded: false,
         }
     }
 
@@ -380,7 +387,17 @@ impl Health {
 
     /// True if the region may be routed to: up, or the data is stale (fail open).
     pub fn routable(&self, now_ms: u64, policy: &HealthPolicy) -> bool {
-        self.up || now_ms.saturating_sub(self.updated_ms) > policy.stale_after_ms
+        self.up || self.is_stale(now_ms, policy)
+    }
+
+    /// True if the region is up but its last probe found it degraded, and
+    /// the record is not stale.
+    pub fn is_degraded(&self, now_ms: u64, policy: &HealthPolicy) -> bool {
+        self.up && self.degraded && !self.is_stale(now_ms, policy)
+    }
+
+    fn is_stale(&self, now_ms: u64, policy: &HealthPolicy) -> bool {
+        now_ms.saturating_sub(self.updated_ms) > policy.stale_after_ms
     }
 
     /// The newer of two reports about the same region.
@@ -527,7 +544,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Pin::Regional(i) => (vec![i], false, (!routable(i)).then_some(i)),
         Pin::Global => {
             let ranked = rank(regions, input.at);
-            let healthy: Vec<usize> = ranked.iter().copied().filter(|&i| routable(i)).collect();
+            let mut healthy: Vec<usize> = ranked.iter().copied().filter(|&i| routable(i)).collect();
+            // Degraded regions (disk pressure, an upstream failing) after
+            // the others, each group still nearest first: they serve, but
+            // another region serves better.
+            healthy.sort_by_key(|&i| record(i).is_some_and(|h| h.is_degraded(now_ms, policy)));
             let order = if healthy.is_empty() {
                 ranked.first().copied().into_iter().collect()
             } else {
@@ -772,6 +793,16 @@ mod tests {
         let all_down = [Some(down), Some(down), Some(down)];
         let ap_stale = [Some(up), Some(up), Some(old_down)];
         let eu_only = [Some(up)];
+        let degraded = Health {
+            degraded: true,
+            ..up
+        };
+        let ap_degraded = [Some(up), Some(up), Some(degraded)];
+        let old_degraded = Health {
+            updated_ms: t - p.stale_after_ms - 1,
+            ..degraded
+        };
+        let ap_degraded_stale = [Some(up), Some(up), Some(old_degraded)];
         let g = "wharf.example.com";
         struct Case<'a> {
             host: &'a str,
@@ -814,6 +845,22 @@ mod tests {
             ),
             // ap down: Asian clients go to eu, then us; ap is not tried.
             case(g, "AS", &ap_down, t, &[0, 1], true, None, &[]),
+            // ap degraded (disk pressure, a failing upstream): still tried,
+            // after the healthy ones; a stale degraded flag counts for
+            // nothing; a regional hostname stays pinned.
+            case(g, "AS", &ap_degraded, t, &[0, 1, 2], true, None, &[]),
+            case(g, "EU", &ap_degraded, t, &[0, 1, 2], true, None, &[]),
+            case(g, "AS", &ap_degraded_stale, t, &[2, 0, 1], true, None, &[2]),
+            case(
+                "ap.wharf.example.com",
+                "AS",
+                &ap_degraded,
+                t,
+                &[2],
+                false,
+                None,
+                &[],
+            ),
             // Everything down: the nearest alone (fail open).
             case(g, "AS", &all_down, t, &[2], true, None, &[]),
             // A record older than stale_after is ignored (fail open).

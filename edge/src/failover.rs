@@ -127,7 +127,8 @@ impl<'a> Route<'a> {
             tracing::warn!(region = %hop.region.name, origin = hop.origin, error = %e, "origin replica unreachable");
             if a.last_in_region {
                 if self.record {
-                    health::record(self.kv, config, a.region, false, self.now_ms, false).await;
+                    health::record(self.kv, config, a.region, false, None, self.now_ms, false)
+                        .await;
                 }
                 if !self.plan.failover {
                     return Err(Error::RegionUnavailable {

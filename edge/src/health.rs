@@ -115,19 +115,25 @@ async fn load_one(
 
 /// Records one observation of region `idx` and stores the new record
 /// (KV too when `global` or when the region changed state). Returns it.
+/// `degraded` is a probe's finding; `None` (a live request's failure)
+/// keeps the last one.
 pub async fn record(
     kv: Option<&KvStore>,
     config: &Config,
     idx: usize,
     ok: bool,
+    degraded: Option<bool>,
     now_ms: u64,
     global: bool,
 ) -> Option<Health> {
     let region = &config.regions.get(idx)?.name;
     let before = load_one(kv, config, region, now_ms).await;
-    let after = before
+    let mut after = before
         .unwrap_or_else(Health::unknown)
         .observe(ok, now_ms, &config.health);
+    if let Some(d) = degraded {
+        after.degraded = d;
+    }
     memo::remember_health(region, Some(after), now_ms);
     let body = serde_json::to_string(&Stored { health: after }).ok()?;
     let keep = (config.health.stale_after_ms / 1000).max(1);
@@ -143,11 +149,12 @@ pub async fn record(
     if let Err(e) = Cache::default().put(cache_url(region).as_str(), r).await {
         tracing::warn!(region, error = %e, "Cache API write of a health record failed");
     }
-    let changed = before.is_none_or(|b| b.up != after.up);
+    let changed = before.is_none_or(|b| b.up != after.up || b.degraded != after.degraded);
     if changed {
         tracing::warn!(
             region,
             up = after.up,
+            degraded = after.degraded,
             fails = after.fails,
             "region health changed"
         );
@@ -168,11 +175,19 @@ pub async fn record(
 }
 
 /// Probes one region: `GET /readyz` on its replicas until one is ready.
-pub async fn probe(config: &Config, region: &Region) -> bool {
+/// `None` when none is; else whether the ready one says it is degraded
+/// (`"status": "degraded"`: disk pressure, an upstream failing).
+pub async fn probe(config: &Config, region: &Region) -> Option<bool> {
     for base in &region.origins {
         let url = format!("{base}/readyz");
         match origin::send(&region.name, Method::Get, &url, &[], config.probe_timeout).await {
-            Ok(r) if r.status_code() == 200 => return true,
+            Ok(mut r) if r.status_code() == 200 => {
+                let body = r.text().await.unwrap_or_default();
+                let status = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["status"].as_str().map(str::to_owned));
+                return Some(status.as_deref() == Some("degraded"));
+            }
             Ok(r) => {
                 tracing::info!(region = %region.name, origin = %base, status = r.status_code(), "origin not ready")
             }
@@ -181,14 +196,14 @@ pub async fn probe(config: &Config, region: &Region) -> bool {
             }
         }
     }
-    false
+    None
 }
 
 /// The cron trigger: probe every region and store the results everywhere.
 pub async fn probe_all(kv: Option<&KvStore>, config: &Config, now_ms: u64) {
     for (i, r) in config.regions.iter().enumerate() {
-        let ok = probe(config, r).await;
-        record(kv, config, i, ok, now_ms, true).await;
+        let seen = probe(config, r).await;
+        record(kv, config, i, seen.is_some(), seen, now_ms, true).await;
     }
 }
 
@@ -201,8 +216,8 @@ pub async fn refresh(
 ) {
     for i in regions {
         if let Some(r) = config.regions.get(i) {
-            let ok = probe(&config, r).await;
-            record(kv.as_ref(), &config, i, ok, now_ms, false).await;
+            let seen = probe(&config, r).await;
+            record(kv.as_ref(), &config, i, seen.is_some(), seen, now_ms, false).await;
         }
     }
 }
