@@ -99,6 +99,8 @@ pub enum Fault {
     /// Answer every write (`PUT`, `POST`, `DELETE`) with this status, pass
     /// reads through (a store whose writes fail).
     FailWrites(u16),
+    /// Forward every `GET` body at this many bytes per second (a slow store).
+    SlowReads(u64),
 }
 
 /// What an upstream request asked for.
@@ -750,6 +752,7 @@ impl ProxyCtx {
             Fault::SlowBlobs(rate) if method == Method::GET && kind == Kind::Blob => {
                 throttle(body, *rate)
             }
+            Fault::SlowReads(rate) if method == Method::GET => throttle(body, *rate),
             Fault::TruncateBlob(d) if faulty_blob(d) => {
                 let len = parts
                     .headers

@@ -2,7 +2,8 @@
 //! writes, or is down, still serves cold pulls with verified bytes from the
 //! upstream (nothing half-written becomes visible), `/readyz` says when the
 //! store is down, and once the store is healthy the blob is stored on the
-//! next pull.
+//! next pull; a slow store still serves warm blobs exactly, without going
+//! upstream.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -150,4 +151,34 @@ async fn a_store_that_is_down_still_serves_cold_pulls_and_readyz_says_so() {
         .unwrap();
     s.origin.wait_committed(2).await.unwrap();
     assert_eq!(store_contents(s.owner.origin.data_dir()).0, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_still_serves_warm_blobs_exactly() {
+    let s = scene("store-slow").await;
+    let img = ImageSpec::docker(&[4 << 20])
+        .push(&s.owner.upstream, "team/app", "v1")
+        .await
+        .unwrap();
+    wharf_tests::pull_with_reqwest(&s.origin.url(), "up/team/app", "v1")
+        .await
+        .unwrap();
+    s.origin
+        .wait_committed(img.blobs().len() as u64)
+        .await
+        .unwrap();
+    // Reads from the store at 2 MiB/s: the warm pull takes its time and
+    // gets the exact bytes, with no upstream request.
+    s.proxy.set_fault(Fault::SlowReads(2 << 20));
+    s.owner.upstream.reset_counts();
+    let started = std::time::Instant::now();
+    let pulled = wharf_tests::pull_with_reqwest(&s.origin.url(), "up/team/app", "v1")
+        .await
+        .unwrap();
+    assert_eq!(pulled.blobs, img.blobs());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "the store was not slow"
+    );
+    assert_eq!(s.owner.upstream.counts().get("GET", Kind::Blob), 0);
 }
