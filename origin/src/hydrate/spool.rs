@@ -268,21 +268,7 @@ pub fn spool_stream(
                 }
                 _ => false,
             };
-            // Hold back the last byte until the digest is verified.
-            let servable = match progress.total {
-                _ if verified => progress.written,
-                Some(total) if progress.written < total => progress.written,
-                _ => progress.written.saturating_sub(1),
-            };
-            let mut limit = r.end.map_or(servable, |end| end.min(servable));
-            // A range that ends before the blob does holds back its own
-            // last byte too: a 206 never completes from unverified bytes.
-            if let Some(end) = r.end
-                && !verified
-                && limit >= end
-            {
-                limit = end - 1;
-            }
+            let limit = servable(&progress, verified, r.end);
             if r.pos < limit {
                 let want = (limit - r.pos).min(READ_CHUNK as u64) as usize;
                 let window = lock(&r.hydration.window).slice(r.pos, want);
@@ -325,6 +311,23 @@ pub fn spool_stream(
             }
         }
     })
+}
+
+/// How far a reader of `[.., end)` may read now: what has arrived, less
+/// the final byte of the blob — and of a range that ends before the blob
+/// does — until the digest is verified, so no response completes from
+/// unverified bytes.
+fn servable(progress: &Progress, verified: bool, end: Option<u64>) -> u64 {
+    let arrived = match progress.total {
+        _ if verified => progress.written,
+        Some(total) if progress.written < total => progress.written,
+        _ => progress.written.saturating_sub(1),
+    };
+    match end {
+        Some(end) if !verified && arrived >= end => end - 1,
+        Some(end) => end.min(arrived),
+        None => arrived,
+    }
 }
 
 /// The bytes `[pos, end)` of a committed blob, from the store.
@@ -372,6 +375,34 @@ mod tests {
 
     fn chunk(byte: u8, len: usize) -> Bytes {
         Bytes::from(vec![byte; len])
+    }
+
+    #[test]
+    fn the_last_byte_of_the_blob_or_range_waits_for_verification() {
+        let at = |written, total| Progress {
+            written,
+            total,
+            phase: Phase::Streaming,
+        };
+        let cases = [
+            // (progress, verified, end) → servable
+            (at(50, Some(100)), false, None, 50),
+            (at(100, Some(100)), false, None, 99),
+            (at(100, Some(100)), true, None, 100),
+            (at(40, None), false, None, 39),
+            // A range [.., 10): its 10th byte waits too.
+            (at(50, Some(100)), false, Some(10), 9),
+            (at(50, Some(100)), true, Some(10), 10),
+            (at(5, Some(100)), false, Some(10), 5),
+            (at(100, Some(100)), false, Some(100), 99),
+        ];
+        for (progress, verified, end, want) in cases {
+            assert_eq!(
+                servable(&progress, verified, end),
+                want,
+                "{progress:?} {verified} {end:?}"
+            );
+        }
     }
 
     #[test]
