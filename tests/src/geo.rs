@@ -58,6 +58,9 @@ pub struct GeoOpts {
     pub edge: bool,
     /// `replicate = true` on the rule.
     pub replicate: bool,
+    /// A region whose origins report themselves degraded (a free-space
+    /// floor no disk meets: `[limits] min_free_mib`).
+    pub degraded: Option<&'static str>,
 }
 
 /// The running three-region stack.
@@ -134,7 +137,12 @@ impl GeoStack {
                      [s3]\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nregion = \"garage\"\n\
                      [auth]\ntoken_key = \"{TOKEN_KEY}\"\nservice = \"{GLOBAL_HOST}\"\n\
                      [[rule]]\nprefix = \"{RULE_PREFIX}\"\nupstream = \"{up}\"\nreplicate = {replicate}\n\
-                     {regions_toml}",
+                     {regions_toml}{limits}",
+                    limits = if opts.degraded == Some(*name) {
+                        "\n[limits]\nmin_free_mib = 1000000000000\n"
+                    } else {
+                        ""
+                    },
                     endpoint = garage.s3_endpoint(i),
                     bucket = buckets[i],
                     up = upstream.url(),

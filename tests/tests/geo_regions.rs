@@ -109,6 +109,7 @@ async fn each_geography_is_served_by_its_region_and_regions_copy_from_each_other
         GeoOpts {
             edge: true,
             replicate: false,
+            ..GeoOpts::default()
         },
     )
     .await
@@ -225,6 +226,7 @@ async fn global_hostname_fails_over_and_regional_hostname_does_not() {
         GeoOpts {
             edge: true,
             replicate: false,
+            ..GeoOpts::default()
         },
     )
     .await
@@ -328,6 +330,7 @@ async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner(
         GeoOpts {
             edge: false,
             replicate: true,
+            ..GeoOpts::default()
         },
     )
     .await
@@ -435,4 +438,44 @@ async fn replicate_rules_copy_to_every_region_and_replicas_survive_a_lost_owner(
         down >= 1.0,
         "the survivor did not notice the owner was down"
     );
+}
+
+/// Issue 14: a region whose origin reports itself degraded (here: under
+/// disk pressure) stays routable but comes after the healthy regions on the
+/// global hostname; its regional hostname still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_region_comes_after_the_healthy_ones() {
+    let s = GeoStack::start(
+        "geo-degraded",
+        GeoOpts {
+            edge: true,
+            degraded: Some("ap"),
+            ..GeoOpts::default()
+        },
+    )
+    .await
+    .unwrap();
+    ImageSpec::docker(&[10_000])
+        .push(&s.upstream, "geo/dg", "v1")
+        .await
+        .unwrap();
+    let repo = s.repo("geo/dg");
+    let started = Instant::now();
+    loop {
+        s.edge().trigger_scheduled().await.unwrap();
+        let r = manifest_as(&s, GLOBAL_HOST, "AS", &repo, "v1").await;
+        if r.status() == 200 && region_of(&r) == "eu" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "Asian clients still go to the degraded region: {} from {:?}",
+            r.status(),
+            region_of(&r)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Pinned: the regional hostname still serves from ap.
+    let r = manifest_as(&s, &format!("ap.{GLOBAL_HOST}"), "AS", &repo, "v1").await;
+    assert_eq!((r.status().as_u16(), region_of(&r)), (200, "ap".to_owned()));
 }
