@@ -141,6 +141,44 @@ where
     }
 }
 
+/// Every file under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The object files of blob `hex` in the embedded store under an origin's
+/// data directory (`blobs/sha256/<hex>`; not its repository link records).
+pub fn blob_objects(data: &Path, hex: &str) -> usize {
+    files_under(&data.join("s3"))
+        .iter()
+        .filter(|p| {
+            let p = p.to_string_lossy();
+            p.contains("/objects/blobs/sha256/") && p.contains(hex)
+        })
+        .count()
+}
+
+/// The multipart-upload files in the embedded store under an origin's data
+/// directory.
+pub fn upload_files(data: &Path) -> Vec<PathBuf> {
+    files_under(&data.join("s3"))
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "uploads"))
+        .collect()
+}
+
 /// `sha256:<hex>` of some bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     use sha2::Digest as _;

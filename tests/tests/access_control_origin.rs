@@ -167,30 +167,10 @@ fn bearer_client(token: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// The embedded store's object files under the origin's data directory
 /// (`<data>/s3/<bucket>/objects/<key segments>%obj`).
 fn objects(data: &Path) -> Vec<String> {
-    files_under(data)
+    wharf_tests::files_under(data)
         .into_iter()
         .filter_map(|p| {
             let s = p.to_string_lossy().into_owned();

@@ -14,23 +14,6 @@ use wharf_tests::{
     http_client, wait_until,
 };
 
-/// Whether `hex`'s blob object is in the embedded store under `data`.
-fn stored(data: &Path, hex: &str) -> bool {
-    let mut dirs = vec![data.join("s3")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            let s = p.to_string_lossy();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if s.contains("/objects/blobs/sha256/") && s.contains(hex) {
-                return true;
-            }
-        }
-    }
-    false
-}
-
 fn hex(digest: &str) -> &str {
     digest.trim_start_matches("sha256:")
 }
@@ -94,9 +77,9 @@ async fn past_the_hydration_limit_cold_blobs_pass_through() {
     first.await.unwrap().unwrap();
     s.origin.wait_committed(1).await.unwrap();
     let data = s.origin.data_dir().to_owned();
-    assert!(stored(&data, hex(&big_layer)));
+    assert!(wharf_tests::blob_objects(&data, hex(&big_layer)) > 0);
     assert!(
-        !stored(&data, hex(&layer)),
+        wharf_tests::blob_objects(&data, hex(&layer)) == 0,
         "a passed-through blob was stored"
     );
 
@@ -107,7 +90,7 @@ async fn past_the_hydration_limit_cold_blobs_pass_through() {
         .await
         .unwrap();
     s.origin.wait_committed(2).await.unwrap();
-    assert!(stored(&data, hex(&layer)));
+    assert!(wharf_tests::blob_objects(&data, hex(&layer)) > 0);
     assert_eq!(s.upstream.counts().for_path("GET", Kind::Blob, &layer), 1);
 }
 
@@ -177,7 +160,10 @@ async fn a_nearly_full_disk_passes_cold_pulls_through_and_recovers() {
         .unwrap();
     assert_eq!(pulled.digest, img.manifest_digest);
     let layer = &img.layer_digests[0];
-    assert!(!stored(&tmpfs.0, hex(layer)), "stored under disk pressure");
+    assert!(
+        wharf_tests::blob_objects(&tmpfs.0, hex(layer)) == 0,
+        "stored under disk pressure"
+    );
     let passed = origin
         .metric("wharf_passthrough_total", &[("reason", "disk")])
         .await
@@ -200,7 +186,7 @@ async fn a_nearly_full_disk_passes_cold_pulls_through_and_recovers() {
         .await
         .unwrap();
     origin.wait_committed(2).await.unwrap();
-    assert!(stored(&tmpfs.0, hex(layer)));
+    assert!(wharf_tests::blob_objects(&tmpfs.0, hex(layer)) > 0);
     drop(origin);
     drop(upstream);
 }

@@ -4,7 +4,6 @@
 //! an external S3 store alike. Nothing the killed process half-wrote is
 //! ever served.
 
-use std::path::Path;
 use std::time::Duration;
 
 use wharf_tests::clients::fetch_blob;
@@ -14,23 +13,6 @@ use wharf_tests::{
 };
 
 const LAYER: u64 = 4 << 20;
-
-fn blob_objects(root: &Path, hex: &str) -> usize {
-    let mut n = 0;
-    let mut dirs = vec![root.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                let s = p.to_string_lossy();
-                n += usize::from(s.contains("/objects/blobs/sha256/") && s.contains(hex));
-            }
-        }
-    }
-    n
-}
 
 /// Starts a slow cold pull of the layer through `origin`, kills the origin
 /// with SIGKILL once bytes are flowing, restarts it, and pulls again.
@@ -110,7 +92,7 @@ async fn sigkill_mid_hydration_then_restart_on_the_embedded_store() {
     )
     .await;
     let hex = layer.trim_start_matches("sha256:");
-    assert_eq!(blob_objects(&s.origin.data_dir().join("s3"), hex), 1);
+    assert_eq!(wharf_tests::blob_objects(s.origin.data_dir(), hex), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,5 +145,5 @@ async fn sigkill_mid_hydration_then_restart_on_an_external_s3_store() {
     )
     .await;
     let hex = layer.trim_start_matches("sha256:");
-    assert_eq!(blob_objects(&owner.origin.data_dir().join("s3"), hex), 1);
+    assert_eq!(wharf_tests::blob_objects(owner.origin.data_dir(), hex), 1);
 }

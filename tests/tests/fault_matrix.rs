@@ -5,31 +5,10 @@
 //! multipart upload); once the upstream is healthy the blob pulls and is
 //! stored, fetched upstream once more.
 
-use std::path::Path;
 use std::time::Duration;
 
 use wharf_tests::clients::{fetch_blob, oci_error_of};
 use wharf_tests::{Fault, ImageSpec, Kind, Stack, http_client, wait_until};
-
-/// Every file under `dir` (none if it does not exist).
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 /// What the client must see under a fault.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,24 +58,17 @@ async fn cold_blob_under(name: &str, fault: impl FnOnce(&str) -> Fault, expect: 
     .unwrap();
     let data = s.origin.data_dir().to_owned();
     // (Each origin process keeps a `.lock` in its own spool directory.)
-    let spool: Vec<_> = files_under(&data.join("spool"))
+    let spool: Vec<_> = wharf_tests::files_under(&data.join("spool"))
         .into_iter()
         .filter(|p| !p.ends_with(".lock"))
         .collect();
     assert!(spool.is_empty(), "{name}: spool files left: {spool:?}");
-    let uploads: Vec<_> = files_under(&data.join("s3"))
-        .into_iter()
-        .filter(|p| p.components().any(|c| c.as_os_str() == "uploads"))
-        .collect();
+    let uploads = wharf_tests::upload_files(&data);
     assert!(
         uploads.is_empty(),
         "{name}: multipart uploads left: {uploads:?}"
     );
-    // The blob's object (`blobs/sha256/<hex>`), not its link records.
-    let stored = files_under(&data.join("s3")).iter().any(|p| {
-        let p = p.to_string_lossy();
-        p.contains("/objects/blobs/sha256/") && p.contains(&hex)
-    });
+    let stored = wharf_tests::blob_objects(&data, &hex) > 0;
     assert_eq!(
         stored,
         expect == Expect::Bytes,

@@ -153,7 +153,7 @@ async fn shutdown_mid_hydration_leaves_nothing_in_the_embedded_store() {
         "the client got the whole blob from an aborted hydration"
     );
     let objects = s.origin.data_dir().join("s3/wharf");
-    let stored = walk(&objects).into_iter().any(|p| {
+    let stored = wharf_tests::files_under(&objects).into_iter().any(|p| {
         p.to_string_lossy()
             .contains(layer.trim_start_matches("sha256:"))
     });
@@ -175,7 +175,7 @@ async fn shutdown_mid_hydration_leaves_nothing_in_the_embedded_store() {
     // …and now it is in the store (the check above can see it).
     let hex = layer.trim_start_matches("sha256:").to_owned();
     let started = Instant::now();
-    while !walk(&objects)
+    while !wharf_tests::files_under(&objects)
         .iter()
         .any(|p| p.to_string_lossy().contains(&hex))
     {
@@ -185,19 +185,4 @@ async fn shutdown_mid_hydration_leaves_nothing_in_the_embedded_store() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

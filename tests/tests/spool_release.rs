@@ -44,7 +44,7 @@ async fn a_slow_reader_does_not_pin_the_spool_of_a_committed_blob() {
     s.origin.wait_committed(1).await.unwrap();
     let spool = s.origin.data_dir().join("spool");
     let spool_files = || {
-        walk(&spool)
+        wharf_tests::files_under(&spool)
             .into_iter()
             .filter(|p| !p.ends_with(".lock"))
             .collect::<Vec<_>>()
@@ -64,20 +64,4 @@ async fn a_slow_reader_does_not_pin_the_spool_of_a_committed_blob() {
     }
     assert_eq!(read, size);
     assert_eq!(format!("sha256:{}", hex::encode(hasher.finalize())), layer);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

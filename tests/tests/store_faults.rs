@@ -14,24 +14,13 @@ use wharf_tests::{
     http_client,
 };
 
-/// Blob objects and multipart uploads in the embedded store under `data`.
+/// Blob objects and multipart-upload files in the embedded store under
+/// `data`.
 fn store_contents(data: &Path) -> (usize, usize) {
-    let (mut blobs, mut uploads) = (0, 0);
-    let mut dirs = vec![data.join("s3")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            let s = p.to_string_lossy().into_owned();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if s.contains("/objects/blobs/sha256/") {
-                blobs += 1;
-            } else if s.contains("/uploads/") {
-                uploads += 1;
-            }
-        }
-    }
-    (blobs, uploads)
+    (
+        wharf_tests::blob_objects(data, ""),
+        wharf_tests::upload_files(data).len(),
+    )
 }
 
 struct Scene {
