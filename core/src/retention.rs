@@ -31,12 +31,100 @@
 //! * Ties are broken by key, so that every replica computing the same
 //!   decision from the same records deletes the same things.
 //!
+//! What an *image* is comes first ([`images`]): a repository's manifest
+//! link that no other linked manifest of the same repository lists (an
+//! index's platform manifests belong to the index), with everything it
+//! needs and its last pull (the newest of its links' write times: a pull
+//! rewrites the link).
+//!
 //! Time is an argument (unix milliseconds); nothing here reads a clock or a
 //! store.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::Digest;
+use crate::access::Reference;
+use crate::{Digest, RepositoryName};
+
+/// A repository's link to a manifest, as the store lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestLink {
+    /// The repository.
+    pub repo: RepositoryName,
+    /// The manifest.
+    pub digest: Digest,
+    /// When the link was last written: the image's last pull (unix ms).
+    pub written_ms: u64,
+}
+
+/// The images the links describe. `references`: what each stored manifest
+/// lists ([`crate::access::references`]); `sizes`: every stored object's
+/// size (a digest not stored is not part of any image's bytes);
+/// `rule_of`: the rule a repository comes through.
+pub fn images(
+    links: &[ManifestLink],
+    references: &BTreeMap<Digest, Vec<Reference>>,
+    sizes: &BTreeMap<Digest, u64>,
+    rule_of: impl Fn(&RepositoryName) -> String,
+) -> Vec<Image> {
+    let mut by_repo: BTreeMap<&RepositoryName, BTreeMap<&Digest, u64>> = BTreeMap::new();
+    for l in links {
+        let t = by_repo
+            .entry(&l.repo)
+            .or_default()
+            .entry(&l.digest)
+            .or_default();
+        *t = (*t).max(l.written_ms);
+    }
+    let mut out = Vec::new();
+    for (repo, linked) in by_repo {
+        let children: BTreeSet<&Digest> = linked
+            .keys()
+            .flat_map(|d| references.get(*d).into_iter().flatten())
+            .filter_map(|r| match r {
+                Reference::Manifest(c) => Some(c),
+                Reference::Blob(_) => None,
+            })
+            .collect();
+        let rule = rule_of(repo);
+        for (&top, _) in linked.iter().filter(|(d, _)| !children.contains(**d)) {
+            // Depth-first over the manifests it lists; content addressing
+            // rules out cycles, the `seen` set guards against a hostile one.
+            let (mut digests, mut manifests, mut seen) = (Vec::new(), Vec::new(), BTreeSet::new());
+            let mut last = 0;
+            let mut stack = vec![top];
+            while let Some(m) = stack.pop() {
+                if !seen.insert(m) {
+                    continue;
+                }
+                if let Some(t) = linked.get(m) {
+                    last = last.max(*t);
+                    manifests.push(m.clone());
+                }
+                if let Some(size) = sizes.get(m) {
+                    digests.push((m.clone(), *size));
+                }
+                for r in references.get(m).into_iter().flatten() {
+                    match r {
+                        Reference::Manifest(c) => stack.push(c),
+                        Reference::Blob(b) => {
+                            if let Some(size) = sizes.get(b) {
+                                digests.push((b.clone(), *size));
+                            }
+                        }
+                    }
+                }
+            }
+            out.push(Image {
+                key: format!("{repo}@{top}"),
+                rule: rule.clone(),
+                last_pulled_ms: last,
+                digests,
+                manifests,
+            });
+        }
+    }
+    out
+}
 
 /// One kept image as the retention pass sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +138,9 @@ pub struct Image {
     /// Every digest it needs: its manifest, an index's child manifests,
     /// config and layers, referrers.
     pub digests: Vec<(Digest, u64)>,
+    /// The repository's manifest links it is made of (the top manifest and
+    /// its linked children): what evicting it deletes.
+    pub manifests: Vec<Digest>,
 }
 
 /// How long each rule keeps what was not pulled, and the store's quota.
@@ -212,6 +303,7 @@ mod tests {
             rule: rule.into(),
             last_pulled_ms: last,
             digests: digests.iter().map(|(c, s)| (d(*c), *s)).collect(),
+            manifests: Vec::new(),
         }
     }
 
@@ -339,6 +431,99 @@ mod tests {
         assert_eq!(later.candidates, [(&d('6'), now + DAY)]);
     }
 
+    #[test]
+    fn an_index_and_its_platforms_are_one_image_pulled_when_any_was() {
+        // Letters that read as what they stand for, as hex digests.
+        let d = |c: char| {
+            d(match c {
+                'i' => 'a',
+                'p' => 'b',
+                'q' => 'c',
+                's' => 'd',
+                c => c,
+            })
+        };
+        let repo = |n: &str| RepositoryName::parse(n).unwrap();
+        let link = |r: &str, c: char, t: u64| ManifestLink {
+            repo: repo(r),
+            digest: d(c),
+            written_ms: t,
+        };
+        // Index `i` lists platforms `p` and `q`; `p` (pulled at 9) lists
+        // layers 1 and 2; `q` was never fetched (not stored). `s` is
+        // another image of the same repository; `other/app` links `p`
+        // alone, so there `p` is an image of its own.
+        let references = BTreeMap::from([
+            (
+                d('i'),
+                vec![Reference::Manifest(d('p')), Reference::Manifest(d('q'))],
+            ),
+            (
+                d('p'),
+                vec![Reference::Blob(d('1')), Reference::Blob(d('2'))],
+            ),
+            (d('s'), vec![Reference::Blob(d('1'))]),
+        ]);
+        let sizes = BTreeMap::from([
+            (d('i'), 5),
+            (d('p'), 4),
+            (d('s'), 3),
+            (d('1'), 100),
+            (d('2'), 50),
+        ]);
+        let links = [
+            link("docker.io/app", 'i', 2),
+            link("docker.io/app", 'p', 9),
+            link("docker.io/app", 's', 4),
+            link("ghcr.io/other/app", 'p', 1),
+        ];
+        let rule = |r: &RepositoryName| r.as_str().split('/').next().unwrap().to_owned();
+        let mut got = super::images(&links, &references, &sizes, rule);
+        for i in &mut got {
+            i.digests.sort();
+        }
+        let want = |key: &str, rule: &str, last, ds: &[(char, u64)], ms: &[char]| Image {
+            key: key
+                .replace('I', &d('i').to_string())
+                .replace('P', &d('p').to_string())
+                .replace('S', &d('s').to_string()),
+            rule: rule.into(),
+            last_pulled_ms: last,
+            digests: {
+                let mut v: Vec<_> = ds.iter().map(|(c, s)| (d(*c), *s)).collect();
+                v.sort();
+                v
+            },
+            manifests: ms.iter().map(|c| d(*c)).collect(),
+        };
+        assert_eq!(
+            got,
+            [
+                want(
+                    "docker.io/app@I",
+                    "docker.io",
+                    9,
+                    &[('i', 5), ('p', 4), ('1', 100), ('2', 50)],
+                    &['i', 'p']
+                ),
+                want(
+                    "docker.io/app@S",
+                    "docker.io",
+                    4,
+                    &[('s', 3), ('1', 100)],
+                    &['s']
+                ),
+                want(
+                    "ghcr.io/other/app@P",
+                    "ghcr.io",
+                    1,
+                    &[('p', 4), ('1', 100), ('2', 50)],
+                    &['p']
+                ),
+            ]
+        );
+    }
+
     proptest::proptest! {
         /// Whatever the images, windows and watermarks: nothing a kept
         /// image references is swept, and the bytes evictions report freed
@@ -365,6 +550,7 @@ mod tests {
                         .iter()
                         .map(|(c, _)| (d(char::from(b"0123456789abcdef"[usize::from(*c)])), u64::from(*c) * 7 + 1))
                         .collect(),
+                    manifests: Vec::new(),
                 })
                 .collect();
             let policy = Policy {

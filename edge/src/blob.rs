@@ -18,7 +18,9 @@
 //! Presence and link are learned with presigned `HEAD`s on the bucket (the
 //! link first: an unlinked blob, the usual miss, costs one) and remembered by this location for `WHARF_PRESENCE_TTL`
 //! (blobs are immutable, appear in the bucket only after verification, and
-//! links are never withdrawn for a kept blob), and by this isolate for a
+//! the origin's retention withdraws a blob's links one grace window —
+//! longer than `WHARF_PRESENCE_TTL` — before it deletes the bytes), and by
+//! this isolate for a
 //! minute within that ([`crate::memo`]), so a warm blob request makes no
 //! subrequest and reads nothing; absence is not remembered, so a blob is redirected to the
 //! bucket as soon as its hydration commits. A store that errors or does not

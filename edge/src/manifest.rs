@@ -53,6 +53,8 @@ use crate::http::response;
 use crate::store::{self, Entry, Key, Tier};
 use crate::{memo, origin};
 
+/// How long a pull report to the origin may take.
+const PULL_REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long digest-addressed manifests stay in the tiers.
 const IMMUTABLE_SECS: u64 = 365 * 24 * 3600;
 /// What the edge accepts when it revalidates on its own (no client Accept):
@@ -77,12 +79,7 @@ pub async fn get(
             let key = Key::Digest(canonical, digest);
             let path = key.path();
             if let Some(entry) = memo::manifest(&path, ctx.now_ms) {
-                return Ok(serve(
-                    ctx,
-                    route.first(canonical.as_str())?.region,
-                    &entry,
-                    "hit",
-                ));
+                return serve_cached(ctx, route, target, &entry, "hit");
             }
             if let Some((entry, tier)) = store::get(kv, &key).await {
                 if tier == Tier::Global {
@@ -90,12 +87,7 @@ pub async fn get(
                 } else {
                     memo::remember_manifest(&path, &entry, ctx.now_ms);
                 }
-                return Ok(serve(
-                    ctx,
-                    route.first(canonical.as_str())?.region,
-                    &entry,
-                    "hit",
-                ));
+                return serve_cached(ctx, route, target, &entry, "hit");
             }
             let (entry, hop) = fetch(ctx, route, target, reference, &accept).await?;
             store_digest(ctx, canonical, &entry).await;
@@ -126,12 +118,7 @@ async fn get_tag(
         && accepts(accept, &MediaType::parse(&entry.media_type))
         && matches!(policy.classify(entry.fetched_at_ms, now), Freshness::Fresh)
     {
-        return Ok(serve(
-            ctx,
-            route.first(canonical.as_str())?.region,
-            &entry,
-            "hit",
-        ));
+        return serve_cached(ctx, route, target, &entry, "hit");
     }
     let cached = store::get(kv, &key).await;
     if let Some((entry, tier)) = &cached
@@ -145,7 +132,7 @@ async fn get_tag(
                 } else {
                     memo::remember_manifest(&path, entry, now);
                 }
-                return Ok(serve(ctx, first.region, entry, "hit"));
+                return serve_cached(ctx, route, target, entry, "hit");
             }
             Freshness::Revalidate
                 if policy.on_upstream_error(entry.fetched_at_ms, now)
@@ -163,6 +150,8 @@ async fn get_tag(
                     policy,
                 };
                 ctx.wctx.wait_until(async move { job.run().await });
+                // The revalidation's `HEAD` reaches the origin: that is the
+                // pull report.
                 return Ok(serve(ctx, first.region, entry, "stale"));
             }
             Freshness::Revalidate => {} // too old to serve even on error: fetch now
@@ -201,6 +190,47 @@ fn defer_global(ctx: &Ctx<'_>, key: &Key<'_>, entry: &Entry, keep_secs: u64) {
     let (kv, path, entry) = (ctx.kv.clone(), key.path(), entry.clone());
     ctx.wctx
         .wait_until(async move { store::put_global(kv.as_ref(), &path, &entry, keep_secs).await });
+}
+
+/// Serves `entry` from this edge's caches, and tells the region's origin
+/// (in the background, at most once per image per isolate per
+/// [`memo::PULL_REPORT_TTL_MS`]) that the image was pulled: its retention
+/// counts pulls the origin never saw. The report is a `HEAD` by digest,
+/// which the origin records like any manifest it serves.
+fn serve_cached(
+    ctx: &Ctx<'_>,
+    route: &Route<'_>,
+    target: &Target,
+    entry: &Entry,
+    cache: &str,
+) -> Result<Response, Error> {
+    let canonical = &target.resolved.canonical;
+    let hop = route.first(canonical.as_str())?;
+    if memo::should_report_pull(&hop.region.name, canonical, &entry.digest, ctx.now_ms) {
+        let url = format!("{}/v2/{canonical}/manifests/{}", hop.origin, entry.digest);
+        let token = origin::edge_token(
+            &ctx.config,
+            canonical,
+            target.private_rule(),
+            ctx.now_ms / 1000,
+        );
+        let region = hop.region.name.clone();
+        ctx.wctx.wait_until(async move {
+            let bearer = format!("Bearer {token}");
+            let sent = origin::send(
+                &region,
+                Method::Head,
+                &url,
+                &[("Authorization", bearer.as_str())],
+                PULL_REPORT_TIMEOUT,
+            )
+            .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "pull report not delivered; the origin may evict the image early");
+            }
+        });
+    }
+    Ok(serve(ctx, hop.region, entry, cache))
 }
 
 fn serve(ctx: &Ctx<'_>, region: &Region, entry: &Entry, cache: &str) -> Response {

@@ -28,6 +28,11 @@
 //!   rule's freshness policy calls it fresh (the caller checks), so the memo
 //!   never serves a tag longer than the policy allows; digests are
 //!   immutable.
+//! * **Pull reports** ([`should_report_pull`]): which images this isolate
+//!   told their region's origin it served from its caches, within
+//!   [`PULL_REPORT_TTL_MS`] (10 min): the origin's retention counts a pull
+//!   from the edge's cache as a pull, at one origin `HEAD` per image per
+//!   isolate per ten minutes.
 //!
 //! Why [`SHORT_TTL_MS`] is a minute: long enough that a hot key costs one
 //! tier read per minute per isolate, short enough that an operator's purge
@@ -47,6 +52,9 @@ use crate::store::Entry;
 pub const HEALTH_TTL_MS: u64 = 2_000;
 /// How long blob presence and manifests are remembered (see the module doc).
 pub const SHORT_TTL_MS: u64 = 60_000;
+
+/// How long a reported pull is not reported again (see the module doc).
+pub const PULL_REPORT_TTL_MS: u64 = 600_000;
 
 /// A bounded map whose entries expire.
 pub struct Memo<V> {
@@ -147,6 +155,7 @@ struct Isolate {
     health: Memo<Option<Health>>,
     presence: Memo<()>,
     manifests: Memo<Rc<Entry>>,
+    reported: Memo<()>,
 }
 
 thread_local! {
@@ -157,6 +166,8 @@ thread_local! {
         presence: Memo::new(8192, usize::MAX),
         // Workers isolates have 128 MiB; manifests are mostly a few KiB.
         manifests: Memo::new(2048, 16 * 1024 * 1024),
+        // A key is ~150 bytes: ~1 MiB at most.
+        reported: Memo::new(8192, usize::MAX),
     });
 }
 
@@ -205,6 +216,27 @@ pub fn remember_blob_present(
     let size = key.len();
     let expires = until_ms.min(now_ms + SHORT_TTL_MS);
     with(|m| m.presence.put(key, (), size, expires, now_ms));
+}
+
+/// Whether this isolate should tell `region`'s origin that it served
+/// `name`'s manifest `digest` from its caches: true at most once per
+/// [`PULL_REPORT_TTL_MS`] (the answer is remembered as given).
+pub fn should_report_pull(
+    region: &str,
+    name: &RepositoryName,
+    digest: &Digest,
+    now_ms: u64,
+) -> bool {
+    let key = format!("{region}/{name}@{digest}");
+    with(|m| {
+        if m.reported.get(&key, now_ms).is_some() {
+            return false;
+        }
+        let size = key.len();
+        m.reported
+            .put(key, (), size, now_ms + PULL_REPORT_TTL_MS, now_ms);
+        true
+    })
 }
 
 /// The manifest entry under the tiers' key `path`, if remembered.

@@ -6,7 +6,8 @@
 //!    that span with its status, so every OCI error is visible in the logs;
 //! 3. stamp — `X-Wharf-Region` / `X-Wharf-Replica` (who answered);
 //! 4. routes — `/v2/…` (the registry API), `/healthz`, `/readyz`,
-//!    `/metrics`; on `/v2/…` only:
+//!    `/metrics`, `/admin/…` (its own token: [`handlers::admin`]); on
+//!    `/v2/…` only:
 //!    1. admit ([`handlers::admit`]) — the core parses the request, the
 //!       repository is resolved once, the token or ticket is checked;
 //!    2. limits ([`crate::limits`]) — timeout and load shedding for
@@ -22,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use tower_http::trace::TraceLayer;
 use wharf_core::headers::{X_WHARF_REGION, X_WHARF_REPLICA};
 
@@ -52,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(handlers::health::healthz))
         .route("/readyz", get(handlers::health::readyz))
         .route("/metrics", get(handlers::health::metrics))
+        .route("/admin/gc", post(handlers::admin::gc))
         .layer(middleware::from_fn(log_errors))
         .layer(middleware::from_fn_with_state(state.clone(), stamp))
         .layer(

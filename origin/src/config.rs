@@ -11,7 +11,7 @@
 //! builder, in this order (which is the order of the errors a configuration
 //! with several gets): `part_size`, `own_region`, `storage`
 //! (`embedded_storage` / `external_storage`), `rules` (`file_rule` per
-//! `[[rule]]`), `auth`, `geo` (`peers`).
+//! `[[rule]]`), `limits`, `retention`, `admin_token`, `auth`, `geo` (`peers`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
 use crate::limits::{HydrationLimits, LimitSettings};
+use crate::retention::RetentionSettings;
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
 use crate::upstream::{Credentials, Timeouts};
@@ -117,6 +118,8 @@ struct File {
     embedded: Option<FileEmbedded>,
     upstream: Option<FileTimeouts>,
     limits: Option<FileLimits>,
+    retention: Option<FileRetention>,
+    admin: Option<FileAdmin>,
     auth: Option<FileAuth>,
     #[serde(default)]
     rule: Vec<FileRule>,
@@ -265,6 +268,90 @@ impl FileLimits {
     }
 }
 
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileRetention {
+    quota_high_mib: Option<u64>,
+    quota_low_mib: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    record_interval: Option<Duration>,
+}
+
+impl FileRetention {
+    /// `[retention]` and the rules' `keep`, validated.
+    fn build(self, rules: &[Rule]) -> anyhow::Result<RetentionSettings> {
+        let d = RetentionSettings::default();
+        let mib = |v: Option<u64>| v.map(|m| m.saturating_mul(1 << 20));
+        let (high, low) = (mib(self.quota_high_mib), mib(self.quota_low_mib));
+        match (high, low) {
+            (None, Some(_)) => anyhow::bail!(
+                "retention.quota_low_mib is set without retention.quota_high_mib: set the high watermark (eviction starts above it)"
+            ),
+            (Some(h), Some(l)) if l > h => anyhow::bail!(
+                "retention.quota_low_mib ({}) is above retention.quota_high_mib ({}): eviction runs from the high watermark down to the low one",
+                l >> 20,
+                h >> 20
+            ),
+            (Some(0), _) => anyhow::bail!(
+                "retention.quota_high_mib = 0 would evict everything; set the store's size in MiB"
+            ),
+            _ => {}
+        }
+        let positive = |name: &str, v: Option<Duration>, default: Duration| match v {
+            Some(v) if v.is_zero() => {
+                anyhow::bail!("retention.{name} = 0 is not allowed; e.g. {default:?}")
+            }
+            v => Ok(v.unwrap_or(default)),
+        };
+        let keep = rules
+            .iter()
+            .filter_map(|r| r.keep.map(|k| (r.prefix.clone(), k)))
+            .collect();
+        Ok(RetentionSettings {
+            keep,
+            quota_high: high,
+            // Without a low watermark, evict just below the high one.
+            quota_low: low.or(high),
+            grace: positive("grace", self.grace, d.grace)?,
+            interval: match self.interval {
+                Some(i) if i.is_zero() => None,
+                Some(i) => Some(i),
+                // A keep window or a quota is enforced hourly unless told.
+                None if high.is_some() || rules.iter().any(|r| r.keep.is_some()) => {
+                    Some(Duration::from_secs(3600))
+                }
+                None => None,
+            },
+            record_interval: positive("record_interval", self.record_interval, d.record_interval)?,
+        })
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    token: Option<String>,
+}
+
+/// The admin API's bearer token (`WHARF_ADMIN_TOKEN`, `[admin] token`);
+/// `None` leaves the admin API off.
+fn admin_token(file: FileAdmin, env: &Env<'_>) -> anyhow::Result<Option<String>> {
+    let Some(token) = env("WHARF_ADMIN_TOKEN").or(file.token) else {
+        return Ok(None);
+    };
+    reject_placeholder("WHARF_ADMIN_TOKEN (or admin.token)", &token)?;
+    anyhow::ensure!(
+        token.len() >= 16,
+        "WHARF_ADMIN_TOKEN (or admin.token) is {} characters; use at least 16 random ones (e.g. `openssl rand -hex 32`)",
+        token.len()
+    );
+    Ok(Some(token))
+}
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileRule {
@@ -277,6 +364,8 @@ struct FileRule {
     tag_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     stale_if_error: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    keep: Option<Duration>,
     #[serde(default)]
     private: bool,
     #[serde(default)]
@@ -312,6 +401,9 @@ pub struct Rule {
     /// Hosts the upstream may redirect to even on loopback or private
     /// addresses (`cdn.example.net`, `*.cdn.example.net`, an address).
     pub redirect_hosts: Vec<String>,
+    /// Images not pulled for this long are evicted (`None`: kept until the
+    /// quota needs the room).
+    pub keep: Option<Duration>,
 }
 
 impl Rule {
@@ -383,6 +475,10 @@ pub struct Config {
     pub limits: LimitSettings,
     /// When an upstream's circuit opens, and for how long.
     pub upstream_breaker: BreakerPolicy,
+    /// Keep windows, quota and the collection (`[retention]`, `keep`).
+    pub retention: RetentionSettings,
+    /// The admin API's bearer token; `None`: no admin API.
+    pub admin_token: Option<String>,
     /// Token checking; `None` leaves the origin open.
     pub auth: Option<AuthConfig>,
     /// Regions, replicas and peers; `None` for a single-region origin.
@@ -459,6 +555,8 @@ impl Config {
         let timeouts = file.upstream.unwrap_or_default();
         let upstream_breaker = timeouts.breaker(cli.upstream_breaker_cool_down)?;
         let limits = file.limits.unwrap_or_default().build()?;
+        let retention = file.retention.unwrap_or_default().build(&rules)?;
+        let admin_token = admin_token(file.admin.unwrap_or_default(), env)?;
         Ok(Config {
             listen,
             storage,
@@ -473,6 +571,8 @@ impl Config {
             tags_list_ttl: file.tags_list_ttl.unwrap_or(Duration::from_secs(30)),
             limits,
             upstream_breaker,
+            retention,
+            admin_token,
             auth,
             geo,
         })
@@ -695,6 +795,7 @@ fn rules(
             private: false,
             replicate: false,
             redirect_hosts: Vec::new(),
+            keep: None,
         };
         match rules.iter_mut().find(|r| r.prefix == rule.prefix) {
             Some(existing) => {
@@ -745,6 +846,13 @@ fn file_rule(n: usize, r: FileRule, defaults: FreshnessPolicy, env: &Env) -> any
         wharf_core::egress::HostPattern::parse(host)
             .map_err(|e| anyhow::anyhow!("rule {n} ({}): redirect_hosts: {e}", r.prefix))?;
     }
+    if r.keep.is_some_and(|k| k.is_zero()) {
+        anyhow::bail!(
+            "rule {n} ({}): keep = 0 would evict every image at once; e.g. keep = \"30d\"",
+            r.prefix
+        );
+    }
+    let keep = r.keep;
     Ok(Rule {
         prefix: r.prefix,
         upstream: r.upstream,
@@ -756,6 +864,7 @@ fn file_rule(n: usize, r: FileRule, defaults: FreshnessPolicy, env: &Env) -> any
         private: r.private,
         replicate: r.replicate,
         redirect_hosts: r.redirect_hosts,
+        keep,
     })
 }
 
@@ -1048,6 +1157,60 @@ mod tests {
             ),
             ("[limits]\napi_timeout = \"0s\"\n", "limits.api_timeout = 0"),
             ("[limits]\nhydrations = 0\n", "limits.hydrations = 0"),
+        ] {
+            let err = format!("{:#}", load(&args, file).unwrap_err());
+            assert!(err.contains(says), "{file}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_defaults_off_and_is_validated() {
+        let args = [
+            "--listen",
+            "127.0.0.1:5000",
+            "--data",
+            "/tmp/w",
+            "--rule",
+            "docker.io=http://127.0.0.1:5001",
+        ];
+        let c = load(&args, "").unwrap();
+        assert_eq!(c.retention, RetentionSettings::default());
+        assert_eq!(c.retention.interval, None, "no policy, no scheduled pass");
+        assert_eq!(c.admin_token, None);
+        let c = load(
+            &args,
+            "[retention]\nquota_high_mib = 100\ngrace = \"3h\"\n\n[admin]\ntoken = \"0123456789abcdef0123\"\n\n[[rule]]\nprefix = \"docker.io\"\nupstream = \"http://127.0.0.1:5001\"\nkeep = \"30d\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.retention,
+            RetentionSettings {
+                keep: [("docker.io".to_owned(), Duration::from_secs(30 * 86_400))].into(),
+                quota_high: Some(100 << 20),
+                quota_low: Some(100 << 20),
+                grace: Duration::from_secs(3 * 3600),
+                // A policy is enforced hourly unless told otherwise.
+                interval: Some(Duration::from_secs(3600)),
+                record_interval: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdef0123"));
+        for (file, says) in [
+            (
+                "[retention]\nquota_low_mib = 5\n",
+                "without retention.quota_high_mib",
+            ),
+            (
+                "[retention]\nquota_high_mib = 5\nquota_low_mib = 6\n",
+                "is above retention.quota_high_mib",
+            ),
+            ("[retention]\nquota_high_mib = 0\n", "quota_high_mib = 0"),
+            ("[retention]\ngrace = \"0s\"\n", "retention.grace = 0"),
+            ("[admin]\ntoken = \"short\"\n", "at least 16"),
+            (
+                "[[rule]]\nprefix = \"docker.io\"\nupstream = \"http://127.0.0.1:5001\"\nkeep = \"0s\"\n",
+                "keep = 0",
+            ),
         ] {
             let err = format!("{:#}", load(&args, file).unwrap_err());
             assert!(err.contains(says), "{file}: {err}");

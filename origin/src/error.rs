@@ -152,6 +152,9 @@ pub enum Error {
         /// The request kind (manifest, blob, …).
         what: &'static str,
     },
+    /// Another replica is running the retention pass (it holds the lease).
+    #[error("{0}")]
+    Collecting(String),
     /// The answer took longer than the origin's limit (`[limits]`); the
     /// work behind it goes on, and a retry joins it.
     #[error("the {what} request took longer than {}s; retry: the fetch behind it goes on", after.as_secs())]
@@ -161,6 +164,15 @@ pub enum Error {
         /// The configured limit.
         after: std::time::Duration,
     },
+}
+
+impl From<crate::retention::GcError> for Error {
+    fn from(e: crate::retention::GcError) -> Self {
+        match e {
+            crate::retention::GcError::Store(e) => Error::Store(e),
+            busy => Error::Collecting(busy.to_string()),
+        }
+    }
 }
 
 impl Error {
@@ -185,6 +197,7 @@ impl Error {
             | Error::Lost(_)
             | Error::ShuttingDown
             | Error::Overloaded { .. }
+            | Error::Collecting(_)
             | Error::TimedOut { .. } => ErrorCode::Unavailable,
             Error::RangeNotSatisfiable { .. } | Error::RangeInvalid(_) => ErrorCode::RangeInvalid,
             Error::Unauthorized { .. } => ErrorCode::Unauthorized,
@@ -236,6 +249,7 @@ impl Error {
             Error::Upstream { source, .. } => source.retry_after(),
             Error::Joined(inner) => inner.retry_after(),
             Error::Overloaded { .. } | Error::TimedOut { .. } => Some(1),
+            Error::Collecting(_) => Some(60),
             _ => None,
         }
     }

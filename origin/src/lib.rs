@@ -27,6 +27,8 @@
 //! * [`geo`] — peer regions' stores (cross-region hydration);
 //!   [`replicate`] — eager copies to them; [`cluster`] — replicas of one
 //!   region sending each blob miss to its owner (rendezvous hashing).
+//! * [`retention`] — keep windows, quota, last-pull records and the
+//!   two-phase collection of what no kept image needs.
 //! * [`metrics`] — every metric name; [`error`] — the one error type;
 //!   [`bounded`] — maps bounded in bytes.
 
@@ -47,6 +49,7 @@ pub mod metrics;
 pub mod passthrough;
 pub mod referrers;
 pub mod replicate;
+pub mod retention;
 pub mod state;
 pub mod store;
 pub mod tags;
@@ -121,6 +124,8 @@ pub async fn run(
     }
 
     let state = AppState::new(&config, store, metrics)?;
+    state.retention.spawn();
+    let retention = state.retention.clone();
     let blobs = state.blobs.clone();
     let links = state.links.clone();
     let replicator = state.replicator.clone();
@@ -143,6 +148,14 @@ pub async fn run(
         }
     }
     blobs.shutdown(grace).await;
+    // Last-pull records not yet written would make their images look
+    // older than they are.
+    if tokio::time::timeout(grace, retention.pulls.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("last-pull records still being written after the shutdown grace");
+    }
     // Link records written in the background (and queued for the peers)
     // before the replicator and the store stop; a lost one would only cost
     // an upstream HEAD later.

@@ -259,6 +259,14 @@ impl Links {
         }
     }
 
+    /// Forgets a link the retention pass deleted, so this process writes it
+    /// again when the repository's upstream serves the digest anew.
+    pub fn forget(&self, key: &str) {
+        let mut known = self.known();
+        known.young.remove(key);
+        known.old.remove(key);
+    }
+
     /// Waits for the link writes in flight (shutdown, tests).
     pub async fn flush(&self) {
         self.writes.close();

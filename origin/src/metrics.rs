@@ -47,6 +47,28 @@ pub const UPSTREAM_CIRCUIT: &str = "wharf_upstream_circuit_state";
 pub const UPSTREAM_CIRCUIT_OPENED: &str = "wharf_upstream_circuit_opened_total";
 /// Requests not sent because the upstream's circuit was open, by `registry`.
 pub const UPSTREAM_CIRCUIT_REFUSED: &str = "wharf_upstream_circuit_refused_total";
+/// Retention passes, by `mode` (run, dry_run) and `result` (ok, busy:
+/// another replica holds the lease, failed).
+pub const GC_RUNS: &str = "wharf_gc_runs_total";
+/// Seconds one retention pass took.
+pub const GC_SECONDS: &str = "wharf_gc_duration_seconds";
+/// Images evicted, by `rule` and `reason` (expired, quota).
+pub const EVICTED_IMAGES: &str = "wharf_evicted_images_total";
+/// Bytes the evicted images alone held, by `rule` (deleted one grace
+/// window later, with the objects).
+pub const EVICTED_BYTES: &str = "wharf_evicted_bytes_total";
+/// Objects deleted by the sweep, by `kind` (blob, manifest, link, tag).
+pub const GC_DELETED_OBJECTS: &str = "wharf_gc_deleted_objects_total";
+/// Blob and manifest bytes deleted by the sweep.
+pub const GC_DELETED_BYTES: &str = "wharf_gc_deleted_bytes_total";
+/// Unreferenced objects waiting out the grace window before deletion.
+pub const GC_CANDIDATES: &str = "wharf_gc_candidates";
+/// Bytes the kept images of each rule hold in the store, by `rule` (a
+/// blob two rules share counts for both), as of the last pass.
+pub const STORE_BYTES: &str = "wharf_store_bytes";
+/// Last-pull records, by `result` (written: a link rewritten at a flush;
+/// dropped: more distinct images pulled between two flushes than are kept).
+pub const PULL_RECORDS: &str = "wharf_pull_records_total";
 
 /// Builds the Prometheus recorder, installs it as the process's recorder and
 /// returns the handle `/metrics` renders from.
@@ -60,6 +82,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HYDRATION_SECONDS.to_owned()), &buckets)?
         .set_buckets_for_metric(Matcher::Full(REPLICATION_LAG.to_owned()), &buckets)?
+        .set_buckets_for_metric(Matcher::Full(GC_SECONDS.to_owned()), &buckets)?
         .install_recorder()?;
     Ok(handle)
 }
@@ -203,4 +226,38 @@ pub fn replication_backlog(delta: f64) {
 pub fn replication_done(region: &str, result: &'static str, lag_secs: f64) {
     counter!(REPLICATIONS, "region" => region.to_owned(), "result" => result).increment(1);
     histogram!(REPLICATION_LAG, "region" => region.to_owned()).record(lag_secs);
+}
+
+/// Counts one retention pass and how long it took.
+pub fn gc_run(mode: &'static str, result: &'static str, secs: f64) {
+    counter!(GC_RUNS, "mode" => mode, "result" => result).increment(1);
+    histogram!(GC_SECONDS).record(secs);
+}
+
+/// Counts one evicted image and the bytes it alone held.
+pub fn evicted(rule: &str, reason: &'static str, bytes: u64) {
+    counter!(EVICTED_IMAGES, "rule" => rule.to_owned(), "reason" => reason).increment(1);
+    counter!(EVICTED_BYTES, "rule" => rule.to_owned()).increment(bytes);
+}
+
+/// Counts objects the sweep deleted (and their bytes, for blobs and
+/// manifests).
+pub fn gc_deleted(kind: &'static str, objects: u64, bytes: u64) {
+    counter!(GC_DELETED_OBJECTS, "kind" => kind).increment(objects);
+    counter!(GC_DELETED_BYTES).increment(bytes);
+}
+
+/// Sets the number of sweep candidates.
+pub fn gc_candidates(n: usize) {
+    gauge!(GC_CANDIDATES).set(n as f64);
+}
+
+/// Sets the bytes a rule's kept images hold.
+pub fn store_bytes(rule: &str, bytes: u64) {
+    gauge!(STORE_BYTES, "rule" => rule.to_owned()).set(bytes as f64);
+}
+
+/// Counts last-pull records.
+pub fn pull_records(result: &'static str, n: u64) {
+    counter!(PULL_RECORDS, "result" => result).increment(n);
 }

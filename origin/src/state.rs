@@ -15,6 +15,7 @@ use crate::limits::Limits;
 use crate::links::Links;
 use crate::manifests::{ManifestRequest, Manifests};
 use crate::replicate::Replicator;
+use crate::retention::Retention;
 use crate::store::Store;
 use crate::tags::TagLists;
 use crate::upstream::Upstream;
@@ -57,6 +58,10 @@ pub struct AppState {
     pub replicas: reqwest::Client,
     /// Per-kind limits on the registry API.
     pub limits: Arc<Limits>,
+    /// Last-pull records and the collection.
+    pub retention: Arc<Retention>,
+    /// The admin API's bearer token (absent: no admin API).
+    pub admin_token: Option<Arc<str>>,
 }
 
 /// A request's repository resolved against the cache rules.
@@ -174,15 +179,24 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("building the replica client: {e}"))?;
+        let rules = Arc::new(rules);
+        let blobs = Arc::new(blobs);
+        let retention = Arc::new(Retention::new(
+            store.clone(),
+            rules.clone(),
+            links.clone(),
+            blobs.clone(),
+            config.retention.clone(),
+        ));
         Ok(Self {
-            rules: Arc::new(rules),
+            rules,
             runtimes: Arc::new(runtimes),
             manifests: Arc::new(Manifests::new(
                 store.clone(),
                 links.clone(),
                 replicator.clone(),
             )),
-            blobs: Arc::new(blobs),
+            blobs,
             links,
             tag_lists: Arc::new(TagLists::new(config.tags_list_ttl)),
             store,
@@ -195,6 +209,8 @@ impl AppState {
             replicator,
             replicas,
             limits: Arc::new(Limits::new(&config.limits)),
+            retention,
+            admin_token: config.admin_token.as_deref().map(Arc::from),
         })
     }
 

@@ -41,6 +41,7 @@ fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) ->
             private: false,
             replicate: false,
             redirect_hosts: Vec::new(),
+            keep: None,
         }],
         upstream_timeouts: Timeouts {
             connect: Duration::from_secs(1),
@@ -51,6 +52,8 @@ fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) ->
         tags_list_ttl: Duration::from_secs(1),
         limits,
         upstream_breaker: Default::default(),
+        retention: Default::default(),
+        admin_token: None,
         auth: None,
         geo: None,
     };
@@ -310,4 +313,13 @@ async fn blob_requests_past_the_limit_are_shed() {
     );
     next.abort();
     stall.abort();
+}
+
+#[tokio::test]
+async fn the_admin_api_is_off_unless_its_token_is_set() {
+    let (status, body) = call("POST", "/admin/gc?dry_run=true").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code(&body), "DENIED");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("WHARF_ADMIN_TOKEN"), "{message}");
 }

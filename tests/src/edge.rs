@@ -461,6 +461,17 @@ impl EdgeStack {
     /// Starts everything with tags fresh for `tag_ttl` at the edge and at
     /// the origin.
     pub async fn start(name: &str, tag_ttl: Duration) -> Result<EdgeStack> {
+        EdgeStack::start_with(name, tag_ttl, "", Vec::new()).await
+    }
+
+    /// Like [`EdgeStack::start`], with `origin_toml` appended to the
+    /// origin's configuration file and `edge_vars` added to the Worker's.
+    pub async fn start_with(
+        name: &str,
+        tag_ttl: Duration,
+        origin_toml: &str,
+        edge_vars: Vec<(String, String)>,
+    ) -> Result<EdgeStack> {
         let s3_port = free_port();
         let opts = OriginOpts {
             rules: vec![(PRIVATE_PREFIX.to_owned(), UPSTREAM_URL.to_owned())],
@@ -469,7 +480,7 @@ impl EdgeStack {
                 "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\nbucket = \"{BUCKET}\"\n\
                  read_only_access_key = \"{S3_READ_ONLY_ACCESS_KEY}\"\nread_only_secret_key = \"{S3_READ_ONLY_SECRET_KEY}\"\n\
                  [auth]\ntoken_key = \"{TOKEN_KEY}\"\nservice = \"{GLOBAL_HOST}\"\n\
-                 [[rule]]\nprefix = \"{PRIVATE_PREFIX}\"\nupstream = \"{UPSTREAM_URL}\"\nprivate = true\n"
+                 [[rule]]\nprefix = \"{PRIVATE_PREFIX}\"\nupstream = \"{UPSTREAM_URL}\"\nprivate = true\n{origin_toml}"
             )),
             ..OriginOpts::default()
         };
@@ -501,6 +512,7 @@ impl EdgeStack {
                 rules: vec![rule(RULE_PREFIX, false), rule(PRIVATE_PREFIX, true)],
                 tag_ttl,
                 stale_if_error: Duration::from_secs(3600),
+                extra_vars: edge_vars,
                 ..EdgeOpts::default()
             },
         )
@@ -511,6 +523,25 @@ impl EdgeStack {
             s3_endpoint,
             stack,
         })
+    }
+
+    /// An anonymous token from the edge's `/token` for
+    /// `repository:<repo>:pull`.
+    pub async fn token(&self, repo: &str) -> Result<String> {
+        let r = crate::no_redirect_client()
+            .get(format!("{}/token", self.edge.url()))
+            .query(&[
+                ("service", GLOBAL_HOST),
+                ("scope", &format!("repository:{repo}:pull")),
+            ])
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "/token answered {}", r.status());
+        let body: serde_json::Value = r.json().await?;
+        body["token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("/token answered without a token")
     }
 
     /// `<edge host>/up/<repo>:<tag>`.

@@ -52,7 +52,7 @@ use anyhow::{Context, Result, bail};
 
 pub use clients::{PulledImage, pull_with_reqwest};
 pub use images::{Format, ImageSpec, PushedImage, PushedIndex};
-pub use origin::{Origin, OriginOpts};
+pub use origin::{Origin, OriginOpts, SharedBucket};
 pub use upstream::{Counts, Fault, Kind, Upstream, UpstreamAuth};
 
 /// The rule prefix [`Stack`] configures: `<origin>/up/<repo>` pulls `<repo>`

@@ -454,3 +454,62 @@ mod tests {
         assert_eq!(sum_metric(&m, "absent", &[]), 0.0);
     }
 }
+
+/// A bucket several origins share: one origin embeds its S3 server (on a
+/// port chosen here, with fixed test keys), the others reach it only over
+/// the S3 API (`--s3-endpoint` and `AWS_*` credentials), as replicas on an
+/// external store do.
+#[derive(Clone, Debug)]
+pub struct SharedBucket {
+    /// The embedded S3 server's port.
+    pub port: u16,
+}
+
+impl SharedBucket {
+    /// The test keys of every shared bucket.
+    pub const ACCESS_KEY: &'static str = "sharedbucketkey";
+    /// The secret that goes with [`SharedBucket::ACCESS_KEY`].
+    pub const SECRET_KEY: &'static str = "shared-bucket-secret-key-0123456789";
+
+    /// A bucket on a free port (nothing runs until its owner starts).
+    pub fn new() -> SharedBucket {
+        SharedBucket {
+            port: crate::free_port(),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: the S3 endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The `[embedded]` table of the origin that owns the bucket.
+    pub fn owner_toml(&self) -> String {
+        format!(
+            "[embedded]\nlisten = \"127.0.0.1:{}\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\nbucket = \"wharf\"\n",
+            self.port,
+            Self::ACCESS_KEY,
+            Self::SECRET_KEY
+        )
+    }
+
+    /// Options of an origin on the bucket through `endpoint` (the bucket's
+    /// own, or a proxy in front of it), with `rules`.
+    pub fn client(&self, endpoint: String, rules: Vec<(String, String)>) -> OriginOpts {
+        OriginOpts {
+            rules,
+            s3_endpoint: Some(endpoint),
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), Self::ACCESS_KEY.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), Self::SECRET_KEY.into()),
+            ],
+            ..OriginOpts::default()
+        }
+    }
+}
+
+impl Default for SharedBucket {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use wharf_tests::clients::fetch_blob;
 use wharf_tests::{
-    Fault, ImageSpec, Kind, Origin, OriginOpts, Stack, TestDir, Upstream, UpstreamAuth, free_port,
-    http_client, wait_until,
+    Fault, ImageSpec, Kind, Origin, OriginOpts, SharedBucket, Stack, TestDir, Upstream,
+    UpstreamAuth, http_client, wait_until,
 };
 
 const LAYER: u64 = 4 << 20;
@@ -99,15 +99,12 @@ async fn sigkill_mid_hydration_then_restart_on_the_embedded_store() {
 async fn sigkill_mid_hydration_then_restart_on_an_external_s3_store() {
     // The store: another origin's embedded S3 server, reached by the origin
     // under test only over the S3 API (multipart uploads and all).
-    let s3_port = free_port();
-    let (ak, sk) = ("crashkey", "crash-secret-key-0123456789");
+    let bucket = SharedBucket::new();
     let owner = Stack::start_with(
         "crash-s3-owner",
         UpstreamAuth::Anonymous,
         OriginOpts {
-            config_toml: Some(format!(
-                "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{ak}\"\nsecret_key = \"{sk}\"\nbucket = \"wharf\"\n"
-            )),
+            config_toml: Some(bucket.owner_toml()),
             ..OriginOpts::default()
         },
     )
@@ -121,15 +118,7 @@ async fn sigkill_mid_hydration_then_restart_on_an_external_s3_store() {
     let dir = TestDir::new("crash-s3-client").unwrap();
     let mut origin = Origin::start(
         &dir,
-        OriginOpts {
-            rules: vec![("up".into(), owner.upstream.url())],
-            s3_endpoint: Some(format!("http://127.0.0.1:{s3_port}")),
-            env: vec![
-                ("AWS_ACCESS_KEY_ID".into(), ak.into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), sk.into()),
-            ],
-            ..OriginOpts::default()
-        },
+        bucket.client(bucket.endpoint(), vec![("up".into(), owner.upstream.url())]),
     )
     .await
     .unwrap();

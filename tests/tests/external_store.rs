@@ -3,16 +3,13 @@
 //! reached only over the S3 API) pulls through into it, and what it stored
 //! is what the store's own origin then serves with no upstream request.
 
-use wharf_tests::{ImageSpec, OriginOpts, Stack, TestDir, UpstreamAuth, free_port};
+use wharf_tests::{ImageSpec, OriginOpts, SharedBucket, Stack, TestDir, UpstreamAuth};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_on_an_external_s3_store_hydrates_into_it() {
-    let s3_port = free_port();
-    let (ak, sk) = ("externalkey", "external-secret-key-0123456789");
+    let bucket = SharedBucket::new();
     let opts = OriginOpts {
-        config_toml: Some(format!(
-            "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{ak}\"\nsecret_key = \"{sk}\"\nbucket = \"wharf\"\n"
-        )),
+        config_toml: Some(bucket.owner_toml()),
         ..OriginOpts::default()
     };
     // The store's owner: an origin whose embedded S3 server is the store.
@@ -28,15 +25,7 @@ async fn origin_on_an_external_s3_store_hydrates_into_it() {
     let dir = TestDir::new("external-store-client").unwrap();
     let client = wharf_tests::Origin::start(
         &dir,
-        OriginOpts {
-            rules: vec![("up".into(), owner.upstream.url())],
-            s3_endpoint: Some(format!("http://127.0.0.1:{s3_port}")),
-            env: vec![
-                ("AWS_ACCESS_KEY_ID".into(), ak.into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), sk.into()),
-            ],
-            ..OriginOpts::default()
-        },
+        bucket.client(bucket.endpoint(), vec![("up".into(), owner.upstream.url())]),
     )
     .await
     .unwrap();

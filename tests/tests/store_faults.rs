@@ -10,7 +10,7 @@ use std::path::Path;
 
 use wharf_tests::upstream::Proxy;
 use wharf_tests::{
-    Fault, ImageSpec, Kind, Origin, OriginOpts, Stack, TestDir, UpstreamAuth, free_port,
+    Fault, ImageSpec, Kind, Origin, OriginOpts, SharedBucket, Stack, TestDir, UpstreamAuth,
     http_client,
 };
 
@@ -33,35 +33,24 @@ struct Scene {
 /// An origin whose store (another origin's embedded S3 server) is reached
 /// through a fault-injecting proxy.
 async fn scene(name: &str) -> Scene {
-    let s3_port = free_port();
-    let (ak, sk) = ("storefaultkey", "store-fault-secret-key-0123456789");
+    let bucket = SharedBucket::new();
     let owner = Stack::start_with(
         &format!("{name}-owner"),
         UpstreamAuth::Anonymous,
         OriginOpts {
-            config_toml: Some(format!(
-                "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{ak}\"\nsecret_key = \"{sk}\"\nbucket = \"wharf\"\n"
-            )),
+            config_toml: Some(bucket.owner_toml()),
             ..OriginOpts::default()
         },
     )
     .await
     .unwrap();
-    let proxy = Proxy::counting(SocketAddr::from(([127, 0, 0, 1], s3_port)))
+    let proxy = Proxy::counting(SocketAddr::from(([127, 0, 0, 1], bucket.port)))
         .await
         .unwrap();
     let dir = TestDir::new(name).unwrap();
     let origin = Origin::start(
         &dir,
-        OriginOpts {
-            rules: vec![("up".into(), owner.upstream.url())],
-            s3_endpoint: Some(proxy.url()),
-            env: vec![
-                ("AWS_ACCESS_KEY_ID".into(), ak.into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), sk.into()),
-            ],
-            ..OriginOpts::default()
-        },
+        bucket.client(proxy.url(), vec![("up".into(), owner.upstream.url())]),
     )
     .await
     .unwrap();

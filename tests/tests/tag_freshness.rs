@@ -14,26 +14,11 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use wharf_tests::edge::{EdgeStack, GLOBAL_HOST};
+use wharf_tests::edge::EdgeStack;
 use wharf_tests::{ImageSpec, RULE_PREFIX, no_redirect_client as client};
 
 const TTL: Duration = Duration::from_secs(2);
 const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
-
-async fn token(es: &EdgeStack, repo: &str) -> String {
-    let r = client()
-        .get(format!("{}/token", es.edge.url()))
-        .query(&[
-            ("service", GLOBAL_HOST),
-            ("scope", &format!("repository:{repo}:pull")),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let body: serde_json::Value = r.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
 
 /// (digest, `X-Wharf-Cache`) of a manifest GET at `base`.
 async fn get(base: &str, path: &str, token: &str) -> (String, String) {
@@ -59,7 +44,7 @@ async fn a_moved_tag_is_never_served_fresh_longer_than_one_ttl_after_the_upstrea
         .unwrap();
     let repo = format!("{RULE_PREFIX}/team/app");
     let path = format!("/v2/{repo}/manifests/v1");
-    let t = token(&es, &repo).await;
+    let t = es.token(&repo).await.unwrap();
 
     // The origin confirms the tag with the upstream (directly, not through
     // the edge): its record's clock starts now.

@@ -63,23 +63,18 @@ pub async fn get(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match state
-        .blobs
-        .open(target.blob_request(digest.clone(), linked), stored)
-        .await?
+    match open(
+        state,
+        &target,
+        name,
+        &digest,
+        linked,
+        stored,
+        range_header.as_deref(),
+    )
+    .await?
     {
-        BlobSource::Store(meta) => {
-            let range = requested_range(range_header.as_deref(), meta.len)?;
-            let key = store::blob_key(&digest);
-            let (_, body) = state
-                .store
-                .get_stream(&key, range.map(|r| (r.start, r.end_inclusive)))
-                .await?
-                .ok_or_else(|| Error::BlobUnknown {
-                    name: name.to_string(),
-                    digest: digest.clone(),
-                    registry: target.upstream.registry().to_owned(),
-                })?;
+        Opened::Stored { meta, range, body } => {
             metrics::request("blob", "hit");
             let stream =
                 body.inspect_ok(|chunk| metrics::served_bytes("store", chunk.len() as u64));
@@ -88,11 +83,13 @@ pub async fn get(
             blob_headers(response.headers_mut(), &digest);
             Ok(response)
         }
-        BlobSource::Hydrating {
+        // `open` answers a stored blob as `Opened::Stored`.
+        Opened::Other(BlobSource::Store(_)) => Err(Error::Lost("stored blob not opened")),
+        Opened::Other(BlobSource::Hydrating {
             hydration,
             progress,
             leader,
-        } => {
+        }) => {
             metrics::request("blob", if leader { "miss" } else { "coalesced" });
             let total = progress.total;
             // Without an announced length a range cannot be checked: serve
@@ -114,7 +111,7 @@ pub async fn get(
         }
         // The whole blob, whatever the `Range` (RFC 9110 lets a server
         // ignore it): its bytes are verified as one stream.
-        BlobSource::PassThrough { total, body } => {
+        Opened::Other(BlobSource::PassThrough { total, body }) => {
             metrics::request("blob", "passthrough");
             let stream =
                 body.inspect_ok(|chunk| metrics::served_bytes("upstream", chunk.len() as u64));
@@ -124,6 +121,60 @@ pub async fn get(
             Ok(response)
         }
     }
+}
+
+/// What [`open`] found: a stored blob already opened for reading, or a
+/// download to follow.
+enum Opened {
+    Stored {
+        meta: store::ObjectMeta,
+        range: Option<ByteRange>,
+        body: store::BodyStream,
+    },
+    Other(BlobSource),
+}
+
+/// Opens the blob: from the store, else its hydration or a pass-through.
+/// An object that vanished between the lookup and the read (a retention
+/// pass deleted it; so did an operator) is a miss, fetched again — never
+/// a `404` for a blob the upstream has.
+async fn open(
+    state: &AppState,
+    target: &Target,
+    name: &RepositoryName,
+    digest: &Digest,
+    linked: bool,
+    mut stored: Option<store::ObjectMeta>,
+    range_header: Option<&str>,
+) -> Result<Opened> {
+    for attempt in 0..2 {
+        let source = state
+            .blobs
+            .open(target.blob_request(digest.clone(), linked), stored.take())
+            .await?;
+        let BlobSource::Store(meta) = source else {
+            return Ok(Opened::Other(source));
+        };
+        let range = requested_range(range_header, meta.len)?;
+        let key = store::blob_key(digest);
+        match state
+            .store
+            .get_stream(&key, range.map(|r| (r.start, r.end_inclusive)))
+            .await?
+        {
+            Some((_, body)) => return Ok(Opened::Stored { meta, range, body }),
+            None if attempt == 0 => {
+                tracing::info!(%digest, "blob left the store since it was looked up; fetching it again");
+                state.blobs.forget_committed(digest);
+            }
+            None => break,
+        }
+    }
+    Err(Error::BlobUnknown {
+        name: name.to_string(),
+        digest: digest.clone(),
+        registry: target.upstream.registry().to_owned(),
+    })
 }
 
 async fn head_blob(

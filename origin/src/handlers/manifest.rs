@@ -58,6 +58,10 @@ pub async fn get(
         });
     }
     metrics::request("manifest", status.as_str());
+    state
+        .retention
+        .pulls
+        .record(&target.canonical, &manifest.digest);
     let tag_age_ms = manifest.tag_age_ms();
     let len = manifest.body.len();
     let body = if head {

@@ -9,6 +9,7 @@
 //! layer ([`crate::limits`]) sits between the two and reads the request's
 //! kind from what `admit` left in the extensions.
 
+pub mod admin;
 pub mod base;
 pub mod blob;
 pub mod health;

@@ -336,6 +336,13 @@ impl Blobs {
         recent.put(digest.to_string(), (meta, std::time::Instant::now()), 96);
     }
 
+    /// Forgets that this process committed `digest` (the object left the
+    /// store: the next request fetches it again).
+    pub fn forget_committed(&self, digest: &Digest) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.remove(&digest.to_string());
+    }
+
     /// What this process committed for `digest` within [`RECENT_FOR`].
     fn recently_committed(&self, digest: &Digest) -> Option<ObjectMeta> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -350,7 +357,16 @@ impl Blobs {
         self.flights.get(digest)
     }
 
-    /// Number of hydrations in flight.
+    /// The blobs being hydrated now (the retention pass leaves them alone).
+    pub fn in_flight_digests(&self) -> std::collections::BTreeSet<Digest> {
+        self.flights
+            .values()
+            .iter()
+            .map(|h| h.digest().clone())
+            .collect()
+    }
+
+    /// How many hydrations are in flight.
     pub fn in_flight_count(&self) -> usize {
         self.flights.len()
     }

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use wharf_embedded_s3::LocalBucket;
 
 pub use error::{Error, ErrorKind};
-pub use s3::{BodyStream, MultipartUpload, ObjectMeta, S3Settings};
+pub use s3::{BodyStream, Listed, MultipartUpload, ObjectMeta, S3Settings};
 pub use sink::{FileSink, PartSink};
 pub use wharf_core::keys::{blob_key, blob_link_key, manifest_key, manifest_link_key, tag_key};
 
@@ -130,6 +130,11 @@ impl Store {
     /// Deletes `key` (absent keys are not an error).
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         self.s3.delete(key).await
+    }
+
+    /// Every object under `prefix`, in key order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, Error> {
+        self.s3.list(prefix).await
     }
 
     /// Checks that the bucket is reachable (for `/readyz`).

@@ -25,6 +25,18 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
 }
 
+/// One object as a listing names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: String,
+    /// Length in bytes.
+    pub len: u64,
+    /// When it was last written (unix milliseconds; 0 if the store did not
+    /// say).
+    pub modified_ms: u64,
+}
+
 /// An object's bytes as a stream of chunks.
 pub type BodyStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static>>;
@@ -216,6 +228,40 @@ impl S3 {
             .await
             .map(|_| ())
             .map_err(|e| Error::sdk("DeleteObject", key, e))
+    }
+
+    /// Every object under `prefix`, in key order (ListObjectsV2, paginated):
+    /// the retention pass's inventory.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, Error> {
+        let mut out = Vec::new();
+        let mut token = None::<String>;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| Error::sdk("ListObjectsV2", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                out.push(Listed {
+                    key: key.to_owned(),
+                    len: object.size().unwrap_or(0).max(0) as u64,
+                    modified_ms: object
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0)
+                        .max(0) as u64,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Starts a multipart upload to `key`; nothing is visible until

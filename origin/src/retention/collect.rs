@@ -1,0 +1,444 @@
+//! One retention pass: inventory → evict → sweep (see the module above).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use wharf_core::access::{Reference, references};
+use wharf_core::keys::{GC_CANDIDATES_KEY, GC_LEASE_KEY, StoreKey};
+use wharf_core::retention::{self, Image, ManifestLink, Policy, Reason, StoredBlob};
+use wharf_core::{Digest, RepositoryName};
+
+use super::{Evicted, GcError, Report, Retention};
+use crate::manifests::TagRecord;
+use crate::metrics;
+use crate::store::{self, Store};
+
+/// How long a lease holds if its holder dies mid-pass.
+const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Store reads and deletes in flight during a pass.
+const CONCURRENCY: usize = 16;
+
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    until_ms: u64,
+}
+
+/// The sweep's first phase, kept between passes (and replicas).
+#[derive(Serialize, Deserialize, Default)]
+struct Candidates {
+    #[serde(default)]
+    blobs: BTreeMap<Digest, u64>,
+    #[serde(default)]
+    manifests: BTreeMap<Digest, u64>,
+}
+
+/// What the bucket holds, from three listings.
+#[derive(Default)]
+struct Inventory {
+    manifest_links: Vec<ManifestLink>,
+    /// Blob → the repositories linked to it.
+    blob_links: BTreeMap<Digest, Vec<RepositoryName>>,
+    blobs: Vec<StoredBlob>,
+    manifests: Vec<StoredBlob>,
+    /// Size of every stored blob and manifest.
+    sizes: BTreeMap<Digest, u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Inventory {
+    async fn take(store: &Store) -> Result<Inventory, store::Error> {
+        let (links, blobs, manifests) = tokio::try_join!(
+            store.list("links/"),
+            store.list("blobs/"),
+            store.list("manifests/"),
+        )?;
+        let mut inv = Inventory::default();
+        for l in links {
+            match StoreKey::parse(&l.key) {
+                Some(StoreKey::ManifestLink(repo, digest)) => {
+                    inv.manifest_links.push(ManifestLink {
+                        repo,
+                        digest,
+                        written_ms: l.modified_ms,
+                    })
+                }
+                Some(StoreKey::BlobLink(repo, digest)) => {
+                    inv.blob_links.entry(digest).or_default().push(repo)
+                }
+                _ => {}
+            }
+        }
+        for (listed, is_blob) in blobs
+            .into_iter()
+            .map(|l| (l, true))
+            .chain(manifests.into_iter().map(|l| (l, false)))
+        {
+            let digest = match (StoreKey::parse(&listed.key), is_blob) {
+                (Some(StoreKey::Blob(d)), true) | (Some(StoreKey::Manifest(d)), false) => d,
+                _ => continue,
+            };
+            inv.sizes.insert(digest.clone(), listed.len);
+            let stored = StoredBlob {
+                digest,
+                written_ms: listed.modified_ms,
+            };
+            if is_blob {
+                inv.blobs.push(stored);
+            } else {
+                inv.manifests.push(stored);
+            }
+        }
+        Ok(inv)
+    }
+}
+
+impl Retention {
+    pub(super) async fn collect(&self, dry_run: bool) -> Result<Report, GcError> {
+        let now = now_ms();
+        if dry_run {
+            return self.pass(true, now).await;
+        }
+        self.pulls.flush().await;
+        self.take_lease(now).await?;
+        let result = self.pass(false, now).await;
+        self.release_lease().await;
+        result
+    }
+
+    async fn take_lease(&self, now: u64) -> Result<(), GcError> {
+        let current = self.read_json::<Lease>(GC_LEASE_KEY).await?;
+        if let Some(l) = current
+            && l.holder != self.holder
+            && l.until_ms > now
+        {
+            return Err(GcError::Busy {
+                holder: l.holder,
+                until_ms: l.until_ms,
+            });
+        }
+        let mine = Lease {
+            holder: self.holder.clone(),
+            until_ms: now + LEASE_TTL.as_millis() as u64,
+        };
+        self.write_json(GC_LEASE_KEY, &mine).await?;
+        // Two replicas that both saw the lease free both wrote it; the
+        // store keeps the last write, and the one that reads another's id
+        // steps back.
+        match self.read_json::<Lease>(GC_LEASE_KEY).await? {
+            Some(l) if l.holder != self.holder => Err(GcError::Busy {
+                holder: l.holder,
+                until_ms: l.until_ms,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn release_lease(&self) {
+        if let Ok(Some(l)) = self.read_json::<Lease>(GC_LEASE_KEY).await
+            && l.holder == self.holder
+            && let Err(e) = self.store.delete(GC_LEASE_KEY).await
+        {
+            tracing::warn!(error = %e, "retention lease not released; it expires by itself");
+        }
+    }
+
+    async fn read_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, store::Error> {
+        Ok(self.store.get_bytes(key).await?.and_then(|(_, body)| {
+            serde_json::from_slice(&body)
+                .inspect_err(|e| tracing::warn!(key, error = %e, "unreadable record; ignoring it"))
+                .ok()
+        }))
+    }
+
+    async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), store::Error> {
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        self.store
+            .put_bytes(key, Bytes::from(body), "application/json")
+            .await
+    }
+
+    /// What each stored manifest lists (a manifest that cannot be read
+    /// lists nothing: its image then holds only its own bytes, and the
+    /// pass deletes nothing it cannot see referenced — see `sweep_blobs`).
+    async fn references(
+        &self,
+        manifests: &[StoredBlob],
+    ) -> Result<BTreeMap<Digest, Vec<Reference>>, store::Error> {
+        // Owned captures: a stream of futures borrowing `self` is not
+        // `Send` for every lifetime, which `tokio::spawn` needs.
+        let store = self.store.clone();
+        let read: Vec<Result<(Digest, Vec<Reference>), store::Error>> = futures::stream::iter(
+            manifests
+                .iter()
+                .map(|m| m.digest.clone())
+                .collect::<Vec<_>>(),
+        )
+        .map(move |digest| {
+            let store = store.clone();
+            async move {
+                let body = store.get_bytes(&store::manifest_key(&digest)).await?;
+                let refs = body.map(|(_, b)| references(&b)).unwrap_or_default();
+                Ok((digest, refs))
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+        // A manifest that could not be read would leave its blobs looking
+        // unreferenced: stop the pass rather than sweep them.
+        read.into_iter().collect()
+    }
+
+    async fn pass(&self, dry_run: bool, now: u64) -> Result<Report, GcError> {
+        let inv = Inventory::take(&self.store).await?;
+        let refs = self.references(&inv.manifests).await?;
+        let rules = &self.rules;
+        let rule_of = |repo: &RepositoryName| {
+            rules
+                .resolve(repo, None)
+                .map(|r| r.prefix)
+                .unwrap_or_default()
+        };
+        let images = retention::images(&inv.manifest_links, &refs, &inv.sizes, rule_of);
+        let s = &self.settings;
+        let policy = Policy {
+            keep_ms: s
+                .keep
+                .iter()
+                .map(|(rule, keep)| (rule.clone(), keep.as_millis() as u64))
+                .collect(),
+            high_watermark: s.quota_high,
+            low_watermark: s.quota_low,
+        };
+        let evictions = retention::evict(&images, &policy, now);
+        let gone: BTreeMap<&str, (Reason, u64)> = evictions
+            .iter()
+            .map(|(k, reason, freed)| (k.as_str(), (*reason, *freed)))
+            .collect();
+        let (evicted, kept): (Vec<&Image>, Vec<&Image>) = images
+            .iter()
+            .partition(|i| gone.contains_key(i.key.as_str()));
+        let kept: Vec<Image> = kept.into_iter().cloned().collect();
+
+        let mut report = Report {
+            dry_run,
+            images: images.len(),
+            ..Report::default()
+        };
+        for key in evictions.iter().map(|(k, _, _)| k) {
+            let Some(image) = evicted.iter().find(|i| &i.key == key) else {
+                continue;
+            };
+            let (reason, bytes) = gone[key.as_str()];
+            report.evicted.push(Evicted {
+                image: image.key.clone(),
+                rule: image.rule.clone(),
+                reason: match reason {
+                    Reason::Expired => "expired",
+                    Reason::Quota => "quota",
+                },
+                bytes,
+            });
+        }
+        for image in &kept {
+            let mut seen = BTreeSet::new();
+            let held: u64 = image
+                .digests
+                .iter()
+                .filter(|(d, _)| seen.insert(d))
+                .map(|(_, n)| n)
+                .sum();
+            *report.store_bytes.entry(image.rule.clone()).or_default() += held;
+        }
+
+        // Eviction: the images' manifest links and the tag records that
+        // point at them.
+        let mut link_keys: Vec<String> = Vec::new();
+        let mut tops: BTreeMap<RepositoryName, BTreeSet<Digest>> = BTreeMap::new();
+        for image in &evicted {
+            let Some((repo, top)) = image.key.rsplit_once('@') else {
+                continue;
+            };
+            let (Ok(repo), Ok(top)) = (RepositoryName::parse(repo), Digest::parse(top)) else {
+                continue;
+            };
+            link_keys.extend(
+                image
+                    .manifests
+                    .iter()
+                    .map(|d| store::manifest_link_key(&repo, d)),
+            );
+            tops.entry(repo).or_default().insert(top);
+        }
+        let tag_keys = self.tags_pointing_at(&tops).await?;
+
+        // The sweep.
+        let previous = self
+            .read_json::<Candidates>(GC_CANDIDATES_KEY)
+            .await?
+            .unwrap_or_default();
+        let grace = s.grace.as_millis() as u64;
+        let in_flight = self.blobs.in_flight_digests();
+        let blobs = retention::sweep(&inv.blobs, &kept, &in_flight, &previous.blobs, grace, now);
+        let manifests = retention::sweep(
+            &inv.manifests,
+            &kept,
+            &BTreeSet::new(),
+            &previous.manifests,
+            grace,
+            now,
+        );
+        let mut next = Candidates::default();
+        let mut doomed: Vec<(String, u64)> = Vec::new();
+        // Unreferenced and still linked: unlink now, count the grace window
+        // from now.
+        for (d, since) in blobs.candidates {
+            match inv.blob_links.get(d) {
+                Some(repos) => {
+                    link_keys.extend(repos.iter().map(|r| store::blob_link_key(r, d)));
+                    next.blobs.insert(d.clone(), now);
+                }
+                None => {
+                    next.blobs.insert(d.clone(), since);
+                }
+            }
+        }
+        for d in blobs.delete {
+            match inv.blob_links.get(d) {
+                Some(repos) => {
+                    link_keys.extend(repos.iter().map(|r| store::blob_link_key(r, d)));
+                    next.blobs.insert(d.clone(), now);
+                }
+                None => doomed.push((store::blob_key(d), inv.sizes[d])),
+            }
+        }
+        for (d, since) in manifests.candidates {
+            next.manifests.insert(d.clone(), since);
+        }
+        for d in manifests.delete {
+            doomed.push((store::manifest_key(d), inv.sizes[d]));
+        }
+
+        report.links_deleted = link_keys.len();
+        report.tags_deleted = tag_keys.len();
+        if !dry_run {
+            self.delete_all("link", &link_keys).await;
+            for key in &link_keys {
+                self.links.forget(key);
+            }
+            self.delete_all("tag", &tag_keys).await;
+            // A blob that got a link since the listing (a repository's
+            // upstream served it meanwhile) stays, and starts over.
+            let relinked = Inventory::take_links(&self.store).await?;
+            doomed.retain(|(key, _)| match StoreKey::parse(key) {
+                Some(StoreKey::Blob(d)) if relinked.contains(&d) || in_flight.contains(&d) => {
+                    next.blobs.insert(d, now);
+                    false
+                }
+                _ => true,
+            });
+            self.write_json(GC_CANDIDATES_KEY, &next).await?;
+            for e in &report.evicted {
+                metrics::evicted(&e.rule, e.reason, e.bytes);
+            }
+            for (rule, bytes) in &report.store_bytes {
+                metrics::store_bytes(rule, *bytes);
+            }
+            metrics::gc_candidates(next.blobs.len() + next.manifests.len());
+            for (key, len) in &doomed {
+                match self.store.delete(key).await {
+                    Ok(()) => {
+                        let kind = match StoreKey::parse(key) {
+                            Some(StoreKey::Blob(d)) => {
+                                self.blobs.forget_committed(&d);
+                                "blob"
+                            }
+                            _ => "manifest",
+                        };
+                        metrics::gc_deleted(kind, 1, *len);
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "not deleted; the next pass retries"),
+                }
+            }
+        }
+        report.candidates = next.blobs.len() + next.manifests.len();
+        report.deleted_bytes = doomed.iter().map(|(_, n)| n).sum();
+        report.deleted = doomed.into_iter().map(|(k, _)| k).collect();
+        Ok(report)
+    }
+
+    /// The tag records of `tops`' repositories that point at one of them.
+    async fn tags_pointing_at(
+        &self,
+        tops: &BTreeMap<RepositoryName, BTreeSet<Digest>>,
+    ) -> Result<Vec<String>, store::Error> {
+        let mut out = Vec::new();
+        for (repo, digests) in tops {
+            let listed = self.store.list(&format!("tags/{repo}/_/")).await?;
+            let store = self.store.clone();
+            let digests = digests.clone();
+            let found: Vec<Option<String>> = futures::stream::iter(listed)
+                .map(move |l| {
+                    let (store, digests) = (store.clone(), digests.clone());
+                    async move {
+                        let (_, body) = store.get_bytes(&l.key).await.ok().flatten()?;
+                        let record: TagRecord = serde_json::from_slice(&body).ok()?;
+                        digests.contains(&record.digest).then_some(l.key)
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            out.extend(found.into_iter().flatten());
+        }
+        Ok(out)
+    }
+
+    async fn delete_all(&self, kind: &'static str, keys: &[String]) {
+        let store = self.store.clone();
+        let deleted = futures::stream::iter(keys.to_vec())
+            .map(move |key| {
+                let store = store.clone();
+                async move {
+                    store
+                        .delete(&key)
+                        .await
+                        .inspect_err(|e| tracing::warn!(key, error = %e, "not deleted; the next pass retries"))
+                        .is_ok()
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        metrics::gc_deleted(kind, deleted as u64, 0);
+    }
+}
+
+impl Inventory {
+    /// The blobs some repository is linked to now.
+    async fn take_links(store: &Store) -> Result<BTreeSet<Digest>, store::Error> {
+        Ok(store
+            .list("links/")
+            .await?
+            .into_iter()
+            .filter_map(|l| match StoreKey::parse(&l.key) {
+                Some(StoreKey::BlobLink(_, d)) => Some(d),
+                _ => None,
+            })
+            .collect())
+    }
+}

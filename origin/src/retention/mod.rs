@@ -1,0 +1,256 @@
+//! Retention and garbage collection: what leaves the store, when, and how
+//! it leaves without breaking a pull.
+//!
+//! The decisions are the core's (`wharf_core::retention`: what an image is,
+//! which are evicted, which objects may go); this module feeds them the
+//! bucket's listing and carries them out.
+//!
+//! # A pass, step by step ([`Retention::run`])
+//!
+//! 1. Flush the last-pull records ([`Pulls`]): a pulled image's manifest
+//!    link is rewritten, batched, so the link's `LastModified` is its last
+//!    pull.
+//! 2. Take the lease (`gc/lease`, a record in the bucket with an expiry):
+//!    replicas sharing the bucket do not run two passes at once. The lease
+//!    saves work; safety does not depend on it — two passes decide the same
+//!    things from the same records, and deletes are idempotent.
+//! 3. List links, manifests, blobs; read every stored manifest's
+//!    references; build the images and evict (keep windows, then quota).
+//!    Evicting deletes the image's manifest links and the tag records that
+//!    point at it.
+//! 4. Sweep, in two phases recorded in `gc/candidates.json`: an object no
+//!    kept image references becomes a candidate and loses its repository
+//!    links at once; it is deleted at a later pass, once it has stayed
+//!    unreferenced and unlinked for the grace window. A candidate that got a
+//!    link again (a repository's upstream served it meanwhile) starts over.
+//!    Just before deleting, the links are listed once more.
+//! 5. Record the candidates, delete, release the lease.
+//!
+//! A crash at any point leaves records a later pass completes: links go
+//! before bytes, and bytes go only for candidates recorded a grace window
+//! ago and still unreferenced.
+//!
+//! # Why a pull never breaks
+//!
+//! * The origin treats a missing object behind a tag record, a link or its
+//!   own memory as a miss and fetches it again.
+//! * The edge redirects to the bucket only after a presigned `HEAD` saw the
+//!   link and the blob, and remembers that for `WHARF_PRESENCE_TTL` (1 h by
+//!   default). Links go one grace window before the bytes, so `grace` must
+//!   exceed the edge's presence TTL (the default, 2 h, does).
+//! * A blob being written by this process is never deleted; one a peer or
+//!   replica is writing is not listed until committed, then is younger than
+//!   the grace window.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`Retention`], its settings, the schedule, the [`Report`].
+//! - `pulls.rs`: [`Pulls`], the batched last-pull records.
+//! - `collect.rs`: one pass.
+
+mod collect;
+mod pulls;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use wharf_core::CacheRules;
+
+use crate::hydrate::Blobs;
+use crate::links::Links;
+use crate::store::Store;
+
+pub use pulls::Pulls;
+
+/// `[retention]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Keep window per rule prefix (rules without one keep until the quota
+    /// needs the room).
+    pub keep: BTreeMap<String, Duration>,
+    /// Above this many bytes, evict least recently pulled first...
+    pub quota_high: Option<u64>,
+    /// ...until at or below this many.
+    pub quota_low: Option<u64>,
+    /// How long an object stays unreferenced and unlinked before it is
+    /// deleted (must exceed the edge's `WHARF_PRESENCE_TTL`).
+    pub grace: Duration,
+    /// How often a pass runs on its own; `None`: only when asked (admin API).
+    pub interval: Option<Duration>,
+    /// How often last-pull records are written.
+    pub record_interval: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            keep: BTreeMap::new(),
+            quota_high: None,
+            quota_low: None,
+            grace: Duration::from_secs(2 * 3600),
+            interval: None,
+            record_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one pass did (or, dry, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Nothing was written or deleted.
+    pub dry_run: bool,
+    /// Images found (repository + top manifest).
+    pub images: usize,
+    /// Images evicted, in eviction order.
+    pub evicted: Vec<Evicted>,
+    /// Objects now waiting out the grace window.
+    pub candidates: usize,
+    /// Blob and manifest objects deleted (dry: that would be deleted now).
+    pub deleted: Vec<String>,
+    /// Their bytes.
+    pub deleted_bytes: u64,
+    /// Repository links deleted (of evicted images and of candidates).
+    pub links_deleted: usize,
+    /// Tag records deleted (pointing at evicted images).
+    pub tags_deleted: usize,
+    /// Bytes each rule's kept images hold.
+    pub store_bytes: BTreeMap<String, u64>,
+    /// How long the pass took.
+    pub duration_ms: u64,
+}
+
+/// One evicted image.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evicted {
+    /// `<repository>@<manifest digest>`.
+    pub image: String,
+    /// Its rule.
+    pub rule: String,
+    /// `expired` or `quota`.
+    pub reason: &'static str,
+    /// Bytes no kept image shares.
+    pub bytes: u64,
+}
+
+/// Why a pass did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// Another replica holds the lease (or this process runs a pass now).
+    #[error("a retention pass is running (replica {holder}); try again in a minute")]
+    Busy {
+        /// Its id.
+        holder: String,
+        /// When its lease expires.
+        until_ms: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+/// The retention machinery of one origin process.
+pub struct Retention {
+    store: Store,
+    rules: Arc<CacheRules>,
+    links: Arc<Links>,
+    blobs: Arc<Blobs>,
+    settings: RetentionSettings,
+    /// Recorded on every manifest served.
+    pub pulls: Pulls,
+    /// This process, in the lease.
+    holder: String,
+    /// One pass at a time in this process (the lease is per process).
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Retention {
+    /// Retention over `store` under `settings`.
+    pub fn new(
+        store: Store,
+        rules: Arc<CacheRules>,
+        links: Arc<Links>,
+        blobs: Arc<Blobs>,
+        settings: RetentionSettings,
+    ) -> Self {
+        Self {
+            pulls: Pulls::new(store.clone()),
+            store,
+            rules,
+            links,
+            blobs,
+            settings,
+            holder: uuid::Uuid::new_v4().to_string(),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &RetentionSettings {
+        &self.settings
+    }
+
+    /// Flushes last-pull records every `record_interval`, and runs a pass
+    /// every `interval` when one is set. Stops with the runtime.
+    pub fn spawn(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(this.settings.record_interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                this.pulls.flush().await;
+            }
+        });
+        if let Some(interval) = self.settings.interval {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut every =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    match this.run(false).await {
+                        Ok(report) => tracing::info!(
+                            evicted = report.evicted.len(),
+                            deleted = report.deleted.len(),
+                            deleted_bytes = report.deleted_bytes,
+                            candidates = report.candidates,
+                            duration_ms = report.duration_ms,
+                            "retention pass"
+                        ),
+                        Err(GcError::Busy { holder, .. }) => {
+                            tracing::info!(%holder, "retention pass skipped: another replica runs one")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Runs one pass now; `dry_run` writes and deletes nothing.
+    pub async fn run(&self, dry_run: bool) -> Result<Report, GcError> {
+        let started = std::time::Instant::now();
+        let mode = if dry_run { "dry_run" } else { "run" };
+        let result = match self.running.try_lock() {
+            Ok(_one) => self.collect(dry_run).await,
+            Err(_) => Err(GcError::Busy {
+                holder: self.holder.clone(),
+                until_ms: 0,
+            }),
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(GcError::Busy { .. }) => "busy",
+            Err(_) => "failed",
+        };
+        crate::metrics::gc_run(mode, label, secs);
+        result.map(|mut r| {
+            r.duration_ms = (secs * 1000.0) as u64;
+            r
+        })
+    }
+}

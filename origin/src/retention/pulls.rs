@@ -1,0 +1,80 @@
+//! Last-pull records, batched: a pulled image's manifest link is rewritten
+//! at most once per flush, so its `LastModified` is the image's last pull
+//! (to within one flush interval) at the cost of one store write per
+//! distinct image per interval, not one per request.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use wharf_core::{Digest, RepositoryName};
+
+use crate::metrics;
+use crate::store::{self, Store};
+
+/// Distinct images remembered between two flushes; past this, a pull is not
+/// recorded (counted as `dropped`): its image may then be evicted as if it
+/// had not been pulled since the previous record, and is fetched again.
+const MAX_PENDING: usize = 100_000;
+
+/// Writes in flight during a flush.
+const FLUSH_CONCURRENCY: usize = 8;
+
+/// The images pulled since the last flush.
+pub struct Pulls {
+    store: Store,
+    pending: Mutex<HashSet<String>>,
+}
+
+impl Pulls {
+    /// Records kept in `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            pending: Mutex::default(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `repo` was served manifest `digest` (it is entitled to it: the
+    /// handler served it only after the access checks).
+    pub fn record(&self, repo: &RepositoryName, digest: &Digest) {
+        let key = store::manifest_link_key(repo, digest);
+        let mut pending = self.pending();
+        if pending.len() >= MAX_PENDING && !pending.contains(&key) {
+            drop(pending);
+            metrics::pull_records("dropped", 1);
+            return;
+        }
+        pending.insert(key);
+    }
+
+    /// Rewrites the link of every image pulled since the last flush;
+    /// returns how many were written. A failed write is logged and
+    /// forgotten (the image then looks older than it is).
+    pub async fn flush(&self) -> usize {
+        let keys: Vec<String> = self.pending().drain().collect();
+        let store = self.store.clone();
+        let written = futures::stream::iter(keys)
+            .map(move |key| {
+                let store = store.clone();
+                async move {
+                    store
+                        .put_bytes(&key, Bytes::new(), "application/octet-stream")
+                        .await
+                        .inspect_err(|e| tracing::warn!(error = %e, "last-pull record not written"))
+                        .is_ok()
+                }
+            })
+            .buffer_unordered(FLUSH_CONCURRENCY)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        metrics::pull_records("written", written as u64);
+        written
+    }
+}
