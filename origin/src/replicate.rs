@@ -12,6 +12,7 @@
 //! after the last attempt is logged and counted (a later pull in that region
 //! copies it on demand anyway). Queue depth and lag are metrics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,22 @@ pub struct Replicator {
     tx: mpsc::Sender<Job>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Digests queued or being copied, with how many jobs each (the
+    /// retention pass leaves them alone).
+    pending: Arc<std::sync::Mutex<HashMap<Digest, usize>>>,
+}
+
+/// Counts a digest's jobs in `pending`.
+fn pending_add(pending: &std::sync::Mutex<HashMap<Digest, usize>>, digest: &Digest, up: bool) {
+    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+    if up {
+        *p.entry(digest.clone()).or_default() += 1;
+    } else if let Some(n) = p.get_mut(digest) {
+        *n -= 1;
+        if *n == 0 {
+            p.remove(digest);
+        }
+    }
 }
 
 impl Replicator {
@@ -53,9 +70,15 @@ impl Replicator {
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
+        let pending = Arc::new(std::sync::Mutex::new(HashMap::new()));
         for _ in 0..WORKERS {
-            let (rx, local, peers, cancel) =
-                (rx.clone(), local.clone(), peers.clone(), cancel.clone());
+            let (rx, local, peers, cancel, pending) = (
+                rx.clone(),
+                local.clone(),
+                peers.clone(),
+                cancel.clone(),
+                pending.clone(),
+            );
             tracker.spawn(async move {
                 loop {
                     let job = tokio::select! {
@@ -69,6 +92,7 @@ impl Replicator {
                             _ = replicate(&local, peer, &job) => {}
                         }
                     }
+                    pending_add(&pending, &job.digest, false);
                     metrics::replication_backlog(-1.0);
                 }
             });
@@ -78,7 +102,14 @@ impl Replicator {
             tx,
             tracker,
             cancel,
+            pending,
         }
+    }
+
+    /// The digests queued or being copied now.
+    pub fn pending(&self) -> std::collections::BTreeSet<Digest> {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.keys().cloned().collect()
     }
 
     /// Gives queued copies up to `grace` to finish, then stops the workers
@@ -97,6 +128,7 @@ impl Replicator {
 
     /// Queues `key` (whose content has `digest`) for every peer region.
     pub fn enqueue(&self, key: String, digest: Digest) {
+        pending_add(&self.pending, &digest, true);
         let job = Job {
             key,
             digest,
@@ -108,6 +140,7 @@ impl Replicator {
                 let job = match e {
                     mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
                 };
+                pending_add(&self.pending, &job.digest, false);
                 tracing::warn!(
                     key = job.key,
                     "replication queue full; the object is copied on demand instead"

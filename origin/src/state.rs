@@ -186,6 +186,7 @@ impl AppState {
             rules.clone(),
             links.clone(),
             blobs.clone(),
+            replicator.clone(),
             config.retention.clone(),
         ));
         Ok(Self {

@@ -508,6 +508,36 @@ impl SharedBucket {
     }
 }
 
+impl SharedBucket {
+    /// Writes the object `key` over the S3 API (what another replica, or a
+    /// crashed one, left in the bucket).
+    pub async fn put(&self, key: &str, body: &[u8]) -> Result<()> {
+        use aws_sdk_s3::config::{Credentials, Region};
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(self.endpoint())
+            .region(Region::new("us-east-1"))
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(
+                Self::ACCESS_KEY,
+                Self::SECRET_KEY,
+                None,
+                None,
+                "wharf-tests",
+            ))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+            .put_object()
+            .bucket("wharf")
+            .key(key)
+            .body(body.to_vec().into())
+            .send()
+            .await
+            .with_context(|| format!("PutObject {key}"))?;
+        Ok(())
+    }
+}
+
 impl Default for SharedBucket {
     fn default() -> Self {
         Self::new()

@@ -384,3 +384,92 @@ async fn replicas_sharing_a_bucket_collect_once_and_share_the_sweeps_records() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_crashed_pass_leaves_behind_delays_the_next_one_but_never_deletes_a_kept_blob() {
+    let bucket = wharf_tests::SharedBucket::new();
+    let opts = OriginOpts {
+        config_toml: Some(format!(
+            "{}\n[admin]\ntoken = \"{ADMIN}\"\n\n[retention]\ngrace = \"1s\"\n",
+            bucket.owner_toml()
+        )),
+        ..OriginOpts::default()
+    };
+    let s = Stack::start_with("retention-crash", UpstreamAuth::Anonymous, opts)
+        .await
+        .unwrap();
+    let data = s.origin.data_dir().to_owned();
+    let image = ImageSpec::docker(&[256 << 10])
+        .push(&s.upstream, "team/app", "v1")
+        .await
+        .unwrap();
+    s.pull("team/app", "v1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+
+    // A replica died mid-pass an instant ago: its lease holds (503 with
+    // Retry-After, never two passes at once); a dry run still answers.
+    bucket
+        .put(
+            "gc/lease",
+            format!(
+                "{{\"holder\":\"dead-replica\",\"until_ms\":{}}}",
+                now_ms + 3_600_000
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let busy = http_client()
+        .post(format!("{}/admin/gc", s.base()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.headers()["retry-after"], "60");
+    assert_eq!(gc(&s, true).await["dry_run"], true);
+
+    // Once its lease expired the next pass runs. The dead pass had recorded
+    // the kept image's layer as a candidate long ago (a stale record, or one
+    // written before the image was pulled again): references decide, the
+    // record does not.
+    bucket
+        .put(
+            "gc/lease",
+            format!(
+                "{{\"holder\":\"dead-replica\",\"until_ms\":{}}}",
+                now_ms - 1
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    bucket
+        .put(
+            "gc/candidates.json",
+            format!("{{\"blobs\":{{\"{}\":0}}}}", image.layer_digests[0]).as_bytes(),
+        )
+        .await
+        .unwrap();
+    let report = gc(&s, false).await;
+    assert_eq!(report["deleted"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["candidates"], 0, "{report}");
+    assert!(!stored(&data, "gc/lease"), "the pass released its lease");
+
+    // An unreadable record (a torn write) is ignored, not fatal.
+    bucket
+        .put("gc/candidates.json", b"{\"blobs\":")
+        .await
+        .unwrap();
+    let report = gc(&s, false).await;
+    assert_eq!(report["deleted"].as_array().unwrap().len(), 0, "{report}");
+
+    s.upstream.reset_counts();
+    let pulled = s.pull("team/app", "v1").await.unwrap();
+    assert_eq!(pulled.digest, image.manifest_digest);
+    assert_eq!(s.upstream.counts().registry_total(), 0);
+}

@@ -291,7 +291,7 @@ impl Retention {
             .await?
             .unwrap_or_default();
         let grace = s.grace.as_millis() as u64;
-        let in_flight = self.blobs.in_flight_digests();
+        let in_flight = self.in_flight();
         let blobs = retention::sweep(&inv.blobs, &kept, &in_flight, &previous.blobs, grace, now);
         let manifests = retention::sweep(
             &inv.manifests,

@@ -38,9 +38,9 @@
 //!   link and the blob, and remembers that for `WHARF_PRESENCE_TTL` (1 h by
 //!   default). Links go one grace window before the bytes, so `grace` must
 //!   exceed the edge's presence TTL (the default, 2 h, does).
-//! * A blob being written by this process is never deleted; one a peer or
-//!   replica is writing is not listed until committed, then is younger than
-//!   the grace window.
+//! * A blob this process is hydrating, or copying to a peer region, is never
+//!   deleted; one a peer or replica is writing is not listed until
+//!   committed, then is younger than the grace window.
 //!
 //! # Layout
 //!
@@ -60,6 +60,7 @@ use wharf_core::CacheRules;
 
 use crate::hydrate::Blobs;
 use crate::links::Links;
+use crate::replicate::Replicator;
 use crate::store::Store;
 
 pub use pulls::Pulls;
@@ -156,6 +157,7 @@ pub struct Retention {
     rules: Arc<CacheRules>,
     links: Arc<Links>,
     blobs: Arc<Blobs>,
+    replicator: Option<Replicator>,
     settings: RetentionSettings,
     /// Recorded on every manifest served.
     pub pulls: Pulls,
@@ -172,9 +174,11 @@ impl Retention {
         rules: Arc<CacheRules>,
         links: Arc<Links>,
         blobs: Arc<Blobs>,
+        replicator: Option<Replicator>,
         settings: RetentionSettings,
     ) -> Self {
         Self {
+            replicator,
             pulls: Pulls::new(store.clone()),
             store,
             rules,
@@ -184,6 +188,17 @@ impl Retention {
             holder: uuid::Uuid::new_v4().to_string(),
             running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// What this process is writing or copying now: the pass leaves it
+    /// alone (what other replicas and regions write is not listed until
+    /// committed, then younger than the grace window).
+    fn in_flight(&self) -> std::collections::BTreeSet<wharf_core::Digest> {
+        let mut busy = self.blobs.in_flight_digests();
+        if let Some(r) = &self.replicator {
+            busy.extend(r.pending());
+        }
+        busy
     }
 
     /// The settings in force.
