@@ -13,10 +13,11 @@ use wharf_core::{Digest, RepositoryName};
 use crate::metrics;
 use crate::store::{self, Store};
 
-/// Distinct images remembered between two flushes; past this, a pull is not
-/// recorded (counted as `dropped`): its image may then be evicted as if it
-/// had not been pulled since the previous record, and is fetched again.
-const MAX_PENDING: usize = 100_000;
+/// Bytes of keys remembered between two flushes (a key is ~150 bytes: some
+/// 100,000 distinct images); past this, a pull is not recorded (counted as
+/// `dropped`): its image may then be evicted as if it had not been pulled
+/// since the previous record, and is fetched again.
+const MAX_PENDING_BYTES: usize = 16 << 20;
 
 /// Writes in flight during a flush.
 const FLUSH_CONCURRENCY: usize = 8;
@@ -24,7 +25,14 @@ const FLUSH_CONCURRENCY: usize = 8;
 /// The images pulled since the last flush.
 pub struct Pulls {
     store: Store,
-    pending: Mutex<HashSet<String>>,
+    pending: Mutex<Pending>,
+}
+
+/// The keys to write at the next flush, and their bytes.
+#[derive(Default)]
+struct Pending {
+    keys: HashSet<String>,
+    bytes: usize,
 }
 
 impl Pulls {
@@ -36,7 +44,7 @@ impl Pulls {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -45,19 +53,26 @@ impl Pulls {
     pub fn record(&self, repo: &RepositoryName, digest: &Digest) {
         let key = store::manifest_link_key(repo, digest);
         let mut pending = self.pending();
-        if pending.len() >= MAX_PENDING && !pending.contains(&key) {
+        if pending.keys.contains(&key) {
+            return;
+        }
+        if pending.bytes + key.len() > MAX_PENDING_BYTES {
             drop(pending);
             metrics::pull_records("dropped", 1);
             return;
         }
-        pending.insert(key);
+        pending.bytes += key.len();
+        pending.keys.insert(key);
     }
 
     /// Rewrites the link of every image pulled since the last flush;
     /// returns how many were written. A failed write is logged and
     /// forgotten (the image then looks older than it is).
     pub async fn flush(&self) -> usize {
-        let keys: Vec<String> = self.pending().drain().collect();
+        let keys: Vec<String> = std::mem::take(&mut *self.pending())
+            .keys
+            .into_iter()
+            .collect();
         let store = self.store.clone();
         let written = futures::stream::iter(keys)
             .map(move |key| {
