@@ -2,7 +2,8 @@
 //! decision the origin and the edge take before serving a digest.
 //!
 //! Owns [`Held`], [`DigestAccess`], [`digest_access`], [`Reference`] and
-//! [`references`].
+//! [`references`] (what a manifest refers to), and [`platforms`] (an
+//! index's platform manifests, for prewarming chosen platforms).
 //!
 //! A request reaches this decision after the rest of the access path, which
 //! lives beside it in the core and is taken the same way by both deployables:
@@ -123,10 +124,88 @@ pub fn references(body: &[u8]) -> Vec<Reference> {
     blobs.chain(manifests).collect()
 }
 
+/// An index's platform manifests: each child's digest and platform
+/// (`os/architecture[/variant]`, `None` when the entry names none, e.g. an
+/// attestation). Empty for anything that is not an index.
+pub fn platforms(body: &[u8]) -> Vec<(Digest, Option<String>)> {
+    #[derive(Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<Child>,
+    }
+    #[derive(Deserialize)]
+    struct Child {
+        digest: String,
+        platform: Option<Platform>,
+    }
+    #[derive(Deserialize)]
+    struct Platform {
+        os: String,
+        architecture: String,
+        variant: Option<String>,
+    }
+    let Ok(index) = serde_json::from_slice::<Index>(body) else {
+        return Vec::new();
+    };
+    index
+        .manifests
+        .into_iter()
+        .filter_map(|c| {
+            let platform = c.platform.map(|p| match p.variant {
+                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            });
+            Some((Digest::parse(&c.digest).ok()?, platform))
+        })
+        .collect()
+}
+
+/// Whether a platform asked for (`linux/arm64`) selects one an index
+/// names (`linux/arm64/v8`): equal, or equal but for the variant the
+/// request left out.
+pub fn platform_matches(wanted: &str, named: &str) -> bool {
+    wanted == named
+        || named
+            .strip_prefix(wanted)
+            .is_some_and(|rest| rest.starts_with('/') && wanted.matches('/').count() == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_index_names_its_platforms() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let c = format!("sha256:{}", "c".repeat(64));
+        let index = format!(
+            r#"{{"manifests":[
+                {{"digest":"{a}","platform":{{"os":"linux","architecture":"amd64"}}}},
+                {{"digest":"{b}","platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+                {{"digest":"{c}"}},
+                {{"digest":"not-a-digest","platform":{{"os":"linux","architecture":"s390x"}}}}
+            ]}}"#
+        );
+        let got = platforms(index.as_bytes());
+        let d = |s: &str| Digest::parse(s).unwrap();
+        assert_eq!(
+            got,
+            [
+                (d(&a), Some("linux/amd64".to_owned())),
+                (d(&b), Some("linux/arm64/v8".to_owned())),
+                (d(&c), None),
+            ]
+        );
+        assert!(platforms(b"{\"layers\":[]}").is_empty());
+        assert!(platforms(b"not json").is_empty());
+        assert!(platform_matches("linux/arm64", "linux/arm64/v8"));
+        assert!(platform_matches("linux/arm64/v8", "linux/arm64/v8"));
+        assert!(!platform_matches("linux/arm64/v7", "linux/arm64/v8"));
+        assert!(!platform_matches("linux/arm", "linux/arm64"));
+        assert!(!platform_matches("linux", "linux/amd64"));
+    }
 
     #[test]
     fn digest_access_table() {

@@ -30,7 +30,9 @@
 //! * [`peer`] — the signed header with which one origin replica forwards a request to another.
 //! * [`utc`] — UTC calendar formatting of unix timestamps.
 //! * [`region`] — the region list, nearest-region ranking, health with hysteresis, rendezvous hashing of replicas.
-//! * [`retention`] — which images leave the store (keep windows, quota watermarks) and which blobs GC may delete.
+//! * [`retention`] — what an image is, which images leave the store (keep windows, quota watermarks) and which blobs GC may delete.
+//! * [`admin`] — the admin API's documents (warm jobs, purge, GC reports), shared by the origin and the `wharf` command.
+//! * [`status`] — a region's figures (hit ratio, bytes and requests saved, budgets, circuits, storage) read from its Prometheus text.
 //! * [`password`] — the stored form of users' passwords (PBKDF2-SHA256) and its constant-time check.
 //! * [`signin`] — throttling repeated failed sign-ins (exponential backoff per client and user).
 //! * [`placeholder`] — the shipped placeholder secrets that must never be used.
@@ -48,6 +50,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod breaker;
@@ -71,6 +74,7 @@ pub mod revalidate;
 pub mod rules;
 pub mod signin;
 pub mod sigv4;
+pub mod status;
 pub mod tags;
 pub mod ticket;
 pub mod token;
@@ -84,5 +88,5 @@ pub use error::{ErrorCode, render_error, render_errors};
 pub use freshness::{Freshness, FreshnessPolicy, OnUpstreamError};
 pub use media::MediaType;
 pub use range::{ByteRange, RangeError, RangeOutcome};
-pub use reference::{Reference, ReferenceError, RepositoryName, Tag};
+pub use reference::{ImageRef, Reference, ReferenceError, RepositoryName, Tag};
 pub use rules::{CacheRules, Resolved, RuleError, RuleSpec};

@@ -261,6 +261,49 @@ impl Reference {
     }
 }
 
+/// An image as people write it: `name`, `name:tag` or `name@digest` (a
+/// bare name means `:latest`, as `docker pull` does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The repository.
+    pub name: RepositoryName,
+    /// The tag or digest.
+    pub reference: Reference,
+}
+
+impl ImageRef {
+    /// Parses `name[:tag|@digest]`; a `:` in the last path segment starts
+    /// the tag (a registry port is not part of a cache's repository names).
+    pub fn parse(s: &str) -> Result<ImageRef, ReferenceError> {
+        let (name, reference) = match s.split_once('@') {
+            Some((name, digest)) => (name, Reference::Digest(Digest::parse(digest)?)),
+            None => {
+                let last = s.rfind('/').map_or(0, |i| i + 1);
+                match s[last..].find(':') {
+                    Some(i) => (
+                        &s[..last + i],
+                        Reference::Tag(Tag::parse(&s[last + i + 1..])?),
+                    ),
+                    None => (s, Reference::Tag(Tag::parse("latest")?)),
+                }
+            }
+        };
+        Ok(ImageRef {
+            name: RepositoryName::parse(name)?,
+            reference,
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reference {
+            Reference::Tag(t) => write!(f, "{}:{t}", self.name),
+            Reference::Digest(d) => write!(f, "{}@{d}", self.name),
+        }
+    }
+}
+
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -335,6 +378,38 @@ impl From<Reference> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references_as_people_write_them() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for (input, name, reference) in [
+            ("library/alpine", "library/alpine", "latest"),
+            ("up/team/app:v1.2", "up/team/app", "v1.2"),
+            (
+                &format!("up/team/app@{d}") as &str,
+                "up/team/app",
+                &d as &str,
+            ),
+        ] {
+            let image = ImageRef::parse(input).unwrap();
+            assert_eq!(image.name.as_str(), name, "{input}");
+            assert_eq!(image.reference.to_string(), reference, "{input}");
+        }
+        assert_eq!(
+            ImageRef::parse("up/app:v1").unwrap().to_string(),
+            "up/app:v1"
+        );
+        for bad in [
+            "",
+            "UP/app",
+            "up/app:",
+            "up/app@sha256:zz",
+            "up/app:bad tag",
+            ":v1",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -54,6 +54,16 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(handlers::health::readyz))
         .route("/metrics", get(handlers::health::metrics))
         .route("/admin/gc", post(handlers::admin::gc))
+        .route("/admin/status", get(handlers::admin::status))
+        .route("/admin/purge", post(handlers::admin::purge))
+        .route(
+            "/admin/jobs",
+            get(handlers::admin::jobs).post(handlers::admin::start_job),
+        )
+        .route(
+            "/admin/jobs/{id}",
+            get(handlers::admin::job).delete(handlers::admin::cancel_job),
+        )
         .layer(middleware::from_fn(log_errors))
         .layer(middleware::from_fn_with_state(state.clone(), stamp))
         .layer(

@@ -152,6 +152,12 @@ pub enum Error {
         /// The request kind (manifest, blob, …).
         what: &'static str,
     },
+    /// An admin request named something badly (an image reference).
+    #[error("{0}")]
+    Invalid(String),
+    /// An admin request named something this origin does not have (a job).
+    #[error("{0}")]
+    NotFound(String),
     /// Another replica is running the retention pass (it holds the lease).
     #[error("{0}")]
     Collecting(String),
@@ -183,7 +189,8 @@ impl Error {
             // The core's table: NAME_UNKNOWN, NAME_INVALID, or DENIED for
             // a name that would alias another rule's (same as the edge).
             Error::Rule(e) => e.code(),
-            Error::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
+            Error::RepositoryUnknown { .. } | Error::NotFound(_) => ErrorCode::NameUnknown,
+            Error::Invalid(_) => ErrorCode::NameInvalid,
             Error::ManifestUnknown { .. } | Error::NotAcceptable { .. } => {
                 ErrorCode::ManifestUnknown
             }

@@ -27,6 +27,7 @@
 //! * [`geo`] — peer regions' stores (cross-region hydration);
 //!   [`replicate`] — eager copies to them; [`cluster`] — replicas of one
 //!   region sending each blob miss to its owner (rendezvous hashing).
+//! * [`warm`] — prewarming jobs (`wharf warm`).
 //! * [`retention`] — keep windows, quota, last-pull records and the
 //!   two-phase collection of what no kept image needs.
 //! * [`metrics`] — every metric name; [`error`] — the one error type;
@@ -55,6 +56,7 @@ pub mod store;
 pub mod tags;
 pub mod upstream;
 pub mod verify;
+pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;

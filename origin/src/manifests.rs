@@ -537,11 +537,17 @@ impl Manifests {
         }
     }
 
-    async fn forget_tag(&self, key: &str) {
+    /// Forgets the tag record under `key` in this process's memory (the
+    /// retention pass or a purge deleted it from the store).
+    pub fn forget_remembered(&self, key: &str) {
         self.tags
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+    }
+
+    async fn forget_tag(&self, key: &str) {
+        self.forget_remembered(key);
         if let Err(e) = self.store.delete(key).await {
             tracing::warn!(error = %e, "tag record not deleted");
         }

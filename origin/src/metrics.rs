@@ -52,7 +52,7 @@ pub const UPSTREAM_CIRCUIT_REFUSED: &str = "wharf_upstream_circuit_refused_total
 pub const GC_RUNS: &str = "wharf_gc_runs_total";
 /// Seconds one retention pass took.
 pub const GC_SECONDS: &str = "wharf_gc_duration_seconds";
-/// Images evicted, by `rule` and `reason` (expired, quota).
+/// Images evicted, by `rule` and `reason` (expired, quota, purged).
 pub const EVICTED_IMAGES: &str = "wharf_evicted_images_total";
 /// Bytes the evicted images alone held, by `rule` (deleted one grace
 /// window later, with the objects).
@@ -235,8 +235,8 @@ pub fn gc_run(mode: &'static str, result: &'static str, secs: f64) {
 }
 
 /// Counts one evicted image and the bytes it alone held.
-pub fn evicted(rule: &str, reason: &'static str, bytes: u64) {
-    counter!(EVICTED_IMAGES, "rule" => rule.to_owned(), "reason" => reason).increment(1);
+pub fn evicted(rule: &str, reason: &str, bytes: u64) {
+    counter!(EVICTED_IMAGES, "rule" => rule.to_owned(), "reason" => reason.to_owned()).increment(1);
     counter!(EVICTED_BYTES, "rule" => rule.to_owned()).increment(bytes);
 }
 

@@ -58,6 +58,8 @@ pub struct AppState {
     pub replicas: reqwest::Client,
     /// Per-kind limits on the registry API.
     pub limits: Arc<Limits>,
+    /// Prewarming jobs.
+    pub jobs: Arc<crate::warm::Jobs>,
     /// Last-pull records and the collection.
     pub retention: Arc<Retention>,
     /// The admin API's bearer token (absent: no admin API).
@@ -181,10 +183,16 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("building the replica client: {e}"))?;
         let rules = Arc::new(rules);
         let blobs = Arc::new(blobs);
+        let manifests = Arc::new(Manifests::new(
+            store.clone(),
+            links.clone(),
+            replicator.clone(),
+        ));
         let retention = Arc::new(Retention::new(
             store.clone(),
             rules.clone(),
             links.clone(),
+            manifests.clone(),
             blobs.clone(),
             replicator.clone(),
             config.retention.clone(),
@@ -192,11 +200,7 @@ impl AppState {
         Ok(Self {
             rules,
             runtimes: Arc::new(runtimes),
-            manifests: Arc::new(Manifests::new(
-                store.clone(),
-                links.clone(),
-                replicator.clone(),
-            )),
+            manifests,
             blobs,
             links,
             tag_lists: Arc::new(TagLists::new(config.tags_list_ttl)),
@@ -211,6 +215,7 @@ impl AppState {
             replicas,
             limits: Arc::new(Limits::new(&config.limits)),
             retention,
+            jobs: Arc::default(),
             admin_token: config.admin_token.as_deref().map(Arc::from),
         })
     }

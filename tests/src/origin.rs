@@ -57,28 +57,39 @@ pub struct Origin {
 
 /// Where the origin binary is.
 pub fn origin_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("WHARF_ORIGIN_BIN") {
+    workspace_bin("wharf-origin", "WHARF_ORIGIN_BIN")
+}
+
+/// Where the `wharf` command is.
+pub fn wharf_bin() -> Result<PathBuf> {
+    workspace_bin("wharf", "WHARF_CLI_BIN")
+}
+
+/// A binary of the workspace: `$env` if set, else beside the running
+/// executable (`cargo build --workspace --bins` puts them there).
+fn workspace_bin(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            bail!("WHARF_ORIGIN_BIN={} does not exist", p.display());
+            bail!("{env}={} does not exist", p.display());
         }
         return Ok(p);
     }
     let exe = std::env::current_exe()?;
-    // A test: <target>/debug/deps/<test>-<hash> → <target>/debug/wharf-origin.
+    // A test: <target>/debug/deps/<test>-<hash> → <target>/debug/<name>.
     // A binary of the workspace (the bench): <target>/debug/wharf-bench →
-    // <target>/debug/wharf-origin.
+    // <target>/debug/<name>.
     let dir = exe
         .parent()
         .context("locating the target directory from the executable")?;
     let bin = [Some(dir), dir.parent()]
         .into_iter()
         .flatten()
-        .map(|d| d.join("wharf-origin"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file());
     let Some(bin) = bin else {
         panic!(
-            "wharf-origin not found beside {}: run `cargo build -p wharf-origin` first (or set WHARF_ORIGIN_BIN)",
+            "{name} not found beside {}: run `cargo build --workspace --bins` first (or set {env})",
             exe.display()
         );
     };

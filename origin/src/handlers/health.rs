@@ -29,6 +29,18 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let (store_ok, body) = readiness(&state).await;
+    let code = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// The readiness document (`/readyz`'s body, the admin status's `health`)
+/// and whether the store answered.
+pub async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let store = check_store(&state.store, "this region's object store", None).await;
     let store_ok = store["ok"].as_bool().unwrap_or(false);
     let upstreams: serde_json::Map<String, serde_json::Value> = state
@@ -75,12 +87,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "checks": { "store": store, "upstreams": upstreams, "peer_regions": peers, "disk": disks },
         "hydrations_in_flight": state.blobs.in_flight_count(),
     });
-    let code = if store_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    (store_ok, body)
 }
 
 /// One store check as published: `ok` and latency, or `ok: false` with a

@@ -157,6 +157,11 @@ impl Hydration {
     pub fn progress(&self) -> Progress {
         self.progress.borrow().clone()
     }
+
+    /// Follows its progress.
+    pub fn watch(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
 }
 
 impl Drop for Hydration {
@@ -292,6 +297,12 @@ impl Blobs {
 
     /// Whether a new cold request for `request` may hydrate, from what is in
     /// flight now.
+    /// Whether a new hydration for `request` would start now rather than
+    /// pass the blob through (a prewarm waits for room instead).
+    pub fn has_room(&self, request: &BlobRequest) -> bool {
+        matches!(self.cold_path(request), ColdPath::Hydrate)
+    }
+
     fn cold_path(&self, request: &BlobRequest) -> ColdPath {
         let flights = self.flights.values();
         let registry = request.upstream.registry();

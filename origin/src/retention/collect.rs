@@ -152,7 +152,7 @@ impl Retention {
         }
     }
 
-    async fn read_json<T: for<'de> Deserialize<'de>>(
+    pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
         &self,
         key: &str,
     ) -> Result<Option<T>, store::Error> {
@@ -173,7 +173,7 @@ impl Retention {
     /// What each stored manifest lists (a manifest that cannot be read
     /// lists nothing: its image then holds only its own bytes, and the
     /// pass deletes nothing it cannot see referenced — see `sweep_blobs`).
-    async fn references(
+    pub(super) async fn references(
         &self,
         manifests: &[StoredBlob],
     ) -> Result<BTreeMap<Digest, Vec<Reference>>, store::Error> {
@@ -205,13 +205,7 @@ impl Retention {
     async fn pass(&self, dry_run: bool, now: u64) -> Result<Report, GcError> {
         let inv = Inventory::take(&self.store).await?;
         let refs = self.references(&inv.manifests).await?;
-        let rules = &self.rules;
-        let rule_of = |repo: &RepositoryName| {
-            rules
-                .resolve(repo, None)
-                .map(|r| r.prefix)
-                .unwrap_or_default()
-        };
+        let rule_of = |repo: &RepositoryName| self.rule_of(repo);
         let images = retention::images(&inv.manifest_links, &refs, &inv.sizes, rule_of);
         let s = &self.settings;
         let policy = Policy {
@@ -249,7 +243,8 @@ impl Retention {
                 reason: match reason {
                     Reason::Expired => "expired",
                     Reason::Quota => "quota",
-                },
+                }
+                .to_owned(),
                 bytes,
             });
         }
@@ -340,6 +335,9 @@ impl Retention {
                 self.links.forget(key);
             }
             self.delete_all("tag", &tag_keys).await;
+            for key in &tag_keys {
+                self.manifests.forget_remembered(key);
+            }
             // A blob that got a link since the listing (a repository's
             // upstream served it meanwhile) stays, and starts over.
             let relinked = Inventory::take_links(&self.store).await?;
@@ -352,7 +350,7 @@ impl Retention {
             });
             self.write_json(GC_CANDIDATES_KEY, &next).await?;
             for e in &report.evicted {
-                metrics::evicted(&e.rule, e.reason, e.bytes);
+                metrics::evicted(&e.rule, &e.reason, e.bytes);
             }
             for (rule, bytes) in &report.store_bytes {
                 metrics::store_bytes(rule, *bytes);
@@ -381,7 +379,7 @@ impl Retention {
     }
 
     /// The tag records of `tops`' repositories that point at one of them.
-    async fn tags_pointing_at(
+    pub(super) async fn tags_pointing_at(
         &self,
         tops: &BTreeMap<RepositoryName, BTreeSet<Digest>>,
     ) -> Result<Vec<String>, store::Error> {
@@ -407,7 +405,7 @@ impl Retention {
         Ok(out)
     }
 
-    async fn delete_all(&self, kind: &'static str, keys: &[String]) {
+    pub(super) async fn delete_all(&self, kind: &'static str, keys: &[String]) {
         let store = self.store.clone();
         let deleted = futures::stream::iter(keys.to_vec())
             .map(move |key| {

@@ -47,23 +47,27 @@
 //! - `mod.rs`: [`Retention`], its settings, the schedule, the [`Report`].
 //! - `pulls.rs`: [`Pulls`], the batched last-pull records.
 //! - `collect.rs`: one pass.
+//! - `purge.rs`: one image out now (`wharf purge`), the way a pass evicts.
 
 mod collect;
 mod pulls;
+mod purge;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use wharf_core::CacheRules;
 
 use crate::hydrate::Blobs;
 use crate::links::Links;
+use crate::manifests::Manifests;
 use crate::replicate::Replicator;
 use crate::store::Store;
 
 pub use pulls::Pulls;
+pub use purge::PurgeReport;
+pub use wharf_core::admin::{Evicted, GcReport as Report};
 
 /// `[retention]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,44 +101,6 @@ impl Default for RetentionSettings {
     }
 }
 
-/// What one pass did (or, dry, would do).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Report {
-    /// Nothing was written or deleted.
-    pub dry_run: bool,
-    /// Images found (repository + top manifest).
-    pub images: usize,
-    /// Images evicted, in eviction order.
-    pub evicted: Vec<Evicted>,
-    /// Objects now waiting out the grace window.
-    pub candidates: usize,
-    /// Blob and manifest objects deleted (dry: that would be deleted now).
-    pub deleted: Vec<String>,
-    /// Their bytes.
-    pub deleted_bytes: u64,
-    /// Repository links deleted (of evicted images and of candidates).
-    pub links_deleted: usize,
-    /// Tag records deleted (pointing at evicted images).
-    pub tags_deleted: usize,
-    /// Bytes each rule's kept images hold.
-    pub store_bytes: BTreeMap<String, u64>,
-    /// How long the pass took.
-    pub duration_ms: u64,
-}
-
-/// One evicted image.
-#[derive(Clone, Debug, Serialize)]
-pub struct Evicted {
-    /// `<repository>@<manifest digest>`.
-    pub image: String,
-    /// Its rule.
-    pub rule: String,
-    /// `expired` or `quota`.
-    pub reason: &'static str,
-    /// Bytes no kept image shares.
-    pub bytes: u64,
-}
-
 /// Why a pass did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -156,6 +122,7 @@ pub struct Retention {
     store: Store,
     rules: Arc<CacheRules>,
     links: Arc<Links>,
+    manifests: Arc<Manifests>,
     blobs: Arc<Blobs>,
     replicator: Option<Replicator>,
     settings: RetentionSettings,
@@ -173,11 +140,13 @@ impl Retention {
         store: Store,
         rules: Arc<CacheRules>,
         links: Arc<Links>,
+        manifests: Arc<Manifests>,
         blobs: Arc<Blobs>,
         replicator: Option<Replicator>,
         settings: RetentionSettings,
     ) -> Self {
         Self {
+            manifests,
             replicator,
             pulls: Pulls::new(store.clone()),
             store,
