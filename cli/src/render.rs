@@ -119,6 +119,18 @@ pub fn status(all: &[(&str, RegionStatus)]) {
                 );
             }
         }
+        if let Some(peers) = s.health["checks"]["peer_regions"].as_object()
+            && !peers.is_empty()
+        {
+            let list: Vec<String> = peers
+                .iter()
+                .map(|(name, p)| {
+                    let ok = if p["ok"].as_bool() == Some(true) { "ok" } else { "DOWN" };
+                    format!("{name} {ok}")
+                })
+                .collect();
+            println!("  peer stores  {}", list.join(", "));
+        }
         if let Some(disks) = s.health["checks"]["disk"].as_object() {
             for (name, d) in disks {
                 let free = d["free_bytes"]

@@ -126,6 +126,21 @@ pub async fn run(
     }
 
     let state = AppState::new(&config, store, metrics)?;
+    crate::metrics::register(
+        &config
+            .rules
+            .iter()
+            .map(|r| r.prefix.clone())
+            .collect::<Vec<_>>(),
+        &state
+            .geo
+            .as_ref()
+            .map(|g| g.peers.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
+            .unwrap_or_default(),
+        state.geo.as_ref().map_or(1, |g| g.replicas.len()),
+    );
+    // The free-space gauges from the start, not from the first cold pull.
+    state.blobs.disks();
     state.retention.spawn();
     let retention = state.retention.clone();
     let blobs = state.blobs.clone();

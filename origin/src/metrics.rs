@@ -261,3 +261,65 @@ pub fn store_bytes(rule: &str, bytes: u64) {
 pub fn pull_records(result: &'static str, n: u64) {
     counter!(PULL_RECORDS, "result" => result).increment(n);
 }
+
+/// Registers, at zero, the series whose first sample waits for an event
+/// (a failure, an eviction, a pass-through, a replication), with the label
+/// values this configuration will use: dashboards and alerts then find
+/// every series from the first scrape, and `rate()` has a starting point.
+/// `rules`: the rule prefixes (the `registry` and `rule` labels); `peers`:
+/// the peer regions; `replicas`: this region's replica count.
+pub fn register(rules: &[String], peers: &[String], replicas: usize) {
+    for r in rules {
+        let r = r.clone();
+        counter!(INTEGRITY_FAILURES, "registry" => r.clone()).increment(0);
+        counter!(UPSTREAM_BYTES, "registry" => r.clone()).increment(0);
+        counter!(STALE_SERVED, "registry" => r.clone()).increment(0);
+        gauge!(UPSTREAM_CIRCUIT, "registry" => r.clone()).set(0.0);
+        counter!(UPSTREAM_CIRCUIT_OPENED, "registry" => r.clone()).increment(0);
+        counter!(UPSTREAM_CIRCUIT_REFUSED, "registry" => r.clone()).increment(0);
+        for reason in ["expired", "quota", "purged"] {
+            counter!(EVICTED_IMAGES, "rule" => r.clone(), "reason" => reason).increment(0);
+        }
+        counter!(EVICTED_BYTES, "rule" => r.clone()).increment(0);
+        for reason in ["invalid", "scheme", "address", "credentials"] {
+            counter!(UPSTREAM_REFUSED, "registry" => r.clone(), "reason" => reason).increment(0);
+        }
+    }
+    for result in ["confirmed", "refused"] {
+        counter!(LINK_CHECKS, "result" => result).increment(0);
+    }
+    for reason in ["disk", "hydrations", "upstream", "spool"] {
+        counter!(PASSTHROUGH, "reason" => reason).increment(0);
+    }
+    for kind in ["manifest", "blob"] {
+        counter!(COALESCED, "kind" => kind).increment(0);
+    }
+    gauge!(HYDRATIONS_IN_FLIGHT).increment(0.0);
+    gauge!(REPLICATION_BACKLOG).increment(0.0);
+    for mode in ["run", "dry_run"] {
+        for result in ["ok", "busy", "failed"] {
+            counter!(GC_RUNS, "mode" => mode, "result" => result).increment(0);
+        }
+    }
+    for kind in ["blob", "manifest", "link", "tag"] {
+        counter!(GC_DELETED_OBJECTS, "kind" => kind).increment(0);
+    }
+    counter!(GC_DELETED_BYTES).increment(0);
+    gauge!(GC_CANDIDATES).increment(0.0);
+    for result in ["written", "dropped"] {
+        counter!(PULL_RECORDS, "result" => result).increment(0);
+    }
+    for p in peers {
+        for result in ["hit", "miss", "error"] {
+            counter!(PEER_FETCHES, "region" => p.clone(), "result" => result).increment(0);
+        }
+        for result in ["copied", "present", "failed"] {
+            counter!(REPLICATIONS, "region" => p.clone(), "result" => result).increment(0);
+        }
+    }
+    if replicas > 1 {
+        for result in ["forwarded", "owner_down"] {
+            counter!(FORWARDED, "result" => result).increment(0);
+        }
+    }
+}

@@ -61,6 +61,8 @@ pub struct GeoOpts {
     /// A region whose origins report themselves degraded (a free-space
     /// floor no disk meets: `[limits] min_free_mib`).
     pub degraded: Option<&'static str>,
+    /// Appended to every origin's configuration file (e.g. `[admin]`).
+    pub origin_toml: String,
 }
 
 /// The running three-region stack.
@@ -137,7 +139,8 @@ impl GeoStack {
                      [s3]\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\nregion = \"garage\"\n\
                      [auth]\ntoken_key = \"{TOKEN_KEY}\"\nservice = \"{GLOBAL_HOST}\"\n\
                      [[rule]]\nprefix = \"{RULE_PREFIX}\"\nupstream = \"{up}\"\nreplicate = {replicate}\n\
-                     {regions_toml}{limits}",
+                     {regions_toml}{limits}\n{extra}",
+                    extra = opts.origin_toml,
                     limits = if opts.degraded == Some(*name) {
                         "\n[limits]\nmin_free_mib = 1000000000000\n"
                     } else {
@@ -230,6 +233,15 @@ impl GeoStack {
             regions_json,
             dir,
         })
+    }
+
+    /// Writes the region list as `infra/regions.toml` has it (for
+    /// `wharf --regions`); returns its path.
+    pub fn regions_file(&self) -> Result<std::path::PathBuf> {
+        let list = self.regions_json.as_array().cloned().unwrap_or_default();
+        let path = self.dir.path().join("regions.toml");
+        std::fs::write(&path, regions_toml(&list))?;
+        Ok(path)
     }
 
     /// The region named `name`.

@@ -101,6 +101,10 @@ pub enum Fault {
     FailWrites(u16),
     /// Forward every `GET` body at this many bytes per second (a slow store).
     SlowReads(u64),
+    /// Forward everything; manifest answers carry Docker Hub's rate-limit
+    /// headers (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining:
+    /// N;w=21600`) with this many remaining.
+    RateLimitHeaders(u64),
 }
 
 /// What an upstream request asked for.
@@ -733,6 +737,16 @@ impl ProxyCtx {
         };
         let (mut parts, body) = upstream.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if let Fault::RateLimitHeaders(remaining) = fault
+            && kind == Kind::Manifest
+        {
+            parts
+                .headers
+                .insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
+            if let Ok(v) = HeaderValue::from_str(&format!("{remaining};w=21600")) {
+                parts.headers.insert("ratelimit-remaining", v);
+            }
+        }
 
         let faulty_blob = |d: &str| {
             method == Method::GET
