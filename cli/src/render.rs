@@ -3,21 +3,7 @@
 
 use wharf_core::admin::{GcReport, JobProgress, PurgeReport, RegionStatus};
 
-/// `1.5 MiB`.
-pub fn bytes(n: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut n = n;
-    let mut unit = 0;
-    while n >= 1024.0 && unit + 1 < UNITS.len() {
-        n /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n:.0} B")
-    } else {
-        format!("{n:.1} {}", UNITS[unit])
-    }
-}
+use wharf_core::status::human_bytes as bytes;
 
 /// A finished (or current) job, in a few lines.
 pub fn job_summary(origin: &str, job: &JobProgress) {
@@ -125,7 +111,11 @@ pub fn status(all: &[(&str, RegionStatus)]) {
             let list: Vec<String> = peers
                 .iter()
                 .map(|(name, p)| {
-                    let ok = if p["ok"].as_bool() == Some(true) { "ok" } else { "DOWN" };
+                    let ok = if p["ok"].as_bool() == Some(true) {
+                        "ok"
+                    } else {
+                        "DOWN"
+                    };
                     format!("{name} {ok}")
                 })
                 .collect();

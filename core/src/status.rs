@@ -59,6 +59,26 @@ const ANSWER_RESULTS: [&str; 6] = [
     "passthrough",
 ];
 
+/// A byte count for people: `980.9 KiB`, `1.5 GiB`.
+pub fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    // Also an empty sum, which is -0.0.
+    if n.is_nan() || n <= 0.0 {
+        return "0 B".into();
+    }
+    let mut n = n;
+    let mut unit = 0;
+    while n >= 1024.0 && unit + 1 < UNITS.len() {
+        n /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n:.0} B")
+    } else {
+        format!("{n:.1} {}", UNITS[unit])
+    }
+}
+
 /// Reads the figures from Prometheus text (`/metrics`).
 pub fn summarize(text: &str) -> Summary {
     let metrics = parse(text);
@@ -225,6 +245,15 @@ not a sample line
         let empty = summarize("");
         assert_eq!(empty.hit_ratio, None);
         assert_eq!(format!("{}", empty.replication_backlog), "0", "not -0");
+    }
+
+    #[test]
+    fn byte_counts_for_people() {
+        assert_eq!(human_bytes(0.0), "0 B");
+        assert_eq!(human_bytes(-0.0), "0 B");
+        assert_eq!(human_bytes(1023.0), "1023 B");
+        assert_eq!(human_bytes(1536.0), "1.5 KiB");
+        assert_eq!(human_bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
     }
 
     #[test]

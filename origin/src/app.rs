@@ -6,7 +6,8 @@
 //!    that span with its status, so every OCI error is visible in the logs;
 //! 3. stamp — `X-Wharf-Region` / `X-Wharf-Replica` (who answered);
 //! 4. routes — `/v2/…` (the registry API), `/healthz`, `/readyz`,
-//!    `/metrics`, `/admin/…` (its own token: [`handlers::admin`]); on
+//!    `/metrics`, `/status` (the page: [`handlers::status_page`]),
+//!    `/admin/…` (its own token: [`handlers::admin`]); on
 //!    `/v2/…` only:
 //!    1. admit ([`handlers::admit`]) — the core parses the request, the
 //!       repository is resolved once, the token or ticket is checked;
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(handlers::health::healthz))
         .route("/readyz", get(handlers::health::readyz))
         .route("/metrics", get(handlers::health::metrics))
+        .route("/status", get(handlers::status_page::page))
         .route("/admin/gc", post(handlers::admin::gc))
         .route("/admin/status", get(handlers::admin::status))
         .route("/admin/purge", post(handlers::admin::purge))

@@ -40,6 +40,7 @@ pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod geo;
 pub mod handlers;
 pub mod hydrate;

@@ -60,6 +60,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Prewarming jobs.
     pub jobs: Arc<crate::warm::Jobs>,
+    /// Recent hydrations and evictions (the status page).
+    pub events: Arc<crate::events::Events>,
     /// Last-pull records and the collection.
     pub retention: Arc<Retention>,
     /// The admin API's bearer token (absent: no admin API).
@@ -182,7 +184,8 @@ impl AppState {
             .build()
             .map_err(|e| anyhow::anyhow!("building the replica client: {e}"))?;
         let rules = Arc::new(rules);
-        let blobs = Arc::new(blobs);
+        let events = Arc::new(crate::events::Events::default());
+        let blobs = Arc::new(blobs.with_events(events.clone()));
         let manifests = Arc::new(Manifests::new(
             store.clone(),
             links.clone(),
@@ -195,6 +198,7 @@ impl AppState {
             manifests.clone(),
             blobs.clone(),
             replicator.clone(),
+            events.clone(),
             config.retention.clone(),
         ));
         Ok(Self {
@@ -216,6 +220,7 @@ impl AppState {
             limits: Arc::new(Limits::new(&config.limits)),
             retention,
             jobs: Arc::default(),
+            events,
             admin_token: config.admin_token.as_deref().map(Arc::from),
         })
     }

@@ -15,6 +15,7 @@ pub mod blob;
 pub mod health;
 pub mod manifest;
 pub mod referrers;
+pub mod status_page;
 pub mod tags;
 
 use axum::Extension;

@@ -16,6 +16,7 @@ use super::upload::{Uploader, upload};
 use super::{BlobRequest, Blobs, Hydration, Phase, Progress};
 use crate::coalesce::Flights;
 use crate::error::Error;
+use crate::events::Event;
 use crate::links;
 use crate::metrics;
 use crate::store;
@@ -81,6 +82,14 @@ impl Blobs {
             if committed { "committed" } else { "failed" },
             started.elapsed().as_secs_f64(),
         );
+        self.events.emit(Event::Hydration {
+            at_ms: crate::events::now_ms(),
+            rule: registry.clone(),
+            digest: request.digest.to_string(),
+            size: guard.tx.borrow().written,
+            duration_ms: started.elapsed().as_millis() as u64,
+            ok: committed,
+        });
         metrics::hydrations_in_flight(-1.0);
         drop(guard);
     }

@@ -227,6 +227,8 @@ pub struct Blobs {
     store: Store,
     /// Blobs this process committed lately (see [`Blobs::recently_committed`]).
     recent: std::sync::Mutex<crate::bounded::ByteLru<(ObjectMeta, std::time::Instant)>>,
+    /// Where finished hydrations are told.
+    events: Arc<crate::events::Events>,
     /// This process's own spool directory (see [`Spool`]).
     spool: Spool,
     limits: HydrationLimits,
@@ -255,6 +257,7 @@ impl Blobs {
         Ok(Self {
             store,
             recent: std::sync::Mutex::new(crate::bounded::ByteLru::new(RECENT_BYTES)),
+            events: Arc::default(),
             disks: vec![("spool", spool_dir)],
             spool,
             limits: HydrationLimits::default(),
@@ -297,6 +300,12 @@ impl Blobs {
 
     /// Whether a new cold request for `request` may hydrate, from what is in
     /// flight now.
+    /// Tells `events` about every hydration that ends.
+    pub fn with_events(mut self, events: Arc<crate::events::Events>) -> Self {
+        self.events = events;
+        self
+    }
+
     /// Whether a new hydration for `request` would start now rather than
     /// pass the blob through (a prewarm waits for room instead).
     pub fn has_room(&self, request: &BlobRequest) -> bool {

@@ -12,6 +12,7 @@ use wharf_core::retention::{self, Image, ManifestLink, Policy, Reason, StoredBlo
 use wharf_core::{Digest, RepositoryName};
 
 use super::{Evicted, GcError, Report, Retention};
+use crate::events::Event;
 use crate::manifests::TagRecord;
 use crate::metrics;
 use crate::store::{self, Store};
@@ -351,6 +352,13 @@ impl Retention {
             self.write_json(GC_CANDIDATES_KEY, &next).await?;
             for e in &report.evicted {
                 metrics::evicted(&e.rule, &e.reason, e.bytes);
+                self.events.emit(Event::Eviction {
+                    at_ms: now,
+                    rule: e.rule.clone(),
+                    digest: e.image.rsplit_once('@').map_or("", |(_, d)| d).to_owned(),
+                    reason: e.reason.clone(),
+                    bytes: e.bytes,
+                });
             }
             for (rule, bytes) in &report.store_bytes {
                 metrics::store_bytes(rule, *bytes);

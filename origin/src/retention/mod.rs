@@ -125,6 +125,7 @@ pub struct Retention {
     manifests: Arc<Manifests>,
     blobs: Arc<Blobs>,
     replicator: Option<Replicator>,
+    events: Arc<crate::events::Events>,
     settings: RetentionSettings,
     /// Recorded on every manifest served.
     pub pulls: Pulls,
@@ -143,9 +144,11 @@ impl Retention {
         manifests: Arc<Manifests>,
         blobs: Arc<Blobs>,
         replicator: Option<Replicator>,
+        events: Arc<crate::events::Events>,
         settings: RetentionSettings,
     ) -> Self {
         Self {
+            events,
             manifests,
             replicator,
             pulls: Pulls::new(store.clone()),

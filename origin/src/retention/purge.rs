@@ -86,7 +86,15 @@ impl Retention {
             tag_keys.extend(self.tags_pointing_at(&tops).await?);
             report.digest = Some(top.to_string());
             report.manifests = manifests.iter().map(Digest::to_string).collect();
-            metrics::evicted(&self.rule_of(repo), "purged", 0);
+            let rule = self.rule_of(repo);
+            metrics::evicted(&rule, "purged", 0);
+            self.events.emit(crate::events::Event::Eviction {
+                at_ms: crate::events::now_ms(),
+                rule,
+                digest: top.to_string(),
+                reason: "purged".into(),
+                bytes: 0,
+            });
         }
         let tag_keys: Vec<String> = tag_keys.into_iter().collect();
         self.delete_all("tag", &tag_keys).await;

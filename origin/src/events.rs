@@ -1,0 +1,124 @@
+//! What happened lately: the notable events of this origin (a hydration
+//! finished or failed, an image was evicted), emitted at one place each
+//! and kept, a few of each kind, for the status page (`/status`).
+//!
+//! Events name rules and digests, never repositories: the status page is
+//! as public as `/metrics`, which has the same granularity.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Events kept per kind.
+pub const RECENT: usize = 20;
+
+/// One event.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A blob download ended: committed, or failed (nothing stored).
+    Hydration {
+        /// Unix ms.
+        at_ms: u64,
+        /// The rule it came through.
+        rule: String,
+        /// The blob.
+        digest: String,
+        /// Bytes fetched.
+        size: u64,
+        /// How long it took.
+        duration_ms: u64,
+        /// Stored (true) or failed.
+        ok: bool,
+    },
+    /// An image left the store's kept set.
+    Eviction {
+        /// Unix ms.
+        at_ms: u64,
+        /// Its rule.
+        rule: String,
+        /// Its top manifest.
+        digest: String,
+        /// expired, quota, purged.
+        reason: String,
+        /// Bytes only it held.
+        bytes: u64,
+    },
+}
+
+/// The recent events.
+#[derive(Default)]
+pub struct Events {
+    hydrations: Mutex<VecDeque<Event>>,
+    evictions: Mutex<VecDeque<Event>>,
+}
+
+/// Unix ms now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Events {
+    /// Records `event`.
+    pub fn emit(&self, event: Event) {
+        let ring = match event {
+            Event::Hydration { .. } => &self.hydrations,
+            Event::Eviction { .. } => &self.evictions,
+        };
+        let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() == RECENT {
+            ring.pop_front();
+        }
+        ring.push_back(event);
+    }
+
+    /// The recent hydrations, newest first.
+    pub fn hydrations(&self) -> Vec<Event> {
+        Self::newest_first(&self.hydrations)
+    }
+
+    /// The recent evictions, newest first.
+    pub fn evictions(&self) -> Vec<Event> {
+        Self::newest_first(&self.evictions)
+    }
+
+    fn newest_first(ring: &Mutex<VecDeque<Event>>) -> Vec<Event> {
+        let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().rev().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_keeps_its_newest() {
+        let events = Events::default();
+        for i in 0..(RECENT as u64 + 5) {
+            events.emit(Event::Hydration {
+                at_ms: i,
+                rule: "up".into(),
+                digest: format!("d{i}"),
+                size: i,
+                duration_ms: 1,
+                ok: true,
+            });
+        }
+        events.emit(Event::Eviction {
+            at_ms: 1,
+            rule: "up".into(),
+            digest: "e".into(),
+            reason: "quota".into(),
+            bytes: 3,
+        });
+        let h = events.hydrations();
+        assert_eq!(h.len(), RECENT);
+        assert!(matches!(&h[0], Event::Hydration { at_ms, .. } if *at_ms == RECENT as u64 + 4));
+        assert_eq!(events.evictions().len(), 1);
+    }
+}
