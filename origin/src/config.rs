@@ -24,6 +24,7 @@ use wharf_core::token::SigningKey;
 use wharf_core::{CacheRules, FreshnessPolicy, RuleSpec};
 
 use crate::limits::{HydrationLimits, LimitSettings};
+use crate::outbox::OutboxSettings;
 use crate::retention::RetentionSettings;
 use crate::store::S3Settings;
 use crate::store::embedded::EmbeddedSettings;
@@ -120,6 +121,7 @@ struct File {
     limits: Option<FileLimits>,
     retention: Option<FileRetention>,
     admin: Option<FileAdmin>,
+    events: Option<FileEvents>,
     auth: Option<FileAuth>,
     #[serde(default)]
     rule: Vec<FileRule>,
@@ -333,6 +335,62 @@ impl FileRetention {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
+struct FileEvents {
+    webhook: Option<String>,
+    secret: Option<String>,
+    outbox_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    retry_min: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retry_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+}
+
+impl FileEvents {
+    /// `[events]`, validated; `None` without a webhook. `default_dir`:
+    /// where the outbox goes unless told.
+    fn build(self, env: &Env<'_>, default_dir: &Path) -> anyhow::Result<Option<OutboxSettings>> {
+        let Some(webhook) = env("WHARF_EVENTS_WEBHOOK").or(self.webhook) else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(&webhook)
+            .map_err(|e| anyhow::anyhow!("events.webhook {webhook:?}: {e}"))?;
+        anyhow::ensure!(
+            matches!(url.scheme(), "http" | "https"),
+            "events.webhook {webhook:?}: expected an http:// or https:// URL"
+        );
+        let secret = env("WHARF_EVENTS_SECRET").or(self.secret).ok_or_else(|| {
+            anyhow::anyhow!(
+                "events.webhook is set but no signing secret: set WHARF_EVENTS_SECRET (or events.secret) to at least 16 random characters"
+            )
+        })?;
+        reject_placeholder("WHARF_EVENTS_SECRET (or events.secret)", &secret)?;
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "WHARF_EVENTS_SECRET (or events.secret) is {} characters; use at least 16 random ones",
+            secret.len()
+        );
+        let retry_min = self.retry_min.unwrap_or(Duration::from_secs(1));
+        let retry_max = self.retry_max.unwrap_or(Duration::from_secs(300));
+        anyhow::ensure!(
+            !retry_min.is_zero() && retry_min <= retry_max,
+            "events.retry_min ({retry_min:?}) must be above 0 and at most events.retry_max ({retry_max:?})"
+        );
+        Ok(Some(OutboxSettings {
+            webhook,
+            secret,
+            dir: self.outbox_dir.unwrap_or_else(|| default_dir.to_owned()),
+            retry_min,
+            retry_max,
+            max_age: self.max_age.unwrap_or(Duration::from_secs(7 * 86_400)),
+            source: String::new(),
+        }))
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 struct FileAdmin {
     token: Option<String>,
 }
@@ -479,6 +537,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// The admin API's bearer token; `None`: no admin API.
     pub admin_token: Option<String>,
+    /// The webhook and its outbox (`[events]`); `None`: no webhook.
+    pub events: Option<OutboxSettings>,
     /// Token checking; `None` leaves the origin open.
     pub auth: Option<AuthConfig>,
     /// Regions, replicas and peers; `None` for a single-region origin.
@@ -557,6 +617,14 @@ impl Config {
         let limits = file.limits.unwrap_or_default().build()?;
         let retention = file.retention.unwrap_or_default().build(&rules)?;
         let admin_token = admin_token(file.admin.unwrap_or_default(), env)?;
+        let outbox_default = data
+            .as_ref()
+            .map(|d| d.join("outbox"))
+            .unwrap_or_else(|| spool_dir.with_file_name("wharf-outbox"));
+        let events = file
+            .events
+            .unwrap_or_default()
+            .build(env, &outbox_default)?;
         Ok(Config {
             listen,
             storage,
@@ -573,6 +641,7 @@ impl Config {
             upstream_breaker,
             retention,
             admin_token,
+            events,
             auth,
             geo,
         })

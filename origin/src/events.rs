@@ -1,9 +1,12 @@
-//! What happened lately: the notable events of this origin (a hydration
-//! finished or failed, an image was evicted), emitted at one place each
-//! and kept, a few of each kind, for the status page (`/status`).
+//! What happened: the notable events of this origin (a hydration finished
+//! or failed, an image was evicted, a tag moved, the region's health
+//! changed), emitted at one place each. A few of each kind are kept for the
+//! status page (`/status`), and every one goes to the webhook outbox when
+//! one is configured ([`crate::outbox`]).
 //!
-//! Events name rules and digests, never repositories: the status page is
-//! as public as `/metrics`, which has the same granularity.
+//! The status page shows rules and digests, never the `repository` an
+//! event carries: it is as public as `/metrics`, which has the same
+//! granularity; the webhook receiver is the operators' own.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -24,6 +27,8 @@ pub enum Event {
         at_ms: u64,
         /// The rule it came through.
         rule: String,
+        /// The repository it was fetched for.
+        repository: String,
         /// The blob.
         digest: String,
         /// Bytes fetched.
@@ -39,6 +44,8 @@ pub enum Event {
         at_ms: u64,
         /// Its rule.
         rule: String,
+        /// Its repository.
+        repository: String,
         /// Its top manifest.
         digest: String,
         /// expired, quota, purged.
@@ -46,13 +53,41 @@ pub enum Event {
         /// Bytes only it held.
         bytes: u64,
     },
+    /// A revalidation found that a tag points at another manifest.
+    TagMoved {
+        /// Unix ms.
+        at_ms: u64,
+        /// Its rule.
+        rule: String,
+        /// Its repository.
+        repository: String,
+        /// The tag.
+        tag: String,
+        /// The manifest it pointed at.
+        from: String,
+        /// The manifest it points at now.
+        to: String,
+    },
+    /// This region's readiness changed (`ok`, `degraded`, `down`).
+    RegionHealth {
+        /// Unix ms.
+        at_ms: u64,
+        /// The region (none for a single-region origin).
+        region: Option<String>,
+        /// Before.
+        from: String,
+        /// Now.
+        to: String,
+    },
 }
 
-/// The recent events.
+/// The recent events, and the outbox they go to.
 #[derive(Default)]
 pub struct Events {
     hydrations: Mutex<VecDeque<Event>>,
     evictions: Mutex<VecDeque<Event>>,
+    others: Mutex<VecDeque<Event>>,
+    outbox: Option<std::sync::Arc<crate::outbox::Outbox>>,
 }
 
 /// Unix ms now.
@@ -63,11 +98,23 @@ pub fn now_ms() -> u64 {
 }
 
 impl Events {
-    /// Records `event`.
+    /// Events that also go to `outbox`.
+    pub fn with_outbox(outbox: std::sync::Arc<crate::outbox::Outbox>) -> Self {
+        Self {
+            outbox: Some(outbox),
+            ..Self::default()
+        }
+    }
+
+    /// Records `event` (and queues it for the webhook).
     pub fn emit(&self, event: Event) {
+        if let Some(outbox) = &self.outbox {
+            outbox.queue(&event);
+        }
         let ring = match event {
             Event::Hydration { .. } => &self.hydrations,
             Event::Eviction { .. } => &self.evictions,
+            Event::TagMoved { .. } | Event::RegionHealth { .. } => &self.others,
         };
         let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
         if ring.len() == RECENT {
@@ -103,6 +150,7 @@ mod tests {
             events.emit(Event::Hydration {
                 at_ms: i,
                 rule: "up".into(),
+                repository: "up/app".into(),
                 digest: format!("d{i}"),
                 size: i,
                 duration_ms: 1,
@@ -112,6 +160,7 @@ mod tests {
         events.emit(Event::Eviction {
             at_ms: 1,
             rule: "up".into(),
+            repository: "up/app".into(),
             digest: "e".into(),
             reason: "quota".into(),
             bytes: 3,

@@ -30,6 +30,9 @@
 //! * [`warm`] — prewarming jobs (`wharf warm`).
 //! * [`retention`] — keep windows, quota, last-pull records and the
 //!   two-phase collection of what no kept image needs.
+//! * [`events`] — what happened (hydrations, evictions, moved tags, health
+//!   changes), for the status page and [`outbox`] — the durable, signed
+//!   CloudEvents webhook.
 //! * [`metrics`] — every metric name; [`error`] — the one error type;
 //!   [`bounded`] — maps bounded in bytes.
 
@@ -48,6 +51,7 @@ pub mod limits;
 pub mod links;
 pub mod manifests;
 pub mod metrics;
+pub mod outbox;
 pub mod passthrough;
 pub mod referrers;
 pub mod replicate;
@@ -74,6 +78,31 @@ use crate::store::Store;
 /// A multipart upload this old was left by a process that died: the
 /// longest hydration a live one completes or aborts is far shorter.
 const ORPHAN_AGE: Duration = Duration::from_secs(6 * 3600);
+
+/// Tells the events (status page, webhook) when this region's readiness
+/// changes (`ok`, `degraded`, `down`), checked every 10 s.
+fn watch_health(state: AppState) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        let mut last: Option<String> = None;
+        loop {
+            every.tick().await;
+            let (_, doc) = handlers::health::readiness(&state).await;
+            let now = doc["status"].as_str().unwrap_or("down").to_owned();
+            if let Some(before) = last.replace(now.clone())
+                && before != now
+            {
+                tracing::warn!(from = before, to = now, "region health changed");
+                state.events.emit(events::Event::RegionHealth {
+                    at_ms: events::now_ms(),
+                    region: state.geo.as_ref().map(|g| g.region.clone()),
+                    from: before,
+                    to: now,
+                });
+            }
+        }
+    });
+}
 
 /// Runs the origin on `listener` until `shutdown` resolves, then drains:
 /// open requests and in-flight hydrations get `config.shutdown_grace` to
@@ -142,6 +171,7 @@ pub async fn run(
     );
     // The free-space gauges from the start, not from the first cold pull.
     state.blobs.disks();
+    watch_health(state.clone());
     state.retention.spawn();
     let retention = state.retention.clone();
     let blobs = state.blobs.clone();

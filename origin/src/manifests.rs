@@ -148,6 +148,8 @@ pub struct Manifests {
     /// bounded in bytes.
     tags: Mutex<ByteLru<TagRecord>>,
     flights: SharedFlights<String, (Manifest, CacheStatus), Error>,
+    /// Where moved tags are told.
+    events: Arc<crate::events::Events>,
 }
 
 /// The error of a manifest flight whose task ended without a result.
@@ -171,7 +173,14 @@ impl Manifests {
             replicator,
             tags: Mutex::new(ByteLru::new(TAG_RECORDS_BYTES)),
             flights: SharedFlights::new(lost_flight),
+            events: Arc::default(),
         }
+    }
+
+    /// Tells `events` when a revalidation finds that a tag moved.
+    pub fn with_events(mut self, events: Arc<crate::events::Events>) -> Self {
+        self.events = events;
+        self
     }
 
     /// Resolves `tag` under the freshness policy, shortened to `max_age`
@@ -324,10 +333,20 @@ impl Manifests {
                     .await
                     .map(|m| (m, CacheStatus::Miss))
             }
-            Revalidation::Fetch => self
-                .fetch_tag(req, tag, key)
-                .await
-                .map(|m| (m, CacheStatus::Miss)),
+            Revalidation::Fetch => {
+                let m = self.fetch_tag(req, tag, key).await?;
+                if m.digest != record.digest {
+                    self.events.emit(crate::events::Event::TagMoved {
+                        at_ms: now,
+                        rule: registry,
+                        repository: req.canonical.to_string(),
+                        tag: tag.to_string(),
+                        from: record.digest.to_string(),
+                        to: m.digest.to_string(),
+                    });
+                }
+                Ok((m, CacheStatus::Miss))
+            }
             Revalidation::Gone => {
                 self.forget_tag(key).await;
                 Err(Error::ManifestUnknown {

@@ -69,6 +69,14 @@ pub const STORE_BYTES: &str = "wharf_store_bytes";
 /// Last-pull records, by `result` (written: a link rewritten at a flush;
 /// dropped: more distinct images pulled between two flushes than are kept).
 pub const PULL_RECORDS: &str = "wharf_pull_records_total";
+/// Webhook events, by `result`: queued (written to the outbox), delivered,
+/// failed (one delivery attempt), dropped (the writer was behind), lost
+/// (not written), expired (older than `events.max_age`).
+pub const EVENTS: &str = "wharf_events_total";
+/// Events in the outbox now.
+pub const OUTBOX: &str = "wharf_events_outbox";
+/// Age of the oldest event in the outbox (0 when empty).
+pub const OUTBOX_OLDEST: &str = "wharf_events_oldest_age_seconds";
 
 /// Builds the Prometheus recorder, installs it as the process's recorder and
 /// returns the handle `/metrics` renders from.
@@ -309,6 +317,18 @@ pub fn register(rules: &[String], peers: &[String], replicas: usize) {
     for result in ["written", "dropped"] {
         counter!(PULL_RECORDS, "result" => result).increment(0);
     }
+    for result in [
+        "queued",
+        "delivered",
+        "failed",
+        "dropped",
+        "lost",
+        "expired",
+    ] {
+        counter!(EVENTS, "result" => result).increment(0);
+    }
+    gauge!(OUTBOX).increment(0.0);
+    gauge!(OUTBOX_OLDEST).increment(0.0);
     for p in peers {
         for result in ["hit", "miss", "error"] {
             counter!(PEER_FETCHES, "region" => p.clone(), "result" => result).increment(0);
@@ -322,4 +342,18 @@ pub fn register(rules: &[String], peers: &[String], replicas: usize) {
             counter!(FORWARDED, "result" => result).increment(0);
         }
     }
+}
+
+/// Counts webhook events.
+pub fn events(result: &'static str, n: u64) {
+    counter!(EVENTS, "result" => result).increment(n);
+}
+
+/// Sets the outbox's size and the age of its oldest event.
+pub fn outbox(len: usize, oldest_ms: Option<u64>) {
+    gauge!(OUTBOX).set(len as f64);
+    let age = oldest_ms.map_or(0.0, |q| {
+        crate::events::now_ms().saturating_sub(q) as f64 / 1000.0
+    });
+    gauge!(OUTBOX_OLDEST).set(age);
 }

@@ -184,21 +184,40 @@ impl AppState {
             .build()
             .map_err(|e| anyhow::anyhow!("building the replica client: {e}"))?;
         let rules = Arc::new(rules);
-        let events = Arc::new(crate::events::Events::default());
+        let events = Arc::new(match &config.events {
+            Some(settings) => {
+                let source = match &config.geo {
+                    Some(g) => format!(
+                        "wharf://{}/{}",
+                        g.region,
+                        g.advertise.as_deref().unwrap_or("origin")
+                    ),
+                    None => format!("wharf://{}", config.listen),
+                };
+                let outbox = crate::outbox::Outbox::start(crate::outbox::OutboxSettings {
+                    source,
+                    ..settings.clone()
+                })
+                .map_err(|e| anyhow::anyhow!("events outbox {}: {e}", settings.dir.display()))?;
+                crate::events::Events::with_outbox(outbox)
+            }
+            None => crate::events::Events::default(),
+        });
         let blobs = Arc::new(blobs.with_events(events.clone()));
-        let manifests = Arc::new(Manifests::new(
-            store.clone(),
-            links.clone(),
-            replicator.clone(),
-        ));
+        let manifests = Arc::new(
+            Manifests::new(store.clone(), links.clone(), replicator.clone())
+                .with_events(events.clone()),
+        );
         let retention = Arc::new(Retention::new(
-            store.clone(),
-            rules.clone(),
-            links.clone(),
-            manifests.clone(),
-            blobs.clone(),
-            replicator.clone(),
-            events.clone(),
+            crate::retention::Services {
+                store: store.clone(),
+                rules: rules.clone(),
+                links: links.clone(),
+                manifests: manifests.clone(),
+                blobs: blobs.clone(),
+                replicator: replicator.clone(),
+                events: events.clone(),
+            },
             config.retention.clone(),
         ));
         Ok(Self {

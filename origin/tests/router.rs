@@ -54,6 +54,7 @@ fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) ->
         upstream_breaker: Default::default(),
         retention: Default::default(),
         admin_token: None,
+        events: None,
         auth: None,
         geo: None,
     };

@@ -270,6 +270,7 @@ fn hydrations(html: &mut String, recent: &[Event]) {
             size,
             duration_ms,
             ok,
+            ..
         } = e
         {
             let _ = write!(
@@ -303,6 +304,7 @@ fn evictions(html: &mut String, recent: &[Event]) {
             digest,
             reason,
             bytes,
+            ..
         } = e
         {
             let _ = write!(

@@ -85,6 +85,7 @@ impl Blobs {
         self.events.emit(Event::Hydration {
             at_ms: crate::events::now_ms(),
             rule: registry.clone(),
+            repository: request.canonical.to_string(),
             digest: request.digest.to_string(),
             size: guard.tx.borrow().written,
             duration_ms: started.elapsed().as_millis() as u64,

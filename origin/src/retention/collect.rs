@@ -17,6 +17,10 @@ use crate::manifests::TagRecord;
 use crate::metrics;
 use crate::store::{self, Store};
 
+/// How long a new lease is left to settle before it is read back (far
+/// above one store round trip).
+const LEASE_SETTLE: Duration = Duration::from_millis(500);
+
 /// How long a lease holds if its holder dies mid-pass.
 const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -132,9 +136,13 @@ impl Retention {
             until_ms: now + LEASE_TTL.as_millis() as u64,
         };
         self.write_json(GC_LEASE_KEY, &mine).await?;
-        // Two replicas that both saw the lease free both wrote it; the
-        // store keeps the last write, and the one that reads another's id
-        // steps back.
+        // Two replicas that both saw the lease free both write it, the
+        // store keeps the last write, and the one that then reads another's
+        // id steps back. Reading back only after a pause covers a
+        // competitor whose read came before our write and whose write
+        // comes after it (one round trip later): by the time we read,
+        // its write has landed.
+        tokio::time::sleep(LEASE_SETTLE).await;
         match self.read_json::<Lease>(GC_LEASE_KEY).await? {
             Some(l) if l.holder != self.holder => Err(GcError::Busy {
                 holder: l.holder,
@@ -352,10 +360,12 @@ impl Retention {
             self.write_json(GC_CANDIDATES_KEY, &next).await?;
             for e in &report.evicted {
                 metrics::evicted(&e.rule, &e.reason, e.bytes);
+                let (repository, digest) = e.image.rsplit_once('@').unwrap_or((&e.image, ""));
                 self.events.emit(Event::Eviction {
                     at_ms: now,
                     rule: e.rule.clone(),
-                    digest: e.image.rsplit_once('@').map_or("", |(_, d)| d).to_owned(),
+                    repository: repository.to_owned(),
+                    digest: digest.to_owned(),
                     reason: e.reason.clone(),
                     bytes: e.bytes,
                 });

@@ -10,8 +10,9 @@
 //! 1. Flush the last-pull records ([`Pulls`]): a pulled image's manifest
 //!    link is rewritten, batched, so the link's `LastModified` is its last
 //!    pull.
-//! 2. Take the lease (`gc/lease`, a record in the bucket with an expiry):
-//!    replicas sharing the bucket do not run two passes at once. The lease
+//! 2. Take the lease (`gc/lease`, a record in the bucket with an expiry,
+//!    written, left to settle for half a second, read back): replicas
+//!    sharing the bucket do not run two passes at once. The lease
 //!    saves work; safety does not depend on it — two passes decide the same
 //!    things from the same records, and deletes are idempotent.
 //! 3. List links, manifests, blobs; read every stored manifest's
@@ -117,6 +118,26 @@ pub enum GcError {
     Store(#[from] crate::store::Error),
 }
 
+/// What retention works with: the store and the services whose memory a
+/// pass keeps true (links, tags, recent commits) or asks (downloads and
+/// copies in flight).
+pub struct Services {
+    /// The region's bucket.
+    pub store: Store,
+    /// The cache rules (an image's rule).
+    pub rules: Arc<CacheRules>,
+    /// Links (forgotten when deleted).
+    pub links: Arc<Links>,
+    /// Manifests (deleted tag records forgotten).
+    pub manifests: Arc<Manifests>,
+    /// Hydrations (in flight; deleted blobs forgotten).
+    pub blobs: Arc<Blobs>,
+    /// Copies to the peer regions (in flight).
+    pub replicator: Option<Replicator>,
+    /// Where evictions are told.
+    pub events: Arc<crate::events::Events>,
+}
+
 /// The retention machinery of one origin process.
 pub struct Retention {
     store: Store,
@@ -136,26 +157,26 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// Retention over `store` under `settings`.
-    pub fn new(
-        store: Store,
-        rules: Arc<CacheRules>,
-        links: Arc<Links>,
-        manifests: Arc<Manifests>,
-        blobs: Arc<Blobs>,
-        replicator: Option<Replicator>,
-        events: Arc<crate::events::Events>,
-        settings: RetentionSettings,
-    ) -> Self {
-        Self {
-            events,
+    /// Retention with `services` under `settings`.
+    pub fn new(services: Services, settings: RetentionSettings) -> Self {
+        let Services {
+            store,
+            rules,
+            links,
             manifests,
+            blobs,
             replicator,
+            events,
+        } = services;
+        Self {
             pulls: Pulls::new(store.clone()),
             store,
             rules,
             links,
+            manifests,
             blobs,
+            replicator,
+            events,
             settings,
             holder: uuid::Uuid::new_v4().to_string(),
             running: tokio::sync::Mutex::new(()),

@@ -91,6 +91,7 @@ impl Retention {
             self.events.emit(crate::events::Event::Eviction {
                 at_ms: crate::events::now_ms(),
                 rule,
+                repository: repo.to_string(),
                 digest: top.to_string(),
                 reason: "purged".into(),
                 bytes: 0,
