@@ -72,6 +72,15 @@ impl Dockerd {
     /// Starts dockerd under `<test dir>/dockerd`, with
     /// `--registry-mirror <mirror>` when given, and waits for its API.
     pub async fn start(dir: &TestDir, mirror: Option<&str>) -> Result<Dockerd> {
+        Dockerd::start_with(dir, "{}", mirror).await
+    }
+
+    /// Like [`Dockerd::start`], with `daemon_json` as `/etc/docker/daemon.json`.
+    pub async fn start_with(
+        dir: &TestDir,
+        daemon_json: &str,
+        mirror: Option<&str>,
+    ) -> Result<Dockerd> {
         let dockerd = require_tool("dockerd", "docker.io")?;
         let docker = require_tool("docker", "docker.io (or docker-cli)")?;
         require_tool("containerd", "containerd")?;
@@ -80,7 +89,7 @@ impl Dockerd {
         let sock = sockets.path().join("docker.sock");
         let exec_root = sockets.path().join("exec");
         let config = base.join("daemon.json");
-        std::fs::write(&config, "{}")?;
+        std::fs::write(&config, daemon_json)?;
         let client_config = base.join("client");
         std::fs::create_dir_all(&client_config)?;
         let data_root = base.join("data");
@@ -230,6 +239,47 @@ impl Dockerd {
             .nth(1)
             .context("RepoDigest without @")?
             .to_owned())
+    }
+
+    /// Runs `script` with `sh`, its `docker` talking to this dockerd (and
+    /// its client configuration), with `env` — a README guide as written.
+    pub async fn sh(&self, script: &str, env: &[(&str, &str)]) -> Result<String> {
+        let sh = require_tool("sh", "dash")?;
+        let mut all = vec![
+            (
+                "DOCKER_HOST".to_owned(),
+                format!("unix://{}", self.sock.display()),
+            ),
+            (
+                "DOCKER_CONFIG".to_owned(),
+                self.client_config.display().to_string(),
+            ),
+            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+        ];
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let out = run_tool(&sh, &args(&["-c", script]), &all, PULL_TIMEOUT)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}\n----- dockerd.log (tail) -----\n{}",
+                    self.daemon.log_tail(15)
+                )
+            })?;
+        Ok(out.stdout)
+    }
+
+    /// The repo digests dockerd recorded for `reference`.
+    pub async fn repo_digests(&self, reference: &str) -> Result<Vec<String>> {
+        let out = self
+            .docker(&[
+                "image",
+                "inspect",
+                "--format",
+                "{{json .RepoDigests}}",
+                reference,
+            ])
+            .await?;
+        serde_json::from_str(out.trim()).with_context(|| format!("parsing RepoDigests {out:?}"))
     }
 
     /// `docker image rm` (to pull again).
@@ -411,6 +461,26 @@ disabled_plugins = [
         self.pull_with_hosts_dir(&hosts, reference).await
     }
 
+    /// `ctr images pull` of `reference` with `hosts_toml` as the
+    /// `hosts.toml` of `registry` (e.g. `docker.io`) — a README guide as
+    /// written.
+    pub async fn pull_with_hosts_toml(
+        &self,
+        registry: &str,
+        hosts_toml: &str,
+        reference: &str,
+    ) -> Result<String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let hosts = self.base.join(format!(
+            "certs.d-guide-{}",
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let dir = hosts.join(registry);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("hosts.toml"), hosts_toml)?;
+        self.pull_with_hosts_dir(&hosts, reference).await
+    }
+
     /// `ctr images pull` of `reference` (`host:port/repo:tag`, plain HTTP)
     /// with a `hosts.toml` that adds `headers` to every request to that
     /// host — how a node sends a fixed header (here the edge's test-only
@@ -565,6 +635,12 @@ impl Podman {
         Ok(run_tool(&self.podman, &full, &self.env, PULL_TIMEOUT)
             .await?
             .stdout)
+    }
+
+    /// Replaces `registries.conf` (a README guide as written).
+    pub fn set_registries_conf(&self, content: &str) -> Result<()> {
+        std::fs::write(self.base.join("registries.conf"), content)?;
+        Ok(())
     }
 
     /// `podman pull --tls-verify=false <reference>`; returns the image's

@@ -474,7 +474,12 @@ impl EdgeStack {
     ) -> Result<EdgeStack> {
         let s3_port = free_port();
         let opts = OriginOpts {
-            rules: vec![(PRIVATE_PREFIX.to_owned(), UPSTREAM_URL.to_owned())],
+            // `docker.io` too: the README's client guides pull Docker Hub
+            // names (tests/tests/client_guides.rs).
+            rules: vec![
+                (PRIVATE_PREFIX.to_owned(), UPSTREAM_URL.to_owned()),
+                ("docker.io".to_owned(), UPSTREAM_URL.to_owned()),
+            ],
             tag_ttl: Some(tag_ttl),
             config_toml: Some(format!(
                 "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\nbucket = \"{BUCKET}\"\n\
@@ -509,7 +514,11 @@ impl EdgeStack {
                     },
                     EdgeRegion::new("us", &origin_proxy.url(), &["SA"]),
                 ],
-                rules: vec![rule(RULE_PREFIX, false), rule(PRIVATE_PREFIX, true)],
+                rules: vec![
+                    rule(RULE_PREFIX, false),
+                    rule(PRIVATE_PREFIX, true),
+                    rule("docker.io", false),
+                ],
                 tag_ttl,
                 stale_if_error: Duration::from_secs(3600),
                 extra_vars: edge_vars,

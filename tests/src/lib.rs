@@ -36,6 +36,7 @@ pub mod clients;
 pub mod edge;
 pub mod garage;
 pub mod geo;
+pub mod guides;
 pub mod hostile;
 pub mod images;
 pub mod origin;
