@@ -81,6 +81,27 @@ impl Dockerd {
         daemon_json: &str,
         mirror: Option<&str>,
     ) -> Result<Dockerd> {
+        Dockerd::launch(dir, daemon_json, mirror, None).await
+    }
+
+    /// Like [`Dockerd::start_with`], with dockerd's registry traffic to
+    /// hosts other than loopback sent through the HTTP proxy `proxy` (a
+    /// test proxy that answers for made-up hostnames such as regional
+    /// ones, so nothing leaves the machine).
+    pub async fn start_behind_proxy(
+        dir: &TestDir,
+        daemon_json: &str,
+        proxy: &str,
+    ) -> Result<Dockerd> {
+        Dockerd::launch(dir, daemon_json, None, Some(proxy)).await
+    }
+
+    async fn launch(
+        dir: &TestDir,
+        daemon_json: &str,
+        mirror: Option<&str>,
+        proxy: Option<&str>,
+    ) -> Result<Dockerd> {
         let dockerd = require_tool("dockerd", "docker.io")?;
         let docker = require_tool("docker", "docker.io (or docker-cli)")?;
         require_tool("containerd", "containerd")?;
@@ -119,6 +140,11 @@ impl Dockerd {
         }
         for (k, v) in crate::process::sealed_env() {
             cmd.env(k, v);
+        }
+        if let Some(p) = proxy {
+            for k in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"] {
+                cmd.env(k, p);
+            }
         }
         // dockerd bind-mounts its data root; in a private mount namespace
         // such mounts vanish with it even when it is SIGKILLed.

@@ -46,6 +46,7 @@ mod tests {
     fn every_guide_the_tests_run_is_in_the_readme() {
         for name in [
             "docker-by-name",
+            "docker-regional",
             "docker-daemon-json",
             "docker-mirror-pull",
             "containerd-hosts-toml",

@@ -11,8 +11,9 @@
 use std::time::Duration;
 
 use wharf_tests::clients::{Containerd, Dockerd, Podman};
-use wharf_tests::edge::{EdgeStack, USER};
+use wharf_tests::edge::{EdgeStack, GLOBAL_HOST, USER};
 use wharf_tests::guides::{guide, localize};
+use wharf_tests::upstream::Proxy;
 use wharf_tests::{ImageSpec, OriginOpts, Stack, UPSTREAM_URL, UpstreamAuth};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,4 +151,86 @@ async fn docker_follows_the_origin_only_guide() {
         digests.iter().any(|d| d.ends_with(&alpine.manifest_digest)),
         "{digests:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_follows_the_regional_hostname_guide() {
+    let es = EdgeStack::start("client-guide-regional", Duration::from_secs(300))
+        .await
+        .unwrap();
+    let alpine = ImageSpec::docker(&[100_000])
+        .push(&es.stack.upstream, "library/alpine", "3.20")
+        .await
+        .unwrap();
+    // `eu.wharf.test` resolves nowhere: dockerd reaches it through a test
+    // proxy that hands every request to the edge, Host header and all (as
+    // DNS would send it to Cloudflare).
+    let edge: std::net::SocketAddr = es.edge.host().parse().unwrap();
+    let resolver = Proxy::counting(edge).await.unwrap();
+    let global = format!("{GLOBAL_HOST}:{}", edge.port());
+    let regional = format!("eu.{global}");
+    let dockerd = Dockerd::start_behind_proxy(
+        &es.stack.dir,
+        &format!(r#"{{"insecure-registries": ["{regional}"]}}"#),
+        &resolver.url(),
+    )
+    .await
+    .unwrap();
+    let script = localize(
+        &guide("docker-regional").unwrap(),
+        &global,
+        &es.stack.origin_host(),
+    );
+    assert!(
+        script.contains(&format!("docker pull {regional}/")),
+        "{script}"
+    );
+    dockerd.sh(&script, &[]).await.unwrap();
+    let digests = dockerd
+        .repo_digests(&format!("{regional}/docker.io/library/alpine:3.20"))
+        .await
+        .unwrap();
+    assert!(
+        digests.iter().any(|d| d.ends_with(&alpine.manifest_digest)),
+        "{digests:?}"
+    );
+    assert!(
+        resolver.counts().total() > 0,
+        "the pull went to the edge by its regional name"
+    );
+    // And a regional name pins its region: the same request by name,
+    // through the same proxy, is answered by that region (`us` too, which
+    // the global name would not pick here).
+    let via = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(resolver.url()).unwrap())
+        .build()
+        .unwrap();
+    let token: serde_json::Value = via
+        .get(format!("http://{regional}/token"))
+        .query(&[
+            ("service", GLOBAL_HOST),
+            ("scope", "repository:docker.io/library/alpine:pull"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for region in ["eu", "us"] {
+        let r = via
+            .head(format!(
+                "http://{region}.{global}/v2/docker.io/library/alpine/manifests/3.20"
+            ))
+            .header(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .bearer_auth(token["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-wharf-region"], region);
+    }
 }
