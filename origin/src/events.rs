@@ -88,6 +88,8 @@ pub struct Events {
     evictions: Mutex<VecDeque<Event>>,
     others: Mutex<VecDeque<Event>>,
     outbox: Option<std::sync::Arc<crate::outbox::Outbox>>,
+    /// The region's health as last evaluated.
+    health: Mutex<Option<String>>,
 }
 
 /// Unix ms now.
@@ -121,6 +123,27 @@ impl Events {
             ring.pop_front();
         }
         ring.push_back(event);
+    }
+
+    /// The region's readiness was evaluated as `status`: a change from the
+    /// last evaluation is a [`Event::RegionHealth`] (the first one is not).
+    pub fn observe_health(&self, region: Option<String>, status: &str) {
+        let before = {
+            let mut last = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            match last.as_deref() {
+                Some(b) if b == status => return,
+                _ => last.replace(status.to_owned()),
+            }
+        };
+        if let Some(from) = before {
+            tracing::warn!(from, to = status, "region health changed");
+            self.emit(Event::RegionHealth {
+                at_ms: now_ms(),
+                region,
+                from,
+                to: status.to_owned(),
+            });
+        }
     }
 
     /// The recent hydrations, newest first.
@@ -165,6 +188,14 @@ mod tests {
             reason: "quota".into(),
             bytes: 3,
         });
+        events.observe_health(None, "ok");
+        events.observe_health(None, "ok");
+        events.observe_health(None, "degraded");
+        let others = events.others.lock().unwrap().clone();
+        assert_eq!(others.len(), 1, "only the change is an event");
+        assert!(
+            matches!(&others[0], Event::RegionHealth { from, to, .. } if from == "ok" && to == "degraded")
+        );
         let h = events.hydrations();
         assert_eq!(h.len(), RECENT);
         assert!(matches!(&h[0], Event::Hydration { at_ms, .. } if *at_ms == RECENT as u64 + 4));

@@ -79,27 +79,14 @@ use crate::store::Store;
 /// longest hydration a live one completes or aborts is far shorter.
 const ORPHAN_AGE: Duration = Duration::from_secs(6 * 3600);
 
-/// Tells the events (status page, webhook) when this region's readiness
-/// changes (`ok`, `degraded`, `down`), checked every 10 s.
+/// Evaluates this region's readiness every 10 s, so that a change is
+/// told (status page, webhook) even when nobody asks `/readyz`.
 fn watch_health(state: AppState) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(10));
-        let mut last: Option<String> = None;
         loop {
             every.tick().await;
-            let (_, doc) = handlers::health::readiness(&state).await;
-            let now = doc["status"].as_str().unwrap_or("down").to_owned();
-            if let Some(before) = last.replace(now.clone())
-                && before != now
-            {
-                tracing::warn!(from = before, to = now, "region health changed");
-                state.events.emit(events::Event::RegionHealth {
-                    at_ms: events::now_ms(),
-                    region: state.geo.as_ref().map(|g| g.region.clone()),
-                    from: before,
-                    to: now,
-                });
-            }
+            handlers::health::readiness(&state).await;
         }
     });
 }

@@ -1,5 +1,5 @@
 //! Issue 15, events that are not lost: CloudEvents 1.0 webhooks for
-//! hydrations, evictions and moved tags, signed with HMAC-SHA256, retried
+//! hydrations, evictions, moved tags and region health changes, signed with HMAC-SHA256, retried
 //! while the receiver is down, and durable — the origin is killed (SIGKILL)
 //! with events queued and the receiver down, both come back, and the
 //! receiver sees every event exactly once.
@@ -148,8 +148,8 @@ async fn events_queued_while_the_receiver_is_down_survive_a_sigkill_and_arrive_o
     .unwrap();
     // Nothing more comes: each once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all = received.clone();
     let received = received.lock().unwrap().clone();
-    server.abort();
     assert_eq!(received.len(), 5, "{received:#?}");
     let mut types: BTreeMap<String, usize> = BTreeMap::new();
     let mut ids = std::collections::BTreeSet::new();
@@ -214,4 +214,71 @@ async fn events_queued_while_the_receiver_is_down_survive_a_sigkill_and_arrive_o
         origin.metric("wharf_events_outbox", &[]).await.unwrap(),
         0.0
     );
+
+    // The region's health: an upstream whose circuit opens degrades it,
+    // and it recovers; each change is an event (seen when the readiness is
+    // evaluated: here by `/readyz`, otherwise every 10 s).
+    let readyz = |base: String| async move {
+        let v: serde_json::Value = http_client()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["status"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(readyz(s.base()).await, "ok");
+    s.upstream.set_fault(wharf_tests::Fault::Status(503));
+    for _ in 0..6 {
+        let _ =
+            wharf_tests::clients::get_manifest(&http_client(), &s.base(), "up/team/other", "v1")
+                .await;
+    }
+    assert_eq!(readyz(s.base()).await, "degraded");
+    s.upstream.set_fault(wharf_tests::Fault::None);
+    let base = s.base();
+    wait_until("the region to recover", Duration::from_secs(20), || {
+        let base = base.clone();
+        async move {
+            // A request lets the circuit's probe through.
+            let _ = wharf_tests::clients::get_manifest(&http_client(), &base, "up/team/app", "v1")
+                .await;
+            Ok(readyz(base).await == "ok")
+        }
+    })
+    .await
+    .unwrap();
+    wait_until("the health events", Duration::from_secs(20), || {
+        let n = all
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, e, _)| e["type"] == "dev.wharf.region.health_changed")
+            .count();
+        async move { Ok(n >= 2) }
+    })
+    .await
+    .unwrap();
+    let changes: Vec<(String, String)> = all
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, e, _)| e["type"] == "dev.wharf.region.health_changed")
+        .map(|(_, _, e, _)| {
+            (
+                e["data"]["from"].as_str().unwrap().to_owned(),
+                e["data"]["to"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("ok".to_owned(), "degraded".to_owned()),
+            ("degraded".to_owned(), "ok".to_owned())
+        ]
+    );
+    server.abort();
 }

@@ -39,7 +39,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// The readiness document (`/readyz`'s body, the admin status's `health`)
-/// and whether the store answered.
+/// and whether the store answered. Every evaluation is also an observation
+/// of the region's health: a change is an event.
 pub async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let store = check_store(&state.store, "this region's object store", None).await;
     let store_ok = store["ok"].as_bool().unwrap_or(false);
@@ -87,6 +88,9 @@ pub async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
         "checks": { "store": store, "upstreams": upstreams, "peer_regions": peers, "disk": disks },
         "hydrations_in_flight": state.blobs.in_flight_count(),
     });
+    state
+        .events
+        .observe_health(state.geo.as_ref().map(|g| g.region.clone()), status);
     (store_ok, body)
 }
 
