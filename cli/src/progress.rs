@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wharf_core::admin::{JobProgress, JobState};
+use wharf_core::status::short_digest;
 
 use crate::POLL;
 use crate::admin::{Admin, Failure};
@@ -60,7 +61,7 @@ impl Bars {
             let b = self.blobs.entry(key).or_insert_with(|| {
                 let b = self.multi.add(ProgressBar::new(blob.size.max(1)));
                 b.set_style(style.clone());
-                b.set_prefix(short(&blob.digest));
+                b.set_prefix(short_digest(&blob.digest));
                 b
             });
             b.set_position(blob.done.min(blob.size.max(1)));
@@ -73,16 +74,6 @@ impl Bars {
             bar.finish_with_message(format!("job {} {:?}", job.id, job.state).to_lowercase());
         }
     }
-}
-
-/// `sha256:abcdef…` → `abcdef012345`.
-fn short(digest: &str) -> String {
-    digest
-        .split_once(':')
-        .map_or(digest, |(_, h)| h)
-        .chars()
-        .take(12)
-        .collect()
 }
 
 /// Polls every job until each has finished; returns their last progress.

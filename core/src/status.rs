@@ -79,6 +79,16 @@ pub fn human_bytes(n: f64) -> String {
     }
 }
 
+/// A digest for people: `sha256:0123456789ab…` → `0123456789ab`.
+pub fn short_digest(digest: &str) -> String {
+    digest
+        .split_once(':')
+        .map_or(digest, |(_, h)| h)
+        .chars()
+        .take(12)
+        .collect()
+}
+
 /// Reads the figures from Prometheus text (`/metrics`).
 pub fn summarize(text: &str) -> Summary {
     let metrics = parse(text);

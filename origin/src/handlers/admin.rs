@@ -51,7 +51,13 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<RegionStatus>> {
     authorize(&state, &headers)?;
-    let (_, health) = super::health::readiness(&state).await;
+    Ok(Json(region_status(&state).await))
+}
+
+/// This region as its status shows it: health (as `/readyz`), the figures
+/// read from this origin's own metrics, running jobs.
+pub async fn region_status(state: &AppState) -> RegionStatus {
+    let (_, health) = super::health::readiness(state).await;
     let text = state
         .metrics
         .as_ref()
@@ -63,13 +69,13 @@ pub async fn status(
         .into_iter()
         .filter(|j| j.state == JobState::Running)
         .count();
-    Ok(Json(RegionStatus {
+    RegionStatus {
         region: state.geo.as_ref().map(|g| g.region.clone()),
         replica: state.geo.as_ref().and_then(|g| g.advertise.clone()),
         health,
         figures: wharf_core::status::summarize(&text),
         jobs_running: running,
-    }))
+    }
 }
 
 /// `POST /admin/jobs`.

@@ -15,8 +15,10 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use wharf_core::status::{Summary, human_bytes};
+use wharf_core::status::{Summary, human_bytes, short_digest};
 use wharf_core::utc::UtcDateTime;
+
+use wharf_core::admin::RegionStatus;
 
 use crate::events::{self, Event};
 use crate::state::AppState;
@@ -24,14 +26,12 @@ use crate::warm::JobState;
 
 /// `GET /status`.
 pub async fn page(State(state): State<AppState>) -> Response {
-    let (_, health) = super::health::readiness(&state).await;
-    let text = state
-        .metrics
-        .as_ref()
-        .map(|h| h.render())
-        .unwrap_or_default();
-    let figures = wharf_core::status::summarize(&text);
-    let region = state.geo.as_ref().map(|g| g.region.clone());
+    let RegionStatus {
+        region,
+        health,
+        figures,
+        ..
+    } = super::admin::region_status(&state).await;
     let mut html = String::with_capacity(16 * 1024);
     head(&mut html, region.as_deref(), &health);
     cards(&mut html, &figures);
@@ -69,16 +69,6 @@ fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// `sha256:0123456789ab…` → `0123456789ab`.
-fn short(digest: &str) -> String {
-    digest
-        .split_once(':')
-        .map_or(digest, |(_, h)| h)
-        .chars()
-        .take(12)
-        .collect()
 }
 
 const STYLE: &str = "\
@@ -278,7 +268,7 @@ fn hydrations(html: &mut String, recent: &[Event]) {
                 "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{duration_ms} ms</td><td class=\"{}\">{}</td></tr>",
                 ago(*at_ms),
                 esc(rule),
-                esc(&short(digest)),
+                esc(&short_digest(digest)),
                 human_bytes(*size as f64),
                 if *ok { "good" } else { "bad" },
                 if *ok { "stored" } else { "failed" }
@@ -312,7 +302,7 @@ fn evictions(html: &mut String, recent: &[Event]) {
                 "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                 ago(*at_ms),
                 esc(rule),
-                esc(&short(digest)),
+                esc(&short_digest(digest)),
                 esc(reason),
                 human_bytes(*bytes as f64)
             );
