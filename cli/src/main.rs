@@ -210,128 +210,160 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             platforms,
             all_platforms: _,
             detach,
-        } => {
-            for image in &images {
-                ImageRef::parse(image).map_err(|e| {
-                    Failure::Usage(format!("{image:?}: {e} (write name:tag or name@sha256:…)"))
-                })?;
-            }
-            let request = WarmRequest { images, platforms };
-            let mut jobs = Vec::new();
-            for admin in &admins {
-                jobs.push((admin, admin.start_warm(&request).await?));
-            }
-            if detach {
-                let ids: Vec<_> = jobs
-                    .iter()
-                    .map(|(a, j)| serde_json::json!({"origin": a.url(), "region": a.region(), "id": j.id}))
-                    .collect();
-                if json {
-                    println!("{}", serde_json::Value::from(ids));
-                } else {
-                    for (a, j) in &jobs {
-                        println!(
-                            "{} {}  (follow: wharf --origin {} jobs {} --follow)",
-                            a.label(),
-                            j.id,
-                            a.url(),
-                            j.id
-                        );
-                    }
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let finished = progress::follow(&jobs, !json).await?;
-            if json {
+        } => warm(&admins, WarmRequest { images, platforms }, detach, json).await,
+        Command::Jobs { id, cancel, follow } => match id {
+            None => list_jobs(&admins, json).await,
+            Some(id) => job(&admins[0], &id, cancel, follow, json).await,
+        },
+        Command::Status => status(&admins, json).await,
+        Command::Purge { image } => purge(&admins, &image, json).await,
+        Command::Gc { dry_run } => gc(&admins, dry_run, json).await,
+    }
+}
+
+fn check_image(image: &str) -> Result<(), Failure> {
+    ImageRef::parse(image)
+        .map(drop)
+        .map_err(|e| Failure::Usage(format!("{image:?}: {e} (write name:tag or name@sha256:…)")))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// `wharf warm`: one job per origin, followed unless detached.
+async fn warm(
+    admins: &[Admin],
+    request: WarmRequest,
+    detach: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    for image in &request.images {
+        check_image(image)?;
+    }
+    let mut jobs = Vec::new();
+    for admin in admins {
+        jobs.push((admin, admin.start_warm(&request).await?));
+    }
+    if detach {
+        if json {
+            let ids: Vec<_> = jobs
+                .iter()
+                .map(|(a, j)| serde_json::json!({"origin": a.url(), "region": a.region(), "id": j.id}))
+                .collect();
+            print_json(&ids);
+        } else {
+            for (a, j) in &jobs {
                 println!(
-                    "{}",
-                    serde_json::to_string_pretty(&finished).unwrap_or_default()
+                    "{} {}  (follow: wharf --origin {} jobs {} --follow)",
+                    a.label(),
+                    j.id,
+                    a.url(),
+                    j.id
                 );
-            } else {
-                for (admin, job) in jobs.iter().map(|(a, _)| a).zip(&finished) {
-                    render::job_summary(admin.label(), job);
-                }
             }
-            Ok(exit_for(finished.iter().map(|j| j.state)))
         }
-        Command::Jobs { id, cancel, follow } => {
-            let Some(id) = id else {
-                let mut all = Vec::new();
-                for admin in &admins {
-                    all.push((admin.label(), admin.jobs().await?));
-                }
-                if json {
-                    let v: Vec<_> = all.iter().flat_map(|(_, js)| js).collect();
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                } else {
-                    render::jobs(&all);
-                }
-                return Ok(ExitCode::SUCCESS);
-            };
-            let admin = &admins[0];
-            let job = if cancel {
-                admin.cancel(&id).await?
-            } else if follow {
-                let started = admin.job(&id).await?;
-                progress::follow(&[(admin, started)], !json)
-                    .await?
-                    .remove(0)
-            } else {
-                admin.job(&id).await?
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
-            } else {
-                render::job_summary(admin.label(), &job);
-            }
-            Ok(exit_for(std::iter::once(job.state).filter(|_| !cancel)))
-        }
-        Command::Status => {
-            let mut all = Vec::new();
-            for admin in &admins {
-                all.push((admin.label(), admin.status().await?));
-            }
-            if json {
-                let v: Vec<_> = all.iter().map(|(_, s)| s).collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                render::status(&all);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Purge { image } => {
-            ImageRef::parse(&image).map_err(|e| {
-                Failure::Usage(format!("{image:?}: {e} (write name:tag or name@sha256:…)"))
-            })?;
-            for admin in &admins {
-                let report = admin
-                    .purge(&PurgeRequest {
-                        image: image.clone(),
-                    })
-                    .await?;
-                if json {
-                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                } else {
-                    render::purge(admin.label(), &image, &report);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Gc { dry_run } => {
-            for admin in &admins {
-                let report = admin.gc(dry_run).await?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).unwrap_or_default()
-                    );
-                } else {
-                    render::gc(admin.label(), &report);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        return Ok(ExitCode::SUCCESS);
+    }
+    let finished = progress::follow(&jobs, !json).await?;
+    if json {
+        print_json(&finished);
+    } else {
+        for ((admin, _), job) in jobs.iter().zip(&finished) {
+            render::job_summary(admin.label(), job);
         }
     }
+    Ok(exit_for(finished.iter().map(|j| j.state)))
+}
+
+/// `wharf jobs`.
+async fn list_jobs(admins: &[Admin], json: bool) -> Result<ExitCode, Failure> {
+    let mut all = Vec::new();
+    for admin in admins {
+        all.push((admin.label(), admin.jobs().await?));
+    }
+    if json {
+        let v: Vec<_> = all.iter().flat_map(|(_, js)| js).collect();
+        print_json(&v);
+    } else {
+        render::jobs(&all);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wharf jobs ID [--cancel | --follow]`.
+async fn job(
+    admin: &Admin,
+    id: &str,
+    cancel: bool,
+    follow: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let job = if cancel {
+        admin.cancel(id).await?
+    } else if follow {
+        let started = admin.job(id).await?;
+        progress::follow(&[(admin, started)], !json)
+            .await?
+            .remove(0)
+    } else {
+        admin.job(id).await?
+    };
+    if json {
+        print_json(&job);
+    } else {
+        render::job_summary(admin.label(), &job);
+    }
+    Ok(exit_for(std::iter::once(job.state).filter(|_| !cancel)))
+}
+
+/// `wharf status`.
+async fn status(admins: &[Admin], json: bool) -> Result<ExitCode, Failure> {
+    let mut all = Vec::new();
+    for admin in admins {
+        all.push((admin.label(), admin.status().await?));
+    }
+    if json {
+        let v: Vec<_> = all.iter().map(|(_, s)| s).collect();
+        print_json(&v);
+    } else {
+        render::status(&all);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wharf purge IMAGE`.
+async fn purge(admins: &[Admin], image: &str, json: bool) -> Result<ExitCode, Failure> {
+    check_image(image)?;
+    for admin in admins {
+        let report = admin
+            .purge(&PurgeRequest {
+                image: image.to_owned(),
+            })
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            render::purge(admin.label(), image, &report);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wharf gc [--dry-run]`.
+async fn gc(admins: &[Admin], dry_run: bool, json: bool) -> Result<ExitCode, Failure> {
+    for admin in admins {
+        let report = admin.gc(dry_run).await?;
+        if json {
+            print_json(&report);
+        } else {
+            render::gc(admin.label(), &report);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// 0 when every job is done, else 1.

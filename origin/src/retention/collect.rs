@@ -216,6 +216,45 @@ impl Retention {
         let refs = self.references(&inv.manifests).await?;
         let rule_of = |repo: &RepositoryName| self.rule_of(repo);
         let images = retention::images(&inv.manifest_links, &refs, &inv.sizes, rule_of);
+        let mut report = Report {
+            dry_run,
+            images: images.len(),
+            ..Report::default()
+        };
+        let (kept, evicted) = self.evictions(&images, now, &mut report);
+        // Eviction: the images' manifest links and the tag records that
+        // point at them.
+        let (mut link_keys, tops) = eviction_keys(&evicted);
+        let tag_keys = self.tags_pointing_at(&tops).await?;
+        let previous = self
+            .read_json::<Candidates>(GC_CANDIDATES_KEY)
+            .await?
+            .unwrap_or_default();
+        let in_flight = self.in_flight();
+        let grace = self.settings.grace.as_millis() as u64;
+        let mut sweep = sweep_plan(&inv, &kept, &previous, &in_flight, grace, now);
+        link_keys.append(&mut sweep.unlink);
+        report.links_deleted = link_keys.len();
+        report.tags_deleted = tag_keys.len();
+        if !dry_run {
+            self.carry_out(&link_keys, &tag_keys, &mut sweep, &in_flight, &report, now)
+                .await?;
+        }
+        report.candidates = sweep.next.blobs.len() + sweep.next.manifests.len();
+        report.deleted_bytes = sweep.doomed.iter().map(|(_, n)| n).sum();
+        report.deleted = sweep.doomed.into_iter().map(|(k, _)| k).collect();
+        Ok(report)
+    }
+
+    /// Which images go (keep windows, then the quota), recorded in
+    /// `report` with the bytes each rule's kept images hold; returns the
+    /// kept and the evicted images.
+    fn evictions(
+        &self,
+        images: &[Image],
+        now: u64,
+        report: &mut Report,
+    ) -> (Vec<Image>, Vec<Image>) {
         let s = &self.settings;
         let policy = Policy {
             keep_ms: s
@@ -226,26 +265,19 @@ impl Retention {
             high_watermark: s.quota_high,
             low_watermark: s.quota_low,
         };
-        let evictions = retention::evict(&images, &policy, now);
+        let evictions = retention::evict(images, &policy, now);
         let gone: BTreeMap<&str, (Reason, u64)> = evictions
             .iter()
             .map(|(k, reason, freed)| (k.as_str(), (*reason, *freed)))
             .collect();
-        let (evicted, kept): (Vec<&Image>, Vec<&Image>) = images
+        let (evicted, kept): (Vec<Image>, Vec<Image>) = images
             .iter()
+            .cloned()
             .partition(|i| gone.contains_key(i.key.as_str()));
-        let kept: Vec<Image> = kept.into_iter().cloned().collect();
-
-        let mut report = Report {
-            dry_run,
-            images: images.len(),
-            ..Report::default()
-        };
-        for key in evictions.iter().map(|(k, _, _)| k) {
+        for (key, reason, bytes) in &evictions {
             let Some(image) = evicted.iter().find(|i| &i.key == key) else {
                 continue;
             };
-            let (reason, bytes) = gone[key.as_str()];
             report.evicted.push(Evicted {
                 image: image.key.clone(),
                 rule: image.rule.clone(),
@@ -254,7 +286,7 @@ impl Retention {
                     Reason::Quota => "quota",
                 }
                 .to_owned(),
-                bytes,
+                bytes: *bytes,
             });
         }
         for image in &kept {
@@ -267,133 +299,73 @@ impl Retention {
                 .sum();
             *report.store_bytes.entry(image.rule.clone()).or_default() += held;
         }
+        (kept, evicted)
+    }
 
-        // Eviction: the images' manifest links and the tag records that
-        // point at them.
-        let mut link_keys: Vec<String> = Vec::new();
-        let mut tops: BTreeMap<RepositoryName, BTreeSet<Digest>> = BTreeMap::new();
-        for image in &evicted {
-            let Some((repo, top)) = image.key.rsplit_once('@') else {
-                continue;
-            };
-            let (Ok(repo), Ok(top)) = (RepositoryName::parse(repo), Digest::parse(top)) else {
-                continue;
-            };
-            link_keys.extend(
-                image
-                    .manifests
-                    .iter()
-                    .map(|d| store::manifest_link_key(&repo, d)),
-            );
-            tops.entry(repo).or_default().insert(top);
+    /// Deletes what the pass decided, in the order that keeps every pull
+    /// whole: links and tag records, then the candidates' record, then
+    /// bytes (of blobs no repository got a link to meanwhile).
+    async fn carry_out(
+        &self,
+        link_keys: &[String],
+        tag_keys: &[String],
+        sweep: &mut SweepPlan,
+        in_flight: &BTreeSet<Digest>,
+        report: &Report,
+        now: u64,
+    ) -> Result<(), GcError> {
+        self.delete_all("link", link_keys).await;
+        for key in link_keys {
+            self.links.forget(key);
         }
-        let tag_keys = self.tags_pointing_at(&tops).await?;
-
-        // The sweep.
-        let previous = self
-            .read_json::<Candidates>(GC_CANDIDATES_KEY)
-            .await?
-            .unwrap_or_default();
-        let grace = s.grace.as_millis() as u64;
-        let in_flight = self.in_flight();
-        let blobs = retention::sweep(&inv.blobs, &kept, &in_flight, &previous.blobs, grace, now);
-        let manifests = retention::sweep(
-            &inv.manifests,
-            &kept,
-            &BTreeSet::new(),
-            &previous.manifests,
-            grace,
-            now,
-        );
-        let mut next = Candidates::default();
-        let mut doomed: Vec<(String, u64)> = Vec::new();
-        // Unreferenced and still linked: unlink now, count the grace window
-        // from now.
-        for (d, since) in blobs.candidates {
-            match inv.blob_links.get(d) {
-                Some(repos) => {
-                    link_keys.extend(repos.iter().map(|r| store::blob_link_key(r, d)));
-                    next.blobs.insert(d.clone(), now);
-                }
-                None => {
-                    next.blobs.insert(d.clone(), since);
-                }
+        self.delete_all("tag", tag_keys).await;
+        for key in tag_keys {
+            self.manifests.forget_remembered(key);
+        }
+        // A blob that got a link since the listing (a repository's
+        // upstream served it meanwhile) stays, and starts over.
+        let relinked = Inventory::take_links(&self.store).await?;
+        let next = &mut sweep.next;
+        sweep.doomed.retain(|(key, _)| match StoreKey::parse(key) {
+            Some(StoreKey::Blob(d)) if relinked.contains(&d) || in_flight.contains(&d) => {
+                next.blobs.insert(d, now);
+                false
             }
-        }
-        for d in blobs.delete {
-            match inv.blob_links.get(d) {
-                Some(repos) => {
-                    link_keys.extend(repos.iter().map(|r| store::blob_link_key(r, d)));
-                    next.blobs.insert(d.clone(), now);
-                }
-                None => doomed.push((store::blob_key(d), inv.sizes[d])),
-            }
-        }
-        for (d, since) in manifests.candidates {
-            next.manifests.insert(d.clone(), since);
-        }
-        for d in manifests.delete {
-            doomed.push((store::manifest_key(d), inv.sizes[d]));
-        }
-
-        report.links_deleted = link_keys.len();
-        report.tags_deleted = tag_keys.len();
-        if !dry_run {
-            self.delete_all("link", &link_keys).await;
-            for key in &link_keys {
-                self.links.forget(key);
-            }
-            self.delete_all("tag", &tag_keys).await;
-            for key in &tag_keys {
-                self.manifests.forget_remembered(key);
-            }
-            // A blob that got a link since the listing (a repository's
-            // upstream served it meanwhile) stays, and starts over.
-            let relinked = Inventory::take_links(&self.store).await?;
-            doomed.retain(|(key, _)| match StoreKey::parse(key) {
-                Some(StoreKey::Blob(d)) if relinked.contains(&d) || in_flight.contains(&d) => {
-                    next.blobs.insert(d, now);
-                    false
-                }
-                _ => true,
+            _ => true,
+        });
+        self.write_json(GC_CANDIDATES_KEY, &sweep.next).await?;
+        for e in &report.evicted {
+            metrics::evicted(&e.rule, &e.reason, e.bytes);
+            let (repository, digest) = e.image.rsplit_once('@').unwrap_or((&e.image, ""));
+            self.events.emit(Event::Eviction {
+                at_ms: now,
+                rule: e.rule.clone(),
+                repository: repository.to_owned(),
+                digest: digest.to_owned(),
+                reason: e.reason.clone(),
+                bytes: e.bytes,
             });
-            self.write_json(GC_CANDIDATES_KEY, &next).await?;
-            for e in &report.evicted {
-                metrics::evicted(&e.rule, &e.reason, e.bytes);
-                let (repository, digest) = e.image.rsplit_once('@').unwrap_or((&e.image, ""));
-                self.events.emit(Event::Eviction {
-                    at_ms: now,
-                    rule: e.rule.clone(),
-                    repository: repository.to_owned(),
-                    digest: digest.to_owned(),
-                    reason: e.reason.clone(),
-                    bytes: e.bytes,
-                });
-            }
-            for (rule, bytes) in &report.store_bytes {
-                metrics::store_bytes(rule, *bytes);
-            }
-            metrics::gc_candidates(next.blobs.len() + next.manifests.len());
-            for (key, len) in &doomed {
-                match self.store.delete(key).await {
-                    Ok(()) => {
-                        let kind = match StoreKey::parse(key) {
-                            Some(StoreKey::Blob(d)) => {
-                                self.blobs.forget_committed(&d);
-                                "blob"
-                            }
-                            _ => "manifest",
-                        };
-                        metrics::gc_deleted(kind, 1, *len);
-                    }
-                    Err(e) => tracing::warn!(key, error = %e, "not deleted; the next pass retries"),
+        }
+        for (rule, bytes) in &report.store_bytes {
+            metrics::store_bytes(rule, *bytes);
+        }
+        metrics::gc_candidates(sweep.next.blobs.len() + sweep.next.manifests.len());
+        for (key, len) in &sweep.doomed {
+            match self.store.delete(key).await {
+                Ok(()) => {
+                    let kind = match StoreKey::parse(key) {
+                        Some(StoreKey::Blob(d)) => {
+                            self.blobs.forget_committed(&d);
+                            "blob"
+                        }
+                        _ => "manifest",
+                    };
+                    metrics::gc_deleted(kind, 1, *len);
                 }
+                Err(e) => tracing::warn!(key, error = %e, "not deleted; the next pass retries"),
             }
         }
-        report.candidates = next.blobs.len() + next.manifests.len();
-        report.deleted_bytes = doomed.iter().map(|(_, n)| n).sum();
-        report.deleted = doomed.into_iter().map(|(k, _)| k).collect();
-        Ok(report)
+        Ok(())
     }
 
     /// The tag records of `tops`' repositories that point at one of them.
@@ -457,4 +429,86 @@ impl Inventory {
             })
             .collect())
     }
+}
+
+/// The evicted images' manifest links, and their top manifests by
+/// repository (whose tag records go too).
+fn eviction_keys(evicted: &[Image]) -> (Vec<String>, BTreeMap<RepositoryName, BTreeSet<Digest>>) {
+    let mut link_keys = Vec::new();
+    let mut tops: BTreeMap<RepositoryName, BTreeSet<Digest>> = BTreeMap::new();
+    for image in evicted {
+        let Some((repo, top)) = image.key.rsplit_once('@') else {
+            continue;
+        };
+        let (Ok(repo), Ok(top)) = (RepositoryName::parse(repo), Digest::parse(top)) else {
+            continue;
+        };
+        link_keys.extend(
+            image
+                .manifests
+                .iter()
+                .map(|d| store::manifest_link_key(&repo, d)),
+        );
+        tops.entry(repo).or_default().insert(top);
+    }
+    (link_keys, tops)
+}
+
+/// What the sweep does this pass.
+struct SweepPlan {
+    /// The candidates to record for the next pass.
+    next: Candidates,
+    /// Objects to delete now, with their sizes.
+    doomed: Vec<(String, u64)>,
+    /// Links of unreferenced blobs, withdrawn now.
+    unlink: Vec<String>,
+}
+
+/// The core's two sweeps (blobs, manifests) and the links rule: an
+/// unreferenced blob that still has links loses them now and counts its
+/// grace window from now; only an unlinked one is deleted.
+fn sweep_plan(
+    inv: &Inventory,
+    kept: &[Image],
+    previous: &Candidates,
+    in_flight: &BTreeSet<Digest>,
+    grace: u64,
+    now: u64,
+) -> SweepPlan {
+    let blobs = retention::sweep(&inv.blobs, kept, in_flight, &previous.blobs, grace, now);
+    let manifests = retention::sweep(
+        &inv.manifests,
+        kept,
+        &BTreeSet::new(),
+        &previous.manifests,
+        grace,
+        now,
+    );
+    let mut plan = SweepPlan {
+        next: Candidates::default(),
+        doomed: Vec::new(),
+        unlink: Vec::new(),
+    };
+    let candidates = blobs.candidates.into_iter();
+    let due = blobs.delete.into_iter().map(|d| (d, None));
+    for (d, since) in candidates.map(|(d, t)| (d, Some(t))).chain(due) {
+        match (inv.blob_links.get(d), since) {
+            (Some(repos), _) => {
+                plan.unlink
+                    .extend(repos.iter().map(|r| store::blob_link_key(r, d)));
+                plan.next.blobs.insert(d.clone(), now);
+            }
+            (None, Some(since)) => {
+                plan.next.blobs.insert(d.clone(), since);
+            }
+            (None, None) => plan.doomed.push((store::blob_key(d), inv.sizes[d])),
+        }
+    }
+    for (d, since) in manifests.candidates {
+        plan.next.manifests.insert(d.clone(), since);
+    }
+    for d in manifests.delete {
+        plan.doomed.push((store::manifest_key(d), inv.sizes[d]));
+    }
+    plan
 }
