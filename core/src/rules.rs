@@ -51,18 +51,106 @@ pub struct RuleSpec {
     pub private: bool,
     /// How long tags stay fresh, and stale-if-error.
     pub freshness: FreshnessPolicy,
+    /// The upstream repository prefix the rest of a name maps under (`hub/app`
+    /// → `myorg/app` with `myorg`); empty: the upstream's root.
+    pub upstream_prefix: String,
+    /// Which repositories and tags may be pulled through.
+    pub filter: Filter,
 }
 
 impl RuleSpec {
-    /// A public rule with the default freshness.
+    /// A public rule with the default freshness, mapped to the upstream's
+    /// root, letting everything through.
     pub fn new(prefix: impl Into<String>, upstream: impl Into<String>) -> RuleSpec {
         RuleSpec {
             prefix: prefix.into(),
             upstream: upstream.into(),
             private: false,
             freshness: FreshnessPolicy::default(),
+            upstream_prefix: String::new(),
+            filter: Filter::EMPTY,
         }
     }
+}
+
+/// Which repositories (and tags) a rule lets through: glob patterns over
+/// the repository name *at the upstream* (`library/alpine`, `acme/*`,
+/// `acme/**`) and over tags (`v*`, `latest`). `*` and `?` stay within a
+/// path segment; `**` crosses them. A deny pattern wins over an allow
+/// pattern; an empty allow list allows everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Repositories that may be pulled (empty: all).
+    pub allow: Vec<String>,
+    /// Repositories that may not.
+    pub deny: Vec<String>,
+    /// Tags that may be pulled by tag (empty: all). Digests are not
+    /// filtered: a digest pulled through a tag was allowed by that tag.
+    pub allow_tags: Vec<String>,
+    /// Tags that may not.
+    pub deny_tags: Vec<String>,
+}
+
+impl Filter {
+    /// Lets everything through.
+    pub const EMPTY: Filter = Filter {
+        allow: Vec::new(),
+        deny: Vec::new(),
+        allow_tags: Vec::new(),
+        deny_tags: Vec::new(),
+    };
+
+    /// Why `value` is refused by `allow`/`deny`, if it is.
+    fn refuses(allow: &[String], deny: &[String], value: &str) -> Option<String> {
+        if let Some(p) = deny.iter().find(|p| glob(p, value)) {
+            return Some(format!("it matches the deny pattern `{p}`"));
+        }
+        if !allow.is_empty() && !allow.iter().any(|p| glob(p, value)) {
+            return Some(format!(
+                "it matches none of the allowed patterns ({})",
+                allow.join(", ")
+            ));
+        }
+        None
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for p in self.allow.iter().chain(&self.deny) {
+            if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains("//") {
+                return Err(format!(
+                    "repository pattern `{p}` must be a name with `*`, `**` or `?`, e.g. `library/*`"
+                ));
+            }
+        }
+        for p in self.allow_tags.iter().chain(&self.deny_tags) {
+            if p.is_empty() || p.contains('/') {
+                return Err(format!(
+                    "tag pattern `{p}` must be a tag with `*` or `?`, e.g. `v1.*`"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Glob match: `**` any run of characters, `*` any run without `/`, `?`
+/// one character that is not `/`; everything else literally.
+pub fn glob(pattern: &str, value: &str) -> bool {
+    fn go(p: &[u8], v: &[u8]) -> bool {
+        match p {
+            [] => v.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=v.len()).any(|i| go(rest, &v[i..])),
+            [b'*', rest @ ..] => {
+                let stop = v.iter().position(|&c| c == b'/').unwrap_or(v.len());
+                (0..=stop).any(|i| go(rest, &v[i..]))
+            }
+            [b'?', rest @ ..] => matches!(v, [c, tail @ ..] if *c != b'/' && go(rest, tail)),
+            [c, rest @ ..] => matches!(v, [d, tail @ ..] if d == c && go(rest, tail)),
+        }
+    }
+    // Patterns and names are short (names ≤ 255 bytes); the recursion is
+    // bounded by the pattern's length.
+    pattern.len() <= 255 && value.len() <= 255 && go(pattern.as_bytes(), value.as_bytes())
 }
 
 /// Why a rule set is invalid, or why a name does not resolve.
@@ -131,6 +219,16 @@ pub enum RuleError {
         /// The prefix of the rule that owns that canonical name.
         owner: String,
     },
+    /// The rule's allow/deny lists refuse the repository or tag.
+    #[error("rule `{prefix}` does not let `{what}` through: {why}")]
+    Filtered {
+        /// The rule's prefix.
+        prefix: String,
+        /// The repository (`name`) or `name:tag` refused.
+        what: String,
+        /// Which pattern decided.
+        why: String,
+    },
     /// The upstream or canonical name would be invalid (in practice: longer than 255).
     #[error("repository `{name}` cannot be cached under this rule: {source}")]
     Name {
@@ -148,7 +246,7 @@ impl RuleError {
         match self {
             RuleError::NoRule { .. } | RuleError::EmptyRemainder { .. } => ErrorCode::NameUnknown,
             RuleError::Name { .. } => ErrorCode::NameInvalid,
-            RuleError::Aliased { .. } => ErrorCode::Denied,
+            RuleError::Aliased { .. } | RuleError::Filtered { .. } => ErrorCode::Denied,
             RuleError::InvalidPrefix { .. }
             | RuleError::InvalidUpstream { .. }
             | RuleError::DuplicatePrefix { .. } => ErrorCode::Unknown,
@@ -173,6 +271,8 @@ pub struct Resolved {
     pub private: bool,
     /// The rule's tag freshness ([`RuleSpec::freshness`]).
     pub freshness: FreshnessPolicy,
+    /// The rule's tag patterns (allow, deny): see [`Resolved::admit_tag`].
+    pub tag_filter: (Vec<String>, Vec<String>),
 }
 
 /// A validated, non-overlapping-prefix rule set.
@@ -205,6 +305,22 @@ impl CacheRules {
                     first,
                     second: index,
                 });
+            }
+            spec.filter
+                .validate()
+                .map_err(|reason| RuleError::InvalidPrefix {
+                    index,
+                    prefix: spec.prefix.clone(),
+                    reason,
+                })?;
+            if !spec.upstream_prefix.is_empty() {
+                RepositoryName::parse(&spec.upstream_prefix).map_err(|e| {
+                    RuleError::InvalidPrefix {
+                        index,
+                        prefix: spec.prefix.clone(),
+                        reason: format!("upstream_prefix `{}`: {e}", spec.upstream_prefix),
+                    }
+                })?;
             }
             let (upstream, authority) =
                 parse_upstream(&spec.upstream).map_err(|reason| RuleError::InvalidUpstream {
@@ -336,18 +452,30 @@ impl CacheRules {
         requested: impl FnOnce() -> String,
     ) -> Result<Resolved, RuleError> {
         let rule = &self.rules[idx];
-        let upstream_repo = if self.is_docker_hub(idx) && !repo.contains('/') {
-            format!("library/{repo}")
-        } else {
-            repo.to_owned()
+        let repo =
+            if self.is_docker_hub(idx) && !repo.contains('/') && rule.upstream_prefix.is_empty() {
+                format!("library/{repo}")
+            } else {
+                repo.to_owned()
+            };
+        let upstream_repo = match rule.upstream_prefix.as_str() {
+            "" => repo.clone(),
+            under => format!("{under}/{repo}"),
         };
+        if let Some(why) = Filter::refuses(&rule.filter.allow, &rule.filter.deny, &upstream_repo) {
+            return Err(RuleError::Filtered {
+                prefix: rule.prefix.clone(),
+                what: format!("{}/{repo}", rule.prefix),
+                why,
+            });
+        }
         let parse = |s: String| {
             RepositoryName::parse(&s).map_err(|source| RuleError::Name {
                 name: crate::digest::excerpt(&s),
                 source,
             })
         };
-        let canonical = parse(format!("{}/{}", rule.prefix, upstream_repo))?;
+        let canonical = parse(format!("{}/{}", rule.prefix, repo))?;
         if let Some((owner, _)) = self.by_prefix(canonical.as_str())
             && owner != idx
         {
@@ -366,7 +494,39 @@ impl CacheRules {
             canonical,
             private: rule.private,
             freshness: rule.freshness,
+            tag_filter: (
+                rule.filter.allow_tags.clone(),
+                rule.filter.deny_tags.clone(),
+            ),
         })
+    }
+}
+
+impl Resolved {
+    /// Whether the rule lets `request` through: a manifest by tag is
+    /// subject to the rule's tag patterns (the repository's were applied by
+    /// [`CacheRules::resolve`]). Both deployables ask right after resolving.
+    pub fn admit(&self, request: &crate::ApiRequest) -> Result<(), RuleError> {
+        match request {
+            crate::ApiRequest::Manifest {
+                reference: crate::Reference::Tag(tag),
+                ..
+            } => self.admit_tag(tag),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the rule lets this tag of the repository through.
+    pub fn admit_tag(&self, tag: &crate::Tag) -> Result<(), RuleError> {
+        let (allow, deny) = &self.tag_filter;
+        match Filter::refuses(allow, deny, tag.as_str()) {
+            Some(why) => Err(RuleError::Filtered {
+                prefix: self.prefix.clone(),
+                what: format!("{}:{tag}", self.canonical),
+                why,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -462,6 +622,107 @@ fn parse_upstream(url: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_table() {
+        for (pattern, value, want) in [
+            ("library/alpine", "library/alpine", true),
+            ("library/*", "library/alpine", true),
+            ("library/*", "library/alpine/extra", false),
+            ("acme/**", "acme/team/app", true),
+            ("acme/**", "acme", false),
+            ("**", "anything/at/all", true),
+            ("*/app", "acme/app", true),
+            ("*/app", "acme/x/app", false),
+            ("v1.?", "v1.2", true),
+            ("v1.?", "v1.22", false),
+            ("v*", "v1.2.3", true),
+            ("v*", "latest", false),
+            ("", "", true),
+        ] {
+            assert_eq!(glob(pattern, value), want, "{pattern} ~ {value}");
+        }
+        assert!(
+            !glob(&"*".repeat(300), "x"),
+            "over-long patterns match nothing"
+        );
+    }
+
+    #[test]
+    fn allow_and_deny_lists_refuse_before_any_upstream_request_and_say_why() {
+        let mut hub = RuleSpec::new("docker.io", "https://registry-1.docker.io");
+        hub.filter = Filter {
+            allow: vec!["library/*".into(), "acme/**".into()],
+            deny: vec!["library/bad".into()],
+            allow_tags: Vec::new(),
+            deny_tags: vec!["latest".into(), "*-rc*".into()],
+        };
+        let rules = CacheRules::new(vec![hub]).unwrap();
+        let name = |n: &str| RepositoryName::parse(n).unwrap();
+        assert!(rules.resolve(&name("docker.io/alpine"), None).is_ok());
+        assert!(
+            rules
+                .resolve(&name("docker.io/acme/team/app"), None)
+                .is_ok()
+        );
+        for (n, says) in [
+            ("docker.io/library/bad", "deny pattern `library/bad`"),
+            (
+                "docker.io/other/app",
+                "none of the allowed patterns (library/*, acme/**)",
+            ),
+            ("bad", "deny pattern"),
+        ] {
+            let err = rules.resolve(&name(n), None).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Denied, "{n}");
+            let text = err.to_string();
+            assert!(
+                text.contains("rule `docker.io`") && text.contains(says),
+                "{n}: {text}"
+            );
+        }
+        let ok = rules.resolve(&name("docker.io/alpine"), None).unwrap();
+        assert!(ok.admit_tag(&crate::Tag::parse("3.20").unwrap()).is_ok());
+        for t in ["latest", "2.0-rc1"] {
+            let err = ok.admit_tag(&crate::Tag::parse(t).unwrap()).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Denied);
+            assert!(
+                err.to_string().contains("docker.io/library/alpine:"),
+                "{err}"
+            );
+        }
+        let mut bad = RuleSpec::new("x", "https://x.example");
+        bad.filter.deny = vec!["/abs".into()];
+        assert!(CacheRules::new(vec![bad]).is_err());
+    }
+
+    #[test]
+    fn a_prefix_maps_under_an_upstream_repository_prefix() {
+        let mut hub = RuleSpec::new("hub", "https://registry-1.docker.io");
+        hub.upstream_prefix = "myorg".into();
+        let rules = CacheRules::new(vec![
+            hub,
+            RuleSpec::new("docker.io", "https://registry-1.docker.io"),
+        ])
+        .unwrap();
+        let r = rules
+            .resolve(&RepositoryName::parse("hub/app").unwrap(), None)
+            .unwrap();
+        assert_eq!(r.upstream_repo.as_str(), "myorg/app");
+        assert_eq!(r.canonical.as_str(), "hub/app");
+        let r = rules
+            .resolve(&RepositoryName::parse("hub/team/app").unwrap(), None)
+            .unwrap();
+        assert_eq!(r.upstream_repo.as_str(), "myorg/team/app");
+        // The root, as before: Docker Hub's `library/` for a single component.
+        let r = rules
+            .resolve(&RepositoryName::parse("docker.io/alpine").unwrap(), None)
+            .unwrap();
+        assert_eq!(r.upstream_repo.as_str(), "library/alpine");
+        let mut bad = RuleSpec::new("y", "https://y.example");
+        bad.upstream_prefix = "Not Valid".into();
+        assert!(CacheRules::new(vec![bad]).is_err());
+    }
 
     /// Ok((rule, upstream_repo, canonical)), or a fragment of the error message.
     type Expected = Result<(usize, &'static str, &'static str), &'static str>;

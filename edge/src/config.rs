@@ -8,7 +8,7 @@
 //! | `WHARF_HEALTH_FAIL_AFTER`, `WHARF_HEALTH_RECOVER_AFTER` | var | consecutive failed / good observations that mark a region down / up (2, 2) |
 //! | `WHARF_HEALTH_PROBE_INTERVAL`, `WHARF_HEALTH_PROBE_TIMEOUT`, `WHARF_HEALTH_STALE_AFTER` | var | re-probe a region's `/readyz` when its record is older (10s); probe timeout (2s); ignore older records, fail open (5m) |
 //! | `WHARF_TEST_LOCATION_HEADER` | var | tests only: header that sets the client's location (`EU`, `EU/DE`, `AS@1.3,103.8`); refused unless the global host is local |
-//! | `WHARF_RULES` | var (JSON) | `[{prefix, upstream, private?, tag_ttl?, stale_if_error?}]`, as the origin's rules |
+//! | `WHARF_RULES` | var (JSON) | `[{prefix, upstream, private?, tag_ttl?, stale_if_error?, upstream_prefix?, allow?, deny?, allow_tags?, deny_tags?}]`, as the origin's rules |
 //! | `WHARF_TAG_TTL`, `WHARF_STALE_IF_ERROR` | var | defaults for the rules (`30s`, `5m`, `2h`, `7d` or seconds) |
 //! | `WHARF_TOKEN_TTL`, `WHARF_TICKET_TTL`, `WHARF_PRESIGN_TTL`, `WHARF_PRESENCE_TTL`, `WHARF_ORIGIN_TIMEOUT` | var | lifetimes and timeouts |
 //! | `WHARF_TOKEN_KEY` | secret | HMAC key (≥ 32 bytes) for tokens and tickets, shared with the origins |
@@ -173,6 +173,16 @@ struct RuleVar {
     private: bool,
     tag_ttl: Option<DurationVar>,
     stale_if_error: Option<DurationVar>,
+    #[serde(default)]
+    upstream_prefix: String,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    allow_tags: Vec<String>,
+    #[serde(default)]
+    deny_tags: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +294,8 @@ impl Config {
                 ttl: Duration::from_secs(300),
                 stale_if_error: Duration::from_secs(0),
             },
+            upstream_prefix: String::new(),
+            filter: wharf_core::rules::Filter::EMPTY,
         };
         self.rules.get(idx).unwrap_or(&FALLBACK)
     }
@@ -352,6 +364,13 @@ fn rules(src: &impl Source) -> Result<CacheRules, ConfigError> {
             upstream: r.upstream,
             private: r.private,
             freshness,
+            upstream_prefix: r.upstream_prefix,
+            filter: wharf_core::rules::Filter {
+                allow: r.allow,
+                deny: r.deny,
+                allow_tags: r.allow_tags,
+                deny_tags: r.deny_tags,
+            },
         });
     }
     if specs.is_empty() {

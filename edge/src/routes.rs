@@ -73,6 +73,7 @@ pub async fn handle(req: Request, env: &Env, wctx: &Context) -> Result<Response,
         return token::base(&ctx);
     };
     let resolved = config.rules.resolve(name, ns.as_deref())?;
+    resolved.admit(&request)?;
     token::authorize(&ctx, name, &resolved)?;
     let target = Target {
         name: name.clone(),

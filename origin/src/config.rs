@@ -430,6 +430,16 @@ struct FileRule {
     replicate: bool,
     #[serde(default)]
     redirect_hosts: Vec<String>,
+    #[serde(default)]
+    upstream_prefix: String,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    allow_tags: Vec<String>,
+    #[serde(default)]
+    deny_tags: Vec<String>,
 }
 
 /// Where objects are kept.
@@ -462,6 +472,10 @@ pub struct Rule {
     /// Images not pulled for this long are evicted (`None`: kept until the
     /// quota needs the room).
     pub keep: Option<Duration>,
+    /// The upstream repository prefix names map under (`""`: the root).
+    pub upstream_prefix: String,
+    /// Which repositories and tags may be pulled through.
+    pub filter: wharf_core::rules::Filter,
 }
 
 impl Rule {
@@ -472,6 +486,8 @@ impl Rule {
             upstream: self.upstream.clone(),
             private: self.private,
             freshness: self.freshness,
+            upstream_prefix: self.upstream_prefix.clone(),
+            filter: self.filter.clone(),
         }
     }
 }
@@ -865,6 +881,8 @@ fn rules(
             replicate: false,
             redirect_hosts: Vec::new(),
             keep: None,
+            upstream_prefix: String::new(),
+            filter: wharf_core::rules::Filter::EMPTY,
         };
         match rules.iter_mut().find(|r| r.prefix == rule.prefix) {
             Some(existing) => {
@@ -934,6 +952,13 @@ fn file_rule(n: usize, r: FileRule, defaults: FreshnessPolicy, env: &Env) -> any
         replicate: r.replicate,
         redirect_hosts: r.redirect_hosts,
         keep,
+        upstream_prefix: r.upstream_prefix,
+        filter: wharf_core::rules::Filter {
+            allow: r.allow,
+            deny: r.deny,
+            allow_tags: r.allow_tags,
+            deny_tags: r.deny_tags,
+        },
     })
 }
 

@@ -246,7 +246,21 @@ impl AppState {
 
     /// Maps a requested repository (and containerd's `ns`) to its upstream.
     pub fn resolve(&self, name: &RepositoryName, ns: Option<&str>) -> Result<Target, Error> {
+        self.resolve_for(name, ns, None)
+    }
+
+    /// [`AppState::resolve`], and the rule's verdict on `request` (its tag
+    /// patterns: the core's `Resolved::admit`).
+    pub fn resolve_for(
+        &self,
+        name: &RepositoryName,
+        ns: Option<&str>,
+        request: Option<&wharf_core::ApiRequest>,
+    ) -> Result<Target, Error> {
         let resolved = self.rules.resolve(name, ns)?;
+        if let Some(request) = request {
+            resolved.admit(request)?;
+        }
         let runtime = &self.runtimes[resolved.rule];
         Ok(Target {
             upstream: runtime.upstream.clone(),

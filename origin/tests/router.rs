@@ -42,6 +42,8 @@ fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) ->
             replicate: false,
             redirect_hosts: Vec::new(),
             keep: None,
+            upstream_prefix: String::new(),
+            filter: Default::default(),
         }],
         upstream_timeouts: Timeouts {
             connect: Duration::from_secs(1),

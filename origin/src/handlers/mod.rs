@@ -56,7 +56,10 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
         }
     };
     let kind = api.kind();
-    let target = match api.name().map(|name| state.resolve(name, ns.as_deref())) {
+    let target = match api
+        .name()
+        .map(|name| state.resolve_for(name, ns.as_deref(), Some(&api)))
+    {
         None => None,
         Some(Ok(target)) => Some(target),
         Some(Err(e)) => {
