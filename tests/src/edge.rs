@@ -47,6 +47,8 @@ pub const S3_READ_ONLY_SECRET_KEY: &str = "wharf-tests-read-only-secret-01234567
 pub const BUCKET: &str = "wharf";
 /// The private rule's prefix in [`EdgeStack`].
 pub const PRIVATE_PREFIX: &str = "priv";
+/// A repository the stack's `docker.io` rule refuses (edge and origin).
+pub const DENIED_REPOSITORY: &str = "library/denied";
 /// The user allowed to pull the private rule; the edge stores the password
 /// as `wharf-origin hash-password` prints it ([`hash_password`]).
 pub const USER: (&str, &str) = ("alice", "alice-password");
@@ -121,6 +123,8 @@ pub struct EdgeRule {
     pub upstream: String,
     /// Needs a user.
     pub private: bool,
+    /// Repository patterns refused (`deny`).
+    pub deny: Vec<String>,
 }
 
 /// One region as the edge sees it.
@@ -248,7 +252,7 @@ impl Edge {
         let rules: Vec<_> = opts
             .rules
             .iter()
-            .map(|r| serde_json::json!({"prefix": r.prefix, "upstream": r.upstream, "private": r.private}))
+            .map(|r| serde_json::json!({"prefix": r.prefix, "upstream": r.upstream, "private": r.private, "deny": r.deny}))
             .collect();
         let users = serde_json::json!({ USER.0: hash_password(USER.1)? });
         let config = format!(
@@ -485,7 +489,8 @@ impl EdgeStack {
                 "[embedded]\nlisten = \"127.0.0.1:{s3_port}\"\naccess_key = \"{S3_ACCESS_KEY}\"\nsecret_key = \"{S3_SECRET_KEY}\"\nbucket = \"{BUCKET}\"\n\
                  read_only_access_key = \"{S3_READ_ONLY_ACCESS_KEY}\"\nread_only_secret_key = \"{S3_READ_ONLY_SECRET_KEY}\"\n\
                  [auth]\ntoken_key = \"{TOKEN_KEY}\"\nservice = \"{GLOBAL_HOST}\"\n\
-                 [[rule]]\nprefix = \"{PRIVATE_PREFIX}\"\nupstream = \"{UPSTREAM_URL}\"\nprivate = true\n{origin_toml}"
+                 [[rule]]\nprefix = \"{PRIVATE_PREFIX}\"\nupstream = \"{UPSTREAM_URL}\"\nprivate = true\n\
+                 [[rule]]\nprefix = \"docker.io\"\nupstream = \"{UPSTREAM_URL}\"\ndeny = [\"{DENIED_REPOSITORY}\"]\n{origin_toml}"
             )),
             ..OriginOpts::default()
         };
@@ -502,6 +507,7 @@ impl EdgeStack {
             prefix: prefix.to_owned(),
             upstream: upstream.clone(),
             private,
+            deny: Vec::new(),
         };
         let edge = Edge::start(
             &stack.dir,
@@ -517,7 +523,10 @@ impl EdgeStack {
                 rules: vec![
                     rule(RULE_PREFIX, false),
                     rule(PRIVATE_PREFIX, true),
-                    rule("docker.io", false),
+                    EdgeRule {
+                        deny: vec![DENIED_REPOSITORY.to_owned()],
+                        ..rule("docker.io", false)
+                    },
                 ],
                 tag_ttl,
                 stale_if_error: Duration::from_secs(3600),

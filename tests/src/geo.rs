@@ -208,6 +208,7 @@ impl GeoStack {
                             prefix: RULE_PREFIX.into(),
                             upstream: upstream.url(),
                             private: false,
+                            deny: Vec::new(),
                         }],
                         tag_ttl: Duration::from_secs(300),
                         stale_if_error: Duration::from_secs(3600),

@@ -96,6 +96,7 @@ service = "{GLOBAL_HOST}"
             prefix: prefix.to_owned(),
             upstream: upstream.to_owned(),
             private,
+            deny: Vec::new(),
         };
         let edge = Edge::start(
             &dir,

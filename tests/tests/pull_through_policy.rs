@@ -94,3 +94,52 @@ async fn allow_and_deny_lists_refuse_without_asking_the_upstream_and_prefixes_ma
     assert_eq!(pulled.blobs, app.blobs());
     assert!(s.upstream.counts().get("GET", Kind::Manifest) >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_refuses_a_denied_name_itself_without_asking_the_origin() {
+    use std::time::Duration;
+    use wharf_tests::edge::{DENIED_REPOSITORY, EdgeStack};
+
+    let es = EdgeStack::start("pull-policy-edge", Duration::from_secs(300))
+        .await
+        .unwrap();
+    ImageSpec::docker(&[1000])
+        .push(&es.stack.upstream, DENIED_REPOSITORY, "v1")
+        .await
+        .unwrap();
+    let repo = format!("docker.io/{DENIED_REPOSITORY}");
+    let token = es.token(&repo).await.unwrap();
+    es.origin_proxy.reset_counts();
+    es.stack.upstream.reset_counts();
+    for path in [
+        format!("/v2/{repo}/manifests/v1"),
+        format!("/v2/{repo}/blobs/sha256:{}", "a".repeat(64)),
+    ] {
+        let r = http_client()
+            .get(format!("{}{path}", es.edge.url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("rule `docker.io`") && message.contains("deny pattern"),
+            "{message}"
+        );
+    }
+    // (The edge's health probes of `/readyz` aside.)
+    let asked = es
+        .origin_proxy
+        .counts()
+        .filter(|k| k.path.starts_with("/v2/"));
+    assert_eq!(
+        asked,
+        0,
+        "the origin was not asked: {}",
+        es.origin_proxy.counts()
+    );
+    assert_eq!(es.stack.upstream.counts().total(), 0);
+}
