@@ -59,6 +59,7 @@ async fn start_worker(sys: &Systems) -> Result<Edge> {
             prefix: WHARF_PREFIX.to_owned(),
             upstream: sys.wharf_up.url(),
             private: false,
+            deny: Vec::new(),
         }],
         extra_vars: vec![
             ("WHARF_S3_ACCESS_KEY".into(), ak.to_owned()),

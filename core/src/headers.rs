@@ -20,6 +20,9 @@ pub const API_VERSION_VALUE: &str = "registry/2.0";
 pub const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 /// How a request was answered: `hit`, `miss`, `revalidated`, `stale`, ….
 pub const X_WHARF_CACHE: &str = "x-wharf-cache";
+/// Why a tag was served stale without asking the upstream
+/// (`ratelimit-budget`: the upstream's budget is at its reserve).
+pub const X_WHARF_STALE_REASON: &str = "x-wharf-stale-reason";
 /// The region that answered.
 pub const X_WHARF_REGION: &str = "x-wharf-region";
 /// The origin replica that answered.

@@ -18,6 +18,7 @@
 //!   so it does not compound across caches), and when stale may be served.
 //! * [`revalidate`] — what to do with a stale tag after a `HEAD` (confirmed, moved, gone, stale, fail).
 //! * [`auth`] — the pure parts of the upstream token dance.
+//! * [`ratelimit`] — an upstream's advertised rate-limit budget, and when revalidations wait for it.
 //! * [`breaker`] — the circuit breaker per upstream (closed, open, half-open probes).
 //! * [`egress`] — where a rule's upstream traffic may go: redirects, resolved addresses, token realms.
 //! * [`urlencode`] — percent-encoding helpers.
@@ -66,6 +67,7 @@ pub mod peer;
 pub mod placeholder;
 pub mod pull_auth;
 pub mod range;
+pub mod ratelimit;
 pub mod reference;
 pub mod referrers;
 pub mod region;

@@ -430,6 +430,7 @@ struct FileRule {
     replicate: bool,
     #[serde(default)]
     redirect_hosts: Vec<String>,
+    ratelimit_reserve: Option<u64>,
     #[serde(default)]
     upstream_prefix: String,
     #[serde(default)]
@@ -472,6 +473,9 @@ pub struct Rule {
     /// Images not pulled for this long are evicted (`None`: kept until the
     /// quota needs the room).
     pub keep: Option<Duration>,
+    /// At or below this advertised rate-limit budget, stale tags are served
+    /// without revalidating (inside their stale window).
+    pub ratelimit_reserve: u64,
     /// The upstream repository prefix names map under (`""`: the root).
     pub upstream_prefix: String,
     /// Which repositories and tags may be pulled through.
@@ -562,6 +566,8 @@ pub struct Config {
 }
 
 const DEFAULT_BUCKET: &str = "wharf";
+/// Revalidations wait when an upstream advertises this few requests left.
+const DEFAULT_RATELIMIT_RESERVE: u64 = 10;
 const DEFAULT_PART_SIZE_MIB: u64 = 16;
 
 impl Config {
@@ -881,6 +887,7 @@ fn rules(
             replicate: false,
             redirect_hosts: Vec::new(),
             keep: None,
+            ratelimit_reserve: DEFAULT_RATELIMIT_RESERVE,
             upstream_prefix: String::new(),
             filter: wharf_core::rules::Filter::EMPTY,
         };
@@ -952,6 +959,7 @@ fn file_rule(n: usize, r: FileRule, defaults: FreshnessPolicy, env: &Env) -> any
         replicate: r.replicate,
         redirect_hosts: r.redirect_hosts,
         keep,
+        ratelimit_reserve: r.ratelimit_reserve.unwrap_or(DEFAULT_RATELIMIT_RESERVE),
         upstream_prefix: r.upstream_prefix,
         filter: wharf_core::rules::Filter {
             allow: r.allow,

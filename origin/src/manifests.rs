@@ -104,6 +104,9 @@ pub enum CacheStatus {
     Revalidated,
     /// From the cache because the upstream failed.
     Stale,
+    /// From the cache, stale, without asking: the upstream's rate-limit
+    /// budget is at its reserve (cold pulls keep what is left).
+    Postponed,
 }
 
 impl CacheStatus {
@@ -113,7 +116,7 @@ impl CacheStatus {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Revalidated => "revalidated",
-            CacheStatus::Stale => "stale",
+            CacheStatus::Stale | CacheStatus::Postponed => "stale",
         }
     }
 }
@@ -202,6 +205,17 @@ impl Manifests {
             && let Some(m) = self.load(&r.digest).await
         {
             return Ok((m.confirmed_at(r.fetched_at_ms), CacheStatus::Hit));
+        }
+        // Stale, but the upstream's budget is at its reserve: the tag can
+        // wait (inside its stale window), a cold pull cannot.
+        if let Some(r) = &record
+            && req.upstream.postpone_revalidation()
+            && req.freshness.on_upstream_error(r.fetched_at_ms, now_ms())
+                == wharf_core::OnUpstreamError::ServeStale
+            && let Some(m) = self.load(&r.digest).await
+        {
+            metrics::revalidation_postponed(req.upstream.registry());
+            return Ok((m.confirmed_at(r.fetched_at_ms), CacheStatus::Postponed));
         }
         let this = self.clone();
         let (req, tag) = (req.clone(), tag.clone());

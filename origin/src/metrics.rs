@@ -69,6 +69,9 @@ pub const STORE_BYTES: &str = "wharf_store_bytes";
 /// Last-pull records, by `result` (written: a link rewritten at a flush;
 /// dropped: more distinct images pulled between two flushes than are kept).
 pub const PULL_RECORDS: &str = "wharf_pull_records_total";
+/// Stale tags served without asking the upstream because its rate-limit
+/// budget was at the rule's reserve, by `registry`.
+pub const REVALIDATIONS_POSTPONED: &str = "wharf_revalidations_postponed_total";
 /// Webhook events, by `result`: queued (written to the outbox), delivered,
 /// failed (one delivery attempt), dropped (the writer was behind), lost
 /// (not written), expired (older than `events.max_age`).
@@ -282,6 +285,7 @@ pub fn register(rules: &[String], peers: &[String], replicas: usize) {
         counter!(INTEGRITY_FAILURES, "registry" => r.clone()).increment(0);
         counter!(UPSTREAM_BYTES, "registry" => r.clone()).increment(0);
         counter!(STALE_SERVED, "registry" => r.clone()).increment(0);
+        counter!(REVALIDATIONS_POSTPONED, "registry" => r.clone()).increment(0);
         gauge!(UPSTREAM_CIRCUIT, "registry" => r.clone()).set(0.0);
         counter!(UPSTREAM_CIRCUIT_OPENED, "registry" => r.clone()).increment(0);
         counter!(UPSTREAM_CIRCUIT_REFUSED, "registry" => r.clone()).increment(0);
@@ -356,4 +360,9 @@ pub fn outbox(len: usize, oldest_ms: Option<u64>) {
         crate::events::now_ms().saturating_sub(q) as f64 / 1000.0
     });
     gauge!(OUTBOX_OLDEST).set(age);
+}
+
+/// Counts one revalidation postponed for the rate-limit budget.
+pub fn revalidation_postponed(registry: &str) {
+    counter!(REVALIDATIONS_POSTPONED, "registry" => registry.to_owned()).increment(1);
 }

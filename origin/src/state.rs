@@ -148,7 +148,8 @@ impl AppState {
                 &rule.redirect_hosts,
             )
             .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?
-            .with_breaker(config.upstream_breaker);
+            .with_breaker(config.upstream_breaker)
+            .with_budget_reserve(rule.ratelimit_reserve);
             runtimes.push(RuleRuntime {
                 upstream: Arc::new(upstream),
                 replicate: rule.replicate,

@@ -42,6 +42,7 @@ fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) ->
             replicate: false,
             redirect_hosts: Vec::new(),
             keep: None,
+            ratelimit_reserve: 10,
             upstream_prefix: String::new(),
             filter: Default::default(),
         }],

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use wharf_core::freshness::parse_ms;
 use wharf_core::headers::{
-    DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_MAX_TAG_AGE_MS, X_WHARF_TAG_AGE_MS,
+    DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_MAX_TAG_AGE_MS, X_WHARF_STALE_REASON,
+    X_WHARF_TAG_AGE_MS,
 };
 use wharf_core::media::accepts;
 use wharf_core::{MediaType, Reference};
@@ -89,6 +90,12 @@ pub async fn get(
         }
     }
     h.insert(X_WHARF_CACHE, HeaderValue::from_static(status.as_str()));
+    if status == crate::manifests::CacheStatus::Postponed {
+        h.insert(
+            X_WHARF_STALE_REASON,
+            HeaderValue::from_static("ratelimit-budget"),
+        );
+    }
     if let Some(age) = tag_age_ms {
         h.insert(X_WHARF_TAG_AGE_MS, HeaderValue::from(age));
     }

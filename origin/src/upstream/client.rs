@@ -37,6 +37,7 @@ use wharf_core::auth::{
 };
 use wharf_core::breaker::{Admit, Breaker, BreakerPolicy, Transition};
 use wharf_core::egress::{Classes, EgressPolicy, Refusal, classify};
+use wharf_core::ratelimit::Budget;
 
 use super::auth::{BearerRealm, Credentials, Scheme, TokenCache};
 use crate::metrics;
@@ -184,6 +185,10 @@ pub struct Upstream {
     credentials: Option<Credentials>,
     tokens: TokenCache,
     blocked_until: Mutex<Option<Instant>>,
+    /// The last budget advertised, and when (unix ms).
+    budget: Mutex<Option<(Budget, u64)>>,
+    /// At or below this budget, revalidations that can wait do.
+    reserve: u64,
     health: Mutex<UpstreamHealth>,
     timeouts: Timeouts,
     breaker: Mutex<Breaker>,
@@ -232,6 +237,8 @@ impl Upstream {
             credentials,
             tokens: TokenCache::default(),
             blocked_until: Mutex::new(None),
+            budget: Mutex::new(None),
+            reserve: 0,
             health: Mutex::new(UpstreamHealth {
                 ok: true,
                 status: None,
@@ -252,6 +259,19 @@ impl Upstream {
             breaker: Mutex::new(Breaker::new(policy)),
             ..self
         }
+    }
+
+    /// Revalidations that can wait do once the advertised budget is at or
+    /// below `reserve` (see [`Upstream::postpone_revalidation`]).
+    pub fn with_budget_reserve(self, reserve: u64) -> Self {
+        Self { reserve, ..self }
+    }
+
+    /// Whether a revalidation that can wait should (the core's
+    /// `Budget::postpone` on the last budget this upstream advertised).
+    pub fn postpone_revalidation(&self) -> bool {
+        let budget = *self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        budget.is_some_and(|(b, at)| b.postpone(self.reserve, at, unix_ms()))
     }
 
     /// The metrics/log label of this upstream (its rule prefix).
@@ -407,12 +427,16 @@ impl Upstream {
         let status = response.status();
         metrics::upstream_request(&self.registry, method.as_str(), status.as_str());
         self.breaker_outcome(!status.is_server_error());
-        if let Some(remaining) = ratelimit_remaining(response.headers()) {
-            metrics::ratelimit_remaining(&self.registry, remaining as f64);
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(budget) =
+            Budget::from_headers(header("ratelimit-remaining"), header("ratelimit-limit"))
+        {
+            metrics::ratelimit_remaining(&self.registry, budget.remaining as f64);
             self.health
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .ratelimit_remaining = Some(remaining);
+                .ratelimit_remaining = Some(budget.remaining);
+            *self.budget.lock().unwrap_or_else(|e| e.into_inner()) = Some((budget, unix_ms()));
         }
         Ok(response)
     }
@@ -868,9 +892,10 @@ fn parse_retry_after(value: &HeaderValue) -> Option<u64> {
 }
 
 /// Docker Hub's `ratelimit-remaining: 76;w=21600`.
-fn ratelimit_remaining(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get("ratelimit-remaining")?.to_str().ok()?;
-    value.split(';').next()?.trim().parse().ok()
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -920,16 +945,6 @@ mod tests {
             assert!(secs <= 3600, "{v}");
             let _ = Instant::now() + Duration::from_secs(secs);
         }
-    }
-
-    #[test]
-    fn ratelimit_header_is_parsed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "ratelimit-remaining",
-            HeaderValue::from_static("76;w=21600"),
-        );
-        assert_eq!(ratelimit_remaining(&h), Some(76));
     }
 
     fn resolver(upstream: &str, allow: &[&str]) -> GuardedResolver {
