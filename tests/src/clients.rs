@@ -226,30 +226,24 @@ impl Dockerd {
         )];
         let out = run_tool(&self.docker, &full, &env, PULL_TIMEOUT)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{e:#}\n----- dockerd.log (tail) -----\n{}",
-                    self.daemon.log_tail(15)
-                )
-            })?;
+            .map_err(|e| self.with_log(e))?;
         Ok(out.stdout)
+    }
+
+    /// `e` with the tail of dockerd's log (what a failed client command
+    /// cannot say).
+    fn with_log(&self, e: anyhow::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{e:#}\n----- dockerd.log (tail) -----\n{}",
+            self.daemon.log_tail(15)
+        )
     }
 
     /// `docker pull <reference>`; returns the repo digest dockerd recorded
     /// (`sha256:…`, the digest of the manifest or index the tag resolved to).
     pub async fn pull(&self, reference: &str) -> Result<String> {
         self.docker(&["pull", "--quiet", reference]).await?;
-        let out = self
-            .docker(&[
-                "image",
-                "inspect",
-                "--format",
-                "{{json .RepoDigests}}",
-                reference,
-            ])
-            .await?;
-        let digests: Vec<String> = serde_json::from_str(out.trim())
-            .with_context(|| format!("parsing RepoDigests {out:?}"))?;
+        let digests = self.repo_digests(reference).await?;
         let want = repo_of(reference);
         let pick = digests
             .iter()
@@ -285,12 +279,7 @@ impl Dockerd {
         all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let out = run_tool(&sh, &args(&["-c", script]), &all, PULL_TIMEOUT)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{e:#}\n----- dockerd.log (tail) -----\n{}",
-                    self.daemon.log_tail(15)
-                )
-            })?;
+            .map_err(|e| self.with_log(e))?;
         Ok(out.stdout)
     }
 

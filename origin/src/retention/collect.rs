@@ -155,7 +155,7 @@ impl Retention {
     async fn release_lease(&self) {
         if let Ok(Some(l)) = self.read_json::<Lease>(GC_LEASE_KEY).await
             && l.holder == self.holder
-            && let Err(e) = self.store.delete(GC_LEASE_KEY).await
+            && let Err(e) = self.services.store.delete(GC_LEASE_KEY).await
         {
             tracing::warn!(error = %e, "retention lease not released; it expires by itself");
         }
@@ -165,16 +165,24 @@ impl Retention {
         &self,
         key: &str,
     ) -> Result<Option<T>, store::Error> {
-        Ok(self.store.get_bytes(key).await?.and_then(|(_, body)| {
-            serde_json::from_slice(&body)
-                .inspect_err(|e| tracing::warn!(key, error = %e, "unreadable record; ignoring it"))
-                .ok()
-        }))
+        Ok(self
+            .services
+            .store
+            .get_bytes(key)
+            .await?
+            .and_then(|(_, body)| {
+                serde_json::from_slice(&body)
+                    .inspect_err(
+                        |e| tracing::warn!(key, error = %e, "unreadable record; ignoring it"),
+                    )
+                    .ok()
+            }))
     }
 
     async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), store::Error> {
         let body = serde_json::to_vec(value).unwrap_or_default();
-        self.store
+        self.services
+            .store
             .put_bytes(key, Bytes::from(body), "application/json")
             .await
     }
@@ -188,7 +196,7 @@ impl Retention {
     ) -> Result<BTreeMap<Digest, Vec<Reference>>, store::Error> {
         // Owned captures: a stream of futures borrowing `self` is not
         // `Send` for every lifetime, which `tokio::spawn` needs.
-        let store = self.store.clone();
+        let store = self.services.store.clone();
         let read: Vec<Result<(Digest, Vec<Reference>), store::Error>> = futures::stream::iter(
             manifests
                 .iter()
@@ -212,7 +220,7 @@ impl Retention {
     }
 
     async fn pass(&self, dry_run: bool, now: u64) -> Result<Report, GcError> {
-        let inv = Inventory::take(&self.store).await?;
+        let inv = Inventory::take(&self.services.store).await?;
         let refs = self.references(&inv.manifests).await?;
         let rule_of = |repo: &RepositoryName| self.rule_of(repo);
         let images = retention::images(&inv.manifest_links, &refs, &inv.sizes, rule_of);
@@ -316,15 +324,15 @@ impl Retention {
     ) -> Result<(), GcError> {
         self.delete_all("link", link_keys).await;
         for key in link_keys {
-            self.links.forget(key);
+            self.services.links.forget(key);
         }
         self.delete_all("tag", tag_keys).await;
         for key in tag_keys {
-            self.manifests.forget_remembered(key);
+            self.services.manifests.forget_remembered(key);
         }
         // A blob that got a link since the listing (a repository's
         // upstream served it meanwhile) stays, and starts over.
-        let relinked = Inventory::take_links(&self.store).await?;
+        let relinked = Inventory::take_links(&self.services.store).await?;
         let next = &mut sweep.next;
         sweep.doomed.retain(|(key, _)| match StoreKey::parse(key) {
             Some(StoreKey::Blob(d)) if relinked.contains(&d) || in_flight.contains(&d) => {
@@ -337,7 +345,7 @@ impl Retention {
         for e in &report.evicted {
             metrics::evicted(&e.rule, &e.reason, e.bytes);
             let (repository, digest) = e.image.rsplit_once('@').unwrap_or((&e.image, ""));
-            self.events.emit(Event::Eviction {
+            self.services.events.emit(Event::Eviction {
                 at_ms: now,
                 rule: e.rule.clone(),
                 repository: repository.to_owned(),
@@ -351,11 +359,11 @@ impl Retention {
         }
         metrics::gc_candidates(sweep.next.blobs.len() + sweep.next.manifests.len());
         for (key, len) in &sweep.doomed {
-            match self.store.delete(key).await {
+            match self.services.store.delete(key).await {
                 Ok(()) => {
                     let kind = match StoreKey::parse(key) {
                         Some(StoreKey::Blob(d)) => {
-                            self.blobs.forget_committed(&d);
+                            self.services.blobs.forget_committed(&d);
                             "blob"
                         }
                         _ => "manifest",
@@ -375,8 +383,8 @@ impl Retention {
     ) -> Result<Vec<String>, store::Error> {
         let mut out = Vec::new();
         for (repo, digests) in tops {
-            let listed = self.store.list(&format!("tags/{repo}/_/")).await?;
-            let store = self.store.clone();
+            let listed = self.services.store.list(&format!("tags/{repo}/_/")).await?;
+            let store = self.services.store.clone();
             let digests = digests.clone();
             let found: Vec<Option<String>> = futures::stream::iter(listed)
                 .map(move |l| {
@@ -396,7 +404,7 @@ impl Retention {
     }
 
     pub(super) async fn delete_all(&self, kind: &'static str, keys: &[String]) {
-        let store = self.store.clone();
+        let store = self.services.store.clone();
         let deleted = futures::stream::iter(keys.to_vec())
             .map(move |key| {
                 let store = store.clone();

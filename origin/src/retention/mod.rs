@@ -140,13 +140,7 @@ pub struct Services {
 
 /// The retention machinery of one origin process.
 pub struct Retention {
-    store: Store,
-    rules: Arc<CacheRules>,
-    links: Arc<Links>,
-    manifests: Arc<Manifests>,
-    blobs: Arc<Blobs>,
-    replicator: Option<Replicator>,
-    events: Arc<crate::events::Events>,
+    services: Services,
     settings: RetentionSettings,
     /// Recorded on every manifest served.
     pub pulls: Pulls,
@@ -159,24 +153,9 @@ pub struct Retention {
 impl Retention {
     /// Retention with `services` under `settings`.
     pub fn new(services: Services, settings: RetentionSettings) -> Self {
-        let Services {
-            store,
-            rules,
-            links,
-            manifests,
-            blobs,
-            replicator,
-            events,
-        } = services;
         Self {
-            pulls: Pulls::new(store.clone()),
-            store,
-            rules,
-            links,
-            manifests,
-            blobs,
-            replicator,
-            events,
+            pulls: Pulls::new(services.store.clone()),
+            services,
             settings,
             holder: uuid::Uuid::new_v4().to_string(),
             running: tokio::sync::Mutex::new(()),
@@ -187,8 +166,8 @@ impl Retention {
     /// alone (what other replicas and regions write is not listed until
     /// committed, then younger than the grace window).
     fn in_flight(&self) -> std::collections::BTreeSet<wharf_core::Digest> {
-        let mut busy = self.blobs.in_flight_digests();
-        if let Some(r) = &self.replicator {
+        let mut busy = self.services.blobs.in_flight_digests();
+        if let Some(r) = &self.services.replicator {
             busy.extend(r.pending());
         }
         busy

@@ -41,6 +41,7 @@ impl Retention {
             // The repository's images, to find the one `digest` belongs to
             // (an index, when it is one of its platforms).
             let links: Vec<ManifestLink> = self
+                .services
                 .store
                 .list(&format!("links/{repo}/_/manifests/"))
                 .await?
@@ -80,7 +81,7 @@ impl Retention {
                 .collect();
             self.delete_all("link", &link_keys).await;
             for key in &link_keys {
-                self.links.forget(key);
+                self.services.links.forget(key);
             }
             let tops = BTreeMap::from([(repo.clone(), BTreeSet::from([top.clone()]))]);
             tag_keys.extend(self.tags_pointing_at(&tops).await?);
@@ -88,7 +89,7 @@ impl Retention {
             report.manifests = manifests.iter().map(Digest::to_string).collect();
             let rule = self.rule_of(repo);
             metrics::evicted(&rule, "purged", 0);
-            self.events.emit(crate::events::Event::Eviction {
+            self.services.events.emit(crate::events::Event::Eviction {
                 at_ms: crate::events::now_ms(),
                 rule,
                 repository: repo.to_string(),
@@ -100,7 +101,7 @@ impl Retention {
         let tag_keys: Vec<String> = tag_keys.into_iter().collect();
         self.delete_all("tag", &tag_keys).await;
         for key in &tag_keys {
-            self.manifests.forget_remembered(key);
+            self.services.manifests.forget_remembered(key);
         }
         report.tags = tag_keys
             .iter()
@@ -115,7 +116,8 @@ impl Retention {
 
     /// The rule `repo` comes through (`""` if none does any more).
     pub(super) fn rule_of(&self, repo: &RepositoryName) -> String {
-        self.rules
+        self.services
+            .rules
             .resolve(repo, None)
             .map(|r| r.prefix)
             .unwrap_or_default()
