@@ -93,3 +93,49 @@ impl Pulls {
         written
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::S3Settings;
+
+    #[test]
+    fn pending_records_are_bounded_in_bytes() {
+        // No request is made: records stay in memory until a flush.
+        let store = Store::new(&S3Settings {
+            endpoint: "http://127.0.0.1:9".into(),
+            bucket: "wharf".into(),
+            region: "us-east-1".into(),
+            access_key: "a".into(),
+            secret_key: "b".into(),
+            part_size: 16 << 20,
+        });
+        let pulls = Pulls::new(store);
+        let digest = Digest::sha256_of(b"x");
+        let repo = |i: usize| RepositoryName::parse(&format!("up/team/app{i}")).unwrap();
+        let mut i = 0;
+        while pulls.pending().bytes + 200 < MAX_PENDING_BYTES {
+            pulls.record(&repo(i), &digest);
+            i += 1;
+        }
+        let before = pulls.pending().keys.len();
+        for j in i..i + 100 {
+            pulls.record(&repo(j), &digest);
+        }
+        let pending = pulls.pending();
+        assert!(pending.bytes <= MAX_PENDING_BYTES, "{}", pending.bytes);
+        assert!(
+            pending.keys.len() < before + 100,
+            "past the bound, pulls are dropped"
+        );
+        drop(pending);
+        // An image already pending is still recorded (nothing new to keep).
+        pulls.record(&repo(0), &digest);
+        assert!(
+            pulls
+                .pending()
+                .keys
+                .contains(&store::manifest_link_key(&repo(0), &digest))
+        );
+    }
+}
