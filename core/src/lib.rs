@@ -19,6 +19,7 @@
 //! * [`revalidate`] — what to do with a stale tag after a `HEAD` (confirmed, moved, gone, stale, fail).
 //! * [`auth`] — the pure parts of the upstream token dance.
 //! * [`ratelimit`] — an upstream's advertised rate-limit budget, and when revalidations wait for it.
+//! * [`prefetch`] — tag-change prefetch: which tags are hot, when one is revalidated ahead of its clients, which platforms of a moved tag to hydrate.
 //! * [`breaker`] — the circuit breaker per upstream (closed, open, half-open probes).
 //! * [`egress`] — where a rule's upstream traffic may go: redirects, resolved addresses, token realms.
 //! * [`urlencode`] — percent-encoding helpers.
@@ -65,6 +66,7 @@ pub mod media;
 pub mod password;
 pub mod peer;
 pub mod placeholder;
+pub mod prefetch;
 pub mod pull_auth;
 pub mod range;
 pub mod ratelimit;

@@ -51,8 +51,64 @@ impl Budget {
     /// (or, not knowing it, a minute) has not passed since — after that
     /// the upstream has likely refilled it and one request finds out.
     pub fn postpone(&self, reserve: u64, measured_ms: u64, now_ms: u64) -> bool {
+        !self.affords(0, reserve, measured_ms, now_ms)
+    }
+
+    /// Whether `requests` more can be spent on work that can wait (a
+    /// prefetch) and still leave more than `reserve`: always once the
+    /// window (or, not knowing it, a minute) has passed since `measured_ms`.
+    pub fn affords(&self, requests: u64, reserve: u64, measured_ms: u64, now_ms: u64) -> bool {
         let valid_ms = self.window_secs.unwrap_or(60).saturating_mul(1000);
-        self.remaining <= reserve && now_ms.saturating_sub(measured_ms) < valid_ms
+        now_ms.saturating_sub(measured_ms) >= valid_ms
+            || self.remaining.saturating_sub(requests) > reserve
+    }
+}
+
+/// A byte-rate cap shared by every download from one upstream: a token
+/// bucket that may run into debt, so that each chunk is let through at once
+/// and the *next* read waits until the debt is paid. Chunks are small (tens
+/// of KiB), so the rate holds to within one chunk per stream.
+#[derive(Clone, Debug)]
+pub struct Bandwidth {
+    /// Bytes per second.
+    rate: u64,
+    /// Bytes that may pass at once after a pause (one second's worth).
+    burst: i64,
+    /// Bytes that may pass now; negative: owed.
+    tokens: i64,
+    /// When `tokens` was last brought up to date (microseconds, any epoch).
+    at_us: u64,
+}
+
+impl Bandwidth {
+    /// A cap of `rate` bytes per second (at least 1), full at `now_us`.
+    pub fn new(rate: u64, now_us: u64) -> Bandwidth {
+        let rate = rate.max(1);
+        let burst = i64::try_from(rate).unwrap_or(i64::MAX);
+        Bandwidth {
+            rate,
+            burst,
+            tokens: burst,
+            at_us: now_us,
+        }
+    }
+
+    /// Takes `bytes` at `now_us`; returns how many microseconds to wait
+    /// before reading more.
+    pub fn take(&mut self, bytes: u64, now_us: u64) -> u64 {
+        let elapsed = now_us.saturating_sub(self.at_us);
+        self.at_us = self.at_us.max(now_us);
+        let earned =
+            (u128::from(elapsed) * u128::from(self.rate) / 1_000_000).min(i64::MAX as u128) as i64;
+        self.tokens = self.tokens.saturating_add(earned).min(self.burst);
+        self.tokens = self
+            .tokens
+            .saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if self.tokens >= 0 {
+            return 0;
+        }
+        let owed = self.tokens.unsigned_abs();
+        (u128::from(owed) * 1_000_000).div_ceil(u128::from(self.rate)) as u64
     }
 }
 
@@ -101,6 +157,40 @@ mod tests {
         let plain = Budget::from_headers(Some("0"), None).unwrap();
         assert!(plain.postpone(0, 0, 59_999));
         assert!(!plain.postpone(0, 0, 60_000), "a minute without a window");
+    }
+
+    #[test]
+    fn a_prefetch_spends_only_above_the_reserve() {
+        let b = Budget::from_headers(Some("14;w=600"), None).unwrap();
+        assert!(b.affords(3, 10, 0, 1_000), "14 - 3 = 11 > 10");
+        assert!(!b.affords(4, 10, 0, 1_000), "14 - 4 = 10 is the reserve");
+        assert!(b.affords(100, 10, 0, 600_000), "the window passed");
+        assert_eq!(b.postpone(10, 0, 1_000), !b.affords(0, 10, 0, 1_000));
+    }
+
+    #[test]
+    fn the_bandwidth_cap_holds_the_rate_over_time() {
+        const MIB: u64 = 1 << 20;
+        let mut cap = Bandwidth::new(MIB, 0);
+        // A second's worth passes at once, then each 64 KiB waits 1/16 s.
+        assert_eq!(cap.take(MIB, 0), 0);
+        assert_eq!(cap.take(64 << 10, 0), 62_500);
+        // Reading on schedule: every chunk waits its share.
+        let (start, mut now, mut sent) = (62_500, 62_500, 0);
+        for _ in 0..64 {
+            now += cap.take(64 << 10, now);
+            sent += 64 << 10;
+        }
+        let rate = sent as f64 / ((now - start) as f64 / 1e6);
+        assert!((rate - MIB as f64).abs() / (MIB as f64) < 0.05, "{rate}");
+        // A pause refills at most one second's worth.
+        let later = now + 10_000_000;
+        assert_eq!(cap.take(MIB, later), 0);
+        assert!(cap.take(1, later) > 0);
+        // Degenerate inputs do not panic.
+        let mut zero = Bandwidth::new(0, u64::MAX);
+        let _ = zero.take(u64::MAX, 0);
+        let _ = zero.take(u64::MAX, u64::MAX);
     }
 
     proptest::proptest! {

@@ -441,6 +441,11 @@ struct FileRule {
     allow_tags: Vec<String>,
     #[serde(default)]
     deny_tags: Vec<String>,
+    prefetch_hot_pulls: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    prefetch_window: Option<Duration>,
+    max_connections: Option<usize>,
+    max_bandwidth_mib: Option<u64>,
 }
 
 /// Where objects are kept.
@@ -480,6 +485,13 @@ pub struct Rule {
     pub upstream_prefix: String,
     /// Which repositories and tags may be pulled through.
     pub filter: wharf_core::rules::Filter,
+    /// When a hot tag that moved is prefetched (`prefetch_hot_pulls`,
+    /// `prefetch_window`).
+    pub prefetch: wharf_core::prefetch::PrefetchPolicy,
+    /// At most this many requests open to the upstream at once.
+    pub max_connections: Option<usize>,
+    /// At most this many body bytes per second from the upstream.
+    pub max_bandwidth: Option<u64>,
 }
 
 impl Rule {
@@ -890,6 +902,9 @@ fn rules(
             ratelimit_reserve: DEFAULT_RATELIMIT_RESERVE,
             upstream_prefix: String::new(),
             filter: wharf_core::rules::Filter::EMPTY,
+            prefetch: wharf_core::prefetch::PrefetchPolicy::default(),
+            max_connections: None,
+            max_bandwidth: None,
         };
         match rules.iter_mut().find(|r| r.prefix == rule.prefix) {
             Some(existing) => {
@@ -947,6 +962,33 @@ fn file_rule(n: usize, r: FileRule, defaults: FreshnessPolicy, env: &Env) -> any
         );
     }
     let keep = r.keep;
+    let defaults_prefetch = wharf_core::prefetch::PrefetchPolicy::default();
+    let prefetch = wharf_core::prefetch::PrefetchPolicy {
+        hot_pulls: r.prefetch_hot_pulls.unwrap_or(defaults_prefetch.hot_pulls),
+        window: r.prefetch_window.unwrap_or(defaults_prefetch.window),
+    };
+    prefetch
+        .validate()
+        .map_err(|e| anyhow::anyhow!("rule {n} ({}): {e}", r.prefix))?;
+    if r.max_connections == Some(0) {
+        anyhow::bail!(
+            "rule {n} ({}): max_connections = 0 would never reach the upstream; omit it for no cap, e.g. max_connections = 8",
+            r.prefix
+        );
+    }
+    let max_bandwidth = match r.max_bandwidth_mib {
+        Some(0) => anyhow::bail!(
+            "rule {n} ({}): max_bandwidth_mib = 0 would never read a byte; omit it for no cap, e.g. max_bandwidth_mib = 50",
+            r.prefix
+        ),
+        Some(mib) => Some(mib.checked_mul(1 << 20).ok_or_else(|| {
+            anyhow::anyhow!(
+                "rule {n} ({}): max_bandwidth_mib = {mib} is too large",
+                r.prefix
+            )
+        })?),
+        None => None,
+    };
     Ok(Rule {
         prefix: r.prefix,
         upstream: r.upstream,
@@ -967,6 +1009,9 @@ fn file_rule(n: usize, r: FileRule, defaults: FreshnessPolicy, env: &Env) -> any
             allow_tags: r.allow_tags,
             deny_tags: r.deny_tags,
         },
+        prefetch,
+        max_connections: r.max_connections,
+        max_bandwidth,
     })
 }
 
@@ -1316,6 +1361,43 @@ mod tests {
         ] {
             let err = format!("{:#}", load(&args, file).unwrap_err());
             assert!(err.contains(says), "{file}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_rules_caps_and_prefetch_are_read_and_validated() {
+        let args = ["--listen", "127.0.0.1:5000", "--data", "/tmp/w"];
+        let rule = "[[rule]]\nprefix = \"docker.io\"\nupstream = \"http://127.0.0.1:5001\"\n";
+        let c = load(&args, rule).unwrap();
+        assert_eq!(
+            c.rules[0].prefetch,
+            wharf_core::prefetch::PrefetchPolicy::default()
+        );
+        assert_eq!(
+            (c.rules[0].max_connections, c.rules[0].max_bandwidth),
+            (None, None)
+        );
+        let file = format!(
+            "{rule}max_connections = 8\nmax_bandwidth_mib = 50\nprefetch_hot_pulls = 0\nprefetch_window = \"10m\"\n"
+        );
+        let c = load(&args, &file).unwrap();
+        assert_eq!(c.rules[0].max_connections, Some(8));
+        assert_eq!(c.rules[0].max_bandwidth, Some(50 << 20));
+        assert!(!c.rules[0].prefetch.enabled(), "0 turns it off");
+        for (extra, says) in [
+            ("max_connections = 0\n", "max_connections = 0"),
+            ("max_bandwidth_mib = 0\n", "max_bandwidth_mib = 0"),
+            (
+                "prefetch_hot_pulls = 100000\n",
+                "prefetch_hot_pulls = 100000",
+            ),
+            ("prefetch_window = \"0s\"\n", "prefetch_window is 0"),
+        ] {
+            let err = format!("{:#}", load(&args, &format!("{rule}{extra}")).unwrap_err());
+            assert!(
+                err.contains(says) && err.contains("rule 1"),
+                "{extra}: {err}"
+            );
         }
     }
 

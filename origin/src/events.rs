@@ -1,5 +1,5 @@
 //! What happened: the notable events of this origin (a hydration finished
-//! or failed, an image was evicted, a tag moved, the region's health
+//! or failed, an image was evicted, a tag moved (and was prefetched), the region's health
 //! changed), emitted at one place each. A few of each kind are kept for the
 //! status page (`/status`), and every one goes to the webhook outbox when
 //! one is configured ([`crate::outbox`]).
@@ -68,6 +68,27 @@ pub enum Event {
         /// The manifest it points at now.
         to: String,
     },
+    /// A hot tag moved and was prefetched (`crate::prefetch`).
+    TagPrefetched {
+        /// Unix ms.
+        at_ms: u64,
+        /// Its rule.
+        rule: String,
+        /// Its repository.
+        repository: String,
+        /// The tag.
+        tag: String,
+        /// The manifest it points at now.
+        digest: String,
+        /// The platforms hydrated (empty for a single image).
+        platforms: Vec<String>,
+        /// Blobs hydrated or found stored.
+        blobs: u64,
+        /// Their bytes.
+        bytes: u64,
+        /// warmed, manifest_only, failed, budget (`wharf_prefetches_total`).
+        result: String,
+    },
     /// This region's readiness changed (`ok`, `degraded`, `down`).
     RegionHealth {
         /// Unix ms.
@@ -116,7 +137,9 @@ impl Events {
         let ring = match event {
             Event::Hydration { .. } => &self.hydrations,
             Event::Eviction { .. } => &self.evictions,
-            Event::TagMoved { .. } | Event::RegionHealth { .. } => &self.others,
+            Event::TagMoved { .. } | Event::TagPrefetched { .. } | Event::RegionHealth { .. } => {
+                &self.others
+            }
         };
         let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
         if ring.len() == RECENT {

@@ -28,6 +28,8 @@
 //!   [`replicate`] — eager copies to them; [`cluster`] — replicas of one
 //!   region sending each blob miss to its owner (rendezvous hashing).
 //! * [`warm`] — prewarming jobs (`wharf warm`).
+//! * [`prefetch`] — hot tags revalidated ahead of their clients; a moved one's
+//!   platforms pulled before are hydrated before the tag switches.
 //! * [`retention`] — keep windows, quota, last-pull records and the
 //!   two-phase collection of what no kept image needs.
 //! * [`events`] — what happened (hydrations, evictions, moved tags, health
@@ -53,6 +55,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod outbox;
 pub mod passthrough;
+pub mod prefetch;
 pub mod referrers;
 pub mod replicate;
 pub mod retention;
@@ -159,6 +162,7 @@ pub async fn run(
     // The free-space gauges from the start, not from the first cold pull.
     state.blobs.disks();
     watch_health(state.clone());
+    prefetch::start(state.clone());
     state.retention.spawn();
     let retention = state.retention.clone();
     let blobs = state.blobs.clone();

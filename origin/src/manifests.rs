@@ -8,7 +8,8 @@
 //! * fresh → served from the store, zero upstream requests;
 //! * stale → one upstream `HEAD` (Docker Hub does not count HEADs against its
 //!   pull limit); same digest → the record's clock is reset, no `GET`;
-//!   another digest → one `GET` of the new manifest;
+//!   another digest → one `GET` of the new manifest (none when this name
+//!   already holds it: a prefetch stored it);
 //! * upstream down, rate limited or failing → the last known manifest is
 //!   served while inside the stale-if-error window, marked stale in the
 //!   `X-Wharf-Cache` header and `wharf_stale_served_total`.
@@ -20,6 +21,11 @@
 //! freshness does not compound across the edge and the origin
 //! (`wharf_core::freshness`). What a stale tag's `HEAD` leads to is the
 //! core's decision (`wharf_core::revalidate`).
+//!
+//! Hot tags are also revalidated ahead of their clients
+//! ([`Manifests::revalidate_hot`], driven by `crate::prefetch`): a moved
+//! one's new manifest is stored at once, the tag switches only after its
+//! blobs are prefetched ([`Manifests::commit_move`]).
 //!
 //! Concurrent requests for the same tag or digest share one upstream request
 //! (a detached task behind a shared future), so a herd after a TTL expiry
@@ -119,6 +125,25 @@ impl CacheStatus {
             CacheStatus::Stale | CacheStatus::Postponed => "stale",
         }
     }
+}
+
+/// What a hot tag's revalidation found ([`Manifests::revalidate_hot`]).
+#[derive(Debug)]
+pub enum HotRevalidation {
+    /// Same digest; the record's clock was reset.
+    Unchanged,
+    /// Another digest, whose manifest is now stored; the tag is not
+    /// switched yet.
+    Moved {
+        /// The new top manifest.
+        manifest: Manifest,
+        /// When the upstream said so.
+        confirmed_at_ms: u64,
+    },
+    /// The upstream no longer has the tag (the next pull says so).
+    Gone,
+    /// The answer carried no digest.
+    Unknown,
 }
 
 /// What a manifest request needs to know about its rule.
@@ -301,23 +326,11 @@ impl Manifests {
                 .await
                 .map(|m| (m, CacheStatus::Miss));
         };
-        let head = req
-            .upstream
-            .send(
-                Method::HEAD,
-                &req.upstream_repo,
-                &format!("manifests/{tag}"),
-                accept(),
-            )
-            .await;
+        let head = head_tag(req, tag).await;
         // `send` answers only 2xx and 404; every other status is its error.
         let (status, digest, failure) = match head {
             Ok(response) => {
-                let digest = response
-                    .headers()
-                    .get(DOCKER_CONTENT_DIGEST)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Digest::parse(v).ok());
+                let digest = header_digest(response.headers());
                 (response.status().as_u16(), digest, None)
             }
             Err(source) => (0, None, Some(source)),
@@ -348,7 +361,20 @@ impl Manifests {
                     .map(|m| (m, CacheStatus::Miss))
             }
             Revalidation::Fetch => {
-                let m = self.fetch_tag(req, tag, key).await?;
+                // The tag moved to a manifest this name already holds (a
+                // prefetch stored it): no `GET`.
+                let m = match self.linked(req, digest.as_ref()).await {
+                    Some(m) => {
+                        let moved = TagRecord {
+                            digest: m.digest.clone(),
+                            media_type: m.media_type.clone(),
+                            fetched_at_ms: now,
+                        };
+                        self.save_tag(key, &moved).await;
+                        m.confirmed_at(now)
+                    }
+                    None => self.fetch_tag(req, tag, key).await?,
+                };
                 if m.digest != record.digest {
                     self.events.emit(crate::events::Event::TagMoved {
                         at_ms: now,
@@ -384,6 +410,100 @@ impl Manifests {
                 Err(Error::Upstream { registry, source })
             }
         }
+    }
+
+    /// The stored manifest `digest`, if `req.canonical` is linked to it.
+    async fn linked(&self, req: &ManifestRequest, digest: Option<&Digest>) -> Option<Manifest> {
+        let digest = digest?;
+        if !self.links.has(Kind::Manifest, &req.canonical, digest).await {
+            return None;
+        }
+        self.load(digest).await
+    }
+
+    /// What the cache knows of `tag` (memory, else the store).
+    pub async fn tag_record_of(&self, req: &ManifestRequest, tag: &Tag) -> Option<TagRecord> {
+        self.tag_record(&store::tag_key(&req.canonical, tag)).await
+    }
+
+    /// Revalidates a hot tag ahead of its clients (`crate::prefetch`): one
+    /// `HEAD`. Unchanged, the record's clock is reset. Moved, the new
+    /// manifest is fetched by digest (verified, stored, linked) but the tag
+    /// is *not* switched: [`Manifests::commit_move`] does that once its
+    /// blobs are prefetched, and until then clients keep the old one, which
+    /// is still fresh.
+    pub async fn revalidate_hot(
+        self: &Arc<Self>,
+        req: &ManifestRequest,
+        tag: &Tag,
+        record: &TagRecord,
+    ) -> Result<HotRevalidation, Error> {
+        let head = head_tag(req, tag).await.map_err(|source| Error::Upstream {
+            registry: req.upstream.registry().to_owned(),
+            source,
+        })?;
+        let now = now_ms();
+        if head.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(HotRevalidation::Gone);
+        }
+        let Some(digest) = header_digest(head.headers()) else {
+            // Without a digest a HEAD cannot tell; the next pull's
+            // revalidation (a GET) will.
+            return Ok(HotRevalidation::Unknown);
+        };
+        if digest == record.digest {
+            let touched = TagRecord {
+                fetched_at_ms: now,
+                ..record.clone()
+            };
+            self.save_tag(&store::tag_key(&req.canonical, tag), &touched)
+                .await;
+            return Ok(HotRevalidation::Unchanged);
+        }
+        let (manifest, _) = self.by_digest(req, &digest).await?;
+        Ok(HotRevalidation::Moved {
+            manifest,
+            confirmed_at_ms: now,
+        })
+    }
+
+    /// Switches `tag` from `from` to `to` (confirmed upstream at
+    /// `confirmed_at_ms`) and tells the events.
+    pub async fn commit_move(
+        &self,
+        req: &ManifestRequest,
+        tag: &Tag,
+        from: &TagRecord,
+        to: &Manifest,
+        confirmed_at_ms: u64,
+    ) {
+        let key = store::tag_key(&req.canonical, tag);
+        // A client's own revalidation may have switched it already, later.
+        if let Some(current) = self.tag_record(&key).await
+            && current.digest == to.digest
+            && current.fetched_at_ms >= confirmed_at_ms
+        {
+            return;
+        }
+        let record = TagRecord {
+            digest: to.digest.clone(),
+            media_type: to.media_type.clone(),
+            fetched_at_ms: confirmed_at_ms,
+        };
+        self.save_tag(&key, &record).await;
+        self.events.emit(crate::events::Event::TagMoved {
+            at_ms: confirmed_at_ms,
+            rule: req.upstream.registry().to_owned(),
+            repository: req.canonical.to_string(),
+            tag: tag.to_string(),
+            from: from.digest.to_string(),
+            to: to.digest.to_string(),
+        });
+    }
+
+    /// A stored manifest (store failures count as absent).
+    pub async fn stored(&self, digest: &Digest) -> Option<Manifest> {
+        self.load(digest).await
     }
 
     async fn fetch_tag(
@@ -432,11 +552,7 @@ impl Manifests {
                 registry,
             });
         }
-        let header_digest = response
-            .headers()
-            .get(DOCKER_CONTENT_DIGEST)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Digest::parse(v).ok());
+        let claimed = header_digest(response.headers());
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -451,7 +567,7 @@ impl Manifests {
             &body,
             content_type.as_deref(),
             want,
-            header_digest.as_ref(),
+            claimed.as_ref(),
         ) {
             Ok(accepted) => accepted,
             Err(ManifestError::DigestMismatch { expected, got, .. }) => {
@@ -585,6 +701,26 @@ impl Manifests {
             tracing::warn!(error = %e, "tag record not deleted");
         }
     }
+}
+
+/// One `HEAD` of `tag` at the rule's upstream.
+async fn head_tag(req: &ManifestRequest, tag: &Tag) -> Result<reqwest::Response, UpstreamError> {
+    req.upstream
+        .send(
+            Method::HEAD,
+            &req.upstream_repo,
+            &format!("manifests/{tag}"),
+            accept(),
+        )
+        .await
+}
+
+/// The `Docker-Content-Digest` an answer claims, if it parses.
+fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get(DOCKER_CONTENT_DIGEST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Digest::parse(v).ok())
 }
 
 fn accept() -> HeaderMap {

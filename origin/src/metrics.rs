@@ -72,6 +72,22 @@ pub const PULL_RECORDS: &str = "wharf_pull_records_total";
 /// Stale tags served without asking the upstream because its rate-limit
 /// budget was at the rule's reserve, by `registry`.
 pub const REVALIDATIONS_POSTPONED: &str = "wharf_revalidations_postponed_total";
+/// Requests open to each upstream now, by `registry` (0 for rules without
+/// `max_connections`: they are not counted).
+pub const UPSTREAM_CONNECTIONS: &str = "wharf_upstream_connections";
+/// Requests that found every connection to their upstream in use and
+/// waited, by `registry`.
+pub const UPSTREAM_CONNECTION_WAITS: &str = "wharf_upstream_connection_waits_total";
+/// Hot tags revalidated ahead of their clients, by `registry` and `result`
+/// (unchanged, moved, failed, postponed: the budget was at its reserve).
+pub const HOT_REVALIDATIONS: &str = "wharf_hot_tag_revalidations_total";
+/// Tag-change prefetches, by `registry` and `result` (warmed: the new
+/// manifest and the blobs of the platforms pulled before are stored;
+/// manifest_only: none of its platforms was pulled before; failed; budget:
+/// not started, the rate-limit budget could not pay for it).
+pub const PREFETCHES: &str = "wharf_prefetches_total";
+/// Blob bytes hydrated by tag-change prefetches, by `registry`.
+pub const PREFETCHED_BYTES: &str = "wharf_prefetched_bytes_total";
 /// Webhook events, by `result`: queued (written to the outbox), delivered,
 /// failed (one delivery attempt), dropped (the writer was behind), lost
 /// (not written), expired (older than `events.max_age`).
@@ -286,6 +302,15 @@ pub fn register(rules: &[String], peers: &[String], replicas: usize) {
         counter!(UPSTREAM_BYTES, "registry" => r.clone()).increment(0);
         counter!(STALE_SERVED, "registry" => r.clone()).increment(0);
         counter!(REVALIDATIONS_POSTPONED, "registry" => r.clone()).increment(0);
+        for result in ["unchanged", "moved", "failed", "postponed"] {
+            counter!(HOT_REVALIDATIONS, "registry" => r.clone(), "result" => result).increment(0);
+        }
+        for result in ["warmed", "manifest_only", "failed", "budget"] {
+            counter!(PREFETCHES, "registry" => r.clone(), "result" => result).increment(0);
+        }
+        counter!(PREFETCHED_BYTES, "registry" => r.clone()).increment(0);
+        gauge!(UPSTREAM_CONNECTIONS, "registry" => r.clone()).set(0.0);
+        counter!(UPSTREAM_CONNECTION_WAITS, "registry" => r.clone()).increment(0);
         gauge!(UPSTREAM_CIRCUIT, "registry" => r.clone()).set(0.0);
         counter!(UPSTREAM_CIRCUIT_OPENED, "registry" => r.clone()).increment(0);
         counter!(UPSTREAM_CIRCUIT_REFUSED, "registry" => r.clone()).increment(0);
@@ -362,7 +387,29 @@ pub fn outbox(len: usize, oldest_ms: Option<u64>) {
     gauge!(OUTBOX_OLDEST).set(age);
 }
 
-/// Counts one revalidation postponed for the rate-limit budget.
+/// Sets the requests open to an upstream with a connection cap.
+pub fn upstream_connections(registry: &str, in_use: usize) {
+    gauge!(UPSTREAM_CONNECTIONS, "registry" => registry.to_owned()).set(in_use as f64);
+}
+
+/// Counts one request that waited for a connection to its upstream.
+pub fn upstream_connection_waits(registry: &str) {
+    counter!(UPSTREAM_CONNECTION_WAITS, "registry" => registry.to_owned()).increment(1);
+}
+
+/// Counts one revalidation of a hot tag (`result`: unchanged, moved,
+/// failed, postponed).
+pub fn hot_revalidation(registry: &str, result: &'static str) {
+    counter!(HOT_REVALIDATIONS, "registry" => registry.to_owned(), "result" => result).increment(1);
+}
+
+/// Counts one tag-change prefetch and the blob bytes it hydrated.
+pub fn prefetch(registry: &str, result: &'static str, bytes: u64) {
+    counter!(PREFETCHES, "registry" => registry.to_owned(), "result" => result).increment(1);
+    counter!(PREFETCHED_BYTES, "registry" => registry.to_owned()).increment(bytes);
+}
+
+/// Counts one stale tag served without revalidating (budget at reserve).
 pub fn revalidation_postponed(registry: &str) {
     counter!(REVALIDATIONS_POSTPONED, "registry" => registry.to_owned()).increment(1);
 }

@@ -21,7 +21,7 @@
 //! * Events older than `max_age` (7 days by default) are given up, counted.
 //!
 //! Event types: `dev.wharf.hydration.completed`, `dev.wharf.hydration.failed`,
-//! `dev.wharf.image.evicted`, `dev.wharf.tag.moved`,
+//! `dev.wharf.image.evicted`, `dev.wharf.tag.moved`, `dev.wharf.tag.prefetched`,
 //! `dev.wharf.region.health_changed`.
 
 use std::collections::HashMap;
@@ -80,6 +80,7 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::Hydration { ok: false, .. } => "dev.wharf.hydration.failed",
         Event::Eviction { .. } => "dev.wharf.image.evicted",
         Event::TagMoved { .. } => "dev.wharf.tag.moved",
+        Event::TagPrefetched { .. } => "dev.wharf.tag.prefetched",
         Event::RegionHealth { .. } => "dev.wharf.region.health_changed",
     }
 }

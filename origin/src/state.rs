@@ -27,6 +27,8 @@ pub struct RuleRuntime {
     pub upstream: Arc<Upstream>,
     /// Copy what the rule hydrates to the peer regions at once.
     pub replicate: bool,
+    /// When the rule's hot tags are prefetched.
+    pub prefetch: wharf_core::prefetch::PrefetchPolicy,
 }
 
 /// Shared state of the origin.
@@ -60,6 +62,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Prewarming jobs.
     pub jobs: Arc<crate::warm::Jobs>,
+    /// Hot tags and the prefetch of those that move.
+    pub prefetch: Arc<crate::prefetch::Prefetcher>,
     /// Recent hydrations and evictions (the status page).
     pub events: Arc<crate::events::Events>,
     /// Last-pull records and the collection.
@@ -85,6 +89,8 @@ pub struct Target {
     pub private: bool,
     /// Whether the rule replicates eagerly.
     pub replicate: bool,
+    /// When the rule's hot tags are prefetched.
+    pub prefetch: wharf_core::prefetch::PrefetchPolicy,
 }
 
 impl Target {
@@ -149,10 +155,16 @@ impl AppState {
             )
             .map_err(|e| anyhow::anyhow!("rule {}: {e}", rule.prefix))?
             .with_breaker(config.upstream_breaker)
-            .with_budget_reserve(rule.ratelimit_reserve);
+            .with_budget_reserve(rule.ratelimit_reserve)
+            .with_caps(
+                crate::upstream::Caps::default()
+                    .with_connections(rule.max_connections)
+                    .with_bandwidth(rule.max_bandwidth),
+            );
             runtimes.push(RuleRuntime {
                 upstream: Arc::new(upstream),
                 replicate: rule.replicate,
+                prefetch: rule.prefetch,
             });
         }
         let geo = config.geo.as_ref().map(|g| Arc::new(Geo::new(g)));
@@ -240,6 +252,7 @@ impl AppState {
             limits: Arc::new(Limits::new(&config.limits)),
             retention,
             jobs: Arc::default(),
+            prefetch: Arc::default(),
             events,
             admin_token: config.admin_token.as_deref().map(Arc::from),
         })
@@ -271,6 +284,7 @@ impl AppState {
             prefix: resolved.prefix,
             private: resolved.private,
             replicate: runtime.replicate,
+            prefetch: runtime.prefetch,
         })
     }
 }

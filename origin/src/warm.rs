@@ -47,6 +47,8 @@ const ROOM_WAIT: Duration = Duration::from_millis(500);
 pub struct Job {
     progress: Mutex<JobProgress>,
     cancel: CancellationToken,
+    /// Cancelled once the job has ended, however it ended.
+    ended: CancellationToken,
 }
 
 impl Job {
@@ -57,6 +59,11 @@ impl Job {
     /// A copy of its progress.
     pub fn progress(&self) -> JobProgress {
         self.with(|p| p.clone())
+    }
+
+    /// Waits until the job has ended (done, failed or cancelled).
+    pub async fn ended(&self) {
+        self.ended.cancelled().await
     }
 
     fn blob(&self, digest: &Digest, f: impl FnOnce(&mut BlobProgress)) {
@@ -117,6 +124,7 @@ impl Jobs {
                 finished_ms: None,
             }),
             cancel: CancellationToken::new(),
+            ended: CancellationToken::new(),
         });
         {
             let mut jobs = self.jobs();
@@ -156,6 +164,8 @@ impl Jobs {
 }
 
 async fn run(job: Arc<Job>, state: AppState) {
+    // Ended however the task ends, a panic included.
+    let _ended = job.ended.clone().drop_guard();
     let images = job.with(|p| p.request.images.clone());
     let mut failed = false;
     for (i, image) in images.iter().enumerate() {

@@ -45,6 +45,9 @@ fn state_with(spool: &std::path::Path, endpoint: &str, limits: LimitSettings) ->
             ratelimit_reserve: 10,
             upstream_prefix: String::new(),
             filter: Default::default(),
+            prefetch: Default::default(),
+            max_connections: None,
+            max_bandwidth: None,
         }],
         upstream_timeouts: Timeouts {
             connect: Duration::from_secs(1),

@@ -210,6 +210,30 @@ struct Shared {
     /// `METHOD path?query` of every request, in arrival order.
     log: Mutex<Vec<String>>,
     fault: Mutex<Option<Fault>>,
+    /// Requests being answered now (until their body is sent or dropped),
+    /// and the most there were at once since the last reset.
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// One request being answered; leaving lowers the count.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> InFlight {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+        shared.peak.fetch_max(now, SeqCst);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -353,10 +377,15 @@ impl Upstream {
         Counts(self.shared.counts.lock().unwrap().clone())
     }
 
-    /// Forgets all counted requests.
+    /// Forgets all counted requests (and the peak of requests at once).
     pub fn reset_counts(&self) {
-        self.shared.counts.lock().unwrap().clear();
-        self.shared.log.lock().unwrap().clear();
+        self.proxy().reset_counts();
+    }
+
+    /// The most requests the registry's proxy was answering at once since
+    /// the last reset ([`Proxy::peak_in_flight`]).
+    pub fn peak_in_flight(&self) -> usize {
+        self.proxy().peak_in_flight()
     }
 
     /// `METHOD path?query` of every request since the last reset, in order
@@ -556,10 +585,26 @@ impl Proxy {
         Counts(self.ctx.shared.counts.lock().unwrap().clone())
     }
 
-    /// Forgets the counted requests.
+    /// Forgets the counted requests (and the peak of requests at once).
     pub fn reset_counts(&self) {
         self.ctx.shared.counts.lock().unwrap().clear();
         self.ctx.shared.log.lock().unwrap().clear();
+        self.ctx.shared.peak.store(
+            self.ctx
+                .shared
+                .in_flight
+                .load(std::sync::atomic::Ordering::SeqCst),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// The most requests this proxy was answering at once (from the first
+    /// byte of a request to the last of its response) since the last reset.
+    pub fn peak_in_flight(&self) -> usize {
+        self.ctx
+            .shared
+            .peak
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Closes the listening socket and every open connection: the upstream
@@ -620,7 +665,18 @@ impl Running {
                 set.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
+                        async move {
+                            let in_flight = InFlight::enter(&ctx.shared);
+                            let response = ctx.handle(req).await;
+                            // Held by the body: hyper drops it once sent.
+                            Ok::<_, Infallible>(response.map(move |body| {
+                                body.map_frame(move |frame| {
+                                    let _ = &in_flight;
+                                    frame
+                                })
+                                .boxed()
+                            }))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)

@@ -63,6 +63,10 @@ pub async fn get(
         .retention
         .pulls
         .record(&target.canonical, &manifest.digest);
+    match reference {
+        Reference::Tag(tag) => state.prefetch.tag_pulled(target, tag),
+        Reference::Digest(digest) => state.prefetch.digest_pulled(target, digest),
+    }
     let tag_age_ms = manifest.tag_age_ms();
     let len = manifest.body.len();
     let body = if head {

@@ -105,6 +105,17 @@ pub enum UpstreamError {
         /// Why.
         refusal: Refusal,
     },
+    /// Every connection the rule allows to the upstream (`max_connections`)
+    /// stayed in use for the whole wait; nothing was sent.
+    #[error(
+        "all {connections} connections the rule allows to it stayed in use for {waited_ms} ms; retry, or raise the rule's max_connections"
+    )]
+    Busy {
+        /// The rule's cap.
+        connections: usize,
+        /// How long the request waited.
+        waited_ms: u64,
+    },
     /// The upstream failed repeatedly and is skipped for a while
     /// (`wharf_core::breaker`); nothing was sent.
     #[error("skipped: it failed repeatedly; the next try is in {retry_after} s")]
@@ -131,6 +142,7 @@ impl UpstreamError {
         match self {
             UpstreamError::RateLimited { retry_after }
             | UpstreamError::CircuitOpen { retry_after } => Some(*retry_after),
+            UpstreamError::Busy { .. } => Some(1),
             _ => None,
         }
     }
@@ -194,6 +206,8 @@ pub struct Upstream {
     breaker: Mutex<Breaker>,
     /// The breaker's clock: milliseconds since this client was made.
     epoch: Instant,
+    /// The rule's caps on connections and bandwidth.
+    caps: super::Caps,
 }
 
 const MAX_REDIRECTS: usize = 5;
@@ -250,6 +264,7 @@ impl Upstream {
             timeouts,
             breaker: Mutex::new(Breaker::new(BreakerPolicy::default())),
             epoch: Instant::now(),
+            caps: super::Caps::default(),
         })
     }
 
@@ -265,6 +280,19 @@ impl Upstream {
     /// below `reserve` (see [`Upstream::postpone_revalidation`]).
     pub fn with_budget_reserve(self, reserve: u64) -> Self {
         Self { reserve, ..self }
+    }
+
+    /// The same client held to `caps` (connections, bandwidth).
+    pub fn with_caps(self, caps: super::Caps) -> Self {
+        Self { caps, ..self }
+    }
+
+    /// Whether `requests` more manifest requests that can wait (a
+    /// prefetch) fit in the advertised budget above the reserve (the
+    /// core's `Budget::affords`); yes when no budget was advertised.
+    pub fn budget_affords(&self, requests: u64) -> bool {
+        let budget = *self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        budget.is_none_or(|(b, at)| b.affords(requests, self.reserve, at, unix_ms()))
     }
 
     /// Whether a revalidation that can wait should (the core's
@@ -313,6 +341,16 @@ impl Upstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         self.check_rate_limit()?;
         self.check_circuit()?;
+        // Held through redirects and, on the final response, until its body
+        // is read or dropped (`caps`).
+        let permit = self
+            .caps
+            .admit(&self.registry, self.timeouts.response)
+            .await
+            .map_err(|busy| UpstreamError::Busy {
+                connections: busy.connections,
+                waited_ms: busy.waited.as_millis() as u64,
+            })?;
         let scope = pull_scope(repo);
         let mut auth = self.authorization(&scope).await?;
         let mut retried_auth = false;
@@ -368,7 +406,10 @@ impl Upstream {
                     continue;
                 }
             }
-            return self.classify(response).await;
+            return self
+                .classify(response)
+                .await
+                .map(|r| self.caps.wrap(&self.registry, r, permit));
         }
     }
 

@@ -1,0 +1,262 @@
+//! Tag-change prefetch (issue 16): hot tags are revalidated ahead of their
+//! clients, and when one moved, its new manifest and the blobs of the
+//! platforms pulled before are hydrated before the tag switches — so the
+//! first pull after a release is a warm pull.
+//!
+//! What is hot, when a hot tag is due and which platforms to hydrate are
+//! the core's decisions (`wharf_core::prefetch`); this module keeps the pull
+//! counts, runs the loop and does the I/O:
+//!
+//! 1. Every manifest answer counts: by tag into [`HotTags`], by digest into
+//!    a byte-bounded set of recently pulled digests (which platforms of an
+//!    index were pulled).
+//! 2. Every `tick` (a twentieth of the shortest TTL of a rule with
+//!    prefetch, within 50 ms..5 s) each hot tag due for revalidation gets
+//!    one `HEAD` ([`Manifests::revalidate_hot`]) — unless its upstream's
+//!    budget is at the rule's reserve, when it waits like any revalidation.
+//! 3. A tag that moved: the new manifest is fetched by digest; if the
+//!    budget affords the platform manifests, a warm job
+//!    ([`crate::warm::Jobs`], visible in `wharf jobs`) hydrates the chosen
+//!    platforms' blobs, sharing hydrations with pulls; then the tag
+//!    switches ([`Manifests::commit_move`]) and a `TagPrefetched` event and
+//!    `wharf_prefetches_total` say how it went.
+//!
+//! The edge's cache hits reach the origin only as revalidations and pull
+//! reports, so a tag hot at the edge counts here at the edge's revalidation
+//! rate: set `prefetch_hot_pulls` with that in mind.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use wharf_core::prefetch::{HotTags, Selection, platforms_to_prefetch, refresh_due};
+use wharf_core::{Digest, RepositoryName, Tag};
+
+use crate::bounded::ByteLru;
+use crate::events::{Event, now_ms};
+use crate::manifests::HotRevalidation;
+use crate::metrics;
+use crate::state::{AppState, Target};
+
+/// Memory the recently pulled digests may take (about 40,000).
+const PULLED_BYTES: usize = 4 << 20;
+/// Tags refreshed at once; the others wait for a later tick.
+const CONCURRENT: usize = 4;
+
+/// (repository in the cache, tag).
+type TagKey = (String, String);
+
+/// Pull counts and the refreshes in progress.
+#[derive(Default)]
+pub struct Prefetcher {
+    hot: Mutex<HotTags<TagKey>>,
+    pulled: Mutex<Option<ByteLru<()>>>,
+    busy: Mutex<HashSet<TagKey>>,
+}
+
+impl Prefetcher {
+    /// A manifest of `target` was answered by tag.
+    pub fn tag_pulled(&self, target: &Target, tag: &Tag) {
+        if !target.prefetch.enabled() {
+            return;
+        }
+        let key = (target.canonical.to_string(), tag.to_string());
+        self.hot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&key, target.prefetch, now_ms());
+    }
+
+    /// A manifest of `target` was answered by digest.
+    pub fn digest_pulled(&self, target: &Target, digest: &Digest) {
+        if !target.prefetch.enabled() {
+            return;
+        }
+        let mut pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
+        pulled
+            .get_or_insert_with(|| ByteLru::new(PULLED_BYTES))
+            .put(format!("{}@{digest}", target.canonical), (), 32);
+    }
+
+    fn was_pulled(&self, repo: &RepositoryName, digest: &Digest) -> bool {
+        let mut pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
+        pulled
+            .as_mut()
+            .is_some_and(|p| p.get(&format!("{repo}@{digest}")).is_some())
+    }
+}
+
+/// How often the loop looks, for the rules' TTLs: a twentieth of the
+/// shortest, within 50 ms..5 s (`None`: no rule prefetches).
+fn tick(state: &AppState) -> Option<Duration> {
+    state
+        .rules
+        .rules()
+        .iter()
+        .zip(state.runtimes.iter())
+        .filter(|(_, rt)| rt.prefetch.enabled())
+        .map(|(spec, _)| spec.freshness.ttl / 20)
+        .min()
+        .map(|t| t.clamp(Duration::from_millis(50), Duration::from_secs(5)))
+}
+
+/// Starts the loop if a rule prefetches.
+pub fn start(state: AppState) {
+    let Some(tick) = tick(&state) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            look(&state, tick).await;
+        }
+    });
+}
+
+/// One look at the hot tags: starts a refresh of each that is due.
+async fn look(state: &AppState, tick: Duration) {
+    let hot = state
+        .prefetch
+        .hot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .hot(now_ms());
+    for (key, last_pull) in hot {
+        if state
+            .prefetch
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            >= CONCURRENT
+        {
+            return;
+        }
+        let (Ok(name), Ok(tag)) = (RepositoryName::parse(&key.0), Tag::parse(&key.1)) else {
+            continue;
+        };
+        let Ok(target) = state.resolve(&name, None) else {
+            continue;
+        };
+        let request = target.manifest_request();
+        let Some(record) = state.manifests.tag_record_of(&request, &tag).await else {
+            continue;
+        };
+        // Twice the tick: the next look may come a tick late.
+        if !refresh_due(
+            &target.freshness,
+            record.fetched_at_ms,
+            last_pull,
+            now_ms(),
+            tick * 2,
+        ) || target.upstream.postpone_revalidation()
+        {
+            continue;
+        }
+        if !state
+            .prefetch
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            continue;
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            refresh(&state, &target, &tag, record).await;
+            state
+                .prefetch
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
+    }
+}
+
+/// Revalidates one hot tag; prefetches it if it moved.
+async fn refresh(
+    state: &AppState,
+    target: &Target,
+    tag: &Tag,
+    record: crate::manifests::TagRecord,
+) {
+    let request = target.manifest_request();
+    let registry = target.upstream.registry().to_owned();
+    let (manifest, confirmed_at_ms) = match state
+        .manifests
+        .revalidate_hot(&request, tag, &record)
+        .await
+    {
+        Ok(HotRevalidation::Moved {
+            manifest,
+            confirmed_at_ms,
+        }) => (manifest, confirmed_at_ms),
+        Ok(HotRevalidation::Unchanged) => {
+            metrics::hot_revalidation(&registry, "unchanged");
+            return;
+        }
+        // The next pull's own revalidation deals with these.
+        Ok(HotRevalidation::Gone | HotRevalidation::Unknown) => {
+            metrics::hot_revalidation(&registry, "failed");
+            return;
+        }
+        Err(e) => {
+            metrics::hot_revalidation(&registry, "failed");
+            tracing::debug!(repo = %target.canonical, %tag, error = %e, "hot tag not revalidated");
+            return;
+        }
+    };
+    metrics::hot_revalidation(&registry, "moved");
+    let old = state.manifests.stored(&record.digest).await;
+    let selection = platforms_to_prefetch(
+        old.as_ref().map_or(&[][..], |m| &m.body[..]),
+        &manifest.body,
+        |d| state.prefetch.was_pulled(&target.canonical, d),
+    );
+    let (platforms, manifest_gets) = match &selection {
+        Selection::Image => (Vec::new(), 0),
+        Selection::Platforms(p) => (p.clone(), p.len() as u64),
+        Selection::Nothing => (Vec::new(), 0),
+    };
+    let (result, blobs, bytes) = if selection == Selection::Nothing {
+        ("manifest_only", 0, 0)
+    } else if !target.upstream.budget_affords(manifest_gets) {
+        ("budget", 0, 0)
+    } else {
+        let job = state.jobs.start(
+            state.clone(),
+            wharf_core::admin::WarmRequest {
+                images: vec![format!("{}@{}", target.canonical, manifest.digest)],
+                platforms: platforms.clone(),
+            },
+        );
+        job.ended().await;
+        let progress = job.progress();
+        let result = match progress.state {
+            wharf_core::admin::JobState::Done => "warmed",
+            _ => "failed",
+        };
+        (result, progress.blobs.len(), progress.bytes_done)
+    };
+    metrics::prefetch(&registry, result, bytes);
+    tracing::info!(repo = %target.canonical, %tag, from = %record.digest, to = %manifest.digest, result, blobs, bytes, "moved tag prefetched");
+    state
+        .manifests
+        .commit_move(&request, tag, &record, &manifest, confirmed_at_ms)
+        .await;
+    state.events.emit(Event::TagPrefetched {
+        at_ms: now_ms(),
+        rule: registry,
+        repository: target.canonical.to_string(),
+        tag: tag.to_string(),
+        digest: manifest.digest.to_string(),
+        platforms,
+        blobs: blobs as u64,
+        bytes,
+        result: result.to_owned(),
+    });
+}
