@@ -13,6 +13,10 @@ command -v podman >/dev/null || need+=(podman)
 command -v curl >/dev/null || need+=(curl)
 # The benchmark's hashing reference (bench/, issue 6).
 command -v openssl >/dev/null || need+=(openssl)
+# The benchmark's warm-manifest limit and load generator (bench item 8,
+# issue 17): nginx serving the same bytes as a static file, driven by wrk.
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
 # `ip netns` for the hostile-upstream test's network namespace (issue 12).
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || command -v ip >/dev/null || need+=(iproute2)
 # The status page is tested in headless Chromium (tests/tests/status_page.rs).

@@ -6,7 +6,10 @@
 //! manifest `GET`s, not `HEAD`s; others (GHCR, Quay) send the plain form
 //! `ratelimit-remaining: 76` when they send anything. When the budget runs
 //! low, a cache should stop spending it on what it can do without:
-//! revalidating tags that are still inside their stale window. Cold pulls
+//! fetching the new manifest of a moved tag still inside its stale window,
+//! and prefetching. The `HEAD` that finds a tag moved or unchanged is
+//! free, and its answer tells the budget again, so a cache that keeps
+//! sending them learns at once when the window refills. Cold pulls
 //! (nothing cached to serve) keep what is left.
 //!
 //! Pure: headers and time in, decisions out.

@@ -1,9 +1,13 @@
 //! The router and its layers, stacked in one place.
 //!
 //! Outer to inner:
-//! 1. trace — one span per request (method, path); `RUST_LOG` filters it;
-//! 2. error log — a response that carries a [`LoggedError`] is logged inside
-//!    that span with its status, so every OCI error is visible in the logs;
+//! 1. trace — one span per request (method, path) at `debug` level: at the
+//!    default `info` it costs nothing (measured: formatting the span's
+//!    fields took ~5 % of a warm manifest's CPU), and `RUST_LOG=debug`
+//!    turns it on;
+//! 2. error log — a response that carries a [`LoggedError`] is logged with
+//!    its method, path and status, so every OCI error is visible in the
+//!    logs at any level;
 //! 3. stamp — `X-Wharf-Region` / `X-Wharf-Replica` (who answered);
 //! 4. routes — `/v2/…` (the registry API), `/healthz`, `/readyz`,
 //!    `/metrics`, `/status` (the page: [`handlers::status_page`]),
@@ -70,7 +74,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), stamp))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )
         .with_state(state)
@@ -92,12 +96,15 @@ async fn stamp(State(state): State<AppState>, request: Request, next: Next) -> R
 }
 
 async fn log_errors(request: Request, next: Next) -> Response {
+    // Cheap clones (shared bytes), kept for the message.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let response = next.run(request).await;
     if let Some(LoggedError(message)) = response.extensions().get::<LoggedError>() {
+        let (status, path) = (response.status().as_u16(), uri.path());
         if response.status().is_server_error() {
-            tracing::warn!(status = response.status().as_u16(), error = %message, "request failed");
+            tracing::warn!(%method, path, status, error = %message, "request failed");
         } else {
-            tracing::info!(status = response.status().as_u16(), error = %message, "request refused");
+            tracing::info!(%method, path, status, error = %message, "request refused");
         }
     }
     response

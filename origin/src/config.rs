@@ -225,6 +225,7 @@ struct FileLimits {
     hydrations_per_upstream: Option<usize>,
     spool_mib: Option<u64>,
     min_free_mib: Option<u64>,
+    manifest_cache_mib: Option<usize>,
 }
 
 impl FileLimits {
@@ -266,6 +267,9 @@ impl FileLimits {
                 d.blob_concurrency,
             )?,
             hydration,
+            manifest_cache_bytes: self
+                .manifest_cache_mib
+                .map_or(d.manifest_cache_bytes, |m| m.saturating_mul(1 << 20)),
         })
     }
 }

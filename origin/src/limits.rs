@@ -57,6 +57,8 @@ pub struct LimitSettings {
     pub blob_concurrency: usize,
     /// When a cold blob request hydrates, and when it passes through.
     pub hydration: HydrationLimits,
+    /// Memory for manifests served lately (0: none kept).
+    pub manifest_cache_bytes: usize,
 }
 
 impl Default for LimitSettings {
@@ -71,6 +73,7 @@ impl Default for LimitSettings {
             api_timeout: Duration::from_secs(60),
             blob_concurrency: 4096,
             hydration: HydrationLimits::default(),
+            manifest_cache_bytes: 32 << 20,
         }
     }
 }

@@ -9,7 +9,10 @@
 //! * stale → one upstream `HEAD` (Docker Hub does not count HEADs against its
 //!   pull limit); same digest → the record's clock is reset, no `GET`;
 //!   another digest → one `GET` of the new manifest (none when this name
-//!   already holds it: a prefetch stored it);
+//!   already holds it: a prefetch stored it); when that `GET` would spend
+//!   an upstream rate-limit budget at the rule's reserve, the old manifest
+//!   is served instead, marked stale with `X-Wharf-Stale-Reason:
+//!   ratelimit-budget`;
 //! * upstream down, rate limited or failing → the last known manifest is
 //!   served while inside the stale-if-error window, marked stale in the
 //!   `X-Wharf-Cache` header and `wharf_stale_served_total`.
@@ -44,7 +47,7 @@ use wharf_core::media::{
     manifest_media_type,
 };
 use wharf_core::revalidate::{self, HeadResult, Revalidation};
-use wharf_core::{Digest, Freshness, FreshnessPolicy, RepositoryName, Tag};
+use wharf_core::{Digest, Freshness, FreshnessPolicy, MediaType, RepositoryName, Tag};
 
 use crate::bounded::ByteLru;
 use crate::coalesce::SharedFlights;
@@ -68,21 +71,62 @@ pub struct TagRecord {
     pub fetched_at_ms: u64,
 }
 
-/// A manifest's exact bytes and identity.
-#[derive(Clone, Debug)]
-pub struct Manifest {
+/// A manifest's exact bytes and identity, and its response headers
+/// rendered once: shared by every answer that serves it (a clone is one
+/// reference count).
+#[derive(Debug)]
+pub struct Stored {
     /// Digest of `body`.
     pub digest: Digest,
     /// Media type (the `Content-Type` served).
     pub media_type: String,
+    /// `media_type`, parsed (for `Accept`).
+    pub media: MediaType,
     /// The bytes, exactly as the upstream sent them.
     pub body: Bytes,
+    /// `Content-Type`.
+    pub content_type: Option<HeaderValue>,
+    /// `Docker-Content-Digest`.
+    pub digest_header: Option<HeaderValue>,
+    /// `ETag` (the digest, quoted).
+    pub etag: Option<HeaderValue>,
+}
+
+/// A manifest as one request serves it.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    stored: Arc<Stored>,
     /// Fetched by tag: when the upstream last confirmed that the tag points
     /// here (unix milliseconds). `None` by digest.
     pub confirmed_at_ms: Option<u64>,
 }
 
+impl std::ops::Deref for Manifest {
+    type Target = Stored;
+
+    fn deref(&self) -> &Stored {
+        &self.stored
+    }
+}
+
 impl Manifest {
+    /// `body`, whose digest is `digest`, served as `media_type`.
+    pub fn new(digest: Digest, media_type: String, body: Bytes) -> Manifest {
+        let text = digest.to_string();
+        Manifest {
+            stored: Arc::new(Stored {
+                media: MediaType::parse(&media_type),
+                content_type: HeaderValue::from_str(&media_type).ok(),
+                digest_header: HeaderValue::from_str(&text).ok(),
+                etag: HeaderValue::from_str(&format!("\"{text}\"")).ok(),
+                digest,
+                media_type,
+                body,
+            }),
+            confirmed_at_ms: None,
+        }
+    }
+
     fn confirmed_at(self, at_ms: u64) -> Manifest {
         Manifest {
             confirmed_at_ms: Some(at_ms),
@@ -110,8 +154,9 @@ pub enum CacheStatus {
     Revalidated,
     /// From the cache because the upstream failed.
     Stale,
-    /// From the cache, stale, without asking: the upstream's rate-limit
-    /// budget is at its reserve (cold pulls keep what is left).
+    /// From the cache, stale: the tag moved, but fetching the new manifest
+    /// would spend an upstream rate-limit budget at its reserve (cold
+    /// pulls keep what is left).
     Postponed,
 }
 
@@ -132,11 +177,10 @@ impl CacheStatus {
 pub enum HotRevalidation {
     /// Same digest; the record's clock was reset.
     Unchanged,
-    /// Another digest, whose manifest is now stored; the tag is not
-    /// switched yet.
+    /// Another digest; the tag is not switched yet.
     Moved {
-        /// The new top manifest.
-        manifest: Manifest,
+        /// The new top manifest's digest.
+        digest: Digest,
         /// When the upstream said so.
         confirmed_at_ms: u64,
     },
@@ -167,6 +211,9 @@ const TAG_RECORDS_BYTES: usize = 16 << 20;
 /// digest, the time, the map's own entry).
 const TAG_RECORD_OVERHEAD: usize = 160;
 
+/// What one manifest kept in memory costs beyond its bytes.
+const MANIFEST_OVERHEAD: usize = 256;
+
 /// The manifest cache of this process.
 pub struct Manifests {
     store: Store,
@@ -175,6 +222,10 @@ pub struct Manifests {
     /// Tag records read or written lately (the store has them all),
     /// bounded in bytes.
     tags: Mutex<ByteLru<TagRecord>>,
+    /// Manifests served lately, by digest, bounded in bytes: a warm
+    /// manifest costs no store round trip. Immutable by digest, so never
+    /// stale; dropped when the collection deletes one.
+    memory: Mutex<ByteLru<Manifest>>,
     flights: SharedFlights<String, (Manifest, CacheStatus), Error>,
     /// Where moved tags are told.
     events: Arc<crate::events::Events>,
@@ -200,9 +251,34 @@ impl Manifests {
             links,
             replicator,
             tags: Mutex::new(ByteLru::new(TAG_RECORDS_BYTES)),
+            memory: Mutex::new(ByteLru::new(0)),
             flights: SharedFlights::new(lost_flight),
             events: Arc::default(),
         }
+    }
+
+    /// Keeps up to `bytes` of manifests in memory.
+    pub fn with_memory(mut self, bytes: usize) -> Self {
+        self.memory = Mutex::new(ByteLru::new(bytes));
+        self
+    }
+
+    /// Forgets the manifest `digest` kept in memory (the collection
+    /// deleted it from the store).
+    pub fn forget_manifest(&self, digest: &Digest) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest.to_string());
+    }
+
+    fn remember_manifest(&self, m: &Manifest) {
+        let weight = m.body.len() + m.media_type.len() + MANIFEST_OVERHEAD;
+        self.memory.lock().unwrap_or_else(|e| e.into_inner()).put(
+            m.digest.to_string(),
+            m.clone(),
+            weight,
+        );
     }
 
     /// Tells `events` when a revalidation finds that a tag moved.
@@ -230,17 +306,6 @@ impl Manifests {
             && let Some(m) = self.load(&r.digest).await
         {
             return Ok((m.confirmed_at(r.fetched_at_ms), CacheStatus::Hit));
-        }
-        // Stale, but the upstream's budget is at its reserve: the tag can
-        // wait (inside its stale window), a cold pull cannot.
-        if let Some(r) = &record
-            && req.upstream.postpone_revalidation()
-            && req.freshness.on_upstream_error(r.fetched_at_ms, now_ms())
-                == wharf_core::OnUpstreamError::ServeStale
-            && let Some(m) = self.load(&r.digest).await
-        {
-            metrics::revalidation_postponed(req.upstream.registry());
-            return Ok((m.confirmed_at(r.fetched_at_ms), CacheStatus::Postponed));
         }
         let this = self.clone();
         let (req, tag) = (req.clone(), tag.clone());
@@ -373,7 +438,25 @@ impl Manifests {
                         self.save_tag(key, &moved).await;
                         m.confirmed_at(now)
                     }
-                    None => self.fetch_tag(req, tag, key).await?,
+                    None => {
+                        // Moved, and the `GET` would spend a budget at its
+                        // reserve: the old tag waits (inside its stale
+                        // window), a cold pull cannot. The `HEAD` was free
+                        // (Docker Hub does not count it) and told the
+                        // budget; the next pull asks again.
+                        if req.upstream.postpone_revalidation()
+                            && req.freshness.on_upstream_error(record.fetched_at_ms, now)
+                                == wharf_core::OnUpstreamError::ServeStale
+                            && let Some(old) = self.load(&record.digest).await
+                        {
+                            metrics::revalidation_postponed(&registry);
+                            return Ok((
+                                old.confirmed_at(record.fetched_at_ms),
+                                CacheStatus::Postponed,
+                            ));
+                        }
+                        self.fetch_tag(req, tag, key).await?
+                    }
                 };
                 if m.digest != record.digest {
                     self.events.emit(crate::events::Event::TagMoved {
@@ -427,11 +510,10 @@ impl Manifests {
     }
 
     /// Revalidates a hot tag ahead of its clients (`crate::prefetch`): one
-    /// `HEAD`. Unchanged, the record's clock is reset. Moved, the new
-    /// manifest is fetched by digest (verified, stored, linked) but the tag
-    /// is *not* switched: [`Manifests::commit_move`] does that once its
-    /// blobs are prefetched, and until then clients keep the old one, which
-    /// is still fresh.
+    /// `HEAD`. Unchanged, the record's clock is reset. Moved, the tag is
+    /// *not* switched: the caller fetches the new manifest (when the budget
+    /// affords it) and its blobs, then [`Manifests::commit_move`] switches
+    /// it; until then clients keep the old one, which is still fresh.
     pub async fn revalidate_hot(
         self: &Arc<Self>,
         req: &ManifestRequest,
@@ -460,9 +542,8 @@ impl Manifests {
                 .await;
             return Ok(HotRevalidation::Unchanged);
         }
-        let (manifest, _) = self.by_digest(req, &digest).await?;
         Ok(HotRevalidation::Moved {
-            manifest,
+            digest,
             confirmed_at_ms: now,
         })
     }
@@ -584,12 +665,8 @@ impl Manifests {
                 return Err(upstream_error(UpstreamError::Body(e.to_string())));
             }
         };
-        let manifest = Manifest {
-            digest,
-            media_type: media_type.as_str().to_owned(),
-            body,
-            confirmed_at_ms: None,
-        };
+        let manifest = Manifest::new(digest, media_type.as_str().to_owned(), body);
+        self.remember_manifest(&manifest);
         // The upstream served it through this name: the name may read it and
         // what it refers to.
         self.links.record(
@@ -621,19 +698,25 @@ impl Manifests {
         Ok(manifest)
     }
 
-    /// Loads a stored manifest; store failures count as absent (and are logged).
+    /// Loads a stored manifest, from memory if it was served lately; store
+    /// failures count as absent (and are logged).
     async fn load(&self, digest: &Digest) -> Option<Manifest> {
+        if let Some(m) = self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest.to_string())
+        {
+            return Some(m.clone());
+        }
         match self.store.get_bytes(&store::manifest_key(digest)).await {
             Ok(Some((meta, body))) => {
                 let media_type = manifest_media_type(meta.content_type.as_deref(), &body)
                     .as_str()
                     .to_owned();
-                Some(Manifest {
-                    digest: digest.clone(),
-                    media_type,
-                    body,
-                    confirmed_at_ms: None,
-                })
+                let m = Manifest::new(digest.clone(), media_type, body);
+                self.remember_manifest(&m);
+                Some(m)
             }
             Ok(None) => None,
             Err(e) => {

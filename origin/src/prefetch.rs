@@ -12,10 +12,11 @@
 //!    index were pulled).
 //! 2. Every `tick` (a twentieth of the shortest TTL of a rule with
 //!    prefetch, within 50 ms..5 s) each hot tag due for revalidation gets
-//!    one `HEAD` ([`Manifests::revalidate_hot`]) — unless its upstream's
-//!    budget is at the rule's reserve, when it waits like any revalidation.
-//! 3. A tag that moved: the new manifest is fetched by digest; if the
-//!    budget affords the platform manifests, a warm job
+//!    one `HEAD` ([`Manifests::revalidate_hot`]; free on Docker Hub).
+//! 3. A tag that moved: if the upstream's budget affords it above the
+//!    rule's reserve, the new manifest is fetched by digest (else the tag
+//!    stays and pulls are served it stale); if it also affords the
+//!    platform manifests, a warm job
 //!    ([`crate::warm::Jobs`], visible in `wharf jobs`) hydrates the chosen
 //!    platforms' blobs, sharing hydrations with pulls; then the tag
 //!    switches ([`Manifests::commit_move`]) and a `TagPrefetched` event and
@@ -43,8 +44,8 @@ const PULLED_BYTES: usize = 4 << 20;
 /// Tags refreshed at once; the others wait for a later tick.
 const CONCURRENT: usize = 4;
 
-/// (repository in the cache, tag).
-type TagKey = (String, String);
+/// `repository:tag` (neither may contain a colon): one allocation per pull.
+type TagKey = String;
 
 /// Pull counts and the refreshes in progress.
 #[derive(Default)]
@@ -60,7 +61,7 @@ impl Prefetcher {
         if !target.prefetch.enabled() {
             return;
         }
-        let key = (target.canonical.to_string(), tag.to_string());
+        let key = format!("{}:{tag}", target.canonical);
         self.hot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -134,7 +135,10 @@ async fn look(state: &AppState, tick: Duration) {
         {
             return;
         }
-        let (Ok(name), Ok(tag)) = (RepositoryName::parse(&key.0), Tag::parse(&key.1)) else {
+        let Some((Ok(name), Ok(tag))) = key
+            .rsplit_once(':')
+            .map(|(n, t)| (RepositoryName::parse(n), Tag::parse(t)))
+        else {
             continue;
         };
         let Ok(target) = state.resolve(&name, None) else {
@@ -151,8 +155,7 @@ async fn look(state: &AppState, tick: Duration) {
             last_pull,
             now_ms(),
             tick * 2,
-        ) || target.upstream.postpone_revalidation()
-        {
+        ) {
             continue;
         }
         if !state
@@ -186,15 +189,15 @@ async fn refresh(
 ) {
     let request = target.manifest_request();
     let registry = target.upstream.registry().to_owned();
-    let (manifest, confirmed_at_ms) = match state
+    let (digest, confirmed_at_ms) = match state
         .manifests
         .revalidate_hot(&request, tag, &record)
         .await
     {
         Ok(HotRevalidation::Moved {
-            manifest,
+            digest,
             confirmed_at_ms,
-        }) => (manifest, confirmed_at_ms),
+        }) => (digest, confirmed_at_ms),
         Ok(HotRevalidation::Unchanged) => {
             metrics::hot_revalidation(&registry, "unchanged");
             return;
@@ -211,6 +214,20 @@ async fn refresh(
         }
     };
     metrics::hot_revalidation(&registry, "moved");
+    // The new manifest's GET: only above the reserve. Otherwise the tag
+    // stays as it is; pulls serve it stale until the budget refills.
+    if !target.upstream.budget_affords(1) {
+        metrics::prefetch(&registry, "budget", 0);
+        return;
+    }
+    let manifest = match state.manifests.by_digest(&request, &digest).await {
+        Ok((m, _)) => m,
+        Err(e) => {
+            metrics::prefetch(&registry, "failed", 0);
+            tracing::warn!(repo = %target.canonical, %tag, %digest, error = %e, "moved tag's manifest not fetched");
+            return;
+        }
+    };
     let old = state.manifests.stored(&record.digest).await;
     let selection = platforms_to_prefetch(
         old.as_ref().map_or(&[][..], |m| &m.body[..]),

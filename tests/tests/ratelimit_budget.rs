@@ -1,9 +1,10 @@
 //! Issue 16, spending the upstream's rate-limit budget wisely: once it
 //! advertises (Docker Hub's `ratelimit-remaining: N;w=SECONDS`) no more
-//! than the rule's reserve, a stale tag inside its stale window is served
-//! at once, marked `X-Wharf-Cache: stale` with the reason, without a
-//! request; cold pulls still go upstream; when the budget refills,
-//! revalidation resumes.
+//! than the rule's reserve, a stale tag that moved upstream is served as it
+//! was (inside its stale window), marked `X-Wharf-Cache: stale` with the
+//! reason, after one `HEAD` (free on Docker Hub, and it tells the budget)
+//! and no `GET`; an unchanged one is revalidated as always; cold pulls still
+//! go upstream; when the budget refills, the moved tag is fetched.
 
 use std::time::Duration;
 
@@ -41,7 +42,20 @@ async fn a_low_budget_postpones_stale_revalidations_but_not_cold_pulls() {
     assert_eq!(h["x-wharf-cache"], "miss");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Stale now: served at once, marked, no request spent.
+    // Stale now, unchanged upstream: a free HEAD confirms it.
+    s.upstream.reset_counts();
+    let (_, _, h) = get_manifest(&client, &base, "up/team/app", "v1")
+        .await
+        .unwrap();
+    assert_eq!(h["x-wharf-cache"], "revalidated");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Stale, and moved upstream: the GET would spend the reserve, so the
+    // old manifest is served, marked, after one HEAD and no GET.
+    let moved = ImageSpec::docker(&[10_000])
+        .push(&s.upstream, "team/app", "v1")
+        .await
+        .unwrap();
     s.upstream.reset_counts();
     let (_, _, h) = get_manifest(&client, &base, "up/team/app", "v1")
         .await
@@ -49,11 +63,8 @@ async fn a_low_budget_postpones_stale_revalidations_but_not_cold_pulls() {
     assert_eq!(h["x-wharf-cache"], "stale");
     assert_eq!(h["x-wharf-stale-reason"], "ratelimit-budget");
     assert_eq!(h["docker-content-digest"], app.manifest_digest.as_str());
-    assert_eq!(
-        s.upstream.counts().get("GET", Kind::Manifest)
-            + s.upstream.counts().get("HEAD", Kind::Manifest),
-        0
-    );
+    assert_eq!(s.upstream.counts().get("GET", Kind::Manifest), 0);
+    assert_eq!(s.upstream.counts().get("HEAD", Kind::Manifest), 1);
 
     // A cold pull still goes upstream (and learns the budget refilled).
     s.upstream.set_fault(Fault::RateLimitHeaders(90));
@@ -63,14 +74,15 @@ async fn a_low_budget_postpones_stale_revalidations_but_not_cold_pulls() {
     assert_eq!(h["x-wharf-cache"], "miss");
     assert!(s.upstream.counts().get("GET", Kind::Manifest) >= 1);
 
-    // Budget back: the stale tag is revalidated (a HEAD, no GET).
+    // Budget back: the moved tag is fetched (a HEAD, then its GET).
     s.upstream.reset_counts();
     let (_, _, h) = get_manifest(&client, &base, "up/team/app", "v1")
         .await
         .unwrap();
-    assert_eq!(h["x-wharf-cache"], "revalidated");
+    assert_eq!(h["x-wharf-cache"], "miss");
+    assert_eq!(h["docker-content-digest"], moved.manifest_digest.as_str());
     assert_eq!(s.upstream.counts().get("HEAD", Kind::Manifest), 1);
-    assert_eq!(s.upstream.counts().get("GET", Kind::Manifest), 0);
+    assert_eq!(s.upstream.counts().get("GET", Kind::Manifest), 1);
 
     let postponed = s
         .origin

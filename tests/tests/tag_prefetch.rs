@@ -3,7 +3,8 @@
 //! Wharf notices it before the next pull and hydrates the new manifest and
 //! the blobs of the platforms pulled before — not every platform of the
 //! index — so the first pull after the release makes no upstream request.
-//! With the upstream's budget at the rule's reserve, nothing is spent.
+//! With the upstream's budget at the rule's reserve, only free `HEAD`s are
+//! sent: no manifest `GET`, no blob.
 
 use std::time::Duration;
 
@@ -130,13 +131,24 @@ async fn no_prefetch_spends_a_budget_at_its_reserve() {
     }
     spec.push(&s.upstream, "team/app", "latest").await.unwrap();
     s.upstream.reset_counts();
-    // Past the TTL: a prefetch would have revalidated by now.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the TTL: the move was seen (a free HEAD), not fetched.
+    wait_until("the move is seen", Duration::from_secs(20), || {
+        let origin = &s.origin;
+        async move {
+            Ok(origin
+                .metric("wharf_prefetches_total", &[("result", "budget")])
+                .await?
+                >= 1.0)
+        }
+    })
+    .await
+    .unwrap();
+    let counts = s.upstream.counts();
+    assert!(counts.get("HEAD", Kind::Manifest) >= 1, "{counts}");
     assert_eq!(
-        s.upstream.counts().registry_total(),
+        counts.get("GET", Kind::Manifest) + counts.get("GET", Kind::Blob),
         0,
-        "{}",
-        s.upstream.counts()
+        "{counts}"
     );
     // The next pull is served stale for the budget, not failed.
     let pulled = pull_with_reqwest(&base, "up/team/app", "latest")
@@ -146,9 +158,10 @@ async fn no_prefetch_spends_a_budget_at_its_reserve() {
     assert_eq!(pulled.headers["x-wharf-stale-reason"], "ratelimit-budget");
     assert_eq!(
         s.origin
-            .metric("wharf_prefetches_total", &[])
+            .metric("wharf_prefetches_total", &[("result", "warmed")])
             .await
             .unwrap(),
         0.0
     );
+    assert_eq!(s.upstream.counts().get("GET", Kind::Manifest), 0);
 }

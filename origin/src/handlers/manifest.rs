@@ -15,13 +15,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use std::time::Duration;
 
+use wharf_core::Reference;
 use wharf_core::freshness::parse_ms;
 use wharf_core::headers::{
     DOCKER_CONTENT_DIGEST, X_WHARF_CACHE, X_WHARF_MAX_TAG_AGE_MS, X_WHARF_STALE_REASON,
     X_WHARF_TAG_AGE_MS,
 };
 use wharf_core::media::accepts;
-use wharf_core::{MediaType, Reference};
 
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -52,10 +52,10 @@ pub async fn get(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    if !accepts(&accept, &MediaType::parse(&manifest.media_type)) {
+    if !accepts(&accept, &manifest.media) {
         return Err(Error::NotAcceptable {
             reference: reference.to_string(),
-            media_type: manifest.media_type,
+            media_type: manifest.media_type.clone(),
         });
     }
     metrics::request("manifest", status.as_str());
@@ -78,20 +78,18 @@ pub async fn get(
             "store"
         };
         metrics::served_bytes(source, len as u64);
-        Body::from(manifest.body)
+        Body::from(manifest.body.clone())
     };
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&manifest.media_type) {
-        h.insert(header::CONTENT_TYPE, v);
+    if let Some(v) = &manifest.content_type {
+        h.insert(header::CONTENT_TYPE, v.clone());
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Ok(v) = HeaderValue::from_str(&manifest.digest.to_string()) {
-        h.insert(DOCKER_CONTENT_DIGEST, v.clone());
-        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", manifest.digest)) {
-            h.insert(header::ETAG, etag);
-        }
+    if let (Some(digest), Some(etag)) = (&manifest.digest_header, &manifest.etag) {
+        h.insert(DOCKER_CONTENT_DIGEST, digest.clone());
+        h.insert(header::ETAG, etag.clone());
     }
     h.insert(X_WHARF_CACHE, HeaderValue::from_static(status.as_str()));
     if status == crate::manifests::CacheStatus::Postponed {

@@ -18,9 +18,8 @@ pub mod referrers;
 pub mod status_page;
 pub mod tags;
 
-use axum::Extension;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use wharf_core::{ApiMethod, ApiRequest, api::parse_request};
@@ -95,18 +94,19 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
 }
 
 /// Answers every request under `/v2/` that [`admit`] let through.
-pub async fn registry(
-    State(state): State<AppState>,
-    Extension(admitted): Extension<Admitted>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let Admitted {
+pub async fn registry(State(state): State<AppState>, request: Request) -> Response {
+    // Taken, not cloned (an extractor would clone its names).
+    let (parts, _) = request.into_parts();
+    let (uri, headers, mut extensions) = (parts.uri, parts.headers, parts.extensions);
+    let Some(Admitted {
         method,
         request,
         ns: _,
         target,
-    } = admitted;
+    }) = extensions.remove::<Admitted>()
+    else {
+        return Error::Denied("request not admitted".into()).into_response();
+    };
     let kind = request.kind();
     let head = matches!(method, ApiMethod::Head);
     let result = match (request, target) {

@@ -366,6 +366,10 @@ impl Retention {
                             self.services.blobs.forget_committed(&d);
                             "blob"
                         }
+                        Some(StoreKey::Manifest(d)) => {
+                            self.services.manifests.forget_manifest(&d);
+                            "manifest"
+                        }
                         _ => "manifest",
                     };
                     metrics::gc_deleted(kind, 1, *len);
