@@ -18,7 +18,8 @@
 //! * one module per measured item: [`herd`] (1), [`pulls`] (2, 3a, 3b),
 //!   [`revalidation`] (4), [`resources`] (5), [`throughput`] (6),
 //!   [`edge_cost`] (7), [`load`] (8, with the static limit and `wrk` of
-//!   [`limit`]); each holds its target and builds its rows.
+//!   [`limit`]), [`ci_day`] (9: a day of CI pulls against an upstream with
+//!   Docker Hub's pull limit); each holds its target and builds its rows.
 //! * [`report`] — rows, the Markdown table, the score; [`results`] — the
 //!   results file.
 //! * this file — flags, the variants, the images each item needs, and the
@@ -38,6 +39,7 @@
 //!   cargo (release for the full variant), so it never measures a stale
 //!   binary.
 
+mod ci_day;
 mod cpus;
 mod edge;
 mod edge_cost;
@@ -59,11 +61,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use wharf_tests::{ImageSpec, PushedImage};
+use wharf_tests::{ImageSpec, PushedImage, PushedIndex};
 
 use crate::cpus::CpuSplit;
 use crate::report::Row;
-use crate::systems::Systems;
+use crate::systems::{Systems, WharfRules};
 
 pub(crate) const MIB: u64 = 1 << 20;
 pub(crate) const GIB: u64 = 1 << 30;
@@ -87,10 +89,10 @@ struct Args {
     /// beside it).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Measure only these items (comma-separated: 1,2,4,5,6,7,8; 2 includes
-    /// 3a and 3b). For working on one figure: the results file is written
-    /// only when `--out` is also given.
-    #[arg(long, value_delimiter = ',', value_parser = ["1", "2", "3", "4", "5", "6", "7", "8"])]
+    /// Measure only these items (comma-separated: 1,2,4,5,6,7,8,9; 2
+    /// includes 3a and 3b). For working on one figure: the results file is
+    /// written only when `--out` is also given.
+    #[arg(long, value_delimiter = ',', value_parser = ["1", "2", "3", "4", "5", "6", "7", "8", "9"])]
     only: Vec<String>,
     /// Let the timed clients, the upstream and the caches share every CPU
     /// (default: on a machine with two or more CPUs, clients get the first,
@@ -122,6 +124,7 @@ struct Variant {
     edge_requests: usize,
     load_clients: usize,
     load_time: Duration,
+    ci: ci_day::Day,
 }
 
 impl Variant {
@@ -140,6 +143,15 @@ impl Variant {
             edge_requests: 200,
             load_clients: 64,
             load_time: Duration::from_secs(10),
+            // 10 pulls a second for 4 minutes; a one-minute limit window.
+            ci: ci_day::Day {
+                pulls: 2400,
+                span: Duration::from_secs(240),
+                moves: 12,
+                limit: 8,
+                layers: vec![4 * MIB; 2],
+                ttl: Duration::from_secs(2),
+            },
         }
     }
 
@@ -158,6 +170,15 @@ impl Variant {
             edge_requests: 100,
             load_clients: 16,
             load_time: Duration::from_secs(2),
+            // 8⅓ pulls a second for 36 s; a 9 s limit window.
+            ci: ci_day::Day {
+                pulls: 300,
+                span: Duration::from_secs(36),
+                moves: 12,
+                limit: 8,
+                layers: vec![128 * 1024; 2],
+                ttl: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -227,7 +248,12 @@ async fn run(args: Args, cpus: CpuSplit) -> Result<ExitCode> {
     let mut machine = probe::machine_info();
     machine.push(("CPUs".into(), cpus.describe()));
 
-    let sys = Systems::start(&origin_bin, v.reval_ttl).await?;
+    let rules = WharfRules {
+        reval_ttl: v.reval_ttl,
+        ci_ttl: v.ci.ttl,
+        ci_reserve: ci_day::RESERVE,
+    };
+    let sys = Systems::start(&origin_bin, rules).await?;
     cpus.pin_upstream(
         sys.upstream
             .registry_pid()
@@ -389,6 +415,8 @@ struct Images {
     /// depend on blob size).
     res: Option<PushedImage>,
     res_small: Option<PushedImage>,
+    /// The CI day's first `latest` of each hot repository.
+    ci: Vec<PushedIndex>,
 }
 
 impl Images {
@@ -418,6 +446,10 @@ impl Images {
             load: push(w("8"), vec![64 * 1024], "bench/load").await?,
             res: push(w("5") || w("6"), vec![v.res_layer], "bench/res").await?,
             res_small: push(w("5"), vec![v.res_layer / 8], "bench/res-small").await?,
+            ci: match w("9") {
+                true => ci_day::push(&sys.upstream, &v.ci).await?,
+                false => Vec::new(),
+            },
         };
         say!(items.t0, "images pushed");
         Ok(images)
@@ -430,7 +462,7 @@ fn need(img: &Option<PushedImage>) -> Result<PushedImage> {
 
 /// Every item asked for, in the order that keeps each one's preconditions
 /// (item 2's cold images are new to both caches; item 6 reads the blob item
-/// 5 cached).
+/// 5 cached; item 9 limits the upstream, so it goes last).
 async fn measure(
     items: &mut Items,
     sys: &Systems,
@@ -483,6 +515,9 @@ async fn measure(
         load::warm_manifests(sys, &img, v.load_clients, v.load_time, cpus).await
     };
     items.measure("8", w, t, load).await;
+    let (w, t) = ("CI day under a pull limit", "0 failed pulls (Wharf)");
+    let day = ci_day::ci_day(sys, &v.ci, &imgs.ci);
+    items.measure("9", w, t, day).await;
 }
 
 fn item_order(item: &str) -> (u32, String) {

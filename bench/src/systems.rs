@@ -37,8 +37,23 @@ use wharf_tests::{TestDir, Upstream, UpstreamAuth, free_port, http_client, requi
 pub const WHARF_PREFIX: &str = "up";
 /// The rule prefix with the short tag TTL of the revalidation phase.
 pub const WHARF_REVAL_PREFIX: &str = "reval";
+/// The rule prefix of the CI day (item 9): a short tag TTL and a rate-limit
+/// reserve.
+pub const WHARF_CI_PREFIX: &str = "ci";
 const BUCKET: &str = "wharf";
 const REGION: &str = "us-east-1";
+
+/// What Wharf's item-specific rules are set to.
+#[derive(Clone, Copy, Debug)]
+pub struct WharfRules {
+    /// Tag TTL of the `reval/` rule (item 4).
+    pub reval_ttl: Duration,
+    /// Tag TTL of the `ci/` rule (item 9).
+    pub ci_ttl: Duration,
+    /// `ratelimit_reserve` of the `ci/` rule: at or below this advertised
+    /// budget, stale tags are served without revalidating.
+    pub ci_reserve: u64,
+}
 
 /// Everything one bench run talks to. Fields drop in declaration order:
 /// the caches stop before the upstream, the directory goes last.
@@ -59,9 +74,8 @@ pub struct Systems {
 
 impl Systems {
     /// Starts the upstream, its counting proxies, Distribution's proxy and
-    /// Wharf's origin (`origin_bin`, with `reval_ttl` as the tag TTL of the
-    /// `reval/` rule).
-    pub async fn start(origin_bin: &Path, reval_ttl: Duration) -> Result<Systems> {
+    /// Wharf's origin (`origin_bin`, its item rules set as `rules` says).
+    pub async fn start(origin_bin: &Path, rules: WharfRules) -> Result<Systems> {
         let dir = TestDir::new("bench")?;
         let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous)
             .await
@@ -71,7 +85,7 @@ impl Systems {
         let dist = DistProxy::start(&dir, &dist_up.url())
             .await
             .context("starting Distribution in proxy mode")?;
-        let wharf = Wharf::start(origin_bin, &dir, &wharf_up.url(), reval_ttl)
+        let wharf = Wharf::start(origin_bin, &dir, &wharf_up.url(), rules)
             .await
             .context("starting wharf-origin")?;
         Ok(Systems {
@@ -97,12 +111,7 @@ pub struct Wharf {
 }
 
 impl Wharf {
-    async fn start(
-        bin: &Path,
-        dir: &TestDir,
-        upstream: &str,
-        reval_ttl: Duration,
-    ) -> Result<Wharf> {
+    async fn start(bin: &Path, dir: &TestDir, upstream: &str, rules: WharfRules) -> Result<Wharf> {
         let data = dir.sub("wharf-data");
         let log = dir.path().join("wharf-origin.log");
         let access_key = format!("BENCH{}", Alphanumeric.sample_string(&mut rand::rng(), 15));
@@ -131,9 +140,19 @@ upstream = "{upstream}"
 prefix = "{WHARF_REVAL_PREFIX}"
 upstream = "{upstream}"
 tag_ttl = "{ttl}ms"
+
+# Item 9. stale_if_error keeps its default (7 days), far longer than the
+# run: a tag postponed for the budget is always servable stale.
+[[rule]]
+prefix = "{WHARF_CI_PREFIX}"
+upstream = "{upstream}"
+tag_ttl = "{ci_ttl}ms"
+ratelimit_reserve = {ci_reserve}
 "#,
                 data = data.display(),
-                ttl = reval_ttl.as_millis(),
+                ttl = rules.reval_ttl.as_millis(),
+                ci_ttl = rules.ci_ttl.as_millis(),
+                ci_reserve = rules.ci_reserve,
             );
             let config_path = dir.path().join("wharf-origin.toml");
             std::fs::write(&config_path, config)?;

@@ -26,7 +26,7 @@
 //! reports, so a tag hot at the edge counts here at the edge's revalidation
 //! rate: set `prefetch_hot_pulls` with that in mind.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ pub struct Prefetcher {
     hot: Mutex<HotTags<TagKey>>,
     pulled: Mutex<Option<ByteLru<()>>>,
     busy: Mutex<HashSet<TagKey>>,
+    /// Tags not to look at again before a time (unix ms): their move could
+    /// not be paid for, or their revalidation failed. One TTL later.
+    deferred: Mutex<HashMap<TagKey, u64>>,
 }
 
 impl Prefetcher {
@@ -124,7 +127,23 @@ async fn look(state: &AppState, tick: Duration) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .hot(now_ms());
+    let now = now_ms();
+    state
+        .prefetch
+        .deferred
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|_, until| *until > now);
     for (key, last_pull) in hot {
+        if state
+            .prefetch
+            .deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
+        {
+            continue;
+        }
         if state
             .prefetch
             .busy
@@ -169,7 +188,15 @@ async fn look(state: &AppState, tick: Duration) {
         }
         let state = state.clone();
         tokio::spawn(async move {
-            refresh(&state, &target, &tag, record).await;
+            if !refresh(&state, &target, &tag, record).await {
+                let until = now_ms().saturating_add(target.freshness.ttl.as_millis() as u64);
+                state
+                    .prefetch
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), until);
+            }
             state
                 .prefetch
                 .busy
@@ -180,13 +207,15 @@ async fn look(state: &AppState, tick: Duration) {
     }
 }
 
-/// Revalidates one hot tag; prefetches it if it moved.
+/// Revalidates one hot tag; prefetches it if it moved. `false`: it is to
+/// be left alone for a TTL (the move could not be paid for, or the
+/// upstream failed).
 async fn refresh(
     state: &AppState,
     target: &Target,
     tag: &Tag,
     record: crate::manifests::TagRecord,
-) {
+) -> bool {
     let request = target.manifest_request();
     let registry = target.upstream.registry().to_owned();
     let (digest, confirmed_at_ms) = match state
@@ -200,17 +229,17 @@ async fn refresh(
         }) => (digest, confirmed_at_ms),
         Ok(HotRevalidation::Unchanged) => {
             metrics::hot_revalidation(&registry, "unchanged");
-            return;
+            return true;
         }
         // The next pull's own revalidation deals with these.
         Ok(HotRevalidation::Gone | HotRevalidation::Unknown) => {
             metrics::hot_revalidation(&registry, "failed");
-            return;
+            return false;
         }
         Err(e) => {
             metrics::hot_revalidation(&registry, "failed");
             tracing::debug!(repo = %target.canonical, %tag, error = %e, "hot tag not revalidated");
-            return;
+            return false;
         }
     };
     metrics::hot_revalidation(&registry, "moved");
@@ -218,14 +247,14 @@ async fn refresh(
     // stays as it is; pulls serve it stale until the budget refills.
     if !target.upstream.budget_affords(1) {
         metrics::prefetch(&registry, "budget", 0);
-        return;
+        return false;
     }
     let manifest = match state.manifests.by_digest(&request, &digest).await {
         Ok((m, _)) => m,
         Err(e) => {
             metrics::prefetch(&registry, "failed", 0);
             tracing::warn!(repo = %target.canonical, %tag, %digest, error = %e, "moved tag's manifest not fetched");
-            return;
+            return false;
         }
     };
     let old = state.manifests.stored(&record.digest).await;
@@ -276,4 +305,5 @@ async fn refresh(
         bytes,
         result: result.to_owned(),
     });
+    true
 }

@@ -29,7 +29,9 @@
 //! hyper on a listener we own, so [`Upstream::stop`] really closes the socket
 //! (and every open connection: a pooled keep-alive connection must not
 //! outlive an "outage") and [`Upstream::start`] binds the same port again.
-//! Bodies stream through; faults rewrite the stream on the fly.
+//! Bodies stream through; faults rewrite the stream on the fly. One fault
+//! keeps state across requests: [`Fault::DockerHubLimit`], a pull limit that
+//! counts manifest `GET`s per window and answers `429` past it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -38,7 +40,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
@@ -105,6 +107,24 @@ pub enum Fault {
     /// headers (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining:
     /// N;w=21600`) with this many remaining.
     RateLimitHeaders(u64),
+    /// Docker Hub's pull limit, enforced: manifest `GET`s are counted, and
+    /// once `limit` of them were made in the current window every further
+    /// manifest `GET` is answered `429 TOOMANYREQUESTS` with `Retry-After`
+    /// (the seconds until the window ends) without reaching the registry.
+    /// `HEAD`s are free and always forwarded, as on Docker Hub. Every
+    /// manifest answer, `429`s included, carries `ratelimit-limit:
+    /// L;w=SECONDS` and `ratelimit-remaining: R;w=SECONDS`.
+    ///
+    /// The window is fixed: it starts at the first counted `GET` and the
+    /// next one starts at the first `GET` after it ends (Docker Hub's is
+    /// rolling). Setting a fault starts afresh; [`Proxy::limit_counts`]
+    /// says how many `GET`s were let through and refused.
+    DockerHubLimit {
+        /// Manifest `GET`s allowed per window.
+        limit: u64,
+        /// The window (whole seconds in the headers).
+        window: Duration,
+    },
 }
 
 /// What an upstream request asked for.
@@ -203,6 +223,56 @@ impl fmt::Display for Counts {
     }
 }
 
+/// What [`Fault::DockerHubLimit`] did since the last reset of the counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitCounts {
+    /// Manifest `GET`s let through (each spent one unit of the budget).
+    pub allowed: u64,
+    /// Manifest `GET`s answered `429` without reaching the registry.
+    pub refused: u64,
+}
+
+/// The budget of [`Fault::DockerHubLimit`].
+#[derive(Default)]
+struct Limiter {
+    /// When the current window started (its first counted `GET`); `None`
+    /// between windows.
+    started: Option<Instant>,
+    /// `GET`s let through in the current window.
+    used: u64,
+    counts: LimitCounts,
+}
+
+impl Limiter {
+    /// Decides one manifest request at `now`: `Ok(remaining)` to forward it
+    /// (the budget left after it), `Err(retry_after_secs)` to refuse it.
+    fn admit(&mut self, get: bool, limit: u64, window: Duration, now: Instant) -> Result<u64, u64> {
+        if self
+            .started
+            .is_some_and(|s| now.duration_since(s) >= window)
+        {
+            self.started = None;
+            self.used = 0;
+        }
+        if !get {
+            return Ok(limit.saturating_sub(self.used));
+        }
+        if self.used >= limit {
+            self.counts.refused += 1;
+            let left = self
+                .started
+                .map_or(window, |s| (s + window).saturating_duration_since(now));
+            // Rounded up: a client that waits this long finds a new window.
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(secs.max(1));
+        }
+        self.started.get_or_insert(now);
+        self.used += 1;
+        self.counts.allowed += 1;
+        Ok(limit - self.used)
+    }
+}
+
 /// State shared by the proxy and the token server.
 #[derive(Default)]
 struct Shared {
@@ -210,6 +280,7 @@ struct Shared {
     /// `METHOD path?query` of every request, in arrival order.
     log: Mutex<Vec<String>>,
     fault: Mutex<Option<Fault>>,
+    limiter: Mutex<Limiter>,
     /// Requests being answered now (until their body is sent or dropped),
     /// and the most there were at once since the last reset.
     in_flight: std::sync::atomic::AtomicUsize,
@@ -255,6 +326,22 @@ impl Shared {
 
     fn fault(&self) -> Fault {
         self.fault.lock().unwrap().clone().unwrap_or(Fault::None)
+    }
+
+    /// A new fault, and a new window for [`Fault::DockerHubLimit`].
+    fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = Some(fault);
+        let mut limiter = self.limiter.lock().unwrap();
+        limiter.started = None;
+        limiter.used = 0;
+    }
+
+    fn reset_counts(&self) {
+        self.counts.lock().unwrap().clear();
+        self.log.lock().unwrap().clear();
+        self.limiter.lock().unwrap().counts = LimitCounts::default();
+        use std::sync::atomic::Ordering::SeqCst;
+        self.peak.store(self.in_flight.load(SeqCst), SeqCst);
     }
 }
 
@@ -377,15 +464,22 @@ impl Upstream {
         Counts(self.shared.counts.lock().unwrap().clone())
     }
 
-    /// Forgets all counted requests (and the peak of requests at once).
+    /// Forgets all counted requests (the peak of requests at once and
+    /// [`Upstream::limit_counts`] too).
     pub fn reset_counts(&self) {
-        self.proxy().reset_counts();
+        self.shared.reset_counts();
     }
 
     /// The most requests the registry's proxy was answering at once since
     /// the last reset ([`Proxy::peak_in_flight`]).
     pub fn peak_in_flight(&self) -> usize {
         self.proxy().peak_in_flight()
+    }
+
+    /// What [`Fault::DockerHubLimit`] let through and refused since the last
+    /// reset.
+    pub fn limit_counts(&self) -> LimitCounts {
+        self.shared.limiter.lock().unwrap().counts
     }
 
     /// `METHOD path?query` of every request since the last reset, in order
@@ -402,7 +496,7 @@ impl Upstream {
     /// Sets the fault the proxy injects from now on (open responses keep
     /// the fault they started with).
     pub fn set_fault(&self, fault: Fault) {
-        *self.shared.fault.lock().unwrap() = Some(fault);
+        self.shared.set_fault(fault);
     }
 
     /// The proxy in front of the registry: [`Proxy::stop`] takes the
@@ -539,7 +633,7 @@ struct Running {
 impl Proxy {
     /// Injects `fault` into what this proxy forwards from now on.
     pub fn set_fault(&self, fault: Fault) {
-        *self.ctx.shared.fault.lock().unwrap() = Some(fault);
+        self.ctx.shared.set_fault(fault);
     }
 
     async fn launch(target: SocketAddr, shared: Arc<Shared>) -> Result<Proxy> {
@@ -585,17 +679,10 @@ impl Proxy {
         Counts(self.ctx.shared.counts.lock().unwrap().clone())
     }
 
-    /// Forgets the counted requests (and the peak of requests at once).
+    /// Forgets the counted requests (the peak of requests at once and
+    /// [`Proxy::limit_counts`] too).
     pub fn reset_counts(&self) {
-        self.ctx.shared.counts.lock().unwrap().clear();
-        self.ctx.shared.log.lock().unwrap().clear();
-        self.ctx.shared.peak.store(
-            self.ctx
-                .shared
-                .in_flight
-                .load(std::sync::atomic::Ordering::SeqCst),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        self.ctx.shared.reset_counts();
     }
 
     /// The most requests this proxy was answering at once (from the first
@@ -605,6 +692,12 @@ impl Proxy {
             .shared
             .peak
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What [`Fault::DockerHubLimit`] let through and refused since the last
+    /// reset.
+    pub fn limit_counts(&self) -> LimitCounts {
+        self.ctx.shared.limiter.lock().unwrap().counts
     }
 
     /// Closes the listening socket and every open connection: the upstream
@@ -717,6 +810,19 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
     resp
 }
 
+/// Docker Hub's `ratelimit-limit: L;w=SECONDS` and `ratelimit-remaining:
+/// R;w=SECONDS`.
+fn rate_limit_headers(headers: &mut HeaderMap, limit: u64, window_secs: u64, remaining: u64) {
+    for (name, n) in [
+        ("ratelimit-limit", limit),
+        ("ratelimit-remaining", remaining),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&format!("{n};w={window_secs}")) {
+            headers.insert(name, v);
+        }
+    }
+}
+
 fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({"errors": [{"code": code, "message": message}]});
     full(status, "application/json", body.to_string())
@@ -767,6 +873,37 @@ impl ProxyCtx {
             return resp;
         }
 
+        // Docker Hub's limit is decided before the registry is asked.
+        let budget = match fault {
+            Fault::DockerHubLimit { limit, window } if kind == Kind::Manifest => {
+                let w = window.as_secs().max(1);
+                let admitted = self.shared.limiter.lock().unwrap().admit(
+                    method == Method::GET,
+                    limit,
+                    window,
+                    Instant::now(),
+                );
+                match admitted {
+                    Ok(remaining) => Some((limit, w, remaining)),
+                    Err(retry_after) => {
+                        let mut resp = oci_error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "TOOMANYREQUESTS",
+                            "You have reached your pull rate limit (wharf test proxy)",
+                        );
+                        let headers = resp.headers_mut();
+                        rate_limit_headers(headers, limit, w, 0);
+                        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                        return resp;
+                    }
+                }
+            }
+            Fault::RateLimitHeaders(remaining) if kind == Kind::Manifest => {
+                Some((100, 21600, remaining))
+            }
+            _ => None,
+        };
+
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -793,15 +930,8 @@ impl ProxyCtx {
         };
         let (mut parts, body) = upstream.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let Fault::RateLimitHeaders(remaining) = fault
-            && kind == Kind::Manifest
-        {
-            parts
-                .headers
-                .insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
-            if let Ok(v) = HeaderValue::from_str(&format!("{remaining};w=21600")) {
-                parts.headers.insert("ratelimit-remaining", v);
-            }
+        if let Some((limit, window, remaining)) = budget {
+            rate_limit_headers(&mut parts.headers, limit, window, remaining);
         }
 
         let faulty_blob = |d: &str| {
@@ -1132,6 +1262,37 @@ mod tests {
         ] {
             assert_eq!(Kind::of(path), kind, "{path}");
         }
+    }
+
+    #[test]
+    fn the_limit_counts_gets_in_a_fixed_window_and_heads_are_free() {
+        let (limit, window) = (2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut l = Limiter::default();
+        assert_eq!(
+            l.admit(false, limit, window, at(0)),
+            Ok(2),
+            "a HEAD is free"
+        );
+        assert_eq!(l.admit(true, limit, window, at(1_000)), Ok(1));
+        assert_eq!(l.admit(true, limit, window, at(2_000)), Ok(0));
+        assert_eq!(l.admit(false, limit, window, at(2_500)), Ok(0));
+        // The window started at the first GET (1 s): 8.5 s left, rounded up.
+        assert_eq!(l.admit(true, limit, window, at(2_500)), Err(9));
+        assert_eq!(l.admit(true, limit, window, at(10_999)), Err(1));
+        assert_eq!(
+            l.admit(true, limit, window, at(11_000)),
+            Ok(1),
+            "a new window"
+        );
+        assert_eq!(
+            l.counts,
+            LimitCounts {
+                allowed: 3,
+                refused: 2
+            }
+        );
     }
 
     #[test]

@@ -374,6 +374,71 @@ async fn proxy_counts_requests_and_injects_faults() {
     .unwrap();
 }
 
+/// `Fault::DockerHubLimit` behaves like Docker Hub's pull limit: manifest
+/// `GET`s past the limit get `429 TOOMANYREQUESTS` with `Retry-After`,
+/// `HEAD`s and blobs always pass, every manifest
+/// answer says the budget, and a new window refills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_hub_limit_refuses_manifest_gets_past_the_limit_but_not_heads() {
+    let dir = TestDir::new("harness-limit").unwrap();
+    let upstream = Upstream::start(&dir, UpstreamAuth::Anonymous)
+        .await
+        .unwrap();
+    let img = ImageSpec::docker(&[1000])
+        .push(&upstream, "t/app", "v1")
+        .await
+        .unwrap();
+    let (base, client) = (upstream.url(), http_client());
+    let manifest = format!("{base}/v2/t/app/manifests/v1");
+    let window = Duration::from_secs(2);
+    upstream.set_fault(Fault::DockerHubLimit { limit: 2, window });
+    let header = |h: &reqwest::header::HeaderMap, name: &str| {
+        h.get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+
+    for remaining in ["1;w=2", "0;w=2"] {
+        let (_, _, h) = get_manifest(&client, &base, "t/app", "v1").await.unwrap();
+        assert_eq!(header(&h, "ratelimit-limit"), "2;w=2");
+        assert_eq!(header(&h, "ratelimit-remaining"), remaining);
+    }
+    let head = client.head(&manifest).send().await.unwrap();
+    assert_eq!(head.status(), 200, "HEADs are free");
+    assert_eq!(header(head.headers(), "ratelimit-remaining"), "0;w=2");
+    let blob = &img.layer_digests[0];
+    fetch_blob(&client, &base, "t/app", blob, None)
+        .await
+        .unwrap();
+
+    let refused = client.get(&manifest).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = header(refused.headers(), "retry-after").parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(header(refused.headers(), "ratelimit-remaining"), "0;w=2");
+    let err = get_manifest(&client, &base, "t/app", "v1")
+        .await
+        .unwrap_err();
+    assert_eq!(oci_error_of(&err).unwrap().code, "TOOMANYREQUESTS");
+
+    let limited = upstream.limit_counts();
+    assert_eq!((limited.allowed, limited.refused), (2, 2));
+    let counts = upstream.counts();
+    assert_eq!(counts.get("GET", Kind::Manifest), 4, "the 429s are counted");
+    assert_eq!(counts.get("HEAD", Kind::Manifest), 1, "{counts}");
+
+    // A new window: the budget is back.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let (_, _, h) = get_manifest(&client, &base, "t/app", "v1").await.unwrap();
+    assert_eq!(header(&h, "ratelimit-remaining"), "1;w=2");
+
+    upstream.set_fault(Fault::None);
+    upstream.reset_counts();
+    assert_eq!(upstream.limit_counts().allowed, 0);
+    let (_, _, h) = get_manifest(&client, &base, "t/app", "v1").await.unwrap();
+    assert!(h.get("ratelimit-remaining").is_none());
+}
+
 /// The mirror set-ups the origin tests use (dockerd `--registry-mirror`,
 /// containerd `hosts.toml`) really send bare Docker Hub names to the mirror,
 /// containerd with `?ns=docker.io`. Here the "mirror" is the upstream itself.
