@@ -21,10 +21,11 @@ use wharf_tests::process::{Daemon, run_tool};
 use wharf_tests::{TestDir, free_port, http_client, require_tool};
 
 use crate::cpus::CpuSplit;
+use crate::probe::sample;
 
 /// nginx serving files as a static web server.
 pub struct StaticServer {
-    _daemon: Daemon,
+    daemon: Daemon,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
 }
@@ -75,10 +76,7 @@ impl StaticServer {
             let probe = format!("{url}{}", files.first().map_or("/", |f| f.0));
             for _ in 0..100 {
                 if http_client().get(&probe).send().await.is_ok() {
-                    return Ok(StaticServer {
-                        _daemon: daemon,
-                        url,
-                    });
+                    return Ok(StaticServer { daemon, url });
                 }
                 if daemon.exited().is_some() {
                     break;
@@ -93,6 +91,11 @@ impl StaticServer {
         }
         Err(last_err.expect("three attempts were made"))
     }
+
+    /// nginx's process id (one process: `master_process off`).
+    pub fn pid(&self) -> Result<u32> {
+        self.daemon.pid().context("nginx is not running")
+    }
 }
 
 /// What `wrk` measured.
@@ -106,17 +109,31 @@ pub struct Wrk {
     pub p99: Duration,
     /// Non-2xx answers and socket errors.
     pub errors: u64,
+    /// Requests completed.
+    pub requests: u64,
+    /// CPU time the server spent meanwhile (utime + stime).
+    pub server_cpu_secs: f64,
 }
 
 impl Wrk {
-    /// `N req/s; p50 …, p99 …` (and errors, if any).
+    /// Requests answered per second of the server's CPU: what one CPU
+    /// can serve, whoever the client is (the client's CPU may be the
+    /// bottleneck of `per_sec`).
+    pub fn per_cpu_sec(&self) -> f64 {
+        self.requests as f64 / self.server_cpu_secs.max(1e-9)
+    }
+
+    /// `N req/s; p50 …, p99 …; µs of server CPU per request` (and errors,
+    /// if any).
     pub fn describe(&self) -> String {
         let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
         let mut s = format!(
-            "{:.0} req/s; p50 {}, p99 {}",
+            "{:.0} req/s; p50 {}, p99 {}; server CPU {:.1} µs/req = {:.0} req/s per CPU",
             self.per_sec,
             ms(self.p50),
-            ms(self.p99)
+            ms(self.p99),
+            self.server_cpu_secs * 1e6 / (self.requests.max(1) as f64),
+            self.per_cpu_sec()
         );
         if self.errors > 0 {
             s.push_str(&format!("; {} errors", self.errors));
@@ -126,13 +143,15 @@ impl Wrk {
 }
 
 /// `wrk` with `connections` keep-alive connections (one thread, on the
-/// clients' CPU) asking for `url` with `accept` for `duration`.
+/// clients' CPU) asking for `url` with `accept` for `duration`, and the CPU
+/// time the server (process `server`) spent meanwhile.
 pub async fn wrk(
     cpus: &CpuSplit,
     url: &str,
     accept: &str,
     connections: usize,
     duration: Duration,
+    server: u32,
 ) -> Result<Wrk> {
     let bin = require_tool("wrk", "wrk")?;
     let args = vec![
@@ -145,22 +164,28 @@ pub async fn wrk(
         url.to_owned(),
     ];
     let (bin, args) = cpus.client_command(&bin, args);
+    let before = sample(server)?.cpu_secs;
     let out = run_tool(&bin, &args, &[], duration + Duration::from_secs(30))
         .await
         .with_context(|| format!("wrk against {url}"))?;
-    parse(&out.stdout).with_context(|| format!("wrk's output:\n{}", out.stdout))
+    let server_cpu_secs = sample(server)?.cpu_secs - before;
+    let mut w = parse(&out.stdout).with_context(|| format!("wrk's output:\n{}", out.stdout))?;
+    w.server_cpu_secs = server_cpu_secs;
+    Ok(w)
 }
 
 /// Reads `Requests/sec`, the 50 % and 99 % latencies and the errors from
 /// wrk's `--latency` report.
 fn parse(out: &str) -> Result<Wrk> {
     let mut per_sec = None;
+    let mut requests = None;
     let (mut p50, mut p99) = (None, None);
     let mut errors = 0u64;
     for line in out.lines().map(str::trim) {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some("Requests/sec:"), Some(n)) => per_sec = n.parse::<f64>().ok(),
+            (Some(n), Some("requests")) => requests = n.parse::<u64>().ok(),
             (Some("50%"), Some(t)) => p50 = duration(t),
             (Some("99%"), Some(t)) => p99 = duration(t),
             (Some("Non-2xx"), _) => {
@@ -180,12 +205,14 @@ fn parse(out: &str) -> Result<Wrk> {
             _ => {}
         }
     }
-    match (per_sec, p50, p99) {
-        (Some(per_sec), Some(p50), Some(p99)) => Ok(Wrk {
+    match (per_sec, p50, p99, requests) {
+        (Some(per_sec), Some(p50), Some(p99), Some(requests)) => Ok(Wrk {
             per_sec,
             p50,
             p99,
             errors,
+            requests,
+            server_cpu_secs: 0.0,
         }),
         _ => bail!("no Requests/sec or latency distribution in wrk's output"),
     }
@@ -217,6 +244,7 @@ mod tests {
         assert_eq!(w.p50, Duration::from_micros(845));
         assert_eq!(w.p99, Duration::from_micros(2500));
         assert_eq!(w.errors, 7);
+        assert_eq!(w.requests, 84012);
         assert!(parse("garbage").is_err());
     }
 }

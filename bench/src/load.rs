@@ -6,8 +6,12 @@
 //! clients' CPU.
 //!
 //! Two targets per reference: ≥ 3 × Distribution's requests per second at
-//! no worse a p99 (issue 14), and ≥ 0.5 × the static server's at a p99 of
-//! at most 2 ms (issue 17).
+//! no worse a p99 (issue 14), and ≥ 0.5 × the static server's requests per
+//! second *per CPU* at a p99 of at most 2 ms (issue 17). Per CPU, from the
+//! server's own CPU time over the run (`/proc/<pid>/stat`): with one client
+//! CPU, `wrk` itself caps what a fast server answers per second (on the
+//! 2-vCPU development machine, nginx and Wharf both stop at the same
+//! ~75,000), but not the CPU each answer costs.
 
 use std::time::Duration;
 
@@ -55,8 +59,11 @@ pub(crate) async fn warm_manifests(
     )
     .await
     .context("starting nginx, the static limit")?;
-    let run = |url: String| async move { wrk(cpus, &url, ACCEPT, clients, duration).await };
-    let limit = run(format!("{}/v2/static/manifest", limit.url))
+    let run = |url: String, pid: u32| async move {
+        wrk(cpus, &url, ACCEPT, clients, duration, pid).await
+    };
+    let (wharf_pid, dist_pid) = (sys.wharf.pid()?, sys.dist.pid()?);
+    let limit = run(format!("{}/v2/static/manifest", limit.url), limit.pid()?)
         .await
         .context("nginx")?;
     let mut rows = Vec::new();
@@ -64,16 +71,16 @@ pub(crate) async fn warm_manifests(
         ("tag", "v1".to_owned(), ["8", "8b"]),
         ("digest", img.manifest_digest.clone(), ["8c", "8d"]),
     ] {
-        let w = run(format!(
-            "{}/v2/{wharf_repo}/manifests/{reference}",
-            sys.wharf.url
-        ))
+        let w = run(
+            format!("{}/v2/{wharf_repo}/manifests/{reference}", sys.wharf.url),
+            wharf_pid,
+        )
         .await
         .context("Wharf")?;
-        let d = run(format!(
-            "{}/v2/{}/manifests/{reference}",
-            sys.dist.url, img.repo
-        ))
+        let d = run(
+            format!("{}/v2/{}/manifests/{reference}", sys.dist.url, img.repo),
+            dist_pid,
+        )
         .await
         .context("Distribution")?;
         rows.extend(rows_for(by, items, clients, duration, &w, &d, &limit));
@@ -95,7 +102,9 @@ fn rows_for(
         duration.as_secs_f64()
     );
     let vs_dist = w.per_sec / d.per_sec.max(1e-9);
-    let vs_limit = w.per_sec / limit.per_sec.max(1e-9);
+    // Per CPU second of the server: on a small machine the one client CPU
+    // may cap both Wharf's and nginx's requests per second.
+    let vs_limit = w.per_cpu_sec() / limit.per_cpu_sec().max(1e-9);
     let healthy = w.errors == 0 && w.per_sec > 0.0;
     vec![
         Row::new(
@@ -114,9 +123,9 @@ fn rows_for(
             w.describe(),
             d.describe(),
             limit.describe(),
-            format!("{vs_limit:.2} × static req/s"),
+            format!("{vs_limit:.2} × static req/s per CPU"),
             format!(
-                "≥ {STATIC_TARGET:.2} × static req/s, p99 ≤ {} ms",
+                "≥ {STATIC_TARGET:.2} × static req/s per CPU, p99 ≤ {} ms",
                 P99_TARGET.as_millis()
             ),
             Verdict::of(healthy && vs_limit >= STATIC_TARGET && w.p99 <= P99_TARGET),

@@ -76,10 +76,13 @@ impl Prefetcher {
         if !target.prefetch.enabled() {
             return;
         }
+        let key = format!("{}@{digest}", target.canonical);
         let mut pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
-        pulled
-            .get_or_insert_with(|| ByteLru::new(PULLED_BYTES))
-            .put(format!("{}@{digest}", target.canonical), (), 32);
+        let pulled = pulled.get_or_insert_with(|| ByteLru::new(PULLED_BYTES));
+        // Known: marked as used; else kept.
+        if pulled.get(&key).is_none() {
+            pulled.put(key, (), 32);
+        }
     }
 
     fn was_pulled(&self, repo: &RepositoryName, digest: &Digest) -> bool {
