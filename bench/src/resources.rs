@@ -12,8 +12,11 @@ use crate::report::{Row, Verdict};
 use crate::systems::{Systems, WHARF_PREFIX};
 use crate::{GIB, MIB};
 
-/// Target of item 5.
-pub(crate) const RSS_TARGET: u64 = 100 * MIB;
+/// The origin's manifest cache budget (`limits.manifest_cache_mib`, its
+/// default, as the bench runs it).
+pub(crate) const MANIFEST_CACHE: u64 = 32 * MIB;
+/// Target of item 5 (issue 17): 64 MiB plus the manifest cache's budget.
+pub(crate) const RSS_TARGET: u64 = 64 * MIB + MANIFEST_CACHE;
 
 pub(crate) async fn resources(
     sys: &Systems,
@@ -133,7 +136,10 @@ fn rows(
                 "{:.2} × Distribution",
                 w.after.hwm as f64 / d.after.hwm.max(1) as f64
             ),
-            format!("≤ {} MiB, flat in blob size", RSS_TARGET / MIB),
+            format!(
+                "≤ 64 MiB + the manifest cache's {} MiB, flat in blob size",
+                MANIFEST_CACHE / MIB
+            ),
             Verdict::of(
                 w.after.hwm <= RSS_TARGET
                     && w_small.after.hwm <= RSS_TARGET
