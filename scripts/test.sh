@@ -32,7 +32,7 @@ cargo build --workspace --bins --locked
 # --- edge ---
 # The Worker (issue 4): lint it for wasm32, build the bundle the end-to-end
 # tests (tests/tests/edge_*.rs) run under `wrangler dev` (edge/build.sh prints
-# its gzip size and fails above 1 MiB), and check that every environment in
+# its gzip size and fails above 512 KiB), and check that every environment in
 # wrangler.toml deploys — an offline dry run, reusing that one build.
 cargo clippy -p wharf-edge --target wasm32-unknown-unknown --locked -- -D warnings
 edge/build.sh

@@ -213,27 +213,21 @@ pub(crate) async fn ci_day(sys: &Systems, day: &Day, initial: &[PushedIndex]) ->
             "0 failed pulls (Wharf)",
             Verdict::of(wharf.failed == 0),
         ),
-        Row::new(
+        Row::info(
             "9",
             "CI day: upstream manifest requests, counted at each system's proxy (GETs include those answered 429)",
             spent(&wc, wl),
             spent(&dc, dl),
             "—",
-            "—",
-            "reported",
-            Verdict::Info,
         ),
-        Row::new(
+        Row::info(
             "9",
             "CI day: first pulls after a tag move that were warm (every blob fetched upstream before the pull, none during it)",
             first(&wharf),
             first(&dist),
             "—",
-            "—",
-            "reported",
-            Verdict::Info,
         ),
-        Row::new(
+        Row::info(
             "9",
             "CI day: pulls that got an older digest than the upstream's tag when they started (tag TTL or a postponed revalidation), and answers marked stale",
             format!(
@@ -242,9 +236,6 @@ pub(crate) async fn ci_day(sys: &Systems, day: &Day, initial: &[PushedIndex]) ->
             ),
             format!("{} behind; not marked", dist.behind),
             "—",
-            "—",
-            "reported",
-            Verdict::Info,
         ),
     ])
 }

@@ -503,7 +503,7 @@ async fn measure(
         .await
     };
     items.measure("5", w, t, res).await;
-    let (w, t) = ("streaming and hashing throughput", "≥ 0.80 × store");
+    let (w, t) = ("streaming and hashing throughput", "≥ 0.95 × store");
     let thr = async { throughput::throughput(sys, &need(&imgs.res)?, v.runs, cpus).await };
     items.measure("6", w, t, thr).await;
     let (w, t) = ("edge cost", "bundle ≤ 512 KiB gzip; handler CPU ≤ 1 ms");

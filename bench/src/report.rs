@@ -89,6 +89,26 @@ impl Row {
         }
     }
 
+    /// A figure reported beside the targets (no ratio, no target).
+    pub fn info(
+        item: &str,
+        metric: impl Into<String>,
+        wharf: impl Into<String>,
+        dist: impl Into<String>,
+        direct: impl Into<String>,
+    ) -> Row {
+        Row::new(
+            item,
+            metric,
+            wharf,
+            dist,
+            direct,
+            "—",
+            "reported",
+            Verdict::Info,
+        )
+    }
+
     /// A target whose measurement failed.
     pub fn error(item: &str, metric: &str, target: &str, err: &anyhow::Error) -> Row {
         let mut msg = format!("{err:#}").replace(['\n', '|'], " ");

@@ -9,11 +9,11 @@ use crate::probe::{self, gbps, size};
 use crate::report::{Row, Verdict};
 use crate::systems::{Systems, WHARF_PREFIX};
 
-/// Targets of item 6 (the issue names no number): a cached blob through the
-/// origin at this fraction of a plain download from its store, and the
-/// origin's hash at this fraction of the faster of `sha256sum` and
-/// `openssl dgst -sha256`.
-pub(crate) const STREAM_TARGET: f64 = 0.80;
+/// Targets of item 6: a cached blob through the origin at this fraction of
+/// a plain download from its store (issue 17: 0.95), and the origin's hash
+/// at this fraction of the faster of `sha256sum` and `openssl dgst
+/// -sha256`.
+pub(crate) const STREAM_TARGET: f64 = 0.95;
 pub(crate) const HASH_TARGET: f64 = 0.90;
 
 pub(crate) async fn throughput(

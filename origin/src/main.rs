@@ -14,15 +14,6 @@ use tracing_subscriber::EnvFilter;
 use wharf_core::password::{MAX_ITERATIONS, MIN_ITERATIONS, SALT_LEN, StoredPassword};
 use wharf_origin::config::{Cli, Command, Config};
 
-/// mimalloc rather than glibc's allocator: a warm manifest answer makes a
-/// few dozen small allocations (hyper's buffers, headers, the request's
-/// futures), and glibc's malloc, free and consolidation took ~12 % of its
-/// CPU under `ab -k -c 64` (`perf`); with mimalloc the same origin answered
-/// 31,900 requests per second where it had answered 23,600, on one CPU
-/// (issue 17).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::HashPassword { iterations }) = cli.command {
