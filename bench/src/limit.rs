@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use wharf_tests::process::{Daemon, run_tool};
-use wharf_tests::{TestDir, free_port, http_client, require_tool};
+use wharf_tests::{TestDir, free_port, require_tool};
 
 use crate::cpus::CpuSplit;
 use crate::probe::sample;
+use crate::systems::wait_ready;
 
 /// nginx serving files as a static web server.
 pub struct StaticServer {
@@ -74,20 +75,16 @@ impl StaticServer {
             let mut daemon = Daemon::spawn("nginx", cmd, &log, Duration::from_secs(5))?;
             let url = format!("http://127.0.0.1:{port}");
             let probe = format!("{url}{}", files.first().map_or("/", |f| f.0));
-            for _ in 0..100 {
-                if http_client().get(&probe).send().await.is_ok() {
-                    return Ok(StaticServer { daemon, url });
+            match wait_ready(&mut daemon, &[probe]).await {
+                Ok(()) => return Ok(StaticServer { daemon, url }),
+                Err(e) => {
+                    daemon.stop();
+                    last_err = Some(e.context(format!(
+                        "nginx did not start: {}",
+                        std::fs::read_to_string(base.join("error.log")).unwrap_or_default()
+                    )));
                 }
-                if daemon.exited().is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            daemon.stop();
-            last_err = Some(anyhow::anyhow!(
-                "nginx did not start: {}",
-                std::fs::read_to_string(base.join("error.log")).unwrap_or_default()
-            ));
         }
         Err(last_err.expect("three attempts were made"))
     }

@@ -333,7 +333,7 @@ proxy:
 }
 
 /// Waits until every URL answers 200, failing early if the process exits.
-async fn wait_ready(daemon: &mut Daemon, urls: &[String]) -> Result<()> {
+pub(crate) async fn wait_ready(daemon: &mut Daemon, urls: &[String]) -> Result<()> {
     let client = http_client();
     for url in urls {
         let start = std::time::Instant::now();

@@ -71,6 +71,17 @@ pub struct TagRecord {
     pub fetched_at_ms: u64,
 }
 
+impl TagRecord {
+    /// A tag pointing at `m`, confirmed upstream at `at_ms`.
+    fn of(m: &Manifest, at_ms: u64) -> TagRecord {
+        TagRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            fetched_at_ms: at_ms,
+        }
+    }
+}
+
 /// A manifest's exact bytes and identity, and its response headers
 /// rendered once: shared by every answer that serves it (a clone is one
 /// reference count).
@@ -430,12 +441,7 @@ impl Manifests {
                 // prefetch stored it): no `GET`.
                 let m = match self.linked(req, digest.as_ref()).await {
                     Some(m) => {
-                        let moved = TagRecord {
-                            digest: m.digest.clone(),
-                            media_type: m.media_type.clone(),
-                            fetched_at_ms: now,
-                        };
-                        self.save_tag(key, &moved).await;
+                        self.save_tag(key, &TagRecord::of(&m, now)).await;
                         m.confirmed_at(now)
                     }
                     None => {
@@ -459,14 +465,7 @@ impl Manifests {
                     }
                 };
                 if m.digest != record.digest {
-                    self.events.emit(crate::events::Event::TagMoved {
-                        at_ms: now,
-                        rule: registry,
-                        repository: req.canonical.to_string(),
-                        tag: tag.to_string(),
-                        from: record.digest.to_string(),
-                        to: m.digest.to_string(),
-                    });
+                    self.tell_moved(req, tag, &record.digest, &m.digest, now);
                 }
                 Ok((m, CacheStatus::Miss))
             }
@@ -566,25 +565,21 @@ impl Manifests {
         {
             return;
         }
-        let record = TagRecord {
-            digest: to.digest.clone(),
-            media_type: to.media_type.clone(),
-            fetched_at_ms: confirmed_at_ms,
-        };
-        self.save_tag(&key, &record).await;
+        self.save_tag(&key, &TagRecord::of(to, confirmed_at_ms))
+            .await;
+        self.tell_moved(req, tag, &from.digest, &to.digest, confirmed_at_ms);
+    }
+
+    /// A `TagMoved` event for `tag` of `req`'s repository.
+    fn tell_moved(&self, req: &ManifestRequest, tag: &Tag, from: &Digest, to: &Digest, at_ms: u64) {
         self.events.emit(crate::events::Event::TagMoved {
-            at_ms: confirmed_at_ms,
+            at_ms,
             rule: req.upstream.registry().to_owned(),
             repository: req.canonical.to_string(),
             tag: tag.to_string(),
-            from: from.digest.to_string(),
-            to: to.digest.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
         });
-    }
-
-    /// A stored manifest (store failures count as absent).
-    pub async fn stored(&self, digest: &Digest) -> Option<Manifest> {
-        self.load(digest).await
     }
 
     async fn fetch_tag(
@@ -595,11 +590,7 @@ impl Manifests {
     ) -> Result<Manifest, Error> {
         let now = now_ms();
         let manifest = self.fetch(req, tag.as_str(), None).await?;
-        let record = TagRecord {
-            digest: manifest.digest.clone(),
-            media_type: manifest.media_type.clone(),
-            fetched_at_ms: now,
-        };
+        let record = TagRecord::of(&manifest, now);
         self.save_tag(key, &record).await;
         Ok(manifest.confirmed_at(now))
     }
@@ -700,7 +691,7 @@ impl Manifests {
 
     /// Loads a stored manifest, from memory if it was served lately; store
     /// failures count as absent (and are logged).
-    async fn load(&self, digest: &Digest) -> Option<Manifest> {
+    pub async fn load(&self, digest: &Digest) -> Option<Manifest> {
         if let Some(m) = self
             .memory
             .lock()

@@ -47,11 +47,21 @@ const CONCURRENT: usize = 4;
 /// `repository:tag` (neither may contain a colon): one allocation per pull.
 type TagKey = String;
 
+impl Default for Prefetcher {
+    fn default() -> Self {
+        Prefetcher {
+            hot: Mutex::default(),
+            pulled: Mutex::new(ByteLru::new(PULLED_BYTES)),
+            busy: Mutex::default(),
+            deferred: Mutex::default(),
+        }
+    }
+}
+
 /// Pull counts and the refreshes in progress.
-#[derive(Default)]
 pub struct Prefetcher {
     hot: Mutex<HotTags<TagKey>>,
-    pulled: Mutex<Option<ByteLru<()>>>,
+    pulled: Mutex<ByteLru<()>>,
     busy: Mutex<HashSet<TagKey>>,
     /// Tags not to look at again before a time (unix ms): their move could
     /// not be paid for, or their revalidation failed. One TTL later.
@@ -78,7 +88,6 @@ impl Prefetcher {
         }
         let key = format!("{}@{digest}", target.canonical);
         let mut pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
-        let pulled = pulled.get_or_insert_with(|| ByteLru::new(PULLED_BYTES));
         // Known: marked as used; else kept.
         if pulled.get(&key).is_none() {
             pulled.put(key, (), 32);
@@ -87,9 +96,7 @@ impl Prefetcher {
 
     fn was_pulled(&self, repo: &RepositoryName, digest: &Digest) -> bool {
         let mut pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
-        pulled
-            .as_mut()
-            .is_some_and(|p| p.get(&format!("{repo}@{digest}")).is_some())
+        pulled.get(&format!("{repo}@{digest}")).is_some()
     }
 }
 
@@ -260,7 +267,7 @@ async fn refresh(
             return false;
         }
     };
-    let old = state.manifests.stored(&record.digest).await;
+    let old = state.manifests.load(&record.digest).await;
     let selection = platforms_to_prefetch(
         old.as_ref().map_or(&[][..], |m| &m.body[..]),
         &manifest.body,
