@@ -20,6 +20,7 @@ use wharf_tests::{PushedImage, pull_with_reqwest};
 
 use crate::cpus::CpuSplit;
 use crate::limit::{StaticServer, Wrk, wrk};
+use crate::probe;
 use crate::report::{Row, Verdict};
 use crate::systems::{Systems, WHARF_PREFIX};
 
@@ -29,6 +30,9 @@ const DIST_TARGET: f64 = 3.0;
 const STATIC_TARGET: f64 = 0.5;
 /// Wharf's p99 against the static server.
 const P99_TARGET: Duration = Duration::from_millis(2);
+
+/// How long item 8 waits for the servers to go idle before each run.
+const QUIET_LIMIT: Duration = Duration::from_secs(15);
 
 const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
@@ -59,11 +63,15 @@ pub(crate) async fn warm_manifests(
     )
     .await
     .context("starting nginx, the static limit")?;
+    let (wharf_pid, dist_pid, limit_pid) = (sys.wharf.pid()?, sys.dist.pid()?, limit.pid()?);
+    let servers = [wharf_pid, dist_pid, limit_pid];
+    // Each run starts with every server idle: Distribution keeps its CPU
+    // (shared with Wharf's) busy for seconds after its run ends.
     let run = |url: String, pid: u32| async move {
+        probe::quiet(&servers, QUIET_LIMIT, "item 8").await?;
         wrk(cpus, &url, ACCEPT, clients, duration, pid).await
     };
-    let (wharf_pid, dist_pid) = (sys.wharf.pid()?, sys.dist.pid()?);
-    let limit = run(format!("{}/v2/static/manifest", limit.url), limit.pid()?)
+    let limit = run(format!("{}/v2/static/manifest", limit.url), limit_pid)
         .await
         .context("nginx")?;
     let mut rows = Vec::new();

@@ -75,6 +75,35 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// Waits until the processes `pids` together use at most 2 % of a CPU
+/// over half a second (one 10 ms tick of `/proc/<pid>/stat`), at most
+/// `limit`, so that a measured run does not share its CPU with a neighbour
+/// still finishing the last one (Distribution's proxy stays busy for
+/// seconds after a load ends). Says so on stderr when the wait was long or
+/// in vain (`what` names the item).
+pub async fn quiet(pids: &[u32], limit: Duration, what: &str) -> Result<()> {
+    const STEP: Duration = Duration::from_millis(500);
+    let cpu = || -> Result<f64> { pids.iter().map(|&p| Ok(sample(p)?.cpu_secs)).sum() };
+    let start = Instant::now();
+    let mut last = cpu()?;
+    while start.elapsed() < limit {
+        tokio::time::sleep(STEP).await;
+        let now = cpu()?;
+        if now - last <= 0.02 * STEP.as_secs_f64() + 1e-9 {
+            if start.elapsed() > 2 * STEP {
+                eprintln!(
+                    "[bench] {what}: waited {:.1} s for the servers to go idle",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(());
+        }
+        last = now;
+    }
+    eprintln!("[bench] {what}: the servers were still busy after {limit:?}; measuring anyway");
+    Ok(())
+}
+
 /// CPU seconds (utime + stime) of `root` and each of its descendants, with
 /// their command names, from `/proc/<pid>/stat`.
 pub fn tree_cpu(root: u32) -> Result<Vec<(String, f64)>> {
