@@ -173,7 +173,8 @@ pub async fn run(
 
     let stopping = Arc::new(Notify::new());
     let notify = stopping.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(router);
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections");
         notify.notify_waiters();

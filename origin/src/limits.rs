@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -40,7 +40,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wharf_core::ApiRequest;
 
 use crate::error::Error;
-use crate::handlers::Admitted;
 use crate::metrics;
 
 /// How many requests of each kind the origin serves at once, and how long a
@@ -97,43 +96,65 @@ impl Limits {
     }
 }
 
-/// The limits layer: runs inside [`crate::handlers::admit`], which has put
-/// the parsed request in the extensions.
-pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
-    let kind = match request.extensions().get::<Admitted>() {
-        Some(admitted) => &admitted.request,
-        None => return next.run(request).await,
-    };
-    match kind {
-        ApiRequest::Base => next.run(request).await,
-        ApiRequest::Blob { .. } => {
-            let Ok(permit) = limits.blobs.clone().try_acquire_owned() else {
-                return shed("blob");
-            };
-            let response = next.run(request).await;
-            response.map(|body| {
-                Body::new(Permitted {
-                    body,
-                    _permit: permit,
-                })
-            })
+/// Which limit a parsed `/v2/…` request falls under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// `/v2/` itself: never limited.
+    Free,
+    /// A blob: a permit for as long as its body streams.
+    Blob,
+    /// A manifest, tag list or referrers list (named for its metrics): a
+    /// permit and the timeout.
+    Api(&'static str),
+}
+
+impl Class {
+    pub fn of(request: &ApiRequest) -> Class {
+        match request {
+            ApiRequest::Base => Class::Free,
+            ApiRequest::Blob { .. } => Class::Blob,
+            ApiRequest::Manifest { .. }
+            | ApiRequest::TagsList { .. }
+            | ApiRequest::Referrers { .. } => Class::Api(request.kind()),
         }
-        ApiRequest::Manifest { .. }
-        | ApiRequest::TagsList { .. }
-        | ApiRequest::Referrers { .. } => {
-            let what = kind.kind();
-            let Ok(_permit) = limits.api.clone().try_acquire_owned() else {
-                return shed(what);
-            };
-            match tokio::time::timeout(limits.api_timeout, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => {
-                    metrics::request(what, "error");
-                    Error::TimedOut {
-                        what,
-                        after: limits.api_timeout,
+    }
+}
+
+impl Limits {
+    /// Runs the rest of the request (`next`) within `class`'s limit: the
+    /// last step of [`crate::handlers::admit`], which parsed the request
+    /// (a function it calls rather than a layer of its own: each axum layer
+    /// costs a boxed future and a clone of the route per request, measured
+    /// on the warm-manifest path).
+    pub async fn run(&self, class: Class, request: Request, next: Next) -> Response {
+        match class {
+            Class::Free => next.run(request).await,
+            Class::Blob => {
+                let Ok(permit) = self.blobs.clone().try_acquire_owned() else {
+                    return shed("blob");
+                };
+                let response = next.run(request).await;
+                response.map(|body| {
+                    Body::new(Permitted {
+                        body,
+                        _permit: permit,
+                    })
+                })
+            }
+            Class::Api(what) => {
+                let Ok(_permit) = self.api.try_acquire() else {
+                    return shed(what);
+                };
+                match tokio::time::timeout(self.api_timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        metrics::request(what, "error");
+                        Error::TimedOut {
+                            what,
+                            after: self.api_timeout,
+                        }
+                        .into_response()
                     }
-                    .into_response()
                 }
             }
         }

@@ -213,7 +213,7 @@ async fn stalled_endpoint() -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-async fn send(app: &axum::Router, uri: &str) -> axum::response::Response {
+async fn send(app: &wharf_origin::app::App, uri: &str) -> axum::response::Response {
     app.clone()
         .oneshot(Request::get(uri).body(Body::empty()).unwrap())
         .await

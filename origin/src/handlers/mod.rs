@@ -5,9 +5,8 @@
 //! that lets the core parse method + path + query into a typed
 //! `ApiRequest`, resolves the repository against the cache rules once and
 //! checks the token, then to one [`registry`] handler that dispatches to the
-//! operation with the resolved [`Target`] ("parse, then apply"). The limits
-//! layer ([`crate::limits`]) sits between the two and reads the request's
-//! kind from what `admit` left in the extensions.
+//! operation with the resolved [`Target`] ("parse, then apply"). `admit` ends by
+//! running the rest within the request kind's limit ([`crate::limits`]).
 
 pub mod admin;
 pub mod base;
@@ -25,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use wharf_core::{ApiMethod, ApiRequest, api::parse_request};
 
 use crate::error::Error;
+use crate::limits;
 use crate::metrics;
 use crate::state::{AppState, Target};
 
@@ -84,13 +84,14 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
         metrics::request(kind, "denied");
         return e.into_response();
     }
+    let class = limits::Class::of(&api);
     request.extensions_mut().insert(Admitted {
         method,
         request: api,
         ns,
         target,
     });
-    next.run(request).await
+    state.limits.run(class, request, next).await
 }
 
 /// Answers every request under `/v2/` that [`admit`] let through.
