@@ -31,6 +31,9 @@ const STATIC_TARGET: f64 = 0.5;
 /// Wharf's p99 against the static server.
 const P99_TARGET: Duration = Duration::from_millis(2);
 
+/// Runs of each system and reference; the best is reported.
+const LOAD_ROUNDS: usize = 2;
+
 /// How long item 8 waits for the servers to go idle before each run.
 const QUIET_LIMIT: Duration = Duration::from_secs(15);
 
@@ -71,29 +74,53 @@ pub(crate) async fn warm_manifests(
         probe::quiet(&servers, QUIET_LIMIT, "item 8").await?;
         wrk(cpus, &url, ACCEPT, clients, duration, pid).await
     };
-    let limit = run(format!("{}/v2/static/manifest", limit.url), limit_pid)
-        .await
-        .context("nginx")?;
-    let mut rows = Vec::new();
-    for (by, reference, items) in [
+    // Interleaved rounds, the best (lowest p99, no errors) of each system
+    // kept: a p99 on this VM moves by a millisecond between runs for nginx
+    // as for Wharf (1.3–3.0 ms for nginx on 2026-12-01).
+    let refs = [
         ("tag", "v1".to_owned(), ["8", "8b"]),
         ("digest", img.manifest_digest.clone(), ["8c", "8d"]),
-    ] {
-        let w = run(
-            format!("{}/v2/{wharf_repo}/manifests/{reference}", sys.wharf.url),
-            wharf_pid,
-        )
-        .await
-        .context("Wharf")?;
-        let d = run(
-            format!("{}/v2/{}/manifests/{reference}", sys.dist.url, img.repo),
-            dist_pid,
-        )
-        .await
-        .context("Distribution")?;
-        rows.extend(rows_for(by, items, clients, duration, &w, &d, &limit));
+    ];
+    let mut best: [Option<Wrk>; 5] = Default::default();
+    for _ in 0..LOAD_ROUNDS {
+        let l = run(format!("{}/v2/static/manifest", limit.url), limit_pid)
+            .await
+            .context("nginx")?;
+        keep_better(&mut best[0], l);
+        for (i, (_, reference, _)) in refs.iter().enumerate() {
+            let w = run(
+                format!("{}/v2/{wharf_repo}/manifests/{reference}", sys.wharf.url),
+                wharf_pid,
+            )
+            .await
+            .context("Wharf")?;
+            keep_better(&mut best[1 + 2 * i], w);
+            let d = run(
+                format!("{}/v2/{}/manifests/{reference}", sys.dist.url, img.repo),
+                dist_pid,
+            )
+            .await
+            .context("Distribution")?;
+            keep_better(&mut best[2 + 2 * i], d);
+        }
     }
+    let [Some(limit), Some(wt), Some(dt), Some(wd), Some(dd)] = best else {
+        anyhow::bail!("item 8 made no runs");
+    };
+    let mut rows = rows_for(refs[0].0, refs[0].2, clients, duration, &wt, &dt, &limit);
+    rows.extend(rows_for(
+        refs[1].0, refs[1].2, clients, duration, &wd, &dd, &limit,
+    ));
     Ok(rows)
+}
+
+/// Keeps in `best` whichever of it and `run` answered without errors at
+/// the lower p99.
+fn keep_better(best: &mut Option<Wrk>, run: Wrk) {
+    let key = |w: &Wrk| (w.errors > 0, w.p99);
+    if best.as_ref().is_none_or(|b| key(&run) < key(b)) {
+        *best = Some(run);
+    }
 }
 
 fn rows_for(
@@ -106,7 +133,7 @@ fn rows_for(
     limit: &Wrk,
 ) -> Vec<Row> {
     let what = format!(
-        "warm manifest load by {by}: {clients} keep-alive connections for {:.0} s (wrk), the static limit nginx",
+        "warm manifest load by {by}: {clients} keep-alive connections for {:.0} s (wrk), the static limit nginx; the lowest p99 of {LOAD_ROUNDS} interleaved runs each",
         duration.as_secs_f64()
     );
     let vs_dist = w.per_sec / d.per_sec.max(1e-9);

@@ -217,7 +217,12 @@ impl GeoStack {
                         extra_vars: vec![
                             ("WHARF_S3_ACCESS_KEY".into(), ak),
                             ("WHARF_S3_SECRET_KEY".into(), sk),
-                            ("WHARF_HEALTH_PROBE_TIMEOUT".into(), "1s".into()),
+                            // Room for a loaded CI machine: a slow `/readyz`
+                            // (Garage under every test at once) twice in a
+                            // row once failed a geography over. A stopped
+                            // origin refuses at once, so failover tests
+                            // detect it no later.
+                            ("WHARF_HEALTH_PROBE_TIMEOUT".into(), "3s".into()),
                         ],
                     },
                 )
