@@ -34,9 +34,6 @@ const P99_TARGET: Duration = Duration::from_millis(2);
 /// Runs of each system and reference; the best is reported.
 const LOAD_ROUNDS: usize = 2;
 
-/// How long item 8 waits for the servers to go idle before each run.
-const QUIET_LIMIT: Duration = Duration::from_secs(15);
-
 const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Item 8: the same warm-manifest load against Wharf, Distribution and
@@ -71,7 +68,7 @@ pub(crate) async fn warm_manifests(
     // Each run starts with every server idle: Distribution keeps its CPU
     // (shared with Wharf's) busy for seconds after its run ends.
     let run = |url: String, pid: u32| async move {
-        probe::quiet(&servers, QUIET_LIMIT, "item 8").await?;
+        probe::quiet(&servers, "item 8").await?;
         wrk(cpus, &url, ACCEPT, clients, duration, pid).await
     };
     // Interleaved rounds, the best (lowest p99, no errors) of each system

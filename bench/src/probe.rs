@@ -75,18 +75,21 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// Longest [`quiet`] waits for the servers to go idle.
+const QUIET_LIMIT: Duration = Duration::from_secs(15);
+
 /// Waits until the processes `pids` together use at most 2 % of a CPU
 /// over half a second (one 10 ms tick of `/proc/<pid>/stat`), at most
-/// `limit`, so that a measured run does not share its CPU with a neighbour
+/// [`QUIET_LIMIT`], so that a measured run does not share its CPU with a neighbour
 /// still finishing the last one (Distribution's proxy stays busy for
 /// seconds after a load ends). Says so on stderr when the wait was long or
 /// in vain (`what` names the item).
-pub async fn quiet(pids: &[u32], limit: Duration, what: &str) -> Result<()> {
+pub async fn quiet(pids: &[u32], what: &str) -> Result<()> {
     const STEP: Duration = Duration::from_millis(500);
     let cpu = || -> Result<f64> { pids.iter().map(|&p| Ok(sample(p)?.cpu_secs)).sum() };
     let start = Instant::now();
     let mut last = cpu()?;
-    while start.elapsed() < limit {
+    while start.elapsed() < QUIET_LIMIT {
         tokio::time::sleep(STEP).await;
         let now = cpu()?;
         if now - last <= 0.02 * STEP.as_secs_f64() + 1e-9 {
@@ -100,7 +103,9 @@ pub async fn quiet(pids: &[u32], limit: Duration, what: &str) -> Result<()> {
         }
         last = now;
     }
-    eprintln!("[bench] {what}: the servers were still busy after {limit:?}; measuring anyway");
+    eprintln!(
+        "[bench] {what}: the servers were still busy after {QUIET_LIMIT:?}; measuring anyway"
+    );
     Ok(())
 }
 

@@ -141,9 +141,7 @@ impl Cold {
             Verdict::of(ratio <= COLD_TARGET),
         )
     }
-}
 
-impl Cold {
     /// Item 2c: CPU seconds per cold GiB, beside what sha256 alone costs.
     fn cpu_row(&self, bytes: u64, sha_per_gib: f64) -> Row {
         let gib = bytes as f64 / crate::GIB as f64;

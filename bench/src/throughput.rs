@@ -1,8 +1,6 @@
 //! Item 6: streaming a cached blob, and hashing, beside the physical limits
 //! (a plain download from the store; `sha256sum` and `openssl dgst`).
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, ensure};
 use wharf_tests::PushedImage;
 
@@ -44,9 +42,9 @@ pub(crate) async fn throughput(
 
     // Interleaved rounds, best of each: the first reader of a blob that was
     // just written (item 5) must not be the only one to pay for writeback
-    // and a cold page cache.
-    // Each download starts with the caches idle (item 5's herd leaves
-    // Distribution busy for a while, on the CPU Wharf shares).
+    // and a cold page cache. Each download starts with the caches idle
+    // (item 5's herd leaves Distribution busy for a while, on the CPU Wharf
+    // shares).
     let servers = [sys.wharf.pid()?, sys.dist.pid()?];
     let rounds = runs + STREAM_EXTRA_ROUNDS;
     let (mut w, mut d, mut r, mut s) = (0f64, 0f64, 0f64, 0f64);
@@ -57,7 +55,7 @@ pub(crate) async fn throughput(
             (&mut r, &registry_url, "from the upstream registry"),
             (&mut s, &store_url, "from Wharf's store, presigned"),
         ] {
-            probe::quiet(&servers, Duration::from_secs(15), "item 6").await?;
+            probe::quiet(&servers, "item 6").await?;
             let got = probe::curl_throughput(url, len, 1, cpus)
                 .await
                 .context(what)?;

@@ -80,7 +80,7 @@ impl Default for LimitSettings {
 /// The limits' run-time state, shared by every request.
 #[derive(Debug)]
 pub struct Limits {
-    api: Arc<Semaphore>,
+    api: Semaphore,
     api_timeout: Duration,
     blobs: Arc<Semaphore>,
 }
@@ -89,7 +89,7 @@ impl Limits {
     /// Limits as configured.
     pub fn new(settings: &LimitSettings) -> Self {
         Limits {
-            api: Arc::new(Semaphore::new(settings.api_concurrency)),
+            api: Semaphore::new(settings.api_concurrency),
             api_timeout: settings.api_timeout,
             blobs: Arc::new(Semaphore::new(settings.blob_concurrency)),
         }
